@@ -1,0 +1,86 @@
+//! `server`: flags to a [`Config`], then [`models::run`]. No logic lives here.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use fileserver::config::{parse_size, Config, Model, ServiceKind};
+use fileserver::models;
+
+/// A small file server that comes in many models, from an iterative loop to
+/// an epoll event loop, for learning and measuring event-based concurrency.
+///
+/// The first line on stdout is `listening on <ip>:<port>`; logs go to stderr.
+/// `kill -HUP <pid>` clears the file cache; SIGINT/SIGTERM stop gracefully.
+#[derive(Debug, Parser)]
+#[command(version, max_term_width = 100)]
+struct Args {
+    /// Server design: how it waits and where blocking work runs.
+    #[arg(long, value_enum, default_value_t = Model::Event)]
+    model: Model,
+    /// What to serve: files from --root, the time of day, or fib(n).
+    #[arg(long, value_enum, default_value_t = ServiceKind::File)]
+    service: ServiceKind,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    addr: IpAddr,
+    /// Port to listen on; 0 picks a free one (read it from the `listening on` line).
+    #[arg(long, default_value_t = 7070)]
+    port: u16,
+    /// Directory to serve files from; nothing outside it is ever sent.
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
+    /// Serve files and directories whose names start with a dot.
+    #[arg(long)]
+    allow_hidden: bool,
+    /// Byte budget of the file cache (e.g. 64MiB); 0 disables caching.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    cache_size: u64,
+    /// Largest file kept in the cache; larger files are streamed with sendfile.
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    cache_max_file: u64,
+    /// Simulated storage latency: every read that misses the cache waits this long.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    read_delay_ms: u64,
+    /// Most connections served at once; more are refused with 503.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    max_conns: usize,
+    /// Longest request line accepted, in bytes; longer lines get 414.
+    #[arg(long, default_value = "4KiB", value_parser = parse_size)]
+    max_line: u64,
+    /// Log only warnings and cache clears.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl From<Args> for Config {
+    fn from(args: Args) -> Config {
+        Config {
+            model: args.model,
+            service: args.service,
+            addr: args.addr,
+            port: args.port,
+            root: args.root,
+            allow_hidden: args.allow_hidden,
+            cache_bytes: args.cache_size,
+            cache_max_file_bytes: args.cache_max_file,
+            read_delay: Duration::from_millis(args.read_delay_ms),
+            max_conns: args.max_conns.max(1),
+            max_line_bytes: usize::try_from(args.max_line).unwrap_or(usize::MAX),
+            quiet: args.quiet,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let config = Config::from(Args::parse());
+    match models::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("server: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

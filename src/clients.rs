@@ -1,0 +1,241 @@
+//! The table of open connections that every readiness loop keeps.
+//!
+//! `select`, `poll` and the mio loops differ in how they *wait*; what they do
+//! with a connection once it is ready is the same and lives here: admit it
+//! (or refuse it when the server is full), advance it, deliver completed
+//! work, drop it when it is done, and drain everything on a graceful stop.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use crate::blocking::FD_EXHAUSTION_PAUSE;
+use crate::conn::{Conn, ConnId, Executor, Status};
+use crate::log::info;
+use crate::net::is_fd_exhaustion;
+use crate::output::Sink;
+use crate::protocol::{ParseLimits, Response};
+use crate::refusal::Refusal;
+use crate::service::Service;
+
+/// Ids below this are free for a loop's own tokens (listener, signals, ...).
+pub const FIRST_CONN_ID: ConnId = 16;
+
+/// One open connection: its socket and its protocol state.
+#[derive(Debug)]
+pub struct Client<S> {
+    /// The socket.
+    pub socket: S,
+    /// The protocol state.
+    pub conn: Conn,
+    /// Whether the loop currently asks for writable events (mio loops use this
+    /// to re-register only when interest changes).
+    pub writable_registered: bool,
+}
+
+/// Every open connection of one loop, by id.
+#[derive(Debug)]
+pub struct Clients<S> {
+    open: HashMap<ConnId, Client<S>>,
+    next_id: ConnId,
+    max_conns: usize,
+    limits: ParseLimits,
+    /// While set, accepting is paused because the process ran out of fds.
+    accept_paused_until: Option<Instant>,
+    /// Set by a graceful stop: exit when every connection is done, or then.
+    stop_deadline: Option<Instant>,
+}
+
+impl<S: Sink + Read> Clients<S> {
+    /// An empty table that admits at most `max_conns` connections.
+    pub fn new(max_conns: usize, limits: ParseLimits) -> Clients<S> {
+        Clients {
+            open: HashMap::new(),
+            next_id: FIRST_CONN_ID,
+            max_conns,
+            limits,
+            accept_paused_until: None,
+            stop_deadline: None,
+        }
+    }
+
+    /// Whether one more connection fits.
+    pub fn has_room(&self) -> bool {
+        self.open.len() < self.max_conns
+    }
+
+    /// Takes a freshly accepted socket and does what it can at once (the time
+    /// service answers here). Returns its id if it stays open. Ids are never
+    /// reused, so a late event or completion cannot reach a newer connection.
+    pub fn admit(&mut self, socket: S, service: &Service, executor: &mut dyn Executor) -> Option<ConnId> {
+        if !self.has_room() {
+            refuse(socket, Refusal::Overloaded, service);
+            return None;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let conn = Conn::new(service, self.limits);
+        self.open.insert(id, Client { socket, conn, writable_registered: false });
+        self.advance(id, service, executor).map(|_| id)
+    }
+
+    /// Advances connection `id` after an event; drops it if it is done.
+    /// Returns the client if it stays open. Unknown ids (a stale event for a
+    /// connection already closed) are ignored.
+    pub fn advance(&mut self, id: ConnId, service: &Service, executor: &mut dyn Executor) -> Option<&Client<S>> {
+        let client = self.open.get_mut(&id)?;
+        if client.conn.advance(&mut client.socket, service, executor, id) == Status::Closed {
+            self.open.remove(&id);
+            return None;
+        }
+        self.open.get(&id)
+    }
+
+    /// Delivers the response of work that ran elsewhere, then advances.
+    pub fn complete(
+        &mut self,
+        id: ConnId,
+        response: Response,
+        service: &Service,
+        executor: &mut dyn Executor,
+    ) -> Option<&Client<S>> {
+        self.open.get_mut(&id)?.conn.complete(response);
+        self.advance(id, service, executor)
+    }
+
+    /// Graceful stop: every connection finishes what is in flight and closes.
+    /// Idle connections close at once.
+    pub fn begin_stop(&mut self, service: &Service, executor: &mut dyn Executor) {
+        if self.stop_deadline.is_some() {
+            return;
+        }
+        self.stop_deadline = Some(Instant::now() + crate::signals::STOP_GRACE);
+        crate::signals::log_stopping(self.open.len());
+        let ids: Vec<ConnId> = self.open.keys().copied().collect();
+        for id in ids {
+            if let Some(client) = self.open.get_mut(&id) {
+                client.conn.close_when_done();
+            }
+            self.advance(id, service, executor);
+        }
+    }
+
+    /// Acts on a signal: clear the cache, or begin a graceful stop.
+    pub fn on_signal(&mut self, request: crate::signals::Request, service: &Service, executor: &mut dyn Executor) {
+        match request {
+            crate::signals::Request::ClearCache => crate::signals::clear_cache(service),
+            crate::signals::Request::Stop => self.begin_stop(service, executor),
+        }
+    }
+
+    /// Whether accepting was paused for lack of fds (the loop must retry by
+    /// itself once the pause is over: no new event will say so).
+    pub fn is_accept_paused(&self) -> bool {
+        self.accept_paused_until.is_some()
+    }
+
+    /// Whether a stop has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.stop_deadline.is_some()
+    }
+
+    /// Whether the loop should exit: stopping, and everyone served or out of time.
+    pub fn should_exit(&self) -> bool {
+        self.stop_deadline.is_some_and(|deadline| self.open.is_empty() || Instant::now() >= deadline)
+    }
+
+    /// Whether the loop should wait for new connections now.
+    pub fn is_accepting(&self) -> bool {
+        self.stop_deadline.is_none() && self.accept_paused_until.is_none_or(|until| Instant::now() >= until)
+    }
+
+    /// How long the loop may wait before something here needs attention
+    /// (an accept pause ending, the stop deadline); `None` is "forever".
+    pub fn wait_timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        [self.accept_paused_until, self.stop_deadline]
+            .into_iter()
+            .flatten()
+            .map(|at| at.saturating_duration_since(now))
+            .min()
+    }
+
+    /// Mutable access to one client (to record registration changes).
+    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Client<S>> {
+        self.open.get_mut(&id)
+    }
+
+    /// Drops a connection at once (the loop could not watch it).
+    pub fn remove(&mut self, id: ConnId) {
+        self.open.remove(&id);
+    }
+
+    /// Every open connection.
+    pub fn iter(&self) -> impl Iterator<Item = (ConnId, &Client<S>)> {
+        self.open.iter().map(|(&id, client)| (id, client))
+    }
+
+    /// Number of open connections.
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    /// True when no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+}
+
+impl Clients<TcpStream> {
+    /// Accepts every pending connection on a non-blocking listener. `fits`
+    /// decides whether the loop can watch an fd at all (select's FD_SETSIZE);
+    /// those that do not fit are refused with 503. Returns the ids admitted.
+    /// Out of fds, it pauses accepting briefly and keeps serving the rest.
+    pub fn accept_pending(
+        &mut self,
+        listener: &TcpListener,
+        service: &Service,
+        executor: &mut dyn Executor,
+        fits: impl Fn(RawFd) -> bool,
+    ) -> Vec<ConnId> {
+        let mut admitted = Vec::new();
+        self.accept_paused_until = None;
+        loop {
+            let stream = match listener.accept() {
+                Ok((stream, _peer)) => stream,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if is_fd_exhaustion(&err) => {
+                    info!("accept: {err}; pausing accepts for {FD_EXHAUSTION_PAUSE:?}");
+                    self.accept_paused_until = Some(Instant::now() + FD_EXHAUSTION_PAUSE);
+                    break;
+                }
+                // ECONNABORTED and the like concern only that one connection.
+                Err(err) => {
+                    info!("accept: {err}");
+                    continue;
+                }
+            };
+            // A socket we cannot make non-blocking would stall the loop.
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            if !fits(stream.as_raw_fd()) {
+                refuse(stream, Refusal::Overloaded, service);
+                continue;
+            }
+            admitted.extend(self.admit(stream, service, executor));
+        }
+        admitted
+    }
+}
+
+/// Tells a connection the server will not serve it, without waiting on it:
+/// one non-blocking write attempt, then close.
+pub fn refuse<S: Sink + Read>(mut socket: S, refusal: Refusal, service: &Service) {
+    let mut conn = Conn::refused(refusal);
+    conn.advance(&mut socket, service, &mut crate::conn::Inline, 0);
+}

@@ -1,0 +1,113 @@
+//! Everything a server run is configured with, and the defaults.
+//!
+//! The `server` binary turns its flags into a [`Config`]; tests and the
+//! benchmark only ever go through those flags.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which server design runs (DESIGN section 4); see [`crate::models`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Model {
+    /// Stage 1: one client at a time, blocking accept and reads.
+    Iterative,
+    /// Stage 2: select(2) over non-blocking sockets (at most FD_SETSIZE fds).
+    Select,
+    /// Stage 2b: poll(2): no fd ceiling, but O(n) per wait.
+    Poll,
+    /// Stage 3: mio (epoll); file reads block the loop thread ("Sync I/O").
+    Event,
+}
+
+/// What the server answers (DESIGN section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServiceKind {
+    /// Serve files from the root: the line is a path.
+    File,
+    /// Write the current UTC time on accept, then close.
+    Time,
+    /// The line is n (0..=40); answer fib(n), computed naively (CPU-bound).
+    Fib,
+}
+
+/// The complete configuration of one server run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The server design.
+    pub model: Model,
+    /// What it serves.
+    pub service: ServiceKind,
+    /// Address to bind.
+    pub addr: IpAddr,
+    /// Port to bind; 0 lets the kernel pick (read it from `listening on`).
+    pub port: u16,
+    /// Directory files are served from.
+    pub root: PathBuf,
+    /// Serve files and directories whose name starts with `.`.
+    pub allow_hidden: bool,
+    /// Byte budget of the file cache; 0 disables it.
+    pub cache_bytes: u64,
+    /// Files larger than this are never cached, but streamed.
+    pub cache_max_file_bytes: u64,
+    /// Simulated storage latency added to every read that misses the cache.
+    pub read_delay: Duration,
+    /// Connections served at once; more are refused with 503.
+    pub max_conns: usize,
+    /// Longest request line accepted.
+    pub max_line_bytes: usize,
+    /// Do not log per-event lines to stderr.
+    pub quiet: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            model: Model::Event,
+            service: ServiceKind::File,
+            addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 7070,
+            root: PathBuf::from("."),
+            allow_hidden: false,
+            cache_bytes: 64 * 1024 * 1024,
+            cache_max_file_bytes: 1024 * 1024,
+            read_delay: Duration::ZERO,
+            max_conns: 10_000,
+            max_line_bytes: 4096,
+            quiet: false,
+        }
+    }
+}
+
+/// Parses a byte size such as `4096`, `64KiB`, `64MiB`, `1G` or `2GB`
+/// (binary multiples: K = KiB = 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size (try 4096 or 64MiB)"))?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB or GiB)")),
+    };
+    number.checked_mul(multiplier).ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_accept_binary_suffixes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1k"), Ok(1024));
+        assert_eq!(parse_size("2 GB"), Ok(2 << 30));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5XB").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+    }
+}

@@ -1,0 +1,211 @@
+//! The per-connection state machine, written once for every model.
+//!
+//! A [`Conn`] holds a bounded input buffer (the [`Parser`]), a queue of
+//! pending output ([`Output`]), and whether a request's blocking work is in
+//! flight. [`Conn::advance`] does everything that can be done *now*: write
+//! what is queued, turn buffered requests into responses, read more, until
+//! the socket would block or the connection has to wait for something.
+//!
+//! Where the blocking work of a request runs is not the connection's
+//! business: it hands [`Work`] to an [`Executor`]. The `Inline` executor runs
+//! it on the spot (blocking models, and the `event` loop on purpose); the
+//! asynchronous models start it elsewhere and later call [`Conn::complete`].
+//!
+//! On a blocking socket `advance` simply blocks where a non-blocking socket
+//! would return `WouldBlock`, so the iterative and thread-based models use
+//! the very same code.
+
+use std::io::{self, Read};
+
+use crate::output::{Output, Sink};
+use crate::protocol::{Framing, ParseLimits, Parser, Response};
+use crate::refusal::Refusal;
+use crate::service::{Plan, Service, Work};
+
+/// Stop reading requests from a client while this much output is queued for
+/// it (backpressure): a client that pipelines but never reads cannot make
+/// the server buffer without bound.
+pub const MAX_QUEUED_OUTPUT_BYTES: u64 = 1 << 20;
+
+/// Identifies a connection to an executor (a loop's token).
+pub type ConnId = usize;
+
+/// Where the blocking part of a request runs.
+pub trait Executor {
+    /// Runs `work` for connection `conn` and returns its response now, or
+    /// starts it elsewhere and returns `None`; the loop then calls
+    /// [`Conn::complete`] with the response once it is done.
+    fn execute(&mut self, conn: ConnId, work: Work) -> Option<Response>;
+}
+
+/// Runs the work right here, blocking the caller.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Inline;
+
+impl Executor for Inline {
+    fn execute(&mut self, _conn: ConnId, work: Work) -> Option<Response> {
+        Some(work.run_blocking())
+    }
+}
+
+/// Whether the loop should keep a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Keep it; call `advance` again on its next event.
+    Open,
+    /// Everything owed has been sent (or the peer is gone): drop it.
+    Closed,
+}
+
+/// One client connection's protocol state.
+#[derive(Debug)]
+pub struct Conn {
+    parser: Parser,
+    output: Output,
+    /// Set while a request's work runs elsewhere: how to frame its answer.
+    waiting: Option<Framing>,
+    /// The client shut down its sending side (read returned 0).
+    peer_closed: bool,
+    /// Close once the queued output is written; read no more requests.
+    closing: bool,
+}
+
+impl Conn {
+    /// A new connection; for the time service its whole answer is queued at once.
+    pub fn new(service: &Service, limits: ParseLimits) -> Conn {
+        let mut conn = Conn {
+            parser: Parser::new(limits),
+            output: Output::default(),
+            waiting: None,
+            peer_closed: false,
+            closing: false,
+        };
+        if let Some(greeting) = service.greeting() {
+            conn.output.push_bytes(greeting);
+            conn.closing = true;
+        }
+        conn
+    }
+
+    /// A connection that is only told why it is refused, then closed.
+    pub fn refused(refusal: Refusal) -> Conn {
+        let mut conn = Conn {
+            parser: Parser::default(),
+            output: Output::default(),
+            waiting: None,
+            peer_closed: false,
+            closing: true,
+        };
+        conn.output.push_response(Framing::Line, Response::Refused(refusal));
+        conn
+    }
+
+    /// Does all the work possible now; see the module docs. I/O errors mean
+    /// the peer is gone, so they close the connection rather than propagate.
+    pub fn advance<S: Sink + Read>(
+        &mut self,
+        socket: &mut S,
+        service: &Service,
+        executor: &mut dyn Executor,
+        id: ConnId,
+    ) -> Status {
+        match self.try_advance(socket, service, executor, id) {
+            Ok(()) if self.is_finished() => Status::Closed,
+            Ok(()) => Status::Open,
+            Err(_) => Status::Closed,
+        }
+    }
+
+    fn try_advance<S: Sink + Read>(
+        &mut self,
+        socket: &mut S,
+        service: &Service,
+        executor: &mut dyn Executor,
+        id: ConnId,
+    ) -> io::Result<()> {
+        loop {
+            self.output.write_to(socket)?;
+            if self.serve_buffered(service, executor, id) {
+                continue; // new output: try to write it straight away
+            }
+            if !self.wants_read() {
+                return Ok(());
+            }
+            match self.parser.read_from(socket) {
+                Ok(0) => self.peer_closed = true,
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Answers complete buffered requests, in order, until one has to wait or
+    /// the output queue is full. Returns whether any output was queued.
+    fn serve_buffered(&mut self, service: &Service, executor: &mut dyn Executor, id: ConnId) -> bool {
+        let mut queued = false;
+        while self.may_start_request() {
+            let Some(parsed) = self.parser.next_request() else { break };
+            queued = true;
+            match parsed {
+                Err(malformed) => self.respond(malformed.framing, Response::Refused(malformed.refusal)),
+                Ok(request) => match service.plan(&request) {
+                    Plan::Ready(response) => self.respond(request.framing, response),
+                    Plan::Blocking(work) => match executor.execute(id, work) {
+                        Some(response) => self.respond(request.framing, response),
+                        None => {
+                            self.waiting = Some(request.framing);
+                            queued = false;
+                        }
+                    },
+                },
+            }
+        }
+        queued
+    }
+
+    /// Delivers the response to the request whose work was running elsewhere.
+    /// The loop should call [`Conn::advance`] afterwards to send it.
+    pub fn complete(&mut self, response: Response) {
+        let framing = self.waiting.take().unwrap_or(Framing::Line);
+        self.respond(framing, response);
+    }
+
+    fn respond(&mut self, framing: Framing, response: Response) {
+        if let Response::Refused(refusal) = &response {
+            self.closing |= refusal.closes_connection();
+        }
+        self.output.push_response(framing, response);
+    }
+
+    fn may_start_request(&self) -> bool {
+        !self.closing && self.waiting.is_none() && self.output.queued_bytes() < MAX_QUEUED_OUTPUT_BYTES
+    }
+
+    /// Whether the loop should want readable events for this connection.
+    pub fn wants_read(&self) -> bool {
+        self.may_start_request() && !self.peer_closed
+    }
+
+    /// Whether the loop should want writable events: only while output is owed.
+    pub fn wants_write(&self) -> bool {
+        !self.output.is_empty()
+    }
+
+    /// Whether blocking work for this connection is in flight.
+    pub fn is_waiting(&self) -> bool {
+        self.waiting.is_some()
+    }
+
+    /// For a graceful stop: finish the request in flight and what is queued,
+    /// start no new request, then close.
+    pub fn close_when_done(&mut self) {
+        self.closing = true;
+    }
+
+    /// Nothing owed, nothing in flight, and no more requests will be served.
+    pub fn is_finished(&self) -> bool {
+        self.output.is_empty() && self.waiting.is_none() && (self.closing || self.peer_closed)
+    }
+}

@@ -1,0 +1,67 @@
+//! The server models, one file each (DESIGN section 4).
+//!
+//! Each differs from its neighbours only in *where it waits* and *where the
+//! blocking part of a request runs*; parsing, the sandbox, the cache and the
+//! connection state machine are shared.
+
+pub mod event;
+pub mod iterative;
+pub mod poll;
+pub mod select;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use crate::cache::FileCache;
+use crate::config::{Config, Model};
+use crate::error::ServerError;
+use crate::log::info;
+use crate::net;
+use crate::protocol::ParseLimits;
+use crate::sandbox::Root;
+use crate::service::Service;
+
+/// What every model starts from: a bound listener and the shared service.
+#[derive(Debug)]
+pub struct Server {
+    /// The listening socket, already announced on stdout.
+    pub listener: TcpListener,
+    /// Protocol, sandbox and cache, shared by every thread.
+    pub service: Arc<Service>,
+    /// Parser limits for each connection.
+    pub limits: ParseLimits,
+    /// Connections served at once per loop.
+    pub max_conns: usize,
+    /// The whole configuration, for model-specific settings.
+    pub config: Config,
+}
+
+/// Starts the configured model and serves until `SIGINT`/`SIGTERM`.
+pub fn run(config: Config) -> Result<(), ServerError> {
+    crate::log::set_quiet(config.quiet);
+    let root = Root::open(&config.root, config.allow_hidden)?;
+    let cache = Arc::new(FileCache::new(config.cache_bytes, config.cache_max_file_bytes));
+    let service = Arc::new(Service::new(config.service, root, cache, config.read_delay));
+    let listener = net::listen(SocketAddr::new(config.addr, config.port), false)?;
+    let local = net::announce(&listener)?;
+    info!(
+        "{:?} model serving {:?} from {} on {local} (pid {})",
+        config.model,
+        config.service,
+        config.root.display(),
+        std::process::id()
+    );
+    let server = Server {
+        listener,
+        service,
+        limits: ParseLimits { max_line_bytes: config.max_line_bytes },
+        max_conns: config.max_conns,
+        config,
+    };
+    match server.config.model {
+        Model::Iterative => iterative::run(server),
+        Model::Select => select::run(server),
+        Model::Poll => poll::run(server),
+        Model::Event => event::run(server),
+    }
+}

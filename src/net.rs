@@ -1,0 +1,45 @@
+//! The listening socket, set up the same way for every model.
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::error::ServerError;
+
+/// Pending connections the kernel queues before `accept` (capped by
+/// `net.core.somaxconn`): deep enough that a burst of connects is not dropped.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds and listens on `addr`. `SO_REUSEADDR` lets a restarted server bind
+/// while old connections linger in `TIME_WAIT`; `reuse_port` lets several
+/// loops each own a listener on the same port (the kernel spreads connections).
+pub fn listen(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, ServerError> {
+    let bind_error = |source| ServerError::Bind { addr, source };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP)).map_err(bind_error)?;
+    socket.set_reuse_address(true).map_err(bind_error)?;
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(bind_error)?;
+    }
+    socket.bind(&addr.into()).map_err(bind_error)?;
+    socket.listen(LISTEN_BACKLOG).map_err(bind_error)?;
+    Ok(socket.into())
+}
+
+/// Prints the `listening on <ip>:<port>` line: the first line on stdout,
+/// which tests and scripts wait for to learn the port picked by `--port 0`.
+pub fn announce(listener: &TcpListener) -> Result<SocketAddr, ServerError> {
+    let local = listener.local_addr().map_err(ServerError::io("cannot read the bound address"))?;
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "listening on {local}")
+        .and_then(|()| stdout.flush())
+        .map_err(ServerError::io("cannot write to stdout"))?;
+    Ok(local)
+}
+
+/// True for accept errors that mean "out of file descriptors": the server
+/// should pause accepting and keep serving, not exit.
+pub fn is_fd_exhaustion(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM))
+}

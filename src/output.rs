@@ -1,0 +1,167 @@
+//! The queue of bytes owed to one client, and the code that writes it.
+//!
+//! Responses are queued as pieces (a small head, a shared body, a file to
+//! stream) and written with as few syscalls as possible: consecutive
+//! in-memory pieces go out in one `writev`, files go out with `sendfile` so
+//! their bytes never pass through user space. The same queue serves a
+//! blocking socket (each write waits) and a non-blocking one (a write stops
+//! at `WouldBlock` and resumes when the socket is writable again).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, IoSlice, Write};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use crate::protocol::{encode_head, Body, Framing, Response};
+
+/// Most pieces gathered into one `writev`.
+const MAX_IOVECS: usize = 64;
+/// Most bytes one `sendfile` call is asked for: a chunk, so one large file
+/// interleaves with other clients' responses instead of hogging the loop.
+const SENDFILE_CHUNK_BYTES: usize = 1 << 20;
+
+/// A socket the queue can write to: `write`/`writev`, plus an fd for `sendfile`.
+pub trait Sink: Write + AsFd {}
+impl<T: Write + AsFd> Sink for T {}
+
+#[derive(Debug)]
+enum Piece {
+    Owned { bytes: Vec<u8>, sent: usize },
+    Shared { bytes: Arc<[u8]>, sent: usize },
+    File { file: File, offset: u64, len: u64 },
+}
+
+impl Piece {
+    fn remaining(&self) -> u64 {
+        match self {
+            Piece::Owned { bytes, sent } => (bytes.len() - sent) as u64,
+            Piece::Shared { bytes, sent } => (bytes.len() - sent) as u64,
+            Piece::File { offset, len, .. } => len - offset,
+        }
+    }
+
+    fn unsent_bytes(&self) -> Option<&[u8]> {
+        match self {
+            Piece::Owned { bytes, sent } => Some(&bytes[*sent..]),
+            Piece::Shared { bytes, sent } => Some(&bytes[*sent..]),
+            Piece::File { .. } => None,
+        }
+    }
+}
+
+/// Outcome of [`Output::write_to`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything queued has been written.
+    All,
+    /// The socket would block; call again when it is writable.
+    Partly,
+}
+
+/// Bytes owed to one client, in order.
+#[derive(Debug, Default)]
+pub struct Output {
+    pieces: VecDeque<Piece>,
+    queued_bytes: u64,
+}
+
+impl Output {
+    /// Queues `response`, framed for the request it answers.
+    pub fn push_response(&mut self, framing: Framing, response: Response) {
+        let mut head = Vec::with_capacity(32);
+        encode_head(framing, &response, &mut head);
+        self.push_bytes(head);
+        if let Response::Content(body) = response {
+            match body {
+                Body::Bytes(bytes) if bytes.is_empty() => {}
+                Body::Bytes(bytes) => self.push(Piece::Shared { bytes, sent: 0 }),
+                Body::File { file, len } => self.push(Piece::File { file, offset: 0, len }),
+            }
+        }
+    }
+
+    /// Queues raw bytes (a greeting, a refusal written before any request).
+    pub fn push_bytes(&mut self, bytes: Vec<u8>) {
+        if !bytes.is_empty() {
+            self.push(Piece::Owned { bytes, sent: 0 });
+        }
+    }
+
+    fn push(&mut self, piece: Piece) {
+        self.queued_bytes += piece.remaining();
+        self.pieces.push_back(piece);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued_bytes
+    }
+
+    /// True when nothing is owed.
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// Writes as much as the socket takes: until the queue is empty or the
+    /// socket would block. `Interrupted` is retried; other errors (the peer
+    /// went away) are returned and the connection should be dropped.
+    pub fn write_to<S: Sink>(&mut self, sink: &mut S) -> io::Result<Flushed> {
+        while let Some(front) = self.pieces.front_mut() {
+            let written = match front {
+                Piece::File { file, offset, len } => {
+                    let want = (*len - *offset).min(SENDFILE_CHUNK_BYTES as u64) as usize;
+                    match rustix::fs::sendfile(sink.as_fd(), &*file, Some(offset), want) {
+                        // The file shrank after it was opened: the promised
+                        // length can no longer be met, so the stream is broken.
+                        Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while sending")),
+                        Ok(n) => {
+                            // sendfile advanced `offset` itself.
+                            self.queued_bytes -= n as u64;
+                            if *offset >= *len {
+                                self.pieces.pop_front();
+                            }
+                            continue;
+                        }
+                        Err(errno) => Err(io::Error::from(errno)),
+                    }
+                }
+                _ => {
+                    let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                    let mut count = 0;
+                    for (slot, bytes) in slices.iter_mut().zip(self.pieces.iter().map_while(Piece::unsent_bytes)) {
+                        *slot = IoSlice::new(bytes);
+                        count += 1;
+                    }
+                    sink.write_vectored(&slices[..count])
+                }
+            };
+            match written {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.consume(n as u64),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Partly),
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(Flushed::All)
+    }
+
+    /// Drops `n` bytes written by `writev` from the in-memory pieces at the
+    /// front of the queue.
+    fn consume(&mut self, mut n: u64) {
+        self.queued_bytes -= n;
+        while n > 0 {
+            let front = self.pieces.front_mut().expect("wrote no more than was queued");
+            let remaining = front.remaining();
+            if n < remaining {
+                if let Piece::Owned { sent, .. } | Piece::Shared { sent, .. } = front {
+                    *sent += n as usize;
+                }
+                return;
+            }
+            n -= remaining;
+            self.pieces.pop_front();
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! The line protocol: one path per line, `OK <size>\n<bytes>` or
+//! `ERR <code> <reason>\n` back.
+
+use std::io::Write;
+
+use super::{Framing, Malformed, ParseLimits, Parsed, Request, Response};
+use crate::refusal::Refusal;
+
+/// Finds one `\n`-terminated line at the front of `pending`.
+pub(super) fn parse(pending: &[u8], limits: &ParseLimits) -> Option<Parsed> {
+    let refuse =
+        |refusal, consumed| Some(Parsed { request: Err(Malformed { framing: Framing::Line, refusal }), consumed });
+    let Some(newline) = pending.iter().position(|&b| b == b'\n') else {
+        // No newline yet: wait for more, unless the line is already too long.
+        return if pending.len() > limits.max_line_bytes { refuse(Refusal::LineTooLong, pending.len()) } else { None };
+    };
+    let mut line = &pending[..newline];
+    if let [rest @ .., b'\r'] = line {
+        line = rest;
+    }
+    if line.len() > limits.max_line_bytes {
+        return refuse(Refusal::LineTooLong, newline + 1);
+    }
+    if line.is_empty() {
+        return refuse(Refusal::BadRequest, newline + 1);
+    }
+    Some(Parsed { request: Ok(Request { target: line.to_vec(), framing: Framing::Line }), consumed: newline + 1 })
+}
+
+/// Appends the head that precedes `response`'s body (if any) to `out`.
+pub fn encode_head(framing: Framing, response: &Response, out: &mut Vec<u8>) {
+    match framing {
+        Framing::Line => match response {
+            Response::Content(body) => {
+                let _ = writeln!(out, "OK {}", body.len());
+            }
+            Response::Refused(refusal) => {
+                let _ = writeln!(out, "ERR {} {}", refusal.code(), refusal);
+            }
+        },
+    }
+}

@@ -1,0 +1,219 @@
+//! Bytes in, requests out; responses in, bytes out.
+//!
+//! The kit speaks a line protocol (DESIGN section 3) on every model. The
+//! [`Parser`] is incremental: feed it whatever `read` returned, one byte or
+//! several pipelined requests at once, and take complete requests out as they
+//! become available. It never blocks and never holds more than one
+//! request's worth of unparsed bytes plus one read, so every model, blocking
+//! or event-driven, uses the same parser.
+
+mod line;
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use crate::refusal::Refusal;
+
+pub use line::encode_head;
+
+/// How many bytes one `read` asks the socket for.
+pub const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+/// How a response must be framed: decided by the request it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `OK <size>\n<bytes>` / `ERR <code> <reason>\n`.
+    Line,
+}
+
+/// One parsed request: what was asked for, and how to frame the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The raw target: a path (file service) or a number (fib service).
+    pub target: Vec<u8>,
+    /// How to frame the response.
+    pub framing: Framing,
+}
+
+/// A request that could not be parsed; the connection answers it and closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed {
+    /// How to frame the error.
+    pub framing: Framing,
+    /// What to answer.
+    pub refusal: Refusal,
+}
+
+/// What a response carries when it succeeds.
+#[derive(Debug)]
+pub enum Body {
+    /// Bytes in memory, shared with the cache (a hit costs no copy).
+    Bytes(Arc<[u8]>),
+    /// A file too large to cache, streamed with `sendfile` in chunks.
+    File {
+        /// The open, sandboxed regular file.
+        file: File,
+        /// How many bytes to send: the size `fstat` reported at open.
+        len: u64,
+    },
+}
+
+impl Body {
+    /// The number of body bytes that will be sent.
+    pub fn len(&self) -> u64 {
+        match self {
+            Body::Bytes(bytes) => bytes.len() as u64,
+            Body::File { len, .. } => *len,
+        }
+    }
+
+    /// True for an empty body.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The answer to one request, independent of the protocol that frames it.
+#[derive(Debug)]
+pub enum Response {
+    /// Success, with the content to send.
+    Content(Body),
+    /// Refused, with the reason.
+    Refused(Refusal),
+}
+
+/// Limits the parser enforces, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseLimits {
+    /// Longest request line accepted (the `\n` not counted); longer is 414.
+    pub max_line_bytes: usize,
+}
+
+impl Default for ParseLimits {
+    fn default() -> Self {
+        ParseLimits { max_line_bytes: 4096 }
+    }
+}
+
+/// An incremental request parser: one per connection.
+#[derive(Debug, Default)]
+pub struct Parser {
+    /// Unparsed bytes; empty (and unallocated) between requests, so an idle
+    /// connection costs no buffer.
+    buf: Vec<u8>,
+    /// How much of `buf` has already been parsed.
+    start: usize,
+    limits: ParseLimits,
+}
+
+impl Parser {
+    /// A parser enforcing `limits`.
+    pub fn new(limits: ParseLimits) -> Parser {
+        Parser { buf: Vec::new(), start: 0, limits }
+    }
+
+    /// Appends bytes received from the peer.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Performs one `read` from `source` and feeds what arrived.
+    /// Returns the byte count, 0 at end of stream.
+    pub fn read_from<R: Read>(&mut self, source: &mut R) -> io::Result<usize> {
+        let mut chunk = [0u8; READ_CHUNK_BYTES];
+        let n = source.read(&mut chunk)?;
+        self.feed(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// True when bytes are buffered that do not yet form a whole request.
+    pub fn has_partial_request(&self) -> bool {
+        self.start < self.buf.len()
+    }
+
+    /// Takes the next complete request out of the buffer, if there is one.
+    pub fn next_request(&mut self) -> Option<Result<Request, Malformed>> {
+        let pending = &self.buf[self.start..];
+        let parsed = line::parse(pending, &self.limits)?;
+        self.start += parsed.consumed;
+        if self.start == self.buf.len() {
+            // Release a large buffer left by a burst; keep a small one.
+            if self.buf.capacity() > READ_CHUNK_BYTES {
+                self.buf = Vec::new();
+            } else {
+                self.buf.clear();
+            }
+            self.start = 0;
+        }
+        Some(parsed.request)
+    }
+}
+
+/// A request found at the front of a buffer, and how many bytes it used.
+struct Parsed {
+    request: Result<Request, Malformed>,
+    consumed: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(parsed: Option<Result<Request, Malformed>>) -> Vec<u8> {
+        parsed.expect("a request").expect("well formed").target
+    }
+
+    #[test]
+    fn a_request_dribbled_one_byte_at_a_time_is_parsed_once_complete() {
+        let mut parser = Parser::default();
+        for &b in b"docs/a.txt\r" {
+            parser.feed(&[b]);
+            assert!(parser.next_request().is_none());
+        }
+        parser.feed(b"\n");
+        assert_eq!(target(parser.next_request()), b"docs/a.txt");
+        assert!(parser.next_request().is_none());
+        assert!(!parser.has_partial_request());
+    }
+
+    #[test]
+    fn pipelined_requests_come_out_in_order() {
+        let mut parser = Parser::default();
+        parser.feed(b"a\nb\r\nc");
+        assert_eq!(target(parser.next_request()), b"a");
+        assert_eq!(target(parser.next_request()), b"b");
+        assert!(parser.next_request().is_none());
+        assert!(parser.has_partial_request());
+        parser.feed(b"\n");
+        assert_eq!(target(parser.next_request()), b"c");
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_414_even_before_its_newline() {
+        let limits = ParseLimits { max_line_bytes: 8 };
+        let mut parser = Parser::new(limits);
+        parser.feed(b"123456789");
+        let err = parser.next_request().unwrap().unwrap_err();
+        assert_eq!(err.refusal, Refusal::LineTooLong);
+
+        let mut parser = Parser::new(limits);
+        parser.feed(b"12345678\n");
+        assert_eq!(target(parser.next_request()), b"12345678");
+    }
+
+    #[test]
+    fn an_empty_line_is_malformed() {
+        let mut parser = Parser::default();
+        parser.feed(b"\r\n");
+        let err = parser.next_request().unwrap().unwrap_err();
+        assert_eq!(err.refusal, Refusal::BadRequest);
+    }
+}
