@@ -1,13 +1,19 @@
 //! What the blocking models share: serving one connection start to finish
 //! in the calling thread, and an accept loop that a signal can stop.
+//!
+//! A thread blocked in `read` cannot be told to stop, so a graceful stop
+//! shuts down the *reading* side of every live connection: the blocked read
+//! returns end-of-stream, the response in flight is still written, and the
+//! thread returns on its own.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::conn::{Conn, Inline, Status};
+use crate::conn::{Conn, Inline};
 use crate::log::info;
 use crate::net::is_fd_exhaustion;
 use crate::protocol::ParseLimits;
@@ -17,34 +23,69 @@ use crate::signals;
 /// How long to stop accepting when the process is out of file descriptors.
 pub const FD_EXHAUSTION_PAUSE: Duration = Duration::from_millis(100);
 
-/// Serves every request on `stream` until the client is done, blocking the
-/// calling thread throughout. The same [`Conn`] state machine as the event
-/// loops: on a blocking socket it simply never sees `WouldBlock`.
-pub fn serve_connection(mut stream: TcpStream, service: &Service, limits: ParseLimits) {
-    let mut conn = Conn::new(service, limits);
-    // With a blocking socket `advance` returns only when the connection is
-    // finished (or, with a read timeout set, when the client went quiet).
-    let _ = conn.advance(&mut stream, service, &mut Inline, 0) == Status::Closed;
+/// The connections blocking models are serving, so a stop can reach them.
+#[derive(Debug, Default)]
+pub struct LiveConnections {
+    stopping: AtomicBool,
+    next_id: AtomicU64,
+    streams: Mutex<HashMap<u64, TcpStream>>,
 }
 
-/// Accepts connections and hands each to `serve` until `SIGINT`/`SIGTERM`.
-/// `SIGHUP` clears the cache from a watcher thread.
+impl LiveConnections {
+    /// Whether a stop has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Stops reading from every live connection (see the module docs).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for stream in self.lock().values() {
+            let _ = stream.shutdown(Shutdown::Read);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, TcpStream>> {
+        self.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Serves every request on `stream` until the client is done, blocking
+    /// the calling thread throughout: the same [`Conn`] state machine as the
+    /// event loops, which on a blocking socket simply never sees `WouldBlock`.
+    pub fn serve(&self, mut stream: TcpStream, service: &Service, limits: ParseLimits) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(handle) = stream.try_clone() {
+            self.lock().insert(id, handle);
+        }
+        let mut conn = Conn::new(service, limits);
+        // Checked after registering, so a stop cannot slip in between.
+        if self.is_stopping() {
+            conn.close_when_done();
+        }
+        conn.advance(&mut stream, service, &mut Inline, 0);
+        self.lock().remove(&id);
+    }
+}
+
+/// Accepts connections and hands each to `serve` until `SIGINT`/`SIGTERM`,
+/// which also stops every connection in `live`. `SIGHUP` clears the cache
+/// from a watcher thread.
 pub fn accept_until_stopped(
     listener: &TcpListener,
     service: &Arc<Service>,
+    live: &Arc<LiveConnections>,
     mut serve: impl FnMut(TcpStream),
 ) -> io::Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
     let wake = wake_address(listener.local_addr()?);
-    let stop_flag = Arc::clone(&stop);
+    let stopping = Arc::clone(live);
     signals::spawn_watcher(Arc::clone(service), move || {
-        stop_flag.store(true, Ordering::SeqCst);
+        stopping.stop();
         // accept() blocks; a connection to ourselves makes it return.
         let _ = TcpStream::connect(wake);
     })?;
     loop {
         let accepted = listener.accept();
-        if stop.load(Ordering::SeqCst) {
+        if live.is_stopping() {
             return Ok(());
         }
         match accepted {

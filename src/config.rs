@@ -20,6 +20,18 @@ pub enum Model {
     Event,
 }
 
+impl Model {
+    /// The name `--model` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::Iterative => "iterative",
+            Model::Select => "select",
+            Model::Poll => "poll",
+            Model::Event => "event",
+        }
+    }
+}
+
 /// What the server answers (DESIGN section 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ServiceKind {
@@ -29,6 +41,17 @@ pub enum ServiceKind {
     Time,
     /// The line is n (0..=40); answer fib(n), computed naively (CPU-bound).
     Fib,
+}
+
+impl ServiceKind {
+    /// The name `--service` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceKind::File => "file",
+            ServiceKind::Time => "time",
+            ServiceKind::Fib => "fib",
+        }
+    }
 }
 
 /// The complete configuration of one server run.

@@ -121,6 +121,11 @@ impl Root {
             }
             normalized.extend_from_slice(component);
         }
+        // `file.txt/` names a directory that does not exist: keep the slash
+        // so the kernel answers ENOTDIR (404) instead of serving the file.
+        if requested.ends_with(b"/") && !normalized.is_empty() {
+            normalized.push(b'/');
+        }
         Ok(normalized)
     }
 
@@ -168,6 +173,11 @@ fn open_walking(root: &OwnedFd, normalized: &[u8]) -> rustix::io::Result<OwnedFd
     if normalized.is_empty() {
         return rustix::fs::openat(root, ".", read_flags(), Mode::empty());
     }
+    // A trailing slash insists on a directory (which is then refused as one).
+    let (normalized, must_be_dir) = match normalized.strip_suffix(b"/") {
+        Some(stripped) => (stripped, OFlags::DIRECTORY),
+        None => (normalized, OFlags::empty()),
+    };
     let mut components = normalized.split(|&b| b == b'/').peekable();
     let mut current: Option<OwnedFd> = None;
     while let Some(component) = components.next() {
@@ -176,7 +186,7 @@ fn open_walking(root: &OwnedFd, normalized: &[u8]) -> rustix::io::Result<OwnedFd
         let flags = if components.peek().is_some() {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
         } else {
-            read_flags() | OFlags::NOFOLLOW
+            read_flags() | OFlags::NOFOLLOW | must_be_dir
         };
         let opened = rustix::fs::openat(at, name, flags, Mode::empty()).map_err(|errno| {
             // O_DIRECTORY on a symlink reports ENOTDIR, not ELOOP: tell the
@@ -232,6 +242,9 @@ mod tests {
         let root = Root::open(dir.path(), false).unwrap();
         assert_eq!(root.normalize(b"./sub//file.txt").unwrap(), b"sub/file.txt");
         assert_eq!(root.normalize(b".").unwrap(), b"");
+        assert_eq!(root.normalize(b"sub/").unwrap(), b"sub/");
+        assert_eq!(refusal(&root, "sub/file.txt/"), Some(Refusal::NotFound));
+        assert_eq!(refusal(&root, "sub/"), Some(Refusal::Forbidden));
         for escape in ["../x", "sub/../../x", "sub/..", "/etc/passwd", ".hidden", "sub/.git/config"] {
             assert_eq!(root.normalize(escape.as_bytes()), Err(Refusal::Forbidden), "{escape}");
         }
@@ -268,6 +281,8 @@ mod tests {
         assert_eq!(refusal(&root, "fifo"), Some(Refusal::Forbidden));
         assert_eq!(refusal(&root, "sub"), Some(Refusal::Forbidden));
         assert_eq!(refusal(&root, "missing"), Some(Refusal::NotFound));
+        assert_eq!(refusal(&root, "sub/file.txt/"), Some(Refusal::NotFound));
+        assert_eq!(refusal(&root, "sub/"), Some(Refusal::Forbidden));
     }
 
     #[test]

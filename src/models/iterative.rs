@@ -17,13 +17,16 @@
 //! server --model iterative --root fixtures   # then: client 0 ./test.txt
 //! ```
 
-use crate::blocking::{accept_until_stopped, serve_connection};
+use std::sync::Arc;
+
+use crate::blocking::{accept_until_stopped, LiveConnections};
 use crate::error::ServerError;
 use crate::models::Server;
 
 /// Serves one connection at a time until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
     let Server { listener, service, limits, .. } = server;
-    accept_until_stopped(&listener, &service, |stream| serve_connection(stream, &service, limits))
+    let live = Arc::new(LiveConnections::default());
+    accept_until_stopped(&listener, &service, &live, |stream| live.serve(stream, &service, limits))
         .map_err(ServerError::io("iterative accept loop"))
 }

@@ -45,9 +45,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let listener = net::listen(SocketAddr::new(config.addr, config.port), false)?;
     let local = net::announce(&listener)?;
     info!(
-        "{:?} model serving {:?} from {} on {local} (pid {})",
-        config.model,
-        config.service,
+        "{} model serving {} from {} on {local} (pid {})",
+        config.model.name(),
+        config.service.name(),
         config.root.display(),
         std::process::id()
     );

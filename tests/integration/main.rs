@@ -1,1 +1,11 @@
-//! placeholder
+//! The integration suite: one binary (one link on a 2-core machine), a module
+//! per area. Every test starts the real `server` (and `client`) binaries on
+//! `--port 0`, reads the `listening on` line, and talks over loopback.
+
+mod support;
+
+mod client;
+mod models;
+mod protocol;
+mod sandbox;
+mod signals;

@@ -1,0 +1,58 @@
+//! The `client` binary, as the OSTEP homework uses it.
+
+use std::process::{Command, Output};
+
+use crate::support::{client_bin, fixtures, Server};
+
+fn client(server: &Server, args: &[&str]) -> Output {
+    Command::new(client_bin()).args(args).env("SERVER_ADDR", server.addr.to_string()).output().unwrap()
+}
+
+#[test]
+fn client_0_test_txt_prints_the_file_and_refusals_exit_1() {
+    let server = Server::start(&["--root", fixtures().to_str().unwrap()]);
+    let out = client(&server, &["0", "./test.txt"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.stdout, std::fs::read(fixtures().join("test.txt")).unwrap());
+
+    let out = client(&server, &["0", "../Cargo.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("403 forbidden"));
+
+    let out = client(&server, &["0", "tiny.txt", "missing", "tiny.txt"]);
+    assert_eq!(out.status.code(), Some(1), "any refusal exits 1");
+    assert_eq!(out.stdout, b"hi\nhi\n", "the others are still printed");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing: 404 not found"));
+}
+
+#[test]
+fn three_delayed_clients_each_print_the_time() {
+    let server = Server::start(&["--model", "select", "--service", "time"]);
+    let children: Vec<_> = ["0.3", "0.6", "0.9"]
+        .iter()
+        .map(|delay| {
+            Command::new(client_bin())
+                .args([delay, "--addr", &server.addr.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        assert!(String::from_utf8(out.stdout).unwrap().ends_with("Z\n"));
+    }
+}
+
+#[test]
+fn client_exits_2_on_usage_and_connection_errors() {
+    let bad_delay = Command::new(client_bin()).args(["soon"]).output().unwrap();
+    assert_eq!(bad_delay.status.code(), Some(2));
+    // A port nothing listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = Command::new(client_bin()).args(["0", "x", "--addr", &format!("127.0.0.1:{port}")]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+}

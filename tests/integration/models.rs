@@ -1,0 +1,137 @@
+//! What distinguishes the models: concurrency, limits, start-up errors.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::{fixtures, Reply, Server, MODELS};
+
+/// The models that serve many clients at once from one thread.
+const READINESS_MODELS: &[&str] = &["select", "poll", "event"];
+
+#[test]
+fn a_hundred_concurrent_clients_are_all_served_correctly() {
+    let expected = std::fs::read(fixtures().join("data/64k.bin")).unwrap();
+    for model in READINESS_MODELS {
+        let server = Server::start(&["--model", model, "--root", fixtures().to_str().unwrap()]);
+        // Connect all first, so the server really holds 100 at once.
+        let mut conns: Vec<_> = (0..100).map(|_| server.connect()).collect();
+        for conn in &mut conns {
+            conn.send(b"data/64k.bin\ntest.txt\n");
+        }
+        std::thread::scope(|scope| {
+            for mut conn in conns {
+                let expected = &expected;
+                scope.spawn(move || {
+                    assert_eq!(&conn.read_reply().body(), expected, "{model}");
+                    assert!(conn.read_reply().body().starts_with(b"Hello"), "{model}");
+                });
+            }
+        });
+    }
+}
+
+#[test]
+fn a_stalled_client_does_not_block_the_others() {
+    for model in READINESS_MODELS {
+        let server = Server::start(&["--model", model, "--root", fixtures().to_str().unwrap()]);
+        let mut stalled = server.connect();
+        stalled.send(b"test.t"); // half a request, then silence
+        assert_eq!(server.get("tiny.txt").body(), b"hi\n", "{model}");
+        stalled.send(b"xt\n");
+        assert!(stalled.read_reply().body().starts_with(b"Hello"), "{model}");
+    }
+}
+
+#[test]
+fn the_iterative_model_serves_one_client_at_a_time() {
+    let server = Server::start(&["--model", "iterative", "--root", fixtures().to_str().unwrap()]);
+    let mut first = server.connect();
+    first.send(b"tiny.txt\n");
+    assert_eq!(first.read_reply().body(), b"hi\n");
+    // The first connection is still open, so a second one waits in the backlog.
+    let mut second = server.connect();
+    second.send(b"tiny.txt\n");
+    second.set_read_timeout(Duration::from_millis(300));
+    assert!(second.try_read_reply().is_none(), "served while the first client was still connected");
+    drop(first);
+    second.set_read_timeout(crate::support::IO_TIMEOUT);
+    assert_eq!(second.read_reply().body(), b"hi\n");
+}
+
+#[test]
+fn select_refuses_fds_past_fd_setsize_and_keeps_serving() {
+    let server = Server::start(&["--model", "select", "--root", fixtures().to_str().unwrap()]);
+    // The server's own fds (listener, pipes, root, stdio) take a few slots,
+    // so 1100 connections must run past FD_SETSIZE = 1024.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..1100 {
+        let mut conn = server.connect();
+        conn.send(b"tiny.txt\n");
+        match conn.read_reply() {
+            Reply::Ok(body) => {
+                assert_eq!(body, b"hi\n");
+                held.push(conn);
+            }
+            Reply::Err(503) => refused += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(held.len() > 1000 && refused > 50, "held {} refused {refused}", held.len());
+    drop(held);
+    // Fds are free again: a new client is served.
+    let deadline = std::time::Instant::now() + crate::support::IO_TIMEOUT;
+    loop {
+        match server.get("tiny.txt") {
+            Reply::Ok(body) => break assert_eq!(body, b"hi\n"),
+            other => assert!(std::time::Instant::now() < deadline, "still refused: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn max_conns_refuses_the_extra_connection_with_503() {
+    for model in READINESS_MODELS {
+        let server = Server::start(&["--model", model, "--root", fixtures().to_str().unwrap(), "--max-conns", "2"]);
+        let mut a = server.connect();
+        let mut b = server.connect();
+        assert_eq!(a.get(b"tiny.txt").body(), b"hi\n");
+        assert_eq!(b.get(b"tiny.txt").body(), b"hi\n");
+        assert_eq!(server.connect().get(b"tiny.txt"), Reply::Err(503), "{model}");
+        drop(a);
+        let deadline = std::time::Instant::now() + crate::support::IO_TIMEOUT;
+        while server.connect().get(b"tiny.txt") != Reply::Ok(b"hi\n".to_vec()) {
+            assert!(std::time::Instant::now() < deadline, "{model}: slot never freed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn start_up_errors_say_what_to_do() {
+    let server = Server::start(&["--root", fixtures().to_str().unwrap()]);
+    let port = server.addr.port().to_string();
+    let taken = Command::new(env!("CARGO_BIN_EXE_server")).args(["--port", &port]).output().unwrap();
+    assert_eq!(taken.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&taken.stderr);
+    assert!(stderr.contains("address in use") && stderr.contains("--port 0"), "{stderr}");
+
+    let file_root =
+        Command::new(env!("CARGO_BIN_EXE_server")).args(["--port", "0", "--root", "Cargo.toml"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&file_root.stderr);
+    assert!(!file_root.status.success() && stderr.contains("is not a directory"), "{stderr}");
+
+    let bad_size =
+        Command::new(env!("CARGO_BIN_EXE_server")).args(["--port", "0", "--cache-size", "lots"]).output().unwrap();
+    assert_eq!(bad_size.status.code(), Some(2), "clap usage error");
+}
+
+#[test]
+fn every_model_is_tested() {
+    let help = Command::new(env!("CARGO_BIN_EXE_server")).arg("--help").output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for model in MODELS {
+        assert!(help.contains(model), "--help lacks {model}");
+    }
+}

@@ -1,0 +1,73 @@
+//! Real signals: SIGHUP clears the cache (the documented contract), SIGTERM
+//! stops gracefully with exit status 0.
+
+use rustix::process::Signal;
+
+use crate::support::{Server, MODELS};
+
+/// The cache contract, for one model: content is cached until SIGHUP.
+fn cached_until_sighup(model: &str) {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("page.txt");
+    std::fs::write(&file, b"old content").unwrap();
+    let server = Server::start(&["--model", model, "--root", root.path().to_str().unwrap()]);
+    assert_eq!(server.get("page.txt").body(), b"old content", "{model}");
+    std::fs::write(&file, b"new content, longer").unwrap();
+    assert_eq!(server.get("page.txt").body(), b"old content", "{model}: served from the cache");
+    server.signal(Signal::HUP);
+    server.wait_for_log("cache cleared: 1 files, 11 bytes", 1);
+    assert_eq!(server.get("page.txt").body(), b"new content, longer", "{model}: fresh after SIGHUP");
+}
+
+#[test]
+fn sighup_clears_the_cache_of_every_model() {
+    for model in MODELS {
+        cached_until_sighup(model);
+    }
+}
+
+#[test]
+fn with_a_zero_cache_every_read_is_fresh() {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("page.txt");
+    for model in MODELS {
+        std::fs::write(&file, b"first").unwrap();
+        let server = Server::start(&["--model", model, "--root", root.path().to_str().unwrap(), "--cache-size", "0"]);
+        assert_eq!(server.get("page.txt").body(), b"first", "{model}");
+        std::fs::write(&file, b"second").unwrap();
+        assert_eq!(server.get("page.txt").body(), b"second", "{model}");
+        server.signal(Signal::HUP);
+        server.wait_for_log("cache cleared: 0 files, 0 bytes", 1);
+    }
+}
+
+#[test]
+fn sigterm_exits_0_and_idle_servers_stop_at_once() {
+    for model in MODELS {
+        let server = Server::start(&["--model", model, "--root", crate::support::fixtures().to_str().unwrap()]);
+        assert_eq!(server.get("tiny.txt").body(), b"hi\n");
+        server.signal(Signal::TERM);
+        assert_eq!(server.wait_exit(), Some(0), "{model}");
+    }
+}
+
+#[test]
+fn sigint_finishes_the_response_in_flight_then_exits_0() {
+    for model in ["iterative", "select", "poll", "event"] {
+        let server = Server::start(&[
+            "--model",
+            model,
+            "--root",
+            crate::support::fixtures().to_str().unwrap(),
+            "--read-delay-ms",
+            "400",
+        ]);
+        let mut conn = server.connect();
+        conn.send(b"test.txt\n");
+        std::thread::sleep(std::time::Duration::from_millis(100)); // the read is now in flight
+        server.signal(Signal::INT);
+        assert!(conn.read_reply().body().starts_with(b"Hello"), "{model}: the in-flight response completes");
+        assert!(conn.is_closed_by_server(), "{model}: then the connection closes");
+        assert_eq!(server.wait_exit(), Some(0), "{model}");
+    }
+}

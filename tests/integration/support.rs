@@ -1,0 +1,248 @@
+//! Starting the real `server` binary and talking to it over loopback.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long any single network step may take before a test fails instead of hanging.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every model, for tests that must hold for all of them.
+pub const MODELS: &[&str] = &["iterative", "select", "poll", "event"];
+
+/// The fixtures directory shipped with the repository.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// A running server; killed (and reaped) when dropped, so a failing
+/// assertion never leaves a server behind.
+pub struct Server {
+    child: Child,
+    /// The address from its `listening on` line.
+    pub addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `server --port 0 ARGS...` and waits for `listening on`.
+    pub fn start(args: &[&str]) -> Server {
+        Server::start_with(args, |_| {})
+    }
+
+    /// Like [`Server::start`], with a hook to adjust the command (e.g. rlimits).
+    pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
+        command.args(["--port", "0"]).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        adjust(&mut command);
+        let mut child = command.spawn().expect("spawn server");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr);
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let line = rx.recv_timeout(IO_TIMEOUT).unwrap_or_default();
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!("server {args:?} did not announce itself; stdout {line:?}, stderr {:?}", stderr.lock().unwrap());
+        };
+        let addr = addr.parse().expect("listening on <ip>:<port>");
+        Server { child, addr, stderr }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a real signal to the server process.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid()).expect("a child has a positive pid");
+        rustix::process::kill_process(pid, signal).expect("kill");
+    }
+
+    /// Everything the server wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr holds `count` lines containing `needle`.
+    pub fn wait_for_log(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while self.log().matches(needle).count() < count {
+            assert!(Instant::now() < deadline, "no {count}x {needle:?} in log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the server to exit and returns its exit code.
+    pub fn wait_exit(mut self) -> Option<i32> {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "server did not exit; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A new line-protocol connection.
+    pub fn connect(&self) -> LineClient {
+        LineClient::connect(self.addr)
+    }
+
+    /// One file over a fresh connection.
+    pub fn get(&self, path: &str) -> Reply {
+        self.connect().get(path.as_bytes())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A parsed line-protocol response.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// `OK <size>` and the body.
+    Ok(Vec<u8>),
+    /// `ERR <code> <reason>`: the code.
+    Err(u16),
+    /// The server closed the connection without a response.
+    Closed,
+}
+
+impl Reply {
+    /// The body of an `OK`, or a panic naming what came instead.
+    pub fn body(self) -> Vec<u8> {
+        match self {
+            Reply::Ok(body) => body,
+            other => panic!("expected OK, got {other:?}"),
+        }
+    }
+}
+
+/// One line-protocol connection.
+pub struct LineClient {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl LineClient {
+    /// Connects with I/O timeouts so a broken server fails the test, not hangs it.
+    pub fn connect(addr: SocketAddr) -> LineClient {
+        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        LineClient { writer: stream.try_clone().unwrap(), reader: BufReader::new(stream) }
+    }
+
+    /// Sends raw bytes.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("send");
+    }
+
+    /// Reads one response.
+    pub fn read_reply(&mut self) -> Reply {
+        let mut head = Vec::new();
+        self.reader.read_until(b'\n', &mut head).expect("read response head");
+        if head.is_empty() {
+            return Reply::Closed;
+        }
+        let head = String::from_utf8(head).expect("utf-8 head");
+        let head = head.trim_end();
+        if let Some(size) = head.strip_prefix("OK ") {
+            let mut body = vec![0; size.parse().expect("size")];
+            self.reader.read_exact(&mut body).expect("read body");
+            Reply::Ok(body)
+        } else if let Some(rest) = head.strip_prefix("ERR ") {
+            Reply::Err(rest[..3].parse().expect("code"))
+        } else {
+            panic!("unexpected head {head:?}")
+        }
+    }
+
+    /// Changes how long a read may wait (see [`LineClient::try_read_reply`]).
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.writer.set_read_timeout(Some(timeout)).unwrap();
+    }
+
+    /// Reads one response, or `None` if none arrives within the read timeout.
+    pub fn try_read_reply(&mut self) -> Option<Reply> {
+        match self.reader.fill_buf() {
+            Ok(_) => Some(self.read_reply()),
+            Err(err) if matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => None,
+            Err(err) => panic!("read: {err}"),
+        }
+    }
+
+    /// Requests one path and reads the response.
+    pub fn get(&mut self, path: &[u8]) -> Reply {
+        let mut line = path.to_vec();
+        line.push(b'\n');
+        self.send(&line);
+        self.read_reply()
+    }
+
+    /// Reads everything until the server closes.
+    pub fn read_to_end(&mut self) -> Vec<u8> {
+        let mut all = Vec::new();
+        self.reader.read_to_end(&mut all).expect("read to end");
+        all
+    }
+
+    /// Whether the server closed the connection (EOF now).
+    pub fn is_closed_by_server(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.reader.read(&mut byte), Ok(0))
+    }
+}
+
+/// A tree with hostile entries next to ordinary files: a symlink out of the
+/// root, a FIFO, a directory, a hidden file, an inner symlink. The second
+/// directory is outside the root and holds `secret`.
+pub fn hostile_tree() -> (tempfile::TempDir, tempfile::TempDir) {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), b"TOP SECRET").unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::write(r.join("test.txt"), std::fs::read(fixtures().join("test.txt")).unwrap()).unwrap();
+    std::fs::create_dir_all(r.join("a/b")).unwrap();
+    std::fs::write(r.join("a/b/c.txt"), b"deep").unwrap();
+    std::fs::write(r.join(".hidden"), b"hidden").unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret"), r.join("out-link")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), r.join("out-dir")).unwrap();
+    std::os::unix::fs::symlink("a/b/c.txt", r.join("in-link")).unwrap();
+    let fifo = rustix::fs::FileType::Fifo;
+    rustix::fs::mknodat(rustix::fs::CWD, r.join("fifo"), fifo, rustix::fs::Mode::from_raw_mode(0o644), 0).unwrap();
+    (root, outside)
+}
+
+/// The `client` binary, built next to `server` by `cargo test --workspace`.
+pub fn client_bin() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_server")).with_file_name("client");
+    assert!(path.exists(), "{} is missing: run the suite with `cargo test --workspace`", path.display());
+    path
+}
