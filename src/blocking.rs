@@ -8,13 +8,15 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::conn::{Conn, Inline};
+use crate::error::ServerError;
 use crate::log::info;
+use crate::models::Server;
 use crate::net::is_fd_exhaustion;
 use crate::protocol::ParseLimits;
 use crate::service::Service;
@@ -67,22 +69,25 @@ impl LiveConnections {
     }
 }
 
-/// Accepts connections and hands each to `serve` until `SIGINT`/`SIGTERM`,
-/// which also stops every connection in `live`. `SIGHUP` clears the cache
-/// from a watcher thread.
+/// Installs the signal watcher, announces `server`, then accepts
+/// connections and hands each to `serve` until `SIGINT`/`SIGTERM`, which
+/// also stops every connection in `live`. `SIGHUP` clears the cache from
+/// the watcher thread.
 pub fn accept_until_stopped(
-    listener: &TcpListener,
-    service: &Arc<Service>,
+    server: &Server,
     live: &Arc<LiveConnections>,
     mut serve: impl FnMut(TcpStream),
-) -> io::Result<()> {
-    let wake = wake_address(listener.local_addr()?);
+) -> Result<(), ServerError> {
+    let Server { listener, service, .. } = server;
+    let wake = wake_address(listener.local_addr().map_err(ServerError::io("cannot read the bound address"))?);
     let stopping = Arc::clone(live);
     signals::spawn_watcher(Arc::clone(service), move || {
         stopping.stop();
         // accept() blocks; a connection to ourselves makes it return.
         let _ = TcpStream::connect(wake);
-    })?;
+    })
+    .map_err(ServerError::io("cannot install signal handlers"))?;
+    server.announce()?;
     loop {
         let accepted = listener.accept();
         if live.is_stopping() {

@@ -18,6 +18,12 @@ pub enum Model {
     Poll,
     /// Stage 3: mio (epoll); file reads block the loop thread ("Sync I/O").
     Event,
+    /// Stage 4a: mio; reads on a thread pool, completion via a waker ("Async I/O").
+    EventAsync,
+    /// Stage 4b: mio; POSIX aio_read, completion signalled to the loop.
+    EventAio,
+    /// Stage 4c: mio; file reads submitted to io_uring.
+    Uring,
 }
 
 impl Model {
@@ -28,6 +34,9 @@ impl Model {
             Model::Select => "select",
             Model::Poll => "poll",
             Model::Event => "event",
+            Model::EventAsync => "event-async",
+            Model::EventAio => "event-aio",
+            Model::Uring => "uring",
         }
     }
 }
@@ -77,6 +86,8 @@ pub struct Config {
     pub read_delay: Duration,
     /// Connections served at once; more are refused with 503.
     pub max_conns: usize,
+    /// Reader threads of `event-async` (and of the other async models' fib work).
+    pub readers: usize,
     /// Longest request line accepted.
     pub max_line_bytes: usize,
     /// Do not log per-event lines to stderr.
@@ -96,6 +107,7 @@ impl Default for Config {
             cache_max_file_bytes: 1024 * 1024,
             read_delay: Duration::ZERO,
             max_conns: 10_000,
+            readers: 16,
             max_line_bytes: 4096,
             quiet: false,
         }

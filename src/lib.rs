@@ -26,6 +26,7 @@
 
 #![deny(missing_docs)]
 
+pub mod backend;
 pub mod blocking;
 pub mod cache;
 pub mod clients;
@@ -41,3 +42,4 @@ pub mod refusal;
 pub mod sandbox;
 pub mod service;
 pub mod signals;
+pub mod thread_pool;

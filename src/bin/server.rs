@@ -47,6 +47,9 @@ struct Args {
     /// Most connections served at once; more are refused with 503.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     max_conns: usize,
+    /// Reader threads for the asynchronous models' file reads and fib.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    readers: usize,
     /// Longest request line accepted, in bytes; longer lines get 414.
     #[arg(long, default_value = "4KiB", value_parser = parse_size)]
     max_line: u64,
@@ -68,6 +71,7 @@ impl From<Args> for Config {
             cache_max_file_bytes: args.cache_max_file,
             read_delay: Duration::from_millis(args.read_delay_ms),
             max_conns: args.max_conns.max(1),
+            readers: args.readers.max(1),
             max_line_bytes: usize::try_from(args.max_line).unwrap_or(usize::MAX),
             quiet: args.quiet,
         }

@@ -12,7 +12,7 @@
 //! block every other client while they run. That is deliberate: it is the
 //! "Sync I/O" half of the homework's comparison. The asynchronous models
 //! reuse this very loop ([`run_loop`]) and only change *where the work runs*
-//! by passing another [`Backend`].
+//! by passing another [`Backend`](crate::backend::Backend).
 //!
 //! **Cost.** One thread; per client a socket, a `Conn`, and an epoll entry.
 //! Syscalls per cached request: one `epoll_wait` (shared), one `read`,
@@ -32,11 +32,11 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 use signal_hook_mio::v1_0::Signals;
 
+use crate::backend::Backend;
 use crate::clients::{Client, Clients};
-use crate::conn::{ConnId, Executor, Inline};
+use crate::conn::{ConnId, Inline};
 use crate::error::ServerError;
 use crate::models::Server;
-use crate::protocol::Response;
 use crate::signals::{self, HANDLED};
 
 const LISTENER: Token = Token(0);
@@ -46,46 +46,30 @@ const COMPLETIONS: Token = Token(2);
 /// Events taken from the kernel per `epoll_wait`.
 const EVENTS_PER_WAIT: usize = 1024;
 
-/// Where a loop's blocking work runs, and how its completions come back:
-/// each completion makes a source registered in the loop's `Poll` readable.
-pub trait Backend: Executor {
-    /// Registers the source that signals completed work.
-    fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()>;
-    /// Appends finished work, as (connection, response), to `done`.
-    fn completed(&mut self, done: &mut Vec<(ConnId, Response)>);
-    /// When the backend needs to be asked for completions even if its source
-    /// stays quiet (simulated storage delay); `None` if never.
-    fn next_deadline(&self) -> Option<Instant> {
-        None
-    }
-}
-
-/// The `event` model's backend: everything runs inline, nothing completes later.
-impl Backend for Inline {
-    fn register(&mut self, _registry: &Registry, _token: Token) -> io::Result<()> {
-        Ok(())
-    }
-    fn completed(&mut self, _done: &mut Vec<(ConnId, Response)>) {}
-}
-
 /// Runs the `event` model: the loop below with blocking work inline.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    run_loop(server, Inline)
+    run_loop(server, |_registry, _token| Ok(Inline))
 }
 
 /// The mio event loop, shared by `event`, `event-async`, `event-aio` and
-/// `uring`; they differ only in `backend`.
-pub fn run_loop(server: Server, mut backend: impl Backend) -> Result<(), ServerError> {
-    let Server { listener, service, limits, max_conns, .. } = server;
+/// `uring`; they differ only in the backend `make_backend` builds. It is
+/// given the registry and the token under which to register whatever
+/// source announces completed work.
+pub fn run_loop<B: Backend>(
+    server: Server,
+    make_backend: impl FnOnce(&Registry, Token) -> io::Result<B>,
+) -> Result<(), ServerError> {
     let setup = ServerError::io("cannot set up the event loop");
     let mut poll = Poll::new().map_err(&setup)?;
     let registry = poll.registry().try_clone().map_err(&setup)?;
-    listener.set_nonblocking(true).map_err(&setup)?;
-    let listener_fd = listener.as_raw_fd();
+    server.listener.set_nonblocking(true).map_err(&setup)?;
+    let listener_fd = server.listener.as_raw_fd();
     registry.register(&mut SourceFd(&listener_fd), LISTENER, Interest::READABLE).map_err(&setup)?;
     let mut signals = Signals::new(HANDLED).map_err(&setup)?;
     registry.register(&mut signals, SIGNALS, Interest::READABLE).map_err(&setup)?;
-    backend.register(&registry, COMPLETIONS).map_err(&setup)?;
+    let mut backend = make_backend(&registry, COMPLETIONS).map_err(&setup)?;
+    server.announce()?;
+    let Server { listener, service, limits, max_conns, .. } = server;
 
     let mut clients = Clients::new(max_conns, limits);
     let mut events = Events::with_capacity(EVENTS_PER_WAIT);

@@ -25,8 +25,6 @@ use crate::models::Server;
 
 /// Serves one connection at a time until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    let Server { listener, service, limits, .. } = server;
     let live = Arc::new(LiveConnections::default());
-    accept_until_stopped(&listener, &service, &live, |stream| live.serve(stream, &service, limits))
-        .map_err(ServerError::io("iterative accept loop"))
+    accept_until_stopped(&server, &live, |stream| live.serve(stream, &server.service, server.limits))
 }

@@ -5,9 +5,12 @@
 //! connection state machine are shared.
 
 pub mod event;
+pub mod event_aio;
+pub mod event_async;
 pub mod iterative;
 pub mod poll;
 pub mod select;
+pub mod uring;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -36,21 +39,34 @@ pub struct Server {
     pub config: Config,
 }
 
+impl Server {
+    /// Prints `listening on <ip>:<port>`. Each model calls this once its
+    /// signal handling is in place: the line promises that the server is
+    /// ready, and a `SIGHUP` sent before the handler exists would kill it.
+    pub fn announce(&self) -> Result<(), ServerError> {
+        let local = net::announce(&self.listener)?;
+        let config = &self.config;
+        info!(
+            "{} model serving {} from {} on {local} (pid {})",
+            config.model.name(),
+            config.service.name(),
+            config.root.display(),
+            std::process::id()
+        );
+        Ok(())
+    }
+}
+
 /// Starts the configured model and serves until `SIGINT`/`SIGTERM`.
 pub fn run(config: Config) -> Result<(), ServerError> {
     crate::log::set_quiet(config.quiet);
     let root = Root::open(&config.root, config.allow_hidden)?;
+    if config.model == Model::Uring {
+        drop(uring::new_ring()?); // refuse before announcing, not after
+    }
     let cache = Arc::new(FileCache::new(config.cache_bytes, config.cache_max_file_bytes));
     let service = Arc::new(Service::new(config.service, root, cache, config.read_delay));
     let listener = net::listen(SocketAddr::new(config.addr, config.port), false)?;
-    let local = net::announce(&listener)?;
-    info!(
-        "{} model serving {} from {} on {local} (pid {})",
-        config.model.name(),
-        config.service.name(),
-        config.root.display(),
-        std::process::id()
-    );
     let server = Server {
         listener,
         service,
@@ -63,5 +79,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         Model::Select => select::run(server),
         Model::Poll => poll::run(server),
         Model::Event => event::run(server),
+        Model::EventAsync => event_async::run(server),
+        Model::EventAio => event_aio::run(server),
+        Model::Uring => uring::run(server),
     }
 }

@@ -29,9 +29,10 @@ use crate::signals::SelfPipe;
 
 /// Serves every client from one thread with `poll(2)` until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
+    let mut signal_pipe = SelfPipe::install().map_err(ServerError::io("cannot install signal handlers"))?;
+    server.announce()?;
     let Server { listener, service, limits, max_conns, .. } = server;
     listener.set_nonblocking(true).map_err(ServerError::io("cannot make the listener non-blocking"))?;
-    let mut signal_pipe = SelfPipe::install().map_err(ServerError::io("cannot install signal handlers"))?;
     let mut clients: Clients<TcpStream> = Clients::new(max_conns, limits);
 
     while !clients.should_exit() {

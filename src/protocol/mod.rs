@@ -83,6 +83,19 @@ pub enum Response {
     Refused(Refusal),
 }
 
+impl Response {
+    /// Another response with the same content, for a second client that
+    /// asked for the same file: shared bytes and refusals can be copied, an
+    /// open file being streamed cannot (`None`).
+    pub fn share(&self) -> Option<Response> {
+        match self {
+            Response::Content(Body::Bytes(bytes)) => Some(Response::Content(Body::Bytes(Arc::clone(bytes)))),
+            Response::Content(Body::File { .. }) => None,
+            Response::Refused(refusal) => Some(Response::Refused(*refusal)),
+        }
+    }
+}
+
 /// Limits the parser enforces, in bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct ParseLimits {

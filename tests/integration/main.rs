@@ -4,6 +4,7 @@
 
 mod support;
 
+mod async_reads;
 mod client;
 mod models;
 mod protocol;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::support::{fixtures, Reply, Server, MODELS};
 
 /// The models that serve many clients at once from one thread.
-const READINESS_MODELS: &[&str] = &["select", "poll", "event"];
+const READINESS_MODELS: &[&str] = &["select", "poll", "event", "event-async", "event-aio", "uring"];
 
 #[test]
 fn a_hundred_concurrent_clients_are_all_served_correctly() {

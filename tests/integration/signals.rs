@@ -53,7 +53,7 @@ fn sigterm_exits_0_and_idle_servers_stop_at_once() {
 
 #[test]
 fn sigint_finishes_the_response_in_flight_then_exits_0() {
-    for model in ["iterative", "select", "poll", "event"] {
+    for model in MODELS {
         let server = Server::start(&[
             "--model",
             model,
@@ -69,5 +69,15 @@ fn sigint_finishes_the_response_in_flight_then_exits_0() {
         assert!(conn.read_reply().body().starts_with(b"Hello"), "{model}: the in-flight response completes");
         assert!(conn.is_closed_by_server(), "{model}: then the connection closes");
         assert_eq!(server.wait_exit(), Some(0), "{model}");
+    }
+}
+
+#[test]
+fn a_sighup_right_after_the_listening_line_is_handled_not_fatal() {
+    for model in MODELS {
+        let server = Server::start(&["--model", model, "--root", crate::support::fixtures().to_str().unwrap()]);
+        server.signal(Signal::HUP);
+        server.wait_for_log("cache cleared: 0 files, 0 bytes", 1);
+        assert_eq!(server.get("tiny.txt").body(), b"hi\n", "{model}: still alive and serving");
     }
 }

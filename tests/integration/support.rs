@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every model, for tests that must hold for all of them.
-pub const MODELS: &[&str] = &["iterative", "select", "poll", "event"];
+pub const MODELS: &[&str] = &["iterative", "select", "poll", "event", "event-async", "event-aio", "uring"];
+
+/// The event-loop models whose file reads do not block the loop.
+pub const ASYNC_MODELS: &[&str] = &["event-async", "event-aio", "uring"];
 
 /// The fixtures directory shipped with the repository.
 pub fn fixtures() -> PathBuf {
@@ -167,7 +170,12 @@ impl LineClient {
     /// Reads one response.
     pub fn read_reply(&mut self) -> Reply {
         let mut head = Vec::new();
-        self.reader.read_until(b'\n', &mut head).expect("read response head");
+        if let Err(err) = self.reader.read_until(b'\n', &mut head) {
+            panic!(
+                "reading a response head from {}: {err}",
+                self.writer.peer_addr().map_or("?".into(), |a| a.to_string())
+            );
+        }
         if head.is_empty() {
             return Reply::Closed;
         }
@@ -187,6 +195,18 @@ impl LineClient {
     /// Changes how long a read may wait (see [`LineClient::try_read_reply`]).
     pub fn set_read_timeout(&mut self, timeout: Duration) {
         self.writer.set_read_timeout(Some(timeout)).unwrap();
+    }
+
+    /// Whether any response bytes have arrived (without waiting for them).
+    pub fn has_data(&mut self) -> bool {
+        if !self.reader.buffer().is_empty() {
+            return true;
+        }
+        self.writer.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let arrived = self.writer.peek(&mut byte).is_ok();
+        self.writer.set_nonblocking(false).unwrap();
+        arrived
     }
 
     /// Reads one response, or `None` if none arrives within the read timeout.

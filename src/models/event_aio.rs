@@ -1,0 +1,167 @@
+//! Stage 4b: the event loop with POSIX asynchronous I/O, the book's literal
+//! interface (OSTEP 33.6).
+//!
+//! **What it teaches.** `aio_read` takes a control block (`struct aiocb`:
+//! the fd, a buffer, a length, an offset) and returns at once; the read
+//! happens "in the background". The book then asks how the program learns
+//! that it finished: polling `aio_error` in a loop, or a signal. Here the
+//! control block asks for a realtime signal on completion
+//! (`SIGEV_SIGNAL`), and the signal reaches the loop as an ordinary event:
+//! `signal-hook-mio` turns it into a readable pipe in the epoll set. On
+//! that event the loop asks `aio_error` of each pending read (never
+//! otherwise: no busy polling) and collects the finished ones with
+//! `aio_return`.
+//!
+//! **What glibc does underneath.** Linux has no POSIX AIO system call for
+//! buffered files: glibc implements `aio_read` in user space with a pool of
+//! helper threads that run plain `pread`, then raise the requested signal.
+//! So this model is `event-async` with glibc's threads instead of ours (and
+//! a signal instead of an eventfd): the interface is asynchronous, the
+//! implementation is threads. (Linux's native `io_submit` AIO is
+//! asynchronous only for `O_DIRECT`; io_uring, the `uring` model, is the
+//! kernel's real answer.)
+//!
+//! **Where blocking work runs.** File reads in glibc's AIO threads; fib on
+//! `--readers` threads. **Cost.** An `aiocb` (~170 bytes) and a buffer per
+//! pending read; one signal per completion.
+//!
+//! ```text
+//! server --model event-aio --root fixtures --read-delay-ms 100
+//! ```
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use mio::Interest;
+use signal_hook_mio::v1_0::Signals;
+
+use crate::backend::{Coalescing, KernelBackend, KernelReads, PendingRead, PoolBackend};
+use crate::error::ServerError;
+use crate::models::{event, Server};
+
+/// Runs the `event-aio` model: the mio loop with reads by `aio_read`.
+pub fn run(server: Server) -> Result<(), ServerError> {
+    let readers = server.config.readers;
+    event::run_loop(server, |registry, token| {
+        let mut completion_signal = Signals::new([aio_signal()])?;
+        registry.register(&mut completion_signal, token, Interest::READABLE)?;
+        let kernel = PosixAio { completion_signal, pending: Vec::new() };
+        Ok(Coalescing::new(KernelBackend::new(kernel, PoolBackend::new(readers, registry, token)?)))
+    })
+}
+
+/// The realtime signal glibc raises when a read completes. The first few
+/// realtime signals belong to glibc itself, which `SIGRTMIN()` accounts for.
+fn aio_signal() -> i32 {
+    libc::SIGRTMIN() + 2
+}
+
+/// Reads in flight through POSIX AIO.
+struct PosixAio {
+    completion_signal: Signals,
+    pending: Vec<(AioRead, PendingRead)>,
+}
+
+impl KernelReads for PosixAio {
+    fn submit(&mut self, mut read: PendingRead) -> Result<(), (PendingRead, io::Error)> {
+        let fd = read.file().as_raw_fd();
+        let (buffer, offset) = read.unfilled();
+        match AioRead::start(fd, buffer, offset) {
+            Ok(aio) => {
+                self.pending.push((aio, read));
+                Ok(())
+            }
+            Err(err) => Err((read, err)),
+        }
+    }
+
+    fn reap(&mut self, finished: &mut Vec<(PendingRead, io::Result<usize>)>) {
+        // Only a completion signal makes it worth asking. Draining first
+        // means a completion racing with the scan below raises a new event.
+        if self.completion_signal.pending().count() == 0 {
+            return;
+        }
+        let mut i = 0;
+        while i < self.pending.len() {
+            match self.pending[i].0.result() {
+                None => i += 1,
+                Some(result) => {
+                    let (_aio, read) = self.pending.swap_remove(i);
+                    finished.push((read, result));
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for PosixAio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PosixAio").field("pending", &self.pending.len()).finish()
+    }
+}
+
+/// One `aio_read` in flight: the syscall boundary. The control block is
+/// boxed so its address is stable; the buffer it points into belongs to the
+/// [`PendingRead`] kept beside it, whose heap allocation never moves.
+/// Dropping an unfinished read cancels it and waits, so glibc never writes
+/// into freed memory.
+struct AioRead {
+    control: Box<libc::aiocb>,
+    finished: bool,
+}
+
+impl AioRead {
+    fn start(fd: i32, buffer: &mut [u8], offset: u64) -> io::Result<AioRead> {
+        // SAFETY: aiocb is a plain C struct for which all-zero is a valid,
+        // empty value (the documented way to initialise one).
+        let mut control: Box<libc::aiocb> = Box::new(unsafe { std::mem::zeroed() });
+        control.aio_fildes = fd;
+        control.aio_buf = buffer.as_mut_ptr().cast();
+        control.aio_nbytes = buffer.len();
+        control.aio_offset = offset as libc::off_t;
+        control.aio_sigevent.sigev_notify = libc::SIGEV_SIGNAL;
+        control.aio_sigevent.sigev_signo = aio_signal();
+        // SAFETY: the control block is boxed (stable address) and outlives
+        // the operation (Drop waits for it); the buffer it names stays
+        // allocated and untouched until the read is reaped or waited for,
+        // and `fd` stays open because the PendingRead owning it lives as
+        // long as this AioRead.
+        if unsafe { libc::aio_read(&mut *control) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(AioRead { control, finished: false })
+    }
+
+    /// `None` while in progress, else the byte count or error.
+    fn result(&mut self) -> Option<io::Result<usize>> {
+        // SAFETY: the control block was submitted by aio_read and not yet
+        // reaped (aio_return is called at most once, below).
+        match unsafe { libc::aio_error(&*self.control) } {
+            libc::EINPROGRESS => None,
+            status => {
+                self.finished = true;
+                // SAFETY: the operation is complete (aio_error said so);
+                // aio_return releases its resources, exactly once.
+                let returned = unsafe { libc::aio_return(&mut *self.control) };
+                Some(if status == 0 { Ok(returned as usize) } else { Err(io::Error::from_raw_os_error(status)) })
+            }
+        }
+    }
+}
+
+impl Drop for AioRead {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // SAFETY: cancelling a submitted operation on its own fd is allowed
+        // whatever its state.
+        unsafe { libc::aio_cancel(self.control.aio_fildes, &mut *self.control) };
+        while self.result().is_none() {
+            let list = [&*self.control as *const libc::aiocb];
+            // SAFETY: `list` holds one pointer to a live, submitted control
+            // block; a null timeout waits until it completes.
+            unsafe { libc::aio_suspend(list.as_ptr(), 1, std::ptr::null()) };
+        }
+    }
+}
