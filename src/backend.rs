@@ -263,6 +263,11 @@ impl<K: KernelReads> KernelBackend<K> {
     }
 
     fn submit(&mut self, conn: ConnId, read: FileRead) {
+        if !read.reads_into_memory() {
+            // Too large to cache (or caching is off): streamed with sendfile.
+            self.ready.push((conn, read.finish(Ok(Vec::new()))));
+            return;
+        }
         let pending = PendingRead::new(conn, read);
         if pending.buffer.is_empty() {
             self.ready.extend(pending.advance(Ok(0)).ok());
@@ -275,11 +280,13 @@ impl<K: KernelReads> KernelBackend<K> {
 impl<K: KernelReads> Executor for KernelBackend<K> {
     fn execute(&mut self, conn: ConnId, work: Work) -> Option<Response> {
         match work {
-            Work::Read(read) if !read.reads_into_memory() => Some(read.finish(Ok(Vec::new()))),
+            // The simulated delay stands for the storage, so it applies to
+            // every miss, whether the file is then read or streamed.
             Work::Read(read) if !read.delay.is_zero() => {
                 self.delayed.push(read.delay, (conn, read));
                 None
             }
+            Work::Read(read) if !read.reads_into_memory() => Some(read.finish(Ok(Vec::new()))),
             Work::Read(read) => {
                 self.submit(conn, read);
                 None

@@ -11,7 +11,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::conn::{Conn, Inline};
 use crate::error::ServerError;
@@ -19,18 +19,28 @@ use crate::log::info;
 use crate::models::Server;
 use crate::net::is_fd_exhaustion;
 use crate::protocol::ParseLimits;
+use crate::refusal::Refusal;
 use crate::service::Service;
 use crate::signals;
 
 /// How long to stop accepting when the process is out of file descriptors.
 pub const FD_EXHAUSTION_PAUSE: Duration = Duration::from_millis(100);
 
-/// The connections blocking models are serving, so a stop can reach them.
+/// The connections blocking models are serving, so a stop can reach them
+/// and `--max-conns` can count them.
 #[derive(Debug, Default)]
 pub struct LiveConnections {
     stopping: AtomicBool,
     next_id: AtomicU64,
     streams: Mutex<HashMap<u64, TcpStream>>,
+}
+
+/// A connection admitted into [`LiveConnections`], waiting to be served
+/// (perhaps on another thread); it counts towards the limit until served.
+#[derive(Debug)]
+pub struct Ticket {
+    id: u64,
+    stream: TcpStream,
 }
 
 impl LiveConnections {
@@ -51,31 +61,64 @@ impl LiveConnections {
         self.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Serves every request on `stream` until the client is done, blocking
-    /// the calling thread throughout: the same [`Conn`] state machine as the
-    /// event loops, which on a blocking socket simply never sees `WouldBlock`.
-    pub fn serve(&self, mut stream: TcpStream, service: &Service, limits: ParseLimits) {
+    /// Connections admitted and not yet finished.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when no connection is live.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Admits `stream` if fewer than `max_conns` are live; otherwise tells
+    /// the client `ERR 503` and closes it.
+    pub fn admit(&self, stream: TcpStream, max_conns: usize, service: &Service) -> Option<Ticket> {
+        let handle = match stream.try_clone() {
+            Ok(handle) if self.len() < max_conns => handle,
+            _ => {
+                crate::clients::refuse(stream, Refusal::Overloaded, service);
+                return None;
+            }
+        };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Ok(handle) = stream.try_clone() {
-            self.lock().insert(id, handle);
-        }
-        let mut conn = Conn::new(service, limits);
+        self.lock().insert(id, handle);
         // Checked after registering, so a stop cannot slip in between.
         if self.is_stopping() {
-            conn.close_when_done();
+            let _ = stream.shutdown(Shutdown::Read);
         }
+        Some(Ticket { id, stream })
+    }
+
+    /// Serves every request on the admitted connection until the client is
+    /// done, blocking the calling thread throughout: the same [`Conn`]
+    /// state machine as the event loops, which on a blocking socket simply
+    /// never sees `WouldBlock`.
+    pub fn serve(&self, ticket: Ticket, service: &Service, limits: ParseLimits) {
+        let Ticket { id, mut stream } = ticket;
+        let mut conn = Conn::new(service, limits);
         conn.advance(&mut stream, service, &mut Inline, 0);
         self.lock().remove(&id);
     }
+
+    /// After a stop: waits until every live connection has finished, or
+    /// until [`STOP_GRACE`](signals::STOP_GRACE) has passed.
+    pub fn wait_until_idle(&self) {
+        let deadline = Instant::now() + signals::STOP_GRACE;
+        while !self.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
-/// Installs the signal watcher, announces `server`, then accepts
-/// connections and hands each to `serve` until `SIGINT`/`SIGTERM`, which
-/// also stops every connection in `live`. `SIGHUP` clears the cache from
-/// the watcher thread.
+/// Installs the signal watcher, calls `on_ready` (which announces the
+/// server), then accepts connections and hands each to `serve` until
+/// `SIGINT`/`SIGTERM`, which also stops every connection in `live`.
+/// `SIGHUP` clears the cache from the watcher thread.
 pub fn accept_until_stopped(
     server: &Server,
     live: &Arc<LiveConnections>,
+    on_ready: impl FnOnce() -> Result<(), ServerError>,
     mut serve: impl FnMut(TcpStream),
 ) -> Result<(), ServerError> {
     let Server { listener, service, .. } = server;
@@ -87,8 +130,8 @@ pub fn accept_until_stopped(
         let _ = TcpStream::connect(wake);
     })
     .map_err(ServerError::io("cannot install signal handlers"))?;
-    server.announce()?;
-    loop {
+    on_ready()?;
+    while !live.is_stopping() {
         let accepted = listener.accept();
         if live.is_stopping() {
             return Ok(());
@@ -103,6 +146,7 @@ pub fn accept_until_stopped(
             Err(err) => info!("accept: {err}"),
         }
     }
+    Ok(())
 }
 
 /// An address that reaches `local`: a wildcard bind is reached via loopback.

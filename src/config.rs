@@ -12,6 +12,14 @@ use std::time::Duration;
 pub enum Model {
     /// Stage 1: one client at a time, blocking accept and reads.
     Iterative,
+    /// A process per connection (fork after accept).
+    Fork,
+    /// N processes forked at start-up share the listener (--threads N).
+    Prefork,
+    /// A thread per connection.
+    Threads,
+    /// N pre-spawned threads take connections from a queue (--threads N).
+    Pool,
     /// Stage 2: select(2) over non-blocking sockets (at most FD_SETSIZE fds).
     Select,
     /// Stage 2b: poll(2): no fd ceiling, but O(n) per wait.
@@ -31,6 +39,10 @@ impl Model {
     pub fn name(self) -> &'static str {
         match self {
             Model::Iterative => "iterative",
+            Model::Fork => "fork",
+            Model::Prefork => "prefork",
+            Model::Threads => "threads",
+            Model::Pool => "pool",
             Model::Select => "select",
             Model::Poll => "poll",
             Model::Event => "event",
@@ -88,6 +100,9 @@ pub struct Config {
     pub max_conns: usize,
     /// Reader threads of `event-async` (and of the other async models' fib work).
     pub readers: usize,
+    /// Loops (event models), processes (prefork) or threads (pool); each
+    /// model has its own default when unset.
+    pub threads: Option<usize>,
     /// Longest request line accepted.
     pub max_line_bytes: usize,
     /// Do not log per-event lines to stderr.
@@ -108,10 +123,16 @@ impl Default for Config {
             read_delay: Duration::ZERO,
             max_conns: 10_000,
             readers: 16,
+            threads: None,
             max_line_bytes: 4096,
             quiet: false,
         }
     }
+}
+
+/// The number of CPU cores: the default for prefork's processes and pool's threads.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// Parses a byte size such as `4096`, `64KiB`, `64MiB`, `1G` or `2GB`

@@ -37,6 +37,7 @@ pub mod log;
 pub mod models;
 pub mod net;
 pub mod output;
+pub mod process;
 pub mod protocol;
 pub mod refusal;
 pub mod sandbox;

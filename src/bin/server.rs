@@ -50,6 +50,10 @@ struct Args {
     /// Reader threads for the asynchronous models' file reads and fib.
     #[arg(long, default_value_t = 16, value_name = "N")]
     readers: usize,
+    /// Event models: loops on SO_REUSEPORT listeners (default 1). prefork:
+    /// processes; pool: threads (default: one per core).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
     /// Longest request line accepted, in bytes; longer lines get 414.
     #[arg(long, default_value = "4KiB", value_parser = parse_size)]
     max_line: u64,
@@ -72,6 +76,7 @@ impl From<Args> for Config {
             read_delay: Duration::from_millis(args.read_delay_ms),
             max_conns: args.max_conns.max(1),
             readers: args.readers.max(1),
+            threads: args.threads.map(|n| n.max(1)),
             max_line_bytes: usize::try_from(args.max_line).unwrap_or(usize::MAX),
             quiet: args.quiet,
         }

@@ -26,5 +26,16 @@ use crate::models::Server;
 /// Serves one connection at a time until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
     let live = Arc::new(LiveConnections::default());
-    accept_until_stopped(&server, &live, |stream| live.serve(stream, &server.service, server.limits))
+    let Server { service, limits, .. } = &server;
+    accept_until_stopped(
+        &server,
+        &live,
+        || server.announce(),
+        |stream| {
+            // One at a time: admitted with a limit of 1, served right here.
+            if let Some(ticket) = live.admit(stream, 1, service) {
+                live.serve(ticket, service, *limits);
+            }
+        },
+    )
 }

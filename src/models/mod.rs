@@ -7,9 +7,13 @@
 pub mod event;
 pub mod event_aio;
 pub mod event_async;
+pub mod fork;
 pub mod iterative;
 pub mod poll;
+pub mod pool;
+pub mod prefork;
 pub mod select;
+pub mod threads;
 pub mod uring;
 
 use std::net::{SocketAddr, TcpListener};
@@ -66,7 +70,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     }
     let cache = Arc::new(FileCache::new(config.cache_bytes, config.cache_max_file_bytes));
     let service = Arc::new(Service::new(config.service, root, cache, config.read_delay));
-    let listener = net::listen(SocketAddr::new(config.addr, config.port), false)?;
+    // Several event loops each bind their own listener to the same port.
+    let reuse_port = config.threads.is_some_and(|n| n > 1);
+    let listener = net::listen(SocketAddr::new(config.addr, config.port), reuse_port)?;
     let server = Server {
         listener,
         service,
@@ -76,6 +82,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     };
     match server.config.model {
         Model::Iterative => iterative::run(server),
+        Model::Fork => fork::run(server),
+        Model::Prefork => prefork::run(server),
+        Model::Threads => threads::run(server),
+        Model::Pool => pool::run(server),
         Model::Select => select::run(server),
         Model::Poll => poll::run(server),
         Model::Event => event::run(server),

@@ -2,6 +2,7 @@
 //! misses are merged, and the cache survives SIGHUP storms intact.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use rustix::process::Signal;
 
@@ -92,5 +93,29 @@ fn fifty_sighups_during_concurrent_requests_never_corrupt_a_response() {
             }
             clearing.store(false, Ordering::SeqCst);
         });
+    }
+}
+
+#[test]
+fn the_storage_delay_applies_to_streamed_files_too() {
+    // With --cache-size 0 every file is streamed; the simulated storage must
+    // still be slow: 100 ms into a 400 ms delay, nothing may have arrived.
+    let root = nine_files();
+    for model in ASYNC_MODELS {
+        let slow = Server::start(&[
+            "--model",
+            model,
+            "--root",
+            root.path().to_str().unwrap(),
+            "--cache-size",
+            "0",
+            "--read-delay-ms",
+            "400",
+        ]);
+        let mut pending = slow.connect();
+        pending.send(b"f1\n");
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!pending.has_data(), "{model}: a streamed miss skipped the storage delay");
+        assert_eq!(pending.read_reply().body(), b"file 1\nfile 1\n", "{model}");
     }
 }

@@ -56,3 +56,42 @@ fn client_exits_2_on_usage_and_connection_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
 }
+
+#[test]
+fn client_bench_counts_every_request_and_exits_1_on_wrong_responses() {
+    let server = Server::start(&["--root", fixtures().to_str().unwrap()]);
+    let addr = server.addr.to_string();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["bench", "--addr", &addr, "--json"];
+        args.extend_from_slice(extra);
+        Command::new(client_bin()).args(args).output().unwrap()
+    };
+    for mode in [&[][..], &["--no-keepalive"][..]] {
+        let mut args = vec!["--conns", "4", "--requests", "40", "--path", "test.txt", "--path", "data/1k.bin"];
+        args.extend_from_slice(mode);
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        let json = String::from_utf8(out.stdout).unwrap();
+        assert!(json.contains("\"requests\":40,\"errors\":0"), "{mode:?}: {json}");
+    }
+    let out = run(&["--conns", "2", "--requests", "4", "--path", "missing"]);
+    assert_eq!(out.status.code(), Some(1), "a refused request is a wrong response");
+    assert!(String::from_utf8(out.stdout).unwrap().contains("\"requests\":0,\"errors\":4"));
+}
+
+#[test]
+fn client_bench_holds_many_connections_and_writes_csv() {
+    let server = Server::start(&["--root", fixtures().to_str().unwrap(), "--quiet"]);
+    let csv = tempfile::NamedTempFile::new().unwrap();
+    std::fs::remove_file(csv.path()).unwrap(); // a new file gets the header
+    let out = Command::new(client_bin())
+        .args(["bench", "--addr", &server.addr.to_string(), "--conns", "1500", "--requests", "3000"])
+        .args(["--path", "tiny.txt", "--csv", csv.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let text = std::fs::read_to_string(csv.path()).unwrap();
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("conns,requests,errors,"));
+    assert!(lines.next().unwrap().starts_with("1500,3000,0,"));
+}

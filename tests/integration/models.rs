@@ -3,15 +3,12 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{fixtures, Reply, Server, MODELS};
-
-/// The models that serve many clients at once from one thread.
-const READINESS_MODELS: &[&str] = &["select", "poll", "event", "event-async", "event-aio", "uring"];
+use crate::support::{fixtures, Reply, Server, CONCURRENT_MODELS, MODELS};
 
 #[test]
 fn a_hundred_concurrent_clients_are_all_served_correctly() {
     let expected = std::fs::read(fixtures().join("data/64k.bin")).unwrap();
-    for model in READINESS_MODELS {
+    for model in CONCURRENT_MODELS {
         let server = Server::start(&["--model", model, "--root", fixtures().to_str().unwrap()]);
         // Connect all first, so the server really holds 100 at once.
         let mut conns: Vec<_> = (0..100).map(|_| server.connect()).collect();
@@ -32,7 +29,7 @@ fn a_hundred_concurrent_clients_are_all_served_correctly() {
 
 #[test]
 fn a_stalled_client_does_not_block_the_others() {
-    for model in READINESS_MODELS {
+    for model in CONCURRENT_MODELS {
         let server = Server::start(&["--model", model, "--root", fixtures().to_str().unwrap()]);
         let mut stalled = server.connect();
         stalled.send(b"test.t"); // half a request, then silence
@@ -92,7 +89,8 @@ fn select_refuses_fds_past_fd_setsize_and_keeps_serving() {
 
 #[test]
 fn max_conns_refuses_the_extra_connection_with_503() {
-    for model in READINESS_MODELS {
+    // prefork's limit is its number of workers: an extra client waits.
+    for model in CONCURRENT_MODELS.iter().filter(|&&m| m != "prefork") {
         let server = Server::start(&["--model", model, "--root", fixtures().to_str().unwrap(), "--max-conns", "2"]);
         let mut a = server.connect();
         let mut b = server.connect();

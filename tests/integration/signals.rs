@@ -5,24 +5,42 @@ use rustix::process::Signal;
 
 use crate::support::{Server, MODELS};
 
-/// The cache contract, for one model: content is cached until SIGHUP.
+/// The cache contract, for one model, on one connection: content is
+/// cached until SIGHUP.
 fn cached_until_sighup(model: &str) {
     let root = tempfile::tempdir().unwrap();
     let file = root.path().join("page.txt");
     std::fs::write(&file, b"old content").unwrap();
     let server = Server::start(&["--model", model, "--root", root.path().to_str().unwrap()]);
-    assert_eq!(server.get("page.txt").body(), b"old content", "{model}");
+    let mut conn = server.connect();
+    assert_eq!(conn.get(b"page.txt").body(), b"old content", "{model}");
     std::fs::write(&file, b"new content, longer").unwrap();
-    assert_eq!(server.get("page.txt").body(), b"old content", "{model}: served from the cache");
+    assert_eq!(conn.get(b"page.txt").body(), b"old content", "{model}: served from the cache");
     server.signal(Signal::HUP);
     server.wait_for_log("cache cleared: 1 files, 11 bytes", 1);
-    assert_eq!(server.get("page.txt").body(), b"new content, longer", "{model}: fresh after SIGHUP");
+    assert_eq!(conn.get(b"page.txt").body(), b"new content, longer", "{model}: fresh after SIGHUP");
 }
 
 #[test]
 fn sighup_clears_the_cache_of_every_model() {
     for model in MODELS {
         cached_until_sighup(model);
+    }
+}
+
+#[test]
+fn the_cache_is_shared_across_connections_except_under_fork() {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("page.txt");
+    for model in MODELS.iter().filter(|&&m| m != "prefork") {
+        std::fs::write(&file, b"first").unwrap();
+        let server = Server::start(&["--model", model, "--root", root.path().to_str().unwrap()]);
+        assert_eq!(server.get("page.txt").body(), b"first", "{model}");
+        std::fs::write(&file, b"second").unwrap();
+        // fork: each connection's process has its own copy of the cache.
+        // (prefork is left out: two connections may reach different workers.)
+        let expected: &[u8] = if *model == "fork" { b"second" } else { b"first" };
+        assert_eq!(server.get("page.txt").body(), expected, "{model}");
     }
 }
 

@@ -12,7 +12,23 @@ use std::time::{Duration, Instant};
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every model, for tests that must hold for all of them.
-pub const MODELS: &[&str] = &["iterative", "select", "poll", "event", "event-async", "event-aio", "uring"];
+pub const MODELS: &[&str] = &[
+    "iterative",
+    "fork",
+    "prefork",
+    "threads",
+    "pool",
+    "select",
+    "poll",
+    "event",
+    "event-async",
+    "event-aio",
+    "uring",
+];
+
+/// Every model that serves clients concurrently (all but `iterative`).
+pub const CONCURRENT_MODELS: &[&str] =
+    &["fork", "prefork", "threads", "pool", "select", "poll", "event", "event-async", "event-aio", "uring"];
 
 /// The event-loop models whose file reads do not block the loop.
 pub const ASYNC_MODELS: &[&str] = &["event-async", "event-aio", "uring"];

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The kit's main command: builds in release mode, then measures whether the
+# event-based, asynchronous design was worth it.
+#
+#   ./benchmark.sh                 the homework's two lines and a table (< 1 min)
+#   ./benchmark.sh --requests 10   the same with 10 concurrent clients
+#   ./benchmark.sh --full          the sweep: results/<date>/*.csv and *.svg (< 10 min)
+#   ./benchmark.sh --smoke         every mode for a moment (what CI runs)
+#
+# Servers run on free loopback ports (--port 0) and are stopped on exit,
+# on failure and on Ctrl-C. Any wrong response fails the run (exit 1).
+set -euo pipefail
+cd "$(dirname "$0")"
+cargo build --release --workspace --locked --quiet
+# exec: signals sent to this script reach the suite, which stops its servers.
+exec ./target/release/benchmark --server ./target/release/server "$@"

@@ -1,0 +1,9 @@
+//! The kit's client side: the OSTEP-style [`fetch`] client, the [`bench`]
+//! load generator, and the [`suite`] behind `./benchmark.sh`.
+
+#![deny(missing_docs)]
+
+pub mod bench;
+pub mod chart;
+pub mod fetch;
+pub mod suite;

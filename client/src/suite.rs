@@ -1,0 +1,370 @@
+//! The benchmark suite behind `./benchmark.sh`: starts servers, drives them
+//! with [`bench`](crate::bench), and prints what the homework asks.
+//!
+//! Three modes: the default run (under a minute: the homework's two lines
+//! and a table of the honest cases), `--full` (models x concurrency x
+//! workloads, CSV and SVG charts, nginx side by side when installed), and
+//! `--smoke` (every mode for a moment, so CI keeps the script working).
+//! Any wrong response fails the run.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::bench::{self, Plan, Report, Until};
+
+/// Simulated storage latency for the uncached workloads, in milliseconds.
+pub const STORAGE_DELAY_MS: u64 = 10;
+/// The models every table compares (`iterative` serves one connection at a
+/// time, so it cannot take part in a concurrent keep-alive run).
+pub const MODELS: &[&str] = &["select", "poll", "event", "event-async", "event-aio", "uring"];
+/// Concurrency levels of the `--full` sweep.
+pub const SWEEP_CONNS: &[usize] = &[1, 10, 100, 1000, 10_000];
+
+/// Children that must not outlive the suite, even on Ctrl-C.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Kills every started server when the suite is interrupted.
+pub fn kill_children_on_signal() -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            for &pid in CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+            eprintln!("benchmark: interrupted; servers stopped");
+            std::process::exit(130);
+        }
+    });
+    Ok(())
+}
+
+/// A server started for one measurement, stopped (SIGTERM, then SIGKILL) on drop.
+pub struct ServerProcess {
+    child: Child,
+    /// The address from its `listening on` line.
+    pub addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Runs `program ARGS --port 0` and waits for `listening on`.
+    pub fn start(program: &Path, args: &[String]) -> Result<ServerProcess> {
+        let mut child = Command::new(program)
+            .args(args)
+            .args(["--port", "0", "--addr", "127.0.0.1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {}", program.display()))?;
+        CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).push(child.id());
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let mut server = ServerProcess { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)) };
+        let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+        match line.trim().strip_prefix("listening on ").and_then(|a| a.parse().ok()) {
+            Some(addr) => server.addr = addr,
+            None => bail!("{} {} did not print 'listening on' (got {line:?})", program.display(), args.join(" ")),
+        }
+        Ok(server)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let pid = self.child.id();
+        if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+        }
+        for _ in 0..200 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).retain(|&c| c != pid);
+    }
+}
+
+/// The files every workload is served from, made fresh in a temp dir.
+pub struct BenchRoot {
+    dir: tempfile::TempDir,
+    /// Names of the small distinct files (`small/f<i>.txt`, 4 KiB each).
+    pub small: Vec<String>,
+}
+
+/// Size of the large, streamed (never cached) file.
+pub const LARGE_BYTES: usize = 2 << 20;
+
+impl BenchRoot {
+    /// Writes `small_files` 4 KiB files, a 1 KiB file and a 2 MiB file.
+    pub fn create(small_files: usize) -> Result<BenchRoot> {
+        let dir = tempfile::Builder::new().prefix("fileserver-bench").tempdir()?;
+        std::fs::create_dir(dir.path().join("small"))?;
+        let small = (0..small_files)
+            .map(|i| {
+                let name = format!("small/f{i}.txt");
+                let line = format!("file {i:05} of the benchmark tree, 64 bytes per line.........\n");
+                std::fs::write(dir.path().join(&name), line.repeat(64))?;
+                Ok(name)
+            })
+            .collect::<Result<_>>()?;
+        std::fs::write(dir.path().join("1k.bin"), vec![b'k'; 1024])?;
+        std::fs::write(dir.path().join("large.bin"), (0..LARGE_BYTES).map(|i| (i % 251) as u8).collect::<Vec<_>>())?;
+        Ok(BenchRoot { dir, small })
+    }
+
+    /// The directory to pass as `--root`.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// One kind of load: how the server is started and what is requested.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// Short name, used in CSV files and chart names.
+    pub name: &'static str,
+    /// What a reader of the table sees.
+    pub label: String,
+    /// Server flags besides model, root and port.
+    pub server_args: Vec<String>,
+    /// Paths requested.
+    pub paths: Vec<String>,
+    /// Connections in the default table.
+    pub conns: usize,
+}
+
+/// The workloads of the table and the sweep.
+pub fn workloads(root: &BenchRoot) -> Vec<Workload> {
+    let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    vec![
+        Workload {
+            name: "uncached",
+            label: format!("uncached 4 KiB, {STORAGE_DELAY_MS} ms storage, 32 conns"),
+            server_args: args(&["--cache-size", "0", "--read-delay-ms", &STORAGE_DELAY_MS.to_string()]),
+            paths: root.small.clone(),
+            conns: 32,
+        },
+        Workload {
+            name: "cached",
+            label: "cached 1 KiB, 50 conns".into(),
+            server_args: Vec::new(),
+            paths: vec!["1k.bin".into()],
+            conns: 50,
+        },
+        Workload {
+            name: "large",
+            label: format!("large {} MiB (streamed), 8 conns", LARGE_BYTES >> 20),
+            server_args: Vec::new(),
+            paths: vec!["large.bin".into()],
+            conns: 8,
+        },
+        Workload {
+            name: "fib",
+            label: "CPU-bound fib(27), 8 conns".into(),
+            server_args: args(&["--service", "fib"]),
+            paths: vec!["27".into()],
+            conns: 8,
+        },
+    ]
+}
+
+/// Starts `model` for `workload` and measures it.
+pub fn measure(
+    server_bin: &Path,
+    root: &BenchRoot,
+    model: &str,
+    workload: &Workload,
+    conns: usize,
+    until: Until,
+) -> Result<Report> {
+    let mut args: Vec<String> = vec!["--model".into(), model.into(), "--quiet".into()];
+    args.extend(["--root".into(), root.path().display().to_string()]);
+    args.extend(["--max-conns".into(), (conns + 100).max(10_000).to_string()]);
+    args.extend(workload.server_args.iter().cloned());
+    let server = ServerProcess::start(server_bin, &args)?;
+    let plan = Plan {
+        addr: server.addr,
+        conns,
+        until,
+        paths: workload.paths.clone(),
+        http: false,
+        no_keepalive: false,
+        threads: 2,
+        timeout: Duration::from_secs(30),
+    };
+    let report = bench::run(&plan)?;
+    if report.errors > 0 {
+        bail!(
+            "{model} / {}: {} wrong responses (first: {})",
+            workload.name,
+            report.errors,
+            report.error_samples.first().map_or("?", String::as_str)
+        );
+    }
+    Ok(report)
+}
+
+/// The homework's two lines: N concurrent clients, each asking for a
+/// different uncached file from storage that takes [`STORAGE_DELAY_MS`].
+pub fn homework(server_bin: &Path, root: &BenchRoot, requests: usize) -> Result<(f64, f64)> {
+    let workload = Workload {
+        name: "homework",
+        label: String::new(),
+        server_args: vec!["--cache-size".into(), "0".into(), "--read-delay-ms".into(), STORAGE_DELAY_MS.to_string()],
+        paths: root.small[..requests].to_vec(),
+        conns: requests,
+    };
+    let mut seconds = Vec::new();
+    for model in ["event-async", "event"] {
+        let report = measure(server_bin, root, model, &workload, requests, Until::Requests(requests as u64))?;
+        if report.ok != requests as u64 {
+            bail!("{model}: {} of {requests} requests answered", report.ok);
+        }
+        seconds.push(report.elapsed.as_secs_f64());
+    }
+    Ok((seconds[0], seconds[1]))
+}
+
+/// One row of the table.
+pub struct Row {
+    /// Workload label.
+    pub workload: String,
+    /// Model name.
+    pub model: String,
+    /// What was measured.
+    pub report: Report,
+}
+
+/// Formats rows as an aligned table, with each model's req/s relative to `event`.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = format!(
+        "{:<44} {:<12} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
+        "workload", "model", "req/s", "MB/s", "p50 ms", "p99 ms", "vs event"
+    );
+    for row in rows {
+        let event = rows.iter().find(|r| r.workload == row.workload && r.model == "event");
+        let ratio = event.map_or(String::from("-"), |e| {
+            format!("{:.2}x", row.report.requests_per_sec() / e.report.requests_per_sec().max(1e-9))
+        });
+        out.push_str(&format!(
+            "{:<44} {:<12} {:>10.0} {:>9.1} {:>9.3} {:>9.3} {:>9}\n",
+            row.workload,
+            row.model,
+            row.report.requests_per_sec(),
+            row.report.mb_per_sec(),
+            row.report.latency_ms(0.5),
+            row.report.latency_ms(0.99),
+            ratio
+        ));
+    }
+    out
+}
+
+/// Where `--full` writes: `results/<date>/` (UTC).
+pub fn results_dir(base: &Path) -> Result<PathBuf> {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let dir = base.join(&now[..10]);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// nginx and wrk, when both are installed: the peers to compare against.
+pub mod peers {
+    use super::*;
+
+    /// Whether `program` is on the PATH.
+    pub fn installed(program: &str) -> bool {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {program}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// An nginx serving `root` on loopback (1 worker, sendfile, no access
+    /// log), with its own temporary config; stopped on drop.
+    pub struct Nginx {
+        child: Child,
+        _dir: tempfile::TempDir,
+        /// Where it listens.
+        pub addr: SocketAddr,
+    }
+
+    impl Nginx {
+        /// Starts nginx with `workers` worker processes.
+        pub fn start(root: &Path, workers: usize) -> Result<Nginx> {
+            let dir = tempfile::tempdir()?;
+            // nginx cannot report the port it picked, so ask the kernel for
+            // a free one and hand it over (a short race, never a guess).
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let d = dir.path().display();
+            let config = format!(
+                "daemon off; master_process on; worker_processes {workers}; user root; pid {d}/nginx.pid;\n\
+                 error_log {d}/error.log;\n\
+                 events {{ worker_connections 20000; }}\n\
+                 http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000000;\n\
+                   client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;\n\
+                   uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+                   server {{ listen 127.0.0.1:{port} reuseport backlog=4096; root {}; }} }}\n",
+                root.display()
+            );
+            let conf = dir.path().join("nginx.conf");
+            std::fs::write(&conf, config)?;
+            let child = Command::new("nginx")
+                .args(["-c", &conf.display().to_string(), "-p", &d.to_string(), "-e", &format!("{d}/error.log")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .context("cannot start nginx")?;
+            CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).push(child.id());
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            for _ in 0..200 {
+                if std::net::TcpStream::connect(addr).is_ok() {
+                    return Ok(Nginx { child, _dir: dir, addr });
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            bail!("nginx did not start listening on {addr}")
+        }
+    }
+
+    impl Drop for Nginx {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            // The workers follow their master; give them a moment.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs wrk and returns its Requests/sec.
+    pub fn wrk(url: &str, conns: usize, seconds: u64) -> Result<f64> {
+        let out = Command::new("wrk")
+            .args(["-t2", &format!("-c{conns}"), &format!("-d{seconds}s"), url])
+            .output()
+            .context("cannot run wrk")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains("Non-2xx") || text.contains("Socket errors") {
+            bail!("wrk saw errors against {url}:\n{text}");
+        }
+        text.lines()
+            .find_map(|l| l.strip_prefix("Requests/sec:").and_then(|v| v.trim().parse().ok()))
+            .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))
+    }
+}

@@ -1,0 +1,95 @@
+//! The classic Unix server: a process per connection.
+//!
+//! **What it teaches.** `accept`, then `fork`: the child serves the client
+//! with plain blocking calls and exits; the parent closes its copy of the
+//! socket and goes straight back to `accept`. Isolation is total (a crash
+//! takes down one connection), and the code per connection is as simple as
+//! the iterative server's. The costs: a `fork` per connection (copying page
+//! tables, even with copy-on-write), a process per client, and no shared
+//! memory: each child starts with a *copy* of the parent's cache, and what
+//! it caches dies with it, so a file is cached only for the rest of one
+//! connection. `SIGHUP` is forwarded to the children, each clearing its copy.
+//!
+//! **How it waits.** The parent polls the listener and a signalfd (see
+//! [`crate::process`] for why not a signal handler); each child blocks in
+//! `read`. **Where blocking work runs.** In the child. The parent reaps
+//! children on `SIGCHLD` (no zombies) and enforces `--max-conns`.
+//!
+//! ```text
+//! server --model fork --root fixtures
+//! ```
+
+use std::collections::HashSet;
+use std::io;
+use std::sync::Arc;
+
+use nix::sys::signal::Signal;
+use rustix::event::{PollFd, PollFlags};
+
+use crate::blocking::{LiveConnections, FD_EXHAUSTION_PAUSE};
+use crate::error::ServerError;
+use crate::models::Server;
+use crate::net::is_fd_exhaustion;
+use crate::process::{self, ParentSignals};
+use crate::refusal::Refusal;
+use crate::signals::{self, Request};
+
+/// Forks a process for every connection until stopped.
+pub fn run(server: Server) -> Result<(), ServerError> {
+    let mut parent_signals = ParentSignals::block()?;
+    server.announce()?;
+    let Server { listener, service, limits, max_conns, .. } = &server;
+    listener.set_nonblocking(true).map_err(ServerError::io("cannot make the listener non-blocking"))?;
+    let mut children = HashSet::new();
+    loop {
+        let mut fds =
+            [PollFd::new(listener, PollFlags::IN), PollFd::from_borrowed_fd(parent_signals.as_fd(), PollFlags::IN)];
+        if let Err(errno) = rustix::event::poll(&mut fds, None) {
+            if errno != rustix::io::Errno::INTR {
+                return Err(ServerError::io("poll")(errno.into()));
+            }
+        }
+        let arrived = parent_signals.take();
+        process::reap(&mut children);
+        if arrived.requests.contains(&Request::ClearCache) {
+            signals::clear_cache(service);
+            process::signal_all(&children, Signal::SIGHUP);
+        }
+        if arrived.requests.contains(&Request::Stop) {
+            signals::log_stopping(children.len());
+            process::signal_all(&children, Signal::SIGTERM);
+            process::wait_for_children(&mut parent_signals, &mut children);
+            return Ok(());
+        }
+        loop {
+            let stream = match listener.accept() {
+                Ok((stream, _peer)) => stream,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if is_fd_exhaustion(&err) => {
+                    std::thread::sleep(FD_EXHAUSTION_PAUSE);
+                    break;
+                }
+                Err(_) => continue,
+            };
+            if children.len() >= *max_conns {
+                crate::clients::refuse(stream, Refusal::Overloaded, service);
+                continue;
+            }
+            // The child: one connection, served with blocking calls; its
+            // own signal watcher, installed before its signals unblock.
+            let pid = process::fork_child(&process::ALL_BLOCKED, || {
+                let live = Arc::new(LiveConnections::default());
+                let stopping = Arc::clone(&live);
+                if signals::spawn_watcher(Arc::clone(service), move || stopping.stop()).is_err() {
+                    return;
+                }
+                process::unblock_all();
+                if let Some(ticket) = live.admit(stream, 1, service) {
+                    live.serve(ticket, service, *limits);
+                }
+            })?;
+            // The parent's copy of the socket is dropped (closed) here.
+            children.insert(pid);
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! A fixed pool of threads: the Rust book's final chapter as a server model.
+//!
+//! **What it teaches.** `threads` creates a thread per connection, without
+//! bound. Here `--threads N` workers (default: one per core) are started
+//! once and take connections from a queue ([`ThreadPool`]), so thread
+//! creation is paid at start-up and memory is bounded. The queue is bounded
+//! too: connections queued or being served count against `--max-conns`,
+//! and past it a client gets `ERR 503` rather than an ever longer wait.
+//! The catch is the one every blocking design has: a worker is tied up for
+//! as long as its client stays connected, so N keep-alive clients occupy
+//! the whole pool and the next one waits in the queue.
+//!
+//! **How it waits.** Workers block in `read`; the main thread in `accept`.
+//! **Where blocking work runs.** On the worker serving the connection.
+//!
+//! ```text
+//! server --model pool --threads 8 --root fixtures
+//! ```
+
+use std::sync::Arc;
+
+use crate::blocking::{accept_until_stopped, LiveConnections};
+use crate::error::ServerError;
+use crate::models::Server;
+use crate::thread_pool::ThreadPool;
+
+/// Serves connections on a fixed pool of threads until stopped.
+pub fn run(server: Server) -> Result<(), ServerError> {
+    let workers = server.config.threads.unwrap_or_else(crate::config::cores);
+    let pool = ThreadPool::new("conn", workers).map_err(ServerError::io("cannot start the thread pool"))?;
+    let live = Arc::new(LiveConnections::default());
+    accept_until_stopped(
+        &server,
+        &live,
+        || server.announce(),
+        |stream| {
+            let Some(ticket) = live.admit(stream, server.max_conns, &server.service) else { return };
+            let (live, service, limits) = (Arc::clone(&live), Arc::clone(&server.service), server.limits);
+            pool.execute(move || live.serve(ticket, &service, limits));
+        },
+    )?;
+    live.wait_until_idle();
+    Ok(())
+}

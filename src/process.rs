@@ -1,0 +1,168 @@
+//! What the process-based models (`fork`, `prefork`) share: a parent that
+//! receives signals without handlers, forks children, and reaps them.
+//!
+//! **Why no signal handlers in the parent.** A child created by `fork`
+//! inherits its parent's signal handlers and every fd the handlers write to.
+//! With the self-pipe of `signal-hook`, a signal sent to a child would be
+//! written into the *parent's* pipe: forward a `SIGHUP` to a worker and it
+//! comes back to the parent as a new `SIGHUP`, forever. So the parent
+//! blocks its signals and reads them from a `signalfd` (Linux): no handler
+//! exists to be inherited, the parent stays single-threaded (so `fork` is
+//! safe), and a child starts with a clean slate and unblocks what it wants.
+
+use std::collections::HashSet;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+
+use crate::error::ServerError;
+use crate::signals::Request;
+
+/// Every signal the parent blocks: pass it to [`fork_child`] to keep them
+/// all blocked until the child has its own handlers, then [`unblock_all`].
+pub const ALL_BLOCKED: [Signal; 4] = [Signal::SIGHUP, Signal::SIGINT, Signal::SIGTERM, Signal::SIGCHLD];
+
+/// The signals a process-model parent handles: the usual three, plus
+/// `SIGCHLD` to learn that a child has exited.
+fn parent_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in ALL_BLOCKED {
+        set.add(signal);
+    }
+    set
+}
+
+/// What the parent learned from the signals that arrived.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Arrived {
+    /// Cache clears and stops asked for, in order.
+    pub requests: Vec<Request>,
+    /// A child exited: reap.
+    pub child_exited: bool,
+}
+
+/// The parent's signals, blocked and readable from an fd.
+#[derive(Debug)]
+pub struct ParentSignals {
+    fd: SignalFd,
+}
+
+impl ParentSignals {
+    /// Blocks the signals and opens the signalfd. Call it while the process
+    /// is single-threaded: a thread started earlier would keep the signals
+    /// unblocked and receive them instead.
+    pub fn block() -> Result<ParentSignals, ServerError> {
+        let io = |what: &'static str| move |errno: nix::Error| ServerError::io(what)(errno.into());
+        parent_signals().thread_block().map_err(io("cannot block signals"))?;
+        let fd = SignalFd::with_flags(&parent_signals(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(io("cannot open a signalfd"))?;
+        Ok(ParentSignals { fd })
+    }
+
+    /// The fd to wait on for readability.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Reads every signal that has arrived, without waiting.
+    pub fn take(&mut self) -> Arrived {
+        let mut arrived = Arrived::default();
+        while let Ok(Some(info)) = self.fd.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGCHLD) => arrived.child_exited = true,
+                Ok(signal) => arrived.requests.extend(crate::signals::request_for(signal as i32)),
+                Err(_) => {}
+            }
+        }
+        arrived
+    }
+
+    /// Waits up to `timeout` (forever if `None`) for a signal.
+    pub fn wait(&mut self, timeout: Option<std::time::Duration>) -> Arrived {
+        let mut fds = [rustix::event::PollFd::from_borrowed_fd(self.as_fd(), rustix::event::PollFlags::IN)];
+        let timeout = timeout
+            .map(|t| rustix::event::Timespec::try_from(t).unwrap_or(rustix::event::Timespec { tv_sec: 1, tv_nsec: 0 }));
+        let _ = rustix::event::poll(&mut fds, timeout.as_ref());
+        self.take()
+    }
+}
+
+/// Forks; the child runs `child` and exits with status 0, the parent gets
+/// the child's pid. In the child the parent's blocked signals are
+/// unblocked again (except those in `keep_blocked`), so it starts as a
+/// normal process.
+pub fn fork_child(keep_blocked: &[Signal], child: impl FnOnce()) -> Result<Pid, ServerError> {
+    // SAFETY: the parent is single-threaded (see ParentSignals::block), so
+    // the child is a complete copy with no lock held by a vanished thread;
+    // it runs ordinary Rust code and leaves through exit.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Parent { child }) => Ok(child),
+        Ok(ForkResult::Child) => {
+            let mut unblock = parent_signals();
+            for &signal in keep_blocked {
+                unblock.remove(signal);
+            }
+            let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&unblock), None);
+            child();
+            // Nothing of the parent's is left unflushed (stdout is flushed
+            // right after the `listening on` line), so a plain exit is safe.
+            std::process::exit(0)
+        }
+        Err(errno) => Err(ServerError::io("fork")(errno.into())),
+    }
+}
+
+/// Unblocks every signal the parent blocked (a worker calls this once its
+/// own handlers are installed).
+pub fn unblock_all() {
+    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&parent_signals()), None);
+}
+
+/// Reaps every exited child among `children`, without waiting; returns their pids.
+pub fn reap(children: &mut HashSet<Pid>) -> Vec<Pid> {
+    let mut reaped = Vec::new();
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, _)) | Ok(WaitStatus::Signaled(pid, _, _)) => {
+                children.remove(&pid);
+                reaped.push(pid);
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => return reaped,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Sends `signal` to every child.
+pub fn signal_all(children: &HashSet<Pid>, signal: Signal) {
+    for &pid in children {
+        let _ = nix::sys::signal::kill(pid, signal);
+    }
+}
+
+/// After a stop: waits for the children to exit, at most
+/// [`STOP_GRACE`](crate::signals::STOP_GRACE), then kills the rest.
+pub fn wait_for_children(signals: &mut ParentSignals, children: &mut HashSet<Pid>) {
+    let deadline = std::time::Instant::now() + crate::signals::STOP_GRACE;
+    reap(children);
+    while !children.is_empty() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            signal_all(children, Signal::SIGKILL);
+            while !children.is_empty() {
+                match waitpid(None, None) {
+                    Ok(status) => {
+                        status.pid().map(|pid| children.remove(&pid));
+                    }
+                    Err(_) => return,
+                }
+            }
+            return;
+        }
+        signals.wait(Some(left));
+        reap(children);
+    }
+}
