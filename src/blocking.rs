@@ -36,11 +36,19 @@ pub struct LiveConnections {
 }
 
 /// A connection admitted into [`LiveConnections`], waiting to be served
-/// (perhaps on another thread); it counts towards the limit until served.
+/// (perhaps on another thread); it counts towards the limit until it is
+/// served or dropped.
 #[derive(Debug)]
 pub struct Ticket {
+    live: Arc<LiveConnections>,
     id: u64,
     stream: TcpStream,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.live.lock().remove(&self.id);
+    }
 }
 
 impl LiveConnections {
@@ -73,7 +81,10 @@ impl LiveConnections {
 
     /// Admits `stream` if fewer than `max_conns` are live; otherwise tells
     /// the client `ERR 503` and closes it.
-    pub fn admit(&self, stream: TcpStream, max_conns: usize, service: &Service) -> Option<Ticket> {
+    pub fn admit(self: &Arc<Self>, stream: TcpStream, max_conns: usize, service: &Service) -> Option<Ticket> {
+        // A response may leave in two writes (head, then a sendfile body):
+        // with Nagle on, the second waits for the client's delayed ACK (~40 ms).
+        let _ = stream.set_nodelay(true);
         let handle = match stream.try_clone() {
             Ok(handle) if self.len() < max_conns => handle,
             _ => {
@@ -87,18 +98,18 @@ impl LiveConnections {
         if self.is_stopping() {
             let _ = stream.shutdown(Shutdown::Read);
         }
-        Some(Ticket { id, stream })
+        Some(Ticket { live: Arc::clone(self), id, stream })
     }
 
     /// Serves every request on the admitted connection until the client is
     /// done, blocking the calling thread throughout: the same [`Conn`]
     /// state machine as the event loops, which on a blocking socket simply
     /// never sees `WouldBlock`.
-    pub fn serve(&self, ticket: Ticket, service: &Service, limits: ParseLimits) {
-        let Ticket { id, mut stream } = ticket;
+    pub fn serve(ticket: Ticket, service: &Service, limits: ParseLimits) {
+        let mut stream = &ticket.stream;
         let mut conn = Conn::new(service, limits);
         conn.advance(&mut stream, service, &mut Inline, 0);
-        self.lock().remove(&id);
+        // Dropping the ticket takes the connection off the live list.
     }
 
     /// After a stop: waits until every live connection has finished, or
@@ -146,6 +157,29 @@ pub fn accept_until_stopped(
             Err(err) => info!("accept: {err}"),
         }
     }
+    Ok(())
+}
+
+/// For models that run each connection on another thread: accepts until
+/// stopped, admits each connection under `--max-conns` (past it: 503), and
+/// hands `dispatch` a job that serves it; after a stop, waits for the live
+/// connections to finish. `threads` and `pool` differ only in `dispatch`.
+pub fn dispatch_connections(
+    server: &Server,
+    mut dispatch: impl FnMut(Box<dyn FnOnce() + Send>),
+) -> Result<(), ServerError> {
+    let live = Arc::new(LiveConnections::default());
+    accept_until_stopped(
+        server,
+        &live,
+        || server.announce(),
+        |stream| {
+            let Some(ticket) = live.admit(stream, server.max_conns, &server.service) else { return };
+            let (service, limits) = (Arc::clone(&server.service), server.limits);
+            dispatch(Box::new(move || LiveConnections::serve(ticket, &service, limits)));
+        },
+    )?;
+    live.wait_until_idle();
     Ok(())
 }
 

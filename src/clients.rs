@@ -13,12 +13,15 @@ use std::time::{Duration, Instant};
 
 use crate::blocking::FD_EXHAUSTION_PAUSE;
 use crate::conn::{Conn, ConnId, Executor, Status};
+use crate::error::ServerError;
 use crate::log::info;
+use crate::models::Server;
 use crate::net::is_fd_exhaustion;
 use crate::output::Sink;
 use crate::protocol::{ParseLimits, Response};
 use crate::refusal::Refusal;
 use crate::service::Service;
+use crate::signals::SelfPipe;
 
 /// Ids below this are free for a loop's own tokens (listener, signals, ...).
 pub const FIRST_CONN_ID: ConnId = 16;
@@ -189,6 +192,16 @@ impl<S: Sink + Read> Clients<S> {
 }
 
 impl Clients<TcpStream> {
+    /// What a hand-written readiness loop (`select`, `poll`) starts with:
+    /// the signal self-pipe installed, then the server announced, the
+    /// listener made non-blocking, and an empty table.
+    pub fn start_readiness_loop(server: &Server) -> Result<(SelfPipe, Clients<TcpStream>), ServerError> {
+        let signal_pipe = SelfPipe::install().map_err(ServerError::io("cannot install signal handlers"))?;
+        server.announce()?;
+        server.listener.set_nonblocking(true).map_err(ServerError::io("cannot make the listener non-blocking"))?;
+        Ok((signal_pipe, Clients::new(server.max_conns, server.limits)))
+    }
+
     /// Accepts every pending connection on a non-blocking listener. `fits`
     /// decides whether the loop can watch an fd at all (select's FD_SETSIZE);
     /// those that do not fit are refused with 503. Returns the ids admitted.

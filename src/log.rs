@@ -1,13 +1,20 @@
-//! One line per event on stderr, unless `--quiet`.
+//! One line per event on stderr; [`info!`] lines are silenced by `--quiet`.
 //!
 //! stdout is reserved for the single `listening on <ip>:<port>` line that
 //! scripts and tests read, so everything else goes to stderr.
+//!
+//! Logging never panics: `eprintln!` panics when stderr is a pipe whose
+//! reader has gone (a closed terminal, a log collector that died), and a
+//! server must not fall over, or hang half-stopped, because nobody is
+//! listening to it. A line that cannot be written is dropped.
 
+use std::fmt;
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static QUIET: AtomicBool = AtomicBool::new(false);
 
-/// Silences [`info!`] lines (`--quiet`); warnings still print.
+/// Silences [`info!`] lines (`--quiet`); [`always!`] lines still print.
 pub fn set_quiet(quiet: bool) {
     QUIET.store(quiet, Ordering::Relaxed);
 }
@@ -17,13 +24,25 @@ pub fn is_quiet() -> bool {
     QUIET.load(Ordering::Relaxed)
 }
 
-/// Logs one event line to stderr unless quiet.
+/// Writes one line to stderr, ignoring failure (see the module docs).
+pub fn write_line(line: fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Logs one event line to stderr unless `--quiet`.
 macro_rules! info {
     ($($arg:tt)*) => {
         if !$crate::log::is_quiet() {
-            eprintln!($($arg)*);
+            $crate::log::write_line(format_args!($($arg)*));
         }
     };
 }
 
-pub(crate) use info;
+/// Logs a line that `--quiet` does not silence (cache clears, failures).
+macro_rules! always {
+    ($($arg:tt)*) => {
+        $crate::log::write_line(format_args!($($arg)*))
+    };
+}
+
+pub(crate) use {always, info};

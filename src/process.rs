@@ -95,12 +95,21 @@ impl ParentSignals {
 /// unblocked again (except those in `keep_blocked`), so it starts as a
 /// normal process.
 pub fn fork_child(keep_blocked: &[Signal], child: impl FnOnce()) -> Result<Pid, ServerError> {
+    let parent = nix::unistd::getpid();
     // SAFETY: the parent is single-threaded (see ParentSignals::block), so
     // the child is a complete copy with no lock held by a vanished thread;
     // it runs ordinary Rust code and leaves through exit.
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Parent { child }) => Ok(child),
         Ok(ForkResult::Child) => {
+            // If the parent is killed outright (SIGKILL leaves it no chance
+            // to stop its children), the kernel sends this child SIGTERM:
+            // no orphan keeps serving on the parent's port. The parent may
+            // already be gone before the request was made: check.
+            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+            if nix::unistd::getppid() != parent {
+                std::process::exit(0);
+            }
             let mut unblock = parent_signals();
             for &signal in keep_blocked {
                 unblock.remove(signal);

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use crate::log::info;
+use crate::log::{always, info};
 use crate::service::Service;
 
 /// How long a graceful stop waits for in-flight responses before exiting anyway.
@@ -25,6 +25,9 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// The signals every model handles.
 pub const HANDLED: [i32; 3] = [SIGHUP, SIGINT, SIGTERM];
+
+/// The signals that ask for a graceful stop.
+pub const STOP_SIGNALS: [i32; 2] = [SIGINT, SIGTERM];
 
 /// What a signal asks the server to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +50,7 @@ pub fn request_for(signal: i32) -> Option<Request> {
 /// Clears the cache and logs `cache cleared: <files> files, <bytes> bytes`.
 pub fn clear_cache(service: &Service) {
     let cleared = service.cache().clear();
-    eprintln!("cache cleared: {} files, {} bytes", cleared.files, cleared.bytes);
+    always!("cache cleared: {} files, {} bytes", cleared.files, cleared.bytes);
 }
 
 /// Logs that a stop has begun.

@@ -113,42 +113,46 @@ impl Report {
         out
     }
 
+    /// The measured values, named: one list for the CSV header, CSV rows and JSON.
+    pub fn fields(&self) -> [(&'static str, String); 10] {
+        [
+            ("requests", self.ok.to_string()),
+            ("errors", self.errors.to_string()),
+            ("seconds", format!("{:.6}", self.elapsed.as_secs_f64())),
+            ("requests_per_sec", format!("{:.1}", self.requests_per_sec())),
+            ("mb_per_sec", format!("{:.3}", self.mb_per_sec())),
+            ("p50_ms", format!("{:.3}", self.latency_ms(0.5))),
+            ("p90_ms", format!("{:.3}", self.latency_ms(0.9))),
+            ("p99_ms", format!("{:.3}", self.latency_ms(0.99))),
+            ("p999_ms", format!("{:.3}", self.latency_ms(0.999))),
+            ("max_ms", format!("{:.3}", self.latency_us.max() as f64 / 1000.0)),
+        ]
+    }
+
     /// The CSV header matching [`Report::csv_fields`].
-    pub const CSV_HEADER: &'static str =
-        "requests,errors,seconds,requests_per_sec,mb_per_sec,p50_ms,p90_ms,p99_ms,p999_ms,max_ms";
+    pub fn csv_header() -> String {
+        Report {
+            ok: 0,
+            errors: 0,
+            error_samples: Vec::new(),
+            body_bytes: 0,
+            elapsed: Duration::ZERO,
+            latency_us: new_histogram(),
+        }
+        .fields()
+        .map(|(name, _)| name)
+        .join(",")
+    }
 
     /// This report as CSV fields (no newline).
     pub fn csv_fields(&self) -> String {
-        format!(
-            "{},{},{:.6},{:.1},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3}",
-            self.ok,
-            self.errors,
-            self.elapsed.as_secs_f64(),
-            self.requests_per_sec(),
-            self.mb_per_sec(),
-            self.latency_ms(0.5),
-            self.latency_ms(0.9),
-            self.latency_ms(0.99),
-            self.latency_ms(0.999),
-            self.latency_us.max() as f64 / 1000.0
-        )
+        self.fields().map(|(_, value)| value).join(",")
     }
 
     /// This report as one JSON object.
     pub fn json(&self) -> String {
-        format!(
-            "{{\"requests\":{},\"errors\":{},\"seconds\":{:.6},\"requests_per_sec\":{:.1},\"mb_per_sec\":{:.3},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3}}}",
-            self.ok,
-            self.errors,
-            self.elapsed.as_secs_f64(),
-            self.requests_per_sec(),
-            self.mb_per_sec(),
-            self.latency_ms(0.5),
-            self.latency_ms(0.9),
-            self.latency_ms(0.99),
-            self.latency_ms(0.999),
-            self.latency_us.max() as f64 / 1000.0
-        )
+        let fields: Vec<String> = self.fields().iter().map(|(name, value)| format!("\"{name}\":{value}")).collect();
+        format!("{{{}}}", fields.join(","))
     }
 }
 

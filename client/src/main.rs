@@ -150,7 +150,7 @@ fn run_bench(cli: BenchCli) -> anyhow::Result<bool> {
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
         if new {
-            writeln!(file, "conns,{}", bench::Report::CSV_HEADER)?;
+            writeln!(file, "conns,{}", bench::Report::csv_header())?;
         }
         writeln!(file, "{},{}", plan.conns, report.csv_fields())?;
     }

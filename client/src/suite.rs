@@ -22,7 +22,36 @@ use crate::bench::{self, Plan, Report, Until};
 pub const STORAGE_DELAY_MS: u64 = 10;
 /// The models every table compares (`iterative` serves one connection at a
 /// time, so it cannot take part in a concurrent keep-alive run).
-pub const MODELS: &[&str] = &["select", "poll", "event", "event-async", "event-aio", "uring"];
+pub const MODELS: &[&str] =
+    &["fork", "prefork", "threads", "pool", "select", "poll", "event", "event-async", "event-aio", "uring"];
+
+/// Workers given to `prefork` and `pool`: one per keep-alive connection of
+/// the table's busiest workload, so the table measures the design, not a
+/// starved default.
+pub const BLOCKING_WORKERS: usize = 64;
+
+/// Flags a model needs besides the workload's.
+pub fn model_args(model: &str) -> Vec<String> {
+    match model {
+        "prefork" | "pool" => vec!["--threads".into(), BLOCKING_WORKERS.to_string()],
+        _ => Vec::new(),
+    }
+}
+
+/// Whether `model` can serve `conns` connections of `workload` by design.
+/// select(2) cannot watch an fd numbered 1024 or above (such clients get
+/// 503), and a connection streaming a file holds two fds; a process or
+/// thread per connection is not run past 1000 on a 2-core machine.
+pub fn can_hold(model: &str, workload: &Workload, conns: usize) -> bool {
+    const FD_SETSIZE: usize = 1024;
+    const SERVER_FDS: usize = 16;
+    let fds_per_conn = if workload.name == "large" { 2 } else { 1 };
+    match model {
+        "select" => conns * fds_per_conn + SERVER_FDS <= FD_SETSIZE,
+        "fork" | "prefork" | "threads" | "pool" => conns <= 1000,
+        _ => true,
+    }
+}
 /// Concurrency levels of the `--full` sweep.
 pub const SWEEP_CONNS: &[usize] = &[1, 10, 100, 1000, 10_000];
 
@@ -194,6 +223,7 @@ pub fn measure(
     until: Until,
 ) -> Result<Report> {
     let mut args: Vec<String> = vec!["--model".into(), model.into(), "--quiet".into()];
+    args.extend(model_args(model));
     args.extend(["--root".into(), root.path().display().to_string()]);
     args.extend(["--max-conns".into(), (conns + 100).max(10_000).to_string()]);
     args.extend(workload.server_args.iter().cloned());

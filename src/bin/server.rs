@@ -88,7 +88,7 @@ fn main() -> ExitCode {
     match models::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("server: {err}");
+            fileserver::log::write_line(format_args!("server: {err}"));
             ExitCode::FAILURE
         }
     }

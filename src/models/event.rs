@@ -25,7 +25,10 @@
 //! ```
 
 use std::io;
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Barrier;
 use std::time::Instant;
 
 use mio::unix::SourceFd;
@@ -37,7 +40,9 @@ use crate::clients::{Client, Clients};
 use crate::conn::{ConnId, Inline};
 use crate::error::ServerError;
 use crate::models::Server;
-use crate::signals::{self, HANDLED};
+use crate::net;
+use crate::service::Service;
+use crate::signals::{self, HANDLED, STOP_SIGNALS};
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -55,23 +60,76 @@ pub fn run(server: Server) -> Result<(), ServerError> {
 /// `uring`; they differ only in the backend `make_backend` builds. It is
 /// given the registry and the token under which to register whatever
 /// source announces completed work.
+///
+/// With `--threads N`, N such loops run on N threads, each with its own
+/// `SO_REUSEPORT` listener on the same port (the kernel spreads new
+/// connections across them), its own backend, and the one shared service
+/// and cache. Only the first loop handles `SIGHUP`, so the cache is cleared
+/// (and logged) once; every loop handles `SIGINT`/`SIGTERM`.
 pub fn run_loop<B: Backend>(
     server: Server,
-    make_backend: impl FnOnce(&Registry, Token) -> io::Result<B>,
+    make_backend: impl Fn(&Registry, Token) -> io::Result<B> + Sync,
 ) -> Result<(), ServerError> {
-    let setup = ServerError::io("cannot set up the event loop");
-    let mut poll = Poll::new().map_err(&setup)?;
-    let registry = poll.registry().try_clone().map_err(&setup)?;
-    server.listener.set_nonblocking(true).map_err(&setup)?;
-    let listener_fd = server.listener.as_raw_fd();
-    registry.register(&mut SourceFd(&listener_fd), LISTENER, Interest::READABLE).map_err(&setup)?;
-    let mut signals = Signals::new(HANDLED).map_err(&setup)?;
-    registry.register(&mut signals, SIGNALS, Interest::READABLE).map_err(&setup)?;
-    let mut backend = make_backend(&registry, COMPLETIONS).map_err(&setup)?;
-    server.announce()?;
-    let Server { listener, service, limits, max_conns, .. } = server;
+    let loops = server.config.threads.unwrap_or(1);
+    let local = server.listener.local_addr().map_err(ServerError::io("cannot read the bound address"))?;
+    let extra_listeners: Vec<TcpListener> = (1..loops).map(|_| net::listen(local, true)).collect::<Result<_, _>>()?;
+    let start = StartLine { ready: Barrier::new(loops), failed: AtomicBool::new(false) };
+    std::thread::scope(|scope| {
+        let others: Vec<_> = extra_listeners
+            .iter()
+            .enumerate()
+            .map(|(i, listener)| {
+                let (server, start, make_backend) = (&server, &start, &make_backend);
+                scope.spawn(move || one_loop(server, listener, i + 1, start, make_backend))
+            })
+            .collect();
+        let first = one_loop(&server, &server.listener, 0, &start, &make_backend);
+        others.into_iter().map(|other| other.join().expect("an event loop panicked")).fold(first, Result::and)
+    })
+}
 
-    let mut clients = Clients::new(max_conns, limits);
+/// Lets every loop finish its set-up before the server announces itself.
+struct StartLine {
+    ready: Barrier,
+    failed: AtomicBool,
+}
+
+/// One event loop: loop `index` of `--threads`, on `listener`.
+fn one_loop<B: Backend>(
+    server: &Server,
+    listener: &TcpListener,
+    index: usize,
+    start: &StartLine,
+    make_backend: &(impl Fn(&Registry, Token) -> io::Result<B> + Sync),
+) -> Result<(), ServerError> {
+    let set_up = || -> io::Result<_> {
+        let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        listener.set_nonblocking(true)?;
+        registry.register(&mut SourceFd(&listener.as_raw_fd()), LISTENER, Interest::READABLE)?;
+        let handled: &[i32] = if index == 0 { &HANDLED } else { &STOP_SIGNALS };
+        let mut signals = Signals::new(handled)?;
+        registry.register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let backend = make_backend(&registry, COMPLETIONS)?;
+        Ok((poll, registry, signals, backend))
+    };
+    let ready = set_up();
+    if ready.is_err() {
+        start.failed.store(true, Ordering::SeqCst);
+    }
+    start.ready.wait();
+    let (mut poll, registry, mut signals, mut backend) =
+        ready.map_err(ServerError::io("cannot set up the event loop"))?;
+    if start.failed.load(Ordering::SeqCst) {
+        return Ok(()); // another loop failed and reports why
+    }
+    if index == 0 {
+        server.announce()?;
+    }
+    let Server { service, limits, max_conns, config, .. } = server;
+    let loops = config.threads.unwrap_or(1);
+
+    let mut clients = Clients::new(max_conns.div_ceil(loops), *limits);
     let mut events = Events::with_capacity(EVENTS_PER_WAIT);
     let mut done = Vec::new();
     while !clients.should_exit() {
@@ -87,23 +145,21 @@ pub fn run_loop<B: Backend>(
         }
         for event in events.iter() {
             match event.token() {
-                LISTENER if clients.is_accepting() => {
-                    accept(&listener, &mut clients, &service, &mut backend, &registry)
-                }
+                LISTENER if clients.is_accepting() => accept(listener, &mut clients, service, &mut backend, &registry),
                 LISTENER => {}
                 SIGNALS => {
                     for signal in signals.pending() {
                         if let Some(request) = signals::request_for(signal) {
-                            clients.on_signal(request, &service, &mut backend);
+                            clients.on_signal(request, service, &mut backend);
                         }
                     }
                     if clients.is_stopping() {
-                        let _ = registry.deregister(&mut SourceFd(&listener_fd));
+                        let _ = registry.deregister(&mut SourceFd(&listener.as_raw_fd()));
                     }
                 }
                 COMPLETIONS => {}
                 Token(id) => {
-                    clients.advance(id, &service, &mut backend);
+                    clients.advance(id, service, &mut backend);
                     update_interest(&registry, &mut clients, id);
                 }
             }
@@ -112,21 +168,21 @@ pub fn run_loop<B: Backend>(
         // that a delayed completion due now is not missed.
         backend.completed(&mut done);
         for (id, response) in done.drain(..) {
-            clients.complete(id, response, &service, &mut backend);
+            clients.complete(id, response, service, &mut backend);
             update_interest(&registry, &mut clients, id);
         }
         // Out of fds earlier: no event will announce that some were freed.
         if clients.is_accept_paused() && clients.is_accepting() {
-            accept(&listener, &mut clients, &service, &mut backend, &registry);
+            accept(listener, &mut clients, service, &mut backend, &registry);
         }
     }
     Ok(())
 }
 
 fn accept(
-    listener: &std::net::TcpListener,
-    clients: &mut Clients<std::net::TcpStream>,
-    service: &crate::service::Service,
+    listener: &TcpListener,
+    clients: &mut Clients<TcpStream>,
+    service: &Service,
     backend: &mut impl Backend,
     registry: &Registry,
 ) {
@@ -141,7 +197,7 @@ fn accept(
     }
 }
 
-fn interest(client: &Client<std::net::TcpStream>) -> Interest {
+fn interest(client: &Client<TcpStream>) -> Interest {
     if client.writable_registered {
         Interest::READABLE | Interest::WRITABLE
     } else {
@@ -151,7 +207,7 @@ fn interest(client: &Client<std::net::TcpStream>) -> Interest {
 
 /// Asks for WRITABLE only while output is owed: with edge-triggered epoll an
 /// always-on WRITABLE would wake the loop after every write for nothing.
-fn update_interest(registry: &Registry, clients: &mut Clients<std::net::TcpStream>, id: ConnId) {
+fn update_interest(registry: &Registry, clients: &mut Clients<TcpStream>, id: ConnId) {
     let Some(client) = clients.get_mut(id) else { return };
     if client.conn.wants_write() == client.writable_registered {
         return;

@@ -85,7 +85,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
                 }
                 process::unblock_all();
                 if let Some(ticket) = live.admit(stream, 1, service) {
-                    live.serve(ticket, service, *limits);
+                    LiveConnections::serve(ticket, service, *limits);
                 }
             })?;
             // The parent's copy of the socket is dropped (closed) here.

@@ -34,7 +34,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         |stream| {
             // One at a time: admitted with a limit of 1, served right here.
             if let Some(ticket) = live.admit(stream, 1, service) {
-                live.serve(ticket, service, *limits);
+                LiveConnections::serve(ticket, service, *limits);
             }
         },
     )

@@ -17,7 +17,6 @@
 //! ```
 
 use std::io;
-use std::net::TcpStream;
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 
@@ -25,15 +24,11 @@ use crate::clients::Clients;
 use crate::conn::{ConnId, Inline};
 use crate::error::ServerError;
 use crate::models::Server;
-use crate::signals::SelfPipe;
 
 /// Serves every client from one thread with `poll(2)` until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    let mut signal_pipe = SelfPipe::install().map_err(ServerError::io("cannot install signal handlers"))?;
-    server.announce()?;
-    let Server { listener, service, limits, max_conns, .. } = server;
-    listener.set_nonblocking(true).map_err(ServerError::io("cannot make the listener non-blocking"))?;
-    let mut clients: Clients<TcpStream> = Clients::new(max_conns, limits);
+    let (mut signal_pipe, mut clients) = Clients::start_readiness_loop(&server)?;
+    let Server { listener, service, .. } = &server;
 
     while !clients.should_exit() {
         // 1. Say what we are interested in: signal pipes, listener, clients.
@@ -42,7 +37,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
             vec![PollFd::from_borrowed_fd(clear_fd, PollFlags::IN), PollFd::from_borrowed_fd(stop_fd, PollFlags::IN)];
         let accepting = clients.is_accepting();
         if accepting {
-            watched.push(PollFd::new(&listener, PollFlags::IN));
+            watched.push(PollFd::new(listener, PollFlags::IN));
         }
         let first_client = watched.len();
         let mut ids: Vec<ConnId> = Vec::with_capacity(clients.len());
@@ -82,13 +77,13 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         drop(watched);
 
         for request in signal_pipe.take() {
-            clients.on_signal(request, &service, &mut Inline);
+            clients.on_signal(request, service, &mut Inline);
         }
         for id in ready {
-            clients.advance(id, &service, &mut Inline);
+            clients.advance(id, service, &mut Inline);
         }
         if listener_ready && clients.is_accepting() {
-            clients.accept_pending(&listener, &service, &mut Inline, |_| true);
+            clients.accept_pending(listener, service, &mut Inline, |_| true);
         }
     }
     Ok(())

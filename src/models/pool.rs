@@ -17,9 +17,7 @@
 //! server --model pool --threads 8 --root fixtures
 //! ```
 
-use std::sync::Arc;
-
-use crate::blocking::{accept_until_stopped, LiveConnections};
+use crate::blocking::dispatch_connections;
 use crate::error::ServerError;
 use crate::models::Server;
 use crate::thread_pool::ThreadPool;
@@ -28,17 +26,5 @@ use crate::thread_pool::ThreadPool;
 pub fn run(server: Server) -> Result<(), ServerError> {
     let workers = server.config.threads.unwrap_or_else(crate::config::cores);
     let pool = ThreadPool::new("conn", workers).map_err(ServerError::io("cannot start the thread pool"))?;
-    let live = Arc::new(LiveConnections::default());
-    accept_until_stopped(
-        &server,
-        &live,
-        || server.announce(),
-        |stream| {
-            let Some(ticket) = live.admit(stream, server.max_conns, &server.service) else { return };
-            let (live, service, limits) = (Arc::clone(&live), Arc::clone(&server.service), server.limits);
-            pool.execute(move || live.serve(ticket, &service, limits));
-        },
-    )?;
-    live.wait_until_idle();
-    Ok(())
+    dispatch_connections(&server, |serve_connection| pool.execute(serve_connection))
 }

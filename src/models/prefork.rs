@@ -76,11 +76,11 @@ fn spawn_worker(server: &Server) -> Result<Pid, ServerError> {
         };
         let served = accept_until_stopped(server, &live, unblock, |stream| {
             if let Some(ticket) = live.admit(stream, 1, service) {
-                live.serve(ticket, service, *limits);
+                LiveConnections::serve(ticket, service, *limits);
             }
         });
         if let Err(err) = served {
-            eprintln!("server: worker {}: {err}", std::process::id());
+            crate::log::always!("server: worker {}: {err}", std::process::id());
         }
     })
 }

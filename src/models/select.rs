@@ -23,7 +23,6 @@
 //! ```
 
 use std::io;
-use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
@@ -31,15 +30,11 @@ use crate::clients::Clients;
 use crate::conn::Inline;
 use crate::error::ServerError;
 use crate::models::Server;
-use crate::signals::SelfPipe;
 
 /// Serves every client from one thread with `select(2)` until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    let mut signal_pipe = SelfPipe::install().map_err(ServerError::io("cannot install signal handlers"))?;
-    server.announce()?;
-    let Server { listener, service, limits, max_conns, .. } = server;
-    listener.set_nonblocking(true).map_err(ServerError::io("cannot make the listener non-blocking"))?;
-    let mut clients: Clients<TcpStream> = Clients::new(max_conns, limits);
+    let (mut signal_pipe, mut clients) = Clients::start_readiness_loop(&server)?;
+    let Server { listener, service, .. } = &server;
     let listener_fd = listener.as_raw_fd();
 
     while !clients.should_exit() {
@@ -71,7 +66,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
 
         // 3. Do it.
         for request in signal_pipe.take() {
-            clients.on_signal(request, &service, &mut Inline);
+            clients.on_signal(request, service, &mut Inline);
         }
         let ready: Vec<_> = clients
             .iter()
@@ -82,10 +77,10 @@ pub fn run(server: Server) -> Result<(), ServerError> {
             .map(|(id, _)| id)
             .collect();
         for id in ready {
-            clients.advance(id, &service, &mut Inline);
+            clients.advance(id, service, &mut Inline);
         }
         if clients.is_accepting() && readable.contains(listener_fd) {
-            clients.accept_pending(&listener, &service, &mut Inline, FdSet::fits);
+            clients.accept_pending(listener, service, &mut Inline, FdSet::fits);
         }
     }
     Ok(())

@@ -17,31 +17,17 @@
 //! server --model threads --root fixtures
 //! ```
 
-use std::sync::Arc;
-
-use crate::blocking::{accept_until_stopped, LiveConnections};
+use crate::blocking::dispatch_connections;
 use crate::error::ServerError;
+use crate::log::always;
 use crate::models::Server;
-use crate::refusal::Refusal;
 
 /// Serves each connection on a new thread until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    let live = Arc::new(LiveConnections::default());
-    accept_until_stopped(
-        &server,
-        &live,
-        || server.announce(),
-        |stream| {
-            let Some(ticket) = live.admit(stream, server.max_conns, &server.service) else { return };
-            let (live, service, limits) = (Arc::clone(&live), Arc::clone(&server.service), server.limits);
-            let spawned =
-                std::thread::Builder::new().name("conn".into()).spawn(move || live.serve(ticket, &service, limits));
-            if let Err(err) = spawned {
-                // Out of threads: the ticket went down with the closure; say so.
-                crate::log::info!("cannot start a thread: {err} ({:?})", Refusal::Overloaded);
-            }
-        },
-    )?;
-    live.wait_until_idle();
-    Ok(())
+    dispatch_connections(&server, |serve_connection| {
+        if let Err(err) = std::thread::Builder::new().name("conn".into()).spawn(serve_connection) {
+            // Out of threads: the connection is closed unserved.
+            always!("cannot start a thread for a connection: {err}");
+        }
+    })
 }

@@ -45,9 +45,10 @@ pub const RING_ENTRIES: u32 = 256;
 
 /// Runs the `uring` model: the mio loop with reads submitted to io_uring.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    let ring = new_ring()?;
     let readers = server.config.readers;
+    // One ring per loop; `models::run` has already checked that io_uring works.
     event::run_loop(server, |registry, token| {
+        let ring = IoUring::new(RING_ENTRIES)?;
         let eventfd: OwnedFd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
         ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
         registry.register(&mut SourceFd(&eventfd.as_raw_fd()), token, Interest::READABLE)?;

@@ -7,6 +7,7 @@ mod support;
 mod async_reads;
 mod client;
 mod models;
+mod processes;
 mod protocol;
 mod sandbox;
 mod signals;

@@ -99,3 +99,35 @@ fn a_sighup_right_after_the_listening_line_is_handled_not_fatal() {
         assert_eq!(server.get("tiny.txt").body(), b"hi\n", "{model}: still alive and serving");
     }
 }
+
+#[test]
+fn a_closed_stderr_never_crashes_or_hangs_the_server() {
+    use std::io::BufRead;
+    for model in MODELS {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
+            .args(["--port", "0", "--model", model, "--root", crate::support::fixtures().to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("listening on ").unwrap().parse().unwrap();
+        drop(child.stderr.take()); // nobody reads the log any more: writes get EPIPE
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, Signal::HUP).unwrap(); // logs "cache cleared"
+        for _ in 0..3 {
+            assert_eq!(crate::support::LineClient::connect(addr).get(b"tiny.txt").body(), b"hi\n", "{model}");
+        }
+        rustix::process::kill_process(pid, Signal::TERM).unwrap(); // logs "stopping"
+        let deadline = std::time::Instant::now() + crate::support::IO_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "{model}: did not stop");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(status.code(), Some(0), "{model}");
+    }
+}

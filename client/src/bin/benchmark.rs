@@ -100,14 +100,14 @@ fn sweep(args: &Args, root: &BenchRoot) -> Result<()> {
         let csv_path = dir.join(format!("{}.csv", workload.name));
         let mut csv =
             std::fs::File::create(&csv_path).with_context(|| format!("cannot write {}", csv_path.display()))?;
-        writeln!(csv, "model,conns,{}", bench::Report::CSV_HEADER)?;
+        writeln!(csv, "model,conns,{}", bench::Report::csv_header())?;
         let (mut rate, mut p99) = (Vec::new(), Vec::new());
         for &model in MODELS {
             let (mut rate_points, mut p99_points) = (Vec::new(), Vec::new());
             for &conns in levels {
                 done += 1;
                 eprint!("\r[{done}/{total}] {} {model} {conns} conns          ", workload.name);
-                if model == "select" && !select_can_hold(workload, conns) {
+                if !suite::can_hold(model, workload, conns) {
                     continue;
                 }
                 let until = Until::Elapsed(Duration::from_secs_f64(seconds));
@@ -129,16 +129,6 @@ fn sweep(args: &Args, root: &BenchRoot) -> Result<()> {
         versus_nginx(args, root)?;
     }
     Ok(())
-}
-
-/// select(2) cannot watch an fd numbered 1024 or above (it refuses such
-/// clients with 503); a connection streaming a file holds two fds, and the
-/// server keeps about a dozen of its own.
-fn select_can_hold(workload: &suite::Workload, conns: usize) -> bool {
-    const FD_SETSIZE: usize = 1024;
-    const SERVER_FDS: usize = 16;
-    let fds_per_conn = if workload.name == "large" { 2 } else { 1 };
-    conns * fds_per_conn + SERVER_FDS <= FD_SETSIZE
 }
 
 /// Side by side with nginx on the same files in the same run (HTTP for

@@ -1,0 +1,116 @@
+//! The process and thread models: no child outlives the server, prefork
+//! replaces dead workers, several event loops share one port and cache.
+
+use rustix::process::Signal;
+
+use crate::support::{fixtures, Server};
+
+/// The server's child processes, from /proc.
+fn children(pid: i32) -> Vec<i32> {
+    let list = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    list.split_whitespace().map(|p| p.parse().unwrap()).collect()
+}
+
+fn is_alive(pid: i32) -> bool {
+    // A reaped process has no /proc entry; a zombie says so in its status.
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| !status.contains("State:\tZ"))
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + crate::support::IO_TIMEOUT;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sigterm_leaves_no_child_behind() {
+    for model in ["fork", "prefork"] {
+        let server = Server::start(&["--model", model, "--threads", "3", "--root", fixtures().to_str().unwrap()]);
+        // A connection in progress, so fork has a child too.
+        let mut conn = server.connect();
+        assert_eq!(conn.get(b"tiny.txt").body(), b"hi\n");
+        let pid = server.pid();
+        wait_until("the children exist", || !children(pid).is_empty());
+        let kids = children(pid);
+        server.signal(Signal::TERM);
+        assert!(conn.is_closed_by_server(), "{model}: the idle connection is closed");
+        assert_eq!(server.wait_exit(), Some(0), "{model}");
+        for kid in kids {
+            wait_until("the child is gone", || !is_alive(kid));
+        }
+    }
+}
+
+#[test]
+fn children_die_with_a_killed_parent() {
+    for model in ["fork", "prefork"] {
+        let server = Server::start(&["--model", model, "--root", fixtures().to_str().unwrap()]);
+        let mut conn = server.connect();
+        assert_eq!(conn.get(b"tiny.txt").body(), b"hi\n");
+        wait_until("the children exist", || !children(server.pid()).is_empty());
+        let kids = children(server.pid());
+        server.signal(Signal::KILL);
+        for kid in kids {
+            wait_until("the orphan is gone", || !is_alive(kid));
+        }
+    }
+}
+
+#[test]
+fn prefork_replaces_a_worker_that_dies() {
+    let server = Server::start(&["--model", "prefork", "--threads", "2", "--root", fixtures().to_str().unwrap()]);
+    wait_until("two workers", || children(server.pid()).len() == 2);
+    let victim = children(server.pid())[0];
+    rustix::process::kill_process(rustix::process::Pid::from_raw(victim).unwrap(), Signal::KILL).unwrap();
+    wait_until("a replacement", || {
+        let now = children(server.pid());
+        now.len() == 2 && !now.contains(&victim)
+    });
+    server.wait_for_log(&format!("worker {victim} exited; started worker"), 1);
+    for _ in 0..10 {
+        assert_eq!(server.get("tiny.txt").body(), b"hi\n");
+    }
+}
+
+#[test]
+fn several_event_loops_share_one_port_and_one_cache() {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("page.txt");
+    for model in ["event", "event-async", "event-aio", "uring"] {
+        std::fs::write(&file, b"cached").unwrap();
+        let server = Server::start(&["--model", model, "--threads", "3", "--root", root.path().to_str().unwrap()]);
+        assert_eq!(server.get("page.txt").body(), b"cached", "{model}");
+        std::fs::write(&file, b"changed").unwrap();
+        // Many connections, spread by the kernel over the three loops: all
+        // see the one shared cache.
+        for _ in 0..30 {
+            assert_eq!(server.get("page.txt").body(), b"cached", "{model}");
+        }
+        server.signal(Signal::HUP);
+        server.wait_for_log("cache cleared: 1 files, 6 bytes", 1);
+        for _ in 0..30 {
+            assert_eq!(server.get("page.txt").body(), b"changed", "{model}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(server.log().matches("cache cleared").count(), 1, "{model}: one clear per SIGHUP, not one per loop");
+        server.signal(Signal::TERM);
+        assert_eq!(server.wait_exit(), Some(0), "{model}");
+    }
+}
+
+#[test]
+fn fib_answers_known_values_and_refuses_bad_input() {
+    for model in ["iterative", "event", "event-async", "uring", "pool"] {
+        let server = Server::start(&["--model", model, "--service", "fib"]);
+        let mut conn = server.connect();
+        for (n, expected) in [("0", "0\n"), ("1", "1\n"), ("10", "55\n"), ("30", "832040\n")] {
+            assert_eq!(conn.get(n.as_bytes()).body(), expected.as_bytes(), "{model}: fib({n})");
+        }
+        drop(conn); // iterative serves one connection at a time
+        for bad in ["41", "-1", "x", "1.5", "99999999999999999999"] {
+            assert_eq!(server.connect().get(bad.as_bytes()), crate::support::Reply::Err(400), "{model}: {bad}");
+        }
+    }
+}
