@@ -105,6 +105,8 @@ pub struct Config {
     pub threads: Option<usize>,
     /// Longest request line accepted.
     pub max_line_bytes: usize,
+    /// Longest HTTP head accepted.
+    pub max_head_bytes: usize,
     /// Do not log per-event lines to stderr.
     pub quiet: bool,
 }
@@ -125,6 +127,7 @@ impl Default for Config {
             readers: 16,
             threads: None,
             max_line_bytes: 4096,
+            max_head_bytes: 8192,
             quiet: false,
         }
     }

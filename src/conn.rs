@@ -176,6 +176,7 @@ impl Conn {
         if let Response::Refused(refusal) = &response {
             self.closing |= refusal.closes_connection();
         }
+        self.closing |= framing.closes_after();
         self.output.push_response(framing, response);
     }
 

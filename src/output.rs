@@ -72,7 +72,8 @@ impl Output {
         let mut head = Vec::with_capacity(32);
         encode_head(framing, &response, &mut head);
         self.push_bytes(head);
-        if let Response::Content(body) = response {
+        let head_only = matches!(framing, Framing::Http(http) if http.head_only);
+        if let (Response::Content(body), false) = (response, head_only) {
             match body {
                 Body::Bytes(bytes) if bytes.is_empty() => {}
                 Body::Bytes(bytes) => self.push(Piece::Shared { bytes, sent: 0 }),

@@ -57,6 +57,9 @@ struct Args {
     /// Longest request line accepted, in bytes; longer lines get 414.
     #[arg(long, default_value = "4KiB", value_parser = parse_size)]
     max_line: u64,
+    /// Longest HTTP head (request line and headers) accepted; longer gets 431.
+    #[arg(long, default_value = "8KiB", value_parser = parse_size)]
+    max_head: u64,
     /// Log only warnings and cache clears.
     #[arg(long)]
     quiet: bool,
@@ -78,6 +81,7 @@ impl From<Args> for Config {
             readers: args.readers.max(1),
             threads: args.threads.map(|n| n.max(1)),
             max_line_bytes: usize::try_from(args.max_line).unwrap_or(usize::MAX),
+            max_head_bytes: usize::try_from(args.max_head).unwrap_or(usize::MAX),
             quiet: args.quiet,
         }
     }

@@ -76,7 +76,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let server = Server {
         listener,
         service,
-        limits: ParseLimits { max_line_bytes: config.max_line_bytes },
+        limits: ParseLimits { max_line_bytes: config.max_line_bytes, max_head_bytes: config.max_head_bytes },
         max_conns: config.max_conns,
         config,
     };

@@ -38,5 +38,6 @@ pub fn encode_head(framing: Framing, response: &Response, out: &mut Vec<u8>) {
                 let _ = writeln!(out, "ERR {} {}", refusal.code(), refusal);
             }
         },
+        Framing::Http(http) => super::http::encode_head(http, response, out),
     }
 }

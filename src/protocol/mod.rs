@@ -1,12 +1,15 @@
 //! Bytes in, requests out; responses in, bytes out.
 //!
-//! The kit speaks a line protocol (DESIGN section 3) on every model. The
+//! The kit speaks two protocols on the same port (DESIGN section 3): the
+//! line protocol ([`line`]) and an HTTP/1.1 subset ([`http`]). The first
+//! request on a connection decides which, for the rest of it. The
 //! [`Parser`] is incremental: feed it whatever `read` returned, one byte or
 //! several pipelined requests at once, and take complete requests out as they
 //! become available. It never blocks and never holds more than one
 //! request's worth of unparsed bytes plus one read, so every model, blocking
 //! or event-driven, uses the same parser.
 
+pub mod http;
 mod line;
 
 use std::fs::File;
@@ -25,6 +28,36 @@ pub const READ_CHUNK_BYTES: usize = 16 * 1024;
 pub enum Framing {
     /// `OK <size>\n<bytes>` / `ERR <code> <reason>\n`.
     Line,
+    /// An HTTP response.
+    Http(HttpFraming),
+}
+
+impl Framing {
+    /// Whether the connection closes after this response (beyond what the
+    /// refusal itself demands): HTTP's `Connection: close`, HTTP/1.0.
+    pub fn closes_after(self) -> bool {
+        matches!(self, Framing::Http(http) if !http.keep_alive)
+    }
+}
+
+/// What an HTTP response must say, decided by its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpFraming {
+    /// HTTP/1.1 (else 1.0).
+    pub http11: bool,
+    /// The connection stays open after the response.
+    pub keep_alive: bool,
+    /// HEAD: headers only.
+    pub head_only: bool,
+    /// `Content-Type` of a successful response.
+    pub content_type: &'static str,
+}
+
+impl HttpFraming {
+    /// For a request too broken to read: HTTP/1.1, then close.
+    pub fn closing() -> HttpFraming {
+        HttpFraming { http11: true, keep_alive: false, head_only: false, content_type: "" }
+    }
 }
 
 /// One parsed request: what was asked for, and how to frame the answer.
@@ -101,12 +134,21 @@ impl Response {
 pub struct ParseLimits {
     /// Longest request line accepted (the `\n` not counted); longer is 414.
     pub max_line_bytes: usize,
+    /// Longest HTTP head (request line and headers); longer is 431.
+    pub max_head_bytes: usize,
 }
 
 impl Default for ParseLimits {
     fn default() -> Self {
-        ParseLimits { max_line_bytes: 4096 }
+        ParseLimits { max_line_bytes: 4096, max_head_bytes: 8192 }
     }
+}
+
+/// Which protocol a connection speaks, decided by its first request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Line,
+    Http,
 }
 
 /// An incremental request parser: one per connection.
@@ -118,12 +160,14 @@ pub struct Parser {
     /// How much of `buf` has already been parsed.
     start: usize,
     limits: ParseLimits,
+    /// Unknown until the first request's bytes arrive.
+    protocol: Option<Protocol>,
 }
 
 impl Parser {
     /// A parser enforcing `limits`.
     pub fn new(limits: ParseLimits) -> Parser {
-        Parser { buf: Vec::new(), start: 0, limits }
+        Parser { buf: Vec::new(), start: 0, limits, protocol: None }
     }
 
     /// Appends bytes received from the peer.
@@ -155,7 +199,15 @@ impl Parser {
     /// Takes the next complete request out of the buffer, if there is one.
     pub fn next_request(&mut self) -> Option<Result<Request, Malformed>> {
         let pending = &self.buf[self.start..];
-        let parsed = line::parse(pending, &self.limits)?;
+        if pending.is_empty() {
+            return None;
+        }
+        let protocol =
+            *self.protocol.get_or_insert(if http::looks_like_http(pending) { Protocol::Http } else { Protocol::Line });
+        let parsed = match protocol {
+            Protocol::Line => line::parse(pending, &self.limits)?,
+            Protocol::Http => http::parse(pending, &self.limits)?,
+        };
         self.start += parsed.consumed;
         if self.start == self.buf.len() {
             // Release a large buffer left by a burst; keep a small one.
@@ -211,7 +263,7 @@ mod tests {
 
     #[test]
     fn a_line_over_the_limit_is_414_even_before_its_newline() {
-        let limits = ParseLimits { max_line_bytes: 8 };
+        let limits = ParseLimits { max_line_bytes: 8, ..ParseLimits::default() };
         let mut parser = Parser::new(limits);
         parser.feed(b"123456789");
         let err = parser.next_request().unwrap().unwrap_err();

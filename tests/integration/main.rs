@@ -6,6 +6,8 @@ mod support;
 
 mod async_reads;
 mod client;
+mod hostile;
+mod http;
 mod models;
 mod processes;
 mod protocol;

@@ -1,0 +1,204 @@
+//! The HTTP/1.1 subset (DESIGN section 3): GET and HEAD of static files, so
+//! `curl`, browsers, `wrk` and nginx's benchmarks work against every model.
+//!
+//! Heads are parsed with `httparse` (at most [`ParseLimits::max_head_bytes`]);
+//! the target is percent-decoded *before* the sandbox sees it (so `%2e%2e`
+//! is `..` and refused like it); a query string is ignored; `/` is the root
+//! (a directory: 403, no listings). Keep-alive is the default on HTTP/1.1,
+//! `Connection: close` is honoured, HTTP/1.0 closes unless it asks for
+//! keep-alive. Request bodies are not supported: a request announcing one
+//! is answered, then the connection is closed.
+
+use std::io::Write;
+use std::time::SystemTime;
+
+use super::{Framing, HttpFraming, Malformed, ParseLimits, Parsed, Request, Response};
+use crate::refusal::Refusal;
+
+/// Most header lines accepted; more is 431.
+const MAX_HEADERS: usize = 64;
+
+/// Whether the bytes at the start of a connection are an HTTP request line
+/// (`METHOD /target HTTP/1.x`), judged from the first line, complete or not.
+pub(super) fn looks_like_http(pending: &[u8]) -> bool {
+    let Some(space) = pending.iter().position(|&b| b == b' ') else { return false };
+    if space == 0 || !pending[..space].iter().all(u8::is_ascii_uppercase) {
+        return false;
+    }
+    match pending.iter().position(|&b| b == b'\n') {
+        // A whole line: the version at its end decides, whatever the target.
+        Some(end) => {
+            let line = pending[..end].strip_suffix(b"\r").unwrap_or(&pending[..end]);
+            line.len() > space + 9 && line[line.len() - 9..].starts_with(b" HTTP/")
+        }
+        // A partial line is judged by its start, so that an overlong URI
+        // still gets an HTTP 414.
+        None => pending.get(space + 1) == Some(&b'/'),
+    }
+}
+
+/// Parses one request head at the front of `pending`, if complete.
+pub(super) fn parse(pending: &[u8], limits: &ParseLimits) -> Option<Parsed> {
+    let refuse = |refusal, consumed| {
+        let framing = Framing::Http(HttpFraming::closing());
+        Some(Parsed { request: Err(Malformed { framing, refusal }), consumed })
+    };
+    let line_len = pending.iter().position(|&b| b == b'\n').unwrap_or(pending.len());
+    if line_len > limits.max_line_bytes {
+        return refuse(Refusal::LineTooLong, pending.len());
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let head_len = match request.parse(pending) {
+        Ok(httparse::Status::Complete(n)) if n > limits.max_head_bytes => return refuse(Refusal::HeadTooLarge, n),
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if pending.len() > limits.max_head_bytes => {
+            return refuse(Refusal::HeadTooLarge, pending.len())
+        }
+        Ok(httparse::Status::Partial) => return None,
+        Err(httparse::Error::TooManyHeaders) => return refuse(Refusal::HeadTooLarge, pending.len()),
+        Err(_) => return refuse(Refusal::BadRequest, pending.len()),
+    };
+    let header = |name: &str| request.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
+    let has_token = |value: Option<&[u8]>, token: &str| {
+        value.is_some_and(|v| v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
+    };
+    let connection = header("connection");
+    let http11 = request.version == Some(1);
+    let has_body =
+        header("transfer-encoding").is_some() || header("content-length").is_some_and(|v| v.trim_ascii() != b"0");
+    let keep_alive =
+        !has_body && if http11 { !has_token(connection, "close") } else { has_token(connection, "keep-alive") };
+    let method = request.method.unwrap_or("");
+    let target = request.path.unwrap_or("").as_bytes();
+    let mut framing = HttpFraming { http11, keep_alive, head_only: method == "HEAD", content_type: "" };
+    let refused = |framing: HttpFraming, refusal| {
+        let framing = Framing::Http(framing);
+        Some(Parsed { request: Err(Malformed { framing, refusal }), consumed: head_len })
+    };
+    if method != "GET" && method != "HEAD" {
+        framing.keep_alive = false;
+        return refused(framing, Refusal::MethodNotAllowed);
+    }
+    let Some(path) = decode_target(target) else {
+        framing.keep_alive = false;
+        return refused(framing, Refusal::BadRequest);
+    };
+    framing.content_type = content_type(&path);
+    Some(Parsed { request: Ok(Request { target: path, framing: Framing::Http(framing) }), consumed: head_len })
+}
+
+/// `/a%20b.txt?x=1` to `a b.txt`: origin-form only, query and fragment
+/// dropped, percent escapes decoded, the leading `/` removed (the sandbox
+/// takes paths relative to the root). `None` for a malformed target.
+pub fn decode_target(target: &[u8]) -> Option<Vec<u8>> {
+    let path = target.strip_prefix(b"/")?;
+    let end = path.iter().position(|&b| b == b'?' || b == b'#').unwrap_or(path.len());
+    let mut decoded = Vec::with_capacity(end);
+    let mut bytes = path[..end].iter();
+    while let Some(&b) = bytes.next() {
+        if b == b'%' {
+            let hi = hex_value(*bytes.next()?)?;
+            let lo = hex_value(*bytes.next()?)?;
+            decoded.push(hi << 4 | lo);
+        } else {
+            decoded.push(b);
+        }
+    }
+    Some(decoded)
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    (digit as char).to_digit(16).map(|v| v as u8)
+}
+
+/// The `Content-Type` for a path, by its extension.
+fn content_type(path: &[u8]) -> &'static str {
+    let name = path.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    let extension = name.rsplit(|&b| b == b'.').next().filter(|ext| ext.len() < name.len()).unwrap_or_default();
+    match extension.to_ascii_lowercase().as_slice() {
+        b"html" | b"htm" => "text/html; charset=utf-8",
+        b"txt" | b"md" | b"rs" | b"toml" => "text/plain; charset=utf-8",
+        b"css" => "text/css",
+        b"js" => "text/javascript",
+        b"json" => "application/json",
+        b"svg" => "image/svg+xml",
+        b"png" => "image/png",
+        b"jpg" | b"jpeg" => "image/jpeg",
+        b"gif" => "image/gif",
+        b"pdf" => "application/pdf",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Appends the status line and headers (and, for an error, its short body,
+/// unless HEAD) for `response` to `out`.
+pub fn encode_head(framing: HttpFraming, response: &Response, out: &mut Vec<u8>) {
+    let version = if framing.http11 { "HTTP/1.1" } else { "HTTP/1.0" };
+    let date = httpdate::fmt_http_date(SystemTime::now());
+    let connection = match (framing.keep_alive, framing.http11) {
+        (false, _) => "Connection: close\r\n",
+        (true, false) => "Connection: keep-alive\r\n",
+        (true, true) => "",
+    };
+    let _ = match response {
+        Response::Content(body) => write!(
+            out,
+            "{version} 200 OK\r\nServer: fileserver\r\nDate: {date}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{connection}\r\n",
+            framing.content_type,
+            body.len()
+        ),
+        Response::Refused(refusal) => {
+            let text = format!("{} {}\n", refusal.code(), refusal.http_reason());
+            let allow = if *refusal == Refusal::MethodNotAllowed { "Allow: GET, HEAD\r\n" } else { "" };
+            let _ = write!(
+                out,
+                "{version} {} {}\r\nServer: fileserver\r\nDate: {date}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{allow}{connection}\r\n",
+                refusal.code(),
+                refusal.http_reason(),
+                text.len()
+            );
+            if !framing.head_only {
+                out.extend_from_slice(text.as_bytes());
+            }
+            Ok(())
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_decoded_and_stripped_of_queries() {
+        assert_eq!(decode_target(b"/a%20b.txt?x=1#f").unwrap(), b"a b.txt");
+        assert_eq!(decode_target(b"/%2e%2e/%2E%2E/etc/passwd").unwrap(), b"../../etc/passwd");
+        assert_eq!(decode_target(b"/").unwrap(), b"");
+        assert_eq!(decode_target(b"/a%00b").unwrap(), b"a\0b");
+        assert!(decode_target(b"/bad%2").is_none());
+        assert!(decode_target(b"/bad%zz").is_none());
+        assert!(decode_target(b"http://host/x").is_none(), "absolute-form is not served");
+    }
+
+    #[test]
+    fn content_types_follow_the_extension() {
+        assert_eq!(content_type(b"index.html"), "text/html; charset=utf-8");
+        assert_eq!(content_type(b"docs/a.TXT"), "text/plain; charset=utf-8");
+        assert_eq!(content_type(b"data/1k.bin"), "application/octet-stream");
+        assert_eq!(content_type(b"Makefile"), "application/octet-stream");
+        assert_eq!(content_type(b"dir.d/file"), "application/octet-stream");
+    }
+
+    #[test]
+    fn http_request_lines_are_recognised() {
+        assert!(looks_like_http(b"GET /x HTTP/1.1\r\n"));
+        assert!(looks_like_http(b"GET /xxxxxxxxxx"), "a partial line is judged by its start");
+        assert!(looks_like_http(b"BREW /pot HTTP/1.1\r\n"), "unknown methods are HTTP too (405)");
+        assert!(!looks_like_http(b"test.txt\n"));
+        assert!(looks_like_http(b"GET http://host/x HTTP/1.1\r\n"), "absolute-form: HTTP, refused with 400");
+        assert!(looks_like_http(b"OPTIONS * HTTP/1.1\r\n"));
+        assert!(!looks_like_http(b"get /x HTTP/1.1\n"));
+        assert!(!looks_like_http(b"GET /x\n"), "a complete line without a version is a path");
+    }
+}

@@ -1,0 +1,184 @@
+//! Hostile requests over both protocols: each gets its clear refusal,
+//! nothing from outside the root is ever sent, and the server keeps serving.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use crate::support::{hostile_tree, Server, IO_TIMEOUT};
+
+/// What a hostile request must get back: a status (HTTP code or `ERR` code).
+struct Case {
+    request: Vec<u8>,
+    status: u16,
+}
+
+fn line(path: &[u8], status: u16) -> Case {
+    let mut request = path.to_vec();
+    request.push(b'\n');
+    Case { request, status }
+}
+
+fn http(target: &str, status: u16) -> Case {
+    Case { request: format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").into_bytes(), status }
+}
+
+fn raw(bytes: &[u8], status: u16) -> Case {
+    Case { request: bytes.to_vec(), status }
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        // The line protocol.
+        line(b"../secret", 403),
+        line(b"a/../../secret", 403),
+        line(b"a/b/../../../secret", 403),
+        line(b"/etc/passwd", 403),
+        line(b"//etc/passwd", 403),
+        line(b"/proc/self/environ", 403),
+        line(b"out-link", 403),
+        line(b"out-dir/secret", 403),
+        line(b"fifo", 403),
+        line(b"a", 403),
+        line(b"a/b/", 403),
+        line(b".", 403),
+        line(b".hidden", 403),
+        line(b"a/.hidden", 403),
+        line(b"..", 403),
+        line(b"...", 403),
+        line(b"test.txt\0.png", 400),
+        line(b"a\x01b", 400),
+        line(b"a\x1b[31mred", 400),
+        line(b"a\x7fb", 400),
+        line(b"\xff\xfe\xfd", 404),
+        line(b"caf\xc3\xa9", 404),
+        line(b"test.txt/", 404),
+        line(b"test.txt/..", 403),
+        line(&[b'a'; 300], 404),
+        line(&b"a/".repeat(1000), 404),
+        line(b"null-dev", 403),
+        line(b"in-link/../../secret", 403),
+        // The HTTP subset.
+        http("/../secret", 403),
+        http("/%2e%2e/secret", 403),
+        http("/%2E%2E/%2e%2e/secret", 403),
+        http("/a/%2e%2e/%2e%2e/secret", 403),
+        http("/..%2fsecret", 403),
+        http("/%2fetc/passwd", 403),
+        http("/out-link", 403),
+        http("/out-dir/secret", 403),
+        http("/fifo", 403),
+        http("/", 403),
+        http("/a/", 403),
+        http("/.hidden", 403),
+        http("/%2ehidden", 403),
+        http("/test.txt%00.png", 400),
+        http("/a%0d%0aSet-Cookie:%20x", 400),
+        http("/bad%zz", 400),
+        http("/bad%2", 400),
+        http("/%ff%fe", 404),
+        http("/null-dev", 403),
+        http("/proc/self/environ", 404),
+        raw(b"GET http://evil/secret HTTP/1.1\r\n\r\n", 400),
+        raw(b"GET /test.txt HTTP/1.1\r\nBad Header\r\n\r\n", 400),
+        raw(b"GET /test.txt HTTP/9.9\r\n\r\n", 400),
+        raw(b"POST /test.txt HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", 405),
+        raw(b"OPTIONS * HTTP/1.1\r\n\r\n", 405),
+        raw(b"GET /test.txt HTTP/1.1\r\nHost: a\r\nHost: b\r\nX: \x01\r\n\r\n", 400),
+    ]
+}
+
+/// Sends one request on a fresh connection and returns the whole reply: one
+/// line-protocol response, or everything until an HTTP server closes.
+fn exchange(server: &Server, request: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect_timeout(&server.addr, IO_TIMEOUT).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.write_all(request).unwrap();
+    let mut reply = Vec::new();
+    let is_http = request.first().is_some_and(u8::is_ascii_uppercase) && request.contains(&b' ');
+    let mut byte = [0u8; 1];
+    if !is_http {
+        while !reply.ends_with(b"\n") && matches!(stream.read(&mut byte), Ok(1)) {
+            reply.push(byte[0]);
+        }
+        let announced = String::from_utf8_lossy(&reply).strip_prefix("OK ").map(|n| n.trim().parse().unwrap());
+        let mut body = vec![0; announced.unwrap_or(0)];
+        stream.read_exact(&mut body).unwrap();
+        reply.extend_from_slice(&body);
+        return reply;
+    }
+    let _ = stream.read_to_end(&mut reply);
+    reply
+}
+
+/// The status in a reply of either protocol.
+fn status_of(reply: &[u8]) -> Option<u16> {
+    let text = String::from_utf8_lossy(reply);
+    let code = if let Some(rest) = text.strip_prefix("ERR ") {
+        rest.get(..3)
+    } else if text.starts_with("OK ") {
+        Some("200")
+    } else {
+        text.split(' ').nth(1)
+    };
+    code?.parse().ok()
+}
+
+#[test]
+fn every_hostile_request_is_refused_and_nothing_leaks() {
+    let (root, _outside) = hostile_tree();
+    std::os::unix::fs::symlink("/dev/null", root.path().join("null-dev")).unwrap();
+    let cases = cases();
+    assert!(cases.len() >= 40, "the table keeps at least 40 cases");
+    for model in ["event", "threads", "uring"] {
+        let server = Server::start(&["--model", model, "--root", root.path().to_str().unwrap()]);
+        for case in &cases {
+            let reply = exchange(&server, &case.request);
+            let shown = String::from_utf8_lossy(&case.request);
+            assert_eq!(
+                status_of(&reply),
+                Some(case.status),
+                "{model}: {shown:?} got {:?}",
+                String::from_utf8_lossy(&reply)
+            );
+            assert!(!reply.windows(10).any(|w| w == b"TOP SECRET"), "{model}: {shown:?} leaked the secret");
+        }
+        assert!(server.get("test.txt").body().starts_with(b"Hello"), "{model}: still serving");
+    }
+}
+
+#[test]
+fn a_file_swapped_for_an_escaping_symlink_is_never_served() {
+    // A race the sandbox must win: while clients ask for `swap`, another
+    // thread keeps replacing it with a symlink to the secret and back.
+    let (root, outside) = hostile_tree();
+    let swap = root.path().join("swap");
+    let staging = root.path().join("swap.tmp");
+    std::fs::write(&swap, b"harmless").unwrap();
+    let server = Server::start(&["--root", root.path().to_str().unwrap(), "--cache-size", "0"]);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for i in 0..2000 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let _ = std::fs::remove_file(&staging);
+                if i % 2 == 0 {
+                    std::os::unix::fs::symlink(outside.path().join("secret"), &staging).unwrap();
+                } else {
+                    std::fs::write(&staging, b"harmless").unwrap();
+                }
+                std::fs::rename(&staging, &swap).unwrap(); // atomic swap
+            }
+        });
+        let mut conn = server.connect();
+        for _ in 0..300 {
+            match conn.get(b"swap") {
+                crate::support::Reply::Ok(body) => assert_eq!(body, b"harmless"),
+                crate::support::Reply::Err(code) => assert!(code == 403 || code == 404, "{code}"),
+                crate::support::Reply::Closed => panic!("closed"),
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+}
