@@ -13,12 +13,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::conn::{Conn, Inline};
+use crate::clients::SWEEP_INTERVAL;
+use crate::conn::Limits;
+use crate::conn::{Conn, Inline, Status};
 use crate::error::ServerError;
 use crate::log::info;
 use crate::models::Server;
 use crate::net::is_fd_exhaustion;
-use crate::protocol::ParseLimits;
 use crate::refusal::Refusal;
 use crate::service::Service;
 use crate::signals;
@@ -32,7 +33,9 @@ pub const FD_EXHAUSTION_PAUSE: Duration = Duration::from_millis(100);
 pub struct LiveConnections {
     stopping: AtomicBool,
     next_id: AtomicU64,
-    streams: Mutex<HashMap<u64, TcpStream>>,
+    /// Shared with each connection's [`Ticket`] (not `dup`ed: a
+    /// connection costs one fd, not two).
+    streams: Mutex<HashMap<u64, Arc<TcpStream>>>,
 }
 
 /// A connection admitted into [`LiveConnections`], waiting to be served
@@ -42,7 +45,7 @@ pub struct LiveConnections {
 pub struct Ticket {
     live: Arc<LiveConnections>,
     id: u64,
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
 }
 
 impl Drop for Ticket {
@@ -65,7 +68,7 @@ impl LiveConnections {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, TcpStream>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<TcpStream>>> {
         self.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -85,15 +88,13 @@ impl LiveConnections {
         // A response may leave in two writes (head, then a sendfile body):
         // with Nagle on, the second waits for the client's delayed ACK (~40 ms).
         let _ = stream.set_nodelay(true);
-        let handle = match stream.try_clone() {
-            Ok(handle) if self.len() < max_conns => handle,
-            _ => {
-                crate::clients::refuse(stream, Refusal::Overloaded, service);
-                return None;
-            }
-        };
+        if self.len() >= max_conns {
+            crate::clients::refuse(stream, Refusal::Overloaded, service);
+            return None;
+        }
+        let stream = Arc::new(stream);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(id, handle);
+        self.lock().insert(id, Arc::clone(&stream));
         // Checked after registering, so a stop cannot slip in between.
         if self.is_stopping() {
             let _ = stream.shutdown(Shutdown::Read);
@@ -105,10 +106,20 @@ impl LiveConnections {
     /// done, blocking the calling thread throughout: the same [`Conn`]
     /// state machine as the event loops, which on a blocking socket simply
     /// never sees `WouldBlock`.
-    pub fn serve(ticket: Ticket, service: &Service, limits: ParseLimits) {
-        let mut stream = &ticket.stream;
+    ///
+    /// A read timeout of [`SWEEP_INTERVAL`] wakes the thread now and then
+    /// to check the connection's time limits, so a slow or idle client
+    /// cannot hold a thread (or the only slot, in `iterative`) for ever.
+    pub fn serve(ticket: Ticket, service: &Service, limits: Limits) {
+        let mut stream = &*ticket.stream;
+        let _ = stream.set_read_timeout(Some(SWEEP_INTERVAL));
+        let _ = stream.set_write_timeout(Some(SWEEP_INTERVAL));
         let mut conn = Conn::new(service, limits);
-        conn.advance(&mut stream, service, &mut Inline, 0);
+        while conn.advance(&mut stream, service, &mut Inline, 0) == Status::Open {
+            if conn.is_expired(Instant::now()) {
+                break;
+            }
+        }
         // Dropping the ticket takes the connection off the live list.
     }
 

@@ -12,16 +12,20 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::blocking::FD_EXHAUSTION_PAUSE;
+use crate::conn::Limits;
 use crate::conn::{Conn, ConnId, Executor, Status};
 use crate::error::ServerError;
 use crate::log::info;
 use crate::models::Server;
 use crate::net::is_fd_exhaustion;
 use crate::output::Sink;
-use crate::protocol::{ParseLimits, Response};
+use crate::protocol::Response;
 use crate::refusal::Refusal;
 use crate::service::Service;
 use crate::signals::SelfPipe;
+
+/// How often connections are checked against their time limits.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Ids below this are free for a loop's own tokens (listener, signals, ...).
 pub const FIRST_CONN_ID: ConnId = 16;
@@ -44,7 +48,9 @@ pub struct Clients<S> {
     open: HashMap<ConnId, Client<S>>,
     next_id: ConnId,
     max_conns: usize,
-    limits: ParseLimits,
+    limits: Limits,
+    /// When connections were last checked against their time limits.
+    last_sweep: Instant,
     /// While set, accepting is paused because the process ran out of fds.
     accept_paused_until: Option<Instant>,
     /// Set by a graceful stop: exit when every connection is done, or then.
@@ -53,12 +59,13 @@ pub struct Clients<S> {
 
 impl<S: Sink + Read> Clients<S> {
     /// An empty table that admits at most `max_conns` connections.
-    pub fn new(max_conns: usize, limits: ParseLimits) -> Clients<S> {
+    pub fn new(max_conns: usize, limits: Limits) -> Clients<S> {
         Clients {
             open: HashMap::new(),
             next_id: FIRST_CONN_ID,
             max_conns,
             limits,
+            last_sweep: Instant::now(),
             accept_paused_until: None,
             stop_deadline: None,
         }
@@ -155,14 +162,30 @@ impl<S: Sink + Read> Clients<S> {
     }
 
     /// How long the loop may wait before something here needs attention
-    /// (an accept pause ending, the stop deadline); `None` is "forever".
+    /// (an accept pause ending, the stop deadline, the next sweep for
+    /// expired connections); `None` is "forever".
     pub fn wait_timeout(&self) -> Option<Duration> {
         let now = Instant::now();
-        [self.accept_paused_until, self.stop_deadline]
+        let next_sweep = (!self.open.is_empty()).then_some(self.last_sweep + SWEEP_INTERVAL);
+        [self.accept_paused_until, self.stop_deadline, next_sweep]
             .into_iter()
             .flatten()
             .map(|at| at.saturating_duration_since(now))
             .min()
+    }
+
+    /// Closes connections that outlived a time limit (slow senders, idle
+    /// keep-alives, stalled readers). Scanning every connection costs
+    /// O(n), so it runs at most once per [`SWEEP_INTERVAL`]: at 10,000
+    /// connections that is a few microseconds a second, and a timer wheel
+    /// would buy nothing worth its code.
+    pub fn close_expired(&mut self) {
+        let now = Instant::now();
+        if now < self.last_sweep + SWEEP_INTERVAL {
+            return;
+        }
+        self.last_sweep = now;
+        self.open.retain(|_, client| !client.conn.is_expired(now));
     }
 
     /// Mutable access to one client (to record registration changes).

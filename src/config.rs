@@ -107,6 +107,12 @@ pub struct Config {
     pub max_line_bytes: usize,
     /// Longest HTTP head accepted.
     pub max_head_bytes: usize,
+    /// A request must arrive complete within this time of its first byte.
+    pub request_timeout: Duration,
+    /// Idle keep-alive connections are closed after this.
+    pub idle_timeout: Duration,
+    /// A response that makes no write progress this long is dropped.
+    pub write_timeout: Duration,
     /// Do not log per-event lines to stderr.
     pub quiet: bool,
 }
@@ -128,9 +134,21 @@ impl Default for Config {
             threads: None,
             max_line_bytes: 4096,
             max_head_bytes: 8192,
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(15),
+            write_timeout: Duration::from_secs(30),
             quiet: false,
         }
     }
+}
+
+/// Parses a duration in seconds, fractions allowed (`10`, `0.5`).
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| format!("{text:?} is not a number of seconds (try 10 or 0.5)"))
 }
 
 /// The number of CPU cores: the default for prefork's processes and pool's threads.

@@ -16,6 +16,7 @@
 //! the very same code.
 
 use std::io::{self, Read};
+use std::time::{Duration, Instant};
 
 use crate::output::{Output, Sink};
 use crate::protocol::{Framing, ParseLimits, Parser, Response};
@@ -26,6 +27,31 @@ use crate::service::{Plan, Service, Work};
 /// it (backpressure): a client that pipelines but never reads cannot make
 /// the server buffer without bound.
 pub const MAX_QUEUED_OUTPUT_BYTES: u64 = 1 << 20;
+
+/// What one connection may take (DESIGN section 5): sizes and times.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Request line and head sizes.
+    pub parse: ParseLimits,
+    /// A request must arrive complete within this time of its first byte
+    /// (a slow sender holds a connection for no longer).
+    pub request_timeout: Duration,
+    /// A keep-alive connection with nothing to do is closed after this.
+    pub idle_timeout: Duration,
+    /// A response that makes no write progress for this long is dropped.
+    pub write_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            parse: ParseLimits::default(),
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(15),
+            write_timeout: Duration::from_secs(30),
+        }
+    }
+}
 
 /// Identifies a connection to an executor (a loop's token).
 pub type ConnId = usize;
@@ -68,17 +94,25 @@ pub struct Conn {
     peer_closed: bool,
     /// Close once the queued output is written; read no more requests.
     closing: bool,
+    limits: Limits,
+    /// When bytes last moved in either direction.
+    last_progress: Instant,
+    /// When the first byte of the request now being received arrived.
+    request_started: Option<Instant>,
 }
 
 impl Conn {
     /// A new connection; for the time service its whole answer is queued at once.
-    pub fn new(service: &Service, limits: ParseLimits) -> Conn {
+    pub fn new(service: &Service, limits: Limits) -> Conn {
         let mut conn = Conn {
-            parser: Parser::new(limits),
+            parser: Parser::new(limits.parse),
             output: Output::default(),
             waiting: None,
             peer_closed: false,
             closing: false,
+            limits,
+            last_progress: Instant::now(),
+            request_started: None,
         };
         if let Some(greeting) = service.greeting() {
             conn.output.push_bytes(greeting);
@@ -95,6 +129,9 @@ impl Conn {
             waiting: None,
             peer_closed: false,
             closing: true,
+            limits: Limits::default(),
+            last_progress: Instant::now(),
+            request_started: None,
         };
         conn.output.push_response(Framing::Line, Response::Refused(refusal));
         conn
@@ -124,7 +161,11 @@ impl Conn {
         id: ConnId,
     ) -> io::Result<()> {
         loop {
+            let queued = self.output.queued_bytes();
             self.output.write_to(socket)?;
+            if self.output.queued_bytes() < queued {
+                self.last_progress = Instant::now();
+            }
             if self.serve_buffered(service, executor, id) {
                 continue; // new output: try to write it straight away
             }
@@ -133,7 +174,17 @@ impl Conn {
             }
             match self.parser.read_from(socket) {
                 Ok(0) => self.peer_closed = true,
-                Ok(_) => {}
+                Ok(_) => {
+                    self.last_progress = Instant::now();
+                    if self.request_started.is_none() {
+                        self.request_started = Some(self.last_progress);
+                    }
+                    // A sender dribbling bytes never lets a blocking read
+                    // time out, so the request deadline is checked here.
+                    if self.is_expired(self.last_progress) {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(err) => return Err(err),
@@ -148,6 +199,9 @@ impl Conn {
         while self.may_start_request() {
             let Some(parsed) = self.parser.next_request() else { break };
             queued = true;
+            // The next request's clock starts with its first byte, which
+            // may already be buffered behind this one.
+            self.request_started = self.parser.has_partial_request().then(Instant::now);
             match parsed {
                 Err(malformed) => self.respond(malformed.framing, Response::Refused(malformed.refusal)),
                 Ok(request) => match service.plan(&request) {
@@ -203,6 +257,22 @@ impl Conn {
     /// start no new request, then close.
     pub fn close_when_done(&mut self) {
         self.closing = true;
+    }
+
+    /// Whether the connection has outlived a time limit at `now`: a
+    /// response stalled, a request arriving too slowly, or idle too long.
+    /// Work in flight has no deadline (it is the server's own doing).
+    pub fn is_expired(&self, now: Instant) -> bool {
+        let since = |at: Instant| now.saturating_duration_since(at);
+        if self.waiting.is_some() {
+            false
+        } else if !self.output.is_empty() {
+            since(self.last_progress) > self.limits.write_timeout
+        } else if let Some(started) = self.request_started.filter(|_| self.parser.has_partial_request()) {
+            since(started) > self.limits.request_timeout
+        } else {
+            since(self.last_progress) > self.limits.idle_timeout
+        }
     }
 
     /// Nothing owed, nothing in flight, and no more requests will be served.

@@ -38,6 +38,29 @@ pub fn announce(listener: &TcpListener) -> Result<SocketAddr, ServerError> {
     Ok(local)
 }
 
+/// File descriptors kept free for what serving needs besides the client
+/// sockets: files being read or streamed, the cache's reads, epoll, pipes.
+/// Without this margin, a server full of idle clients could no longer open
+/// the file the next request asks for (every request would get 500).
+pub const FDS_RESERVED: u64 = 64;
+
+/// Raises this process's soft limit on open files to the hard limit (as
+/// nginx's `worker_rlimit_nofile` does; soft limits are often 1024) and
+/// returns how many connections fit, keeping [`FDS_RESERVED`] (or half of a
+/// small limit) for everything else.
+pub fn connection_capacity() -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit { current: limit.maximum, maximum: limit.maximum };
+    let soft = match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => limit.maximum,
+        Err(_) => limit.current,
+    };
+    let Some(soft) = soft else { return usize::MAX }; // unlimited
+    let reserved = FDS_RESERVED.min(soft / 2);
+    usize::try_from(soft - reserved).unwrap_or(usize::MAX).max(1)
+}
+
 /// True for accept errors that mean "out of file descriptors": the server
 /// should pause accepting and keep serving, not exit.
 pub fn is_fd_exhaustion(err: &io::Error) -> bool {

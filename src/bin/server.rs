@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use fileserver::config::{parse_size, Config, Model, ServiceKind};
+use fileserver::config::{parse_seconds, parse_size, Config, Model, ServiceKind};
 use fileserver::models;
 
 /// A small file server that comes in many models, from an iterative loop to
@@ -60,6 +60,15 @@ struct Args {
     /// Longest HTTP head (request line and headers) accepted; longer gets 431.
     #[arg(long, default_value = "8KiB", value_parser = parse_size)]
     max_head: u64,
+    /// Seconds a request may take to arrive after its first byte (slow senders are dropped).
+    #[arg(long, default_value = "10", value_parser = parse_seconds, value_name = "SECS")]
+    request_timeout: Duration,
+    /// Seconds an idle keep-alive connection is kept open.
+    #[arg(long, default_value = "15", value_parser = parse_seconds, value_name = "SECS")]
+    idle_timeout: Duration,
+    /// Seconds a response may make no write progress before it is dropped.
+    #[arg(long, default_value = "30", value_parser = parse_seconds, value_name = "SECS")]
+    write_timeout: Duration,
     /// Log only warnings and cache clears.
     #[arg(long)]
     quiet: bool,
@@ -82,6 +91,9 @@ impl From<Args> for Config {
             threads: args.threads.map(|n| n.max(1)),
             max_line_bytes: usize::try_from(args.max_line).unwrap_or(usize::MAX),
             max_head_bytes: usize::try_from(args.max_head).unwrap_or(usize::MAX),
+            request_timeout: args.request_timeout,
+            idle_timeout: args.idle_timeout,
+            write_timeout: args.write_timeout,
             quiet: args.quiet,
         }
     }

@@ -171,6 +171,7 @@ fn one_loop<B: Backend>(
             clients.complete(id, response, service, &mut backend);
             update_interest(&registry, &mut clients, id);
         }
+        clients.close_expired();
         // Out of fds earlier: no event will announce that some were freed.
         if clients.is_accept_paused() && clients.is_accepting() {
             accept(listener, &mut clients, service, &mut backend, &registry);

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use crate::cache::FileCache;
 use crate::config::{Config, Model};
+use crate::conn::Limits;
 use crate::error::ServerError;
 use crate::log::info;
 use crate::net;
@@ -35,8 +36,8 @@ pub struct Server {
     pub listener: TcpListener,
     /// Protocol, sandbox and cache, shared by every thread.
     pub service: Arc<Service>,
-    /// Parser limits for each connection.
-    pub limits: ParseLimits,
+    /// What each connection may take: sizes and times.
+    pub limits: Limits,
     /// Connections served at once per loop.
     pub max_conns: usize,
     /// The whole configuration, for model-specific settings.
@@ -73,11 +74,23 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     // Several event loops each bind their own listener to the same port.
     let reuse_port = config.threads.is_some_and(|n| n > 1);
     let listener = net::listen(SocketAddr::new(config.addr, config.port), reuse_port)?;
+    let capacity = net::connection_capacity();
+    if capacity < config.max_conns {
+        info!(
+            "the open-file limit allows {capacity} connections, fewer than --max-conns {} (raise ulimit -n)",
+            config.max_conns
+        );
+    }
     let server = Server {
         listener,
         service,
-        limits: ParseLimits { max_line_bytes: config.max_line_bytes, max_head_bytes: config.max_head_bytes },
-        max_conns: config.max_conns,
+        limits: Limits {
+            parse: ParseLimits { max_line_bytes: config.max_line_bytes, max_head_bytes: config.max_head_bytes },
+            request_timeout: config.request_timeout,
+            idle_timeout: config.idle_timeout,
+            write_timeout: config.write_timeout,
+        },
+        max_conns: config.max_conns.min(capacity),
         config,
     };
     match server.config.model {

@@ -82,6 +82,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         for id in ready {
             clients.advance(id, service, &mut Inline);
         }
+        clients.close_expired();
         if listener_ready && clients.is_accepting() {
             clients.accept_pending(listener, service, &mut Inline, |_| true);
         }

@@ -79,6 +79,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         for id in ready {
             clients.advance(id, service, &mut Inline);
         }
+        clients.close_expired();
         if clients.is_accepting() && readable.contains(listener_fd) {
             clients.accept_pending(listener, service, &mut Inline, FdSet::fits);
         }

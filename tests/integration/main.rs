@@ -8,6 +8,7 @@ mod async_reads;
 mod client;
 mod hostile;
 mod http;
+mod limits;
 mod models;
 mod processes;
 mod protocol;

@@ -1,0 +1,149 @@
+//! Limits against hostile clients, with short limits set by flags: slow
+//! senders, idle keep-alives, readers that never read, floods, fd exhaustion.
+
+use std::io::Write;
+use std::time::Duration;
+
+use crate::support::{fixtures, Reply, Server, IO_TIMEOUT};
+
+/// One readiness loop and one blocking model: the limits live in the shared
+/// connection state, so both kinds must enforce them.
+const MODELS: &[&str] = &["event", "poll", "threads", "iterative"];
+
+#[test]
+fn a_slow_sender_is_dropped_after_the_request_timeout() {
+    for model in MODELS {
+        let server =
+            Server::start(&["--model", model, "--root", fixtures().to_str().unwrap(), "--request-timeout", "0.5"]);
+        let mut slow = server.connect();
+        // One byte every 200 ms: never idle, never complete.
+        let mut closed = false;
+        for &byte in b"test.txt-and-on-and-on-and-on" {
+            slow.send(&[byte]);
+            std::thread::sleep(Duration::from_millis(200));
+            slow.set_read_timeout(Duration::from_millis(1));
+            if slow.try_read_reply() == Some(Reply::Closed) {
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed, "{model}: a request dribbled for 5 s was never cut off");
+        slow.set_read_timeout(IO_TIMEOUT);
+        assert_eq!(server.get("tiny.txt").body(), b"hi\n", "{model}");
+    }
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed() {
+    for model in MODELS {
+        let server =
+            Server::start(&["--model", model, "--root", fixtures().to_str().unwrap(), "--idle-timeout", "0.3"]);
+        let mut conn = server.connect();
+        assert_eq!(conn.get(b"tiny.txt").body(), b"hi\n");
+        // Closed by the server (read returns end-of-stream) well before IO_TIMEOUT.
+        assert!(conn.is_closed_by_server(), "{model}");
+        // iterative: the slot is free again.
+        assert_eq!(server.get("tiny.txt").body(), b"hi\n", "{model}");
+    }
+}
+
+#[test]
+fn a_client_that_never_reads_is_dropped_after_the_write_timeout() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("big"), vec![b'x'; 8 << 20]).unwrap();
+    for model in ["event", "threads"] {
+        let server = Server::start(&[
+            "--model",
+            model,
+            "--root",
+            root.path().to_str().unwrap(),
+            "--write-timeout",
+            "0.5",
+            "--max-conns",
+            "1",
+        ]);
+        // Ask for 8 MiB, read none of it: the socket buffers fill, writes stall.
+        let mut stalled = std::net::TcpStream::connect(server.addr).unwrap();
+        stalled.write_all(b"big\n").unwrap();
+        // With --max-conns 1 the stalled client holds the only slot until
+        // the server gives up on it; then a new client is served.
+        let deadline = std::time::Instant::now() + IO_TIMEOUT;
+        loop {
+            match server.get("big") {
+                Reply::Ok(body) => break assert_eq!(body.len(), 8 << 20, "{model}"),
+                Reply::Err(503) => assert!(std::time::Instant::now() < deadline, "{model}: never dropped"),
+                other => panic!("{model}: {other:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drop(stalled);
+    }
+}
+
+#[test]
+fn a_connection_flood_is_refused_with_503_and_the_server_recovers() {
+    for (model, workers) in [("event", "1"), ("pool", "20")] {
+        let server = Server::start(&[
+            "--model",
+            model,
+            "--root",
+            fixtures().to_str().unwrap(),
+            "--max-conns",
+            "20",
+            "--threads",
+            workers,
+        ]);
+        let mut held: Vec<_> = (0..20).map(|_| server.connect()).collect();
+        for conn in &mut held {
+            assert_eq!(conn.get(b"tiny.txt").body(), b"hi\n", "{model}");
+        }
+        let refused = (0..200).filter(|_| server.connect().get(b"tiny.txt") == Reply::Err(503)).count();
+        assert_eq!(refused, 200, "{model}: every connection past the cap gets 503");
+        drop(held);
+        let deadline = std::time::Instant::now() + IO_TIMEOUT;
+        while server.connect().get(b"tiny.txt") != Reply::Ok(b"hi\n".to_vec()) {
+            assert!(std::time::Instant::now() < deadline, "{model}: did not recover");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn a_low_fd_limit_caps_connections_with_503_and_existing_clients_stay_served() {
+    if std::process::Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("skipped: prlimit (util-linux) is not installed");
+        return;
+    }
+    for model in ["event", "select", "threads"] {
+        let server = Server::start_with(&["--model", model, "--root", fixtures().to_str().unwrap()], |command| {
+            let program = command.get_program().to_owned();
+            let args: Vec<_> = command.get_args().map(|a| a.to_owned()).collect();
+            let mut wrapped = std::process::Command::new("prlimit");
+            wrapped.arg("--nofile=64").arg("--").arg(program).args(args);
+            wrapped.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+            *command = wrapped;
+        });
+        server.wait_for_log("the open-file limit allows 32 connections", 1);
+        // More clients than fds: those admitted are served (files still
+        // open: the reserve), the rest get a clean 503, never a 500.
+        let mut conns: Vec<_> = (0..60).map(|_| server.connect()).collect();
+        let (mut served, mut refused) = (0, 0);
+        for conn in &mut conns {
+            match conn.get(b"data/1k.bin") {
+                Reply::Ok(body) if body.len() == 1024 => served += 1,
+                Reply::Err(503) => refused += 1,
+                other => panic!("{model}: {other:?}"),
+            }
+        }
+        assert!(served >= 20 && refused >= 20, "{model}: served {served}, refused {refused}");
+        for conn in conns.iter_mut().filter(|c| !c.is_closed_by_server_now()) {
+            assert_eq!(conn.get(b"tiny.txt").body(), b"hi\n", "{model}: admitted clients keep being served");
+        }
+        drop(conns);
+        let deadline = std::time::Instant::now() + IO_TIMEOUT;
+        while server.connect().get(b"tiny.txt") != Reply::Ok(b"hi\n".to_vec()) {
+            assert!(std::time::Instant::now() < deadline, "{model}: never recovered");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
