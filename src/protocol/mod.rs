@@ -11,6 +11,8 @@
 
 pub mod http;
 mod line;
+#[cfg(test)]
+mod proptests;
 
 use std::fs::File;
 use std::io::{self, Read};

@@ -147,3 +147,83 @@ fn a_low_fd_limit_caps_connections_with_503_and_existing_clients_stay_served() {
         }
     }
 }
+
+/// The server's resident memory, from /proc.
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_1_gib_sparse_file_streams_with_bounded_memory_while_others_are_served() {
+    use std::io::Read;
+    let root = tempfile::tempdir().unwrap();
+    let big = std::fs::File::create(root.path().join("huge.bin")).unwrap();
+    big.set_len(1 << 30).unwrap(); // sparse: no disk used
+    std::fs::write(root.path().join("small.txt"), b"small").unwrap();
+    for model in ["event", "threads"] {
+        let server = Server::start(&["--model", model, "--root", root.path().to_str().unwrap()]);
+        let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.write_all(b"huge.bin\n").unwrap();
+        let mut head = [0u8; 14];
+        stream.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"OK 1073741824\n", "{model}");
+        let (mut received, mut chunk, mut peak_rss) = (0u64, vec![0u8; 1 << 20], 0);
+        while received < 1 << 30 {
+            let n = stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "{model}: closed after {received} bytes");
+            assert!(chunk[..n].iter().all(|&b| b == 0), "{model}: a sparse file reads as zeros");
+            received += n as u64;
+            if received % (256 << 20) < n as u64 {
+                // Mid-transfer: another client is served, and memory stays flat.
+                assert_eq!(server.get("small.txt").body(), b"small", "{model}");
+                peak_rss = peak_rss.max(rss_kib(server.pid()));
+            }
+        }
+        assert_eq!(received, 1 << 30, "{model}");
+        assert!(peak_rss < 64 * 1024, "{model}: RSS reached {peak_rss} KiB while streaming 1 GiB");
+    }
+}
+
+#[test]
+fn random_bytes_on_many_connections_leave_the_server_serving() {
+    // A deterministic generator: the same garbage every run.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for model in ["event", "select", "pool"] {
+        let server = Server::start(&["--model", model, "--root", fixtures().to_str().unwrap(), "--threads", "8"]);
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                let garbage: Vec<Vec<u8>> = (0..25)
+                    .map(|_| {
+                        let len = (next() % 3000) as usize;
+                        let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                        if next() % 2 == 0 {
+                            bytes.splice(0..0, b"GET /".iter().copied()); // half of it looks like HTTP
+                        }
+                        bytes
+                    })
+                    .collect();
+                let addr = server.addr;
+                scope.spawn(move || {
+                    for bytes in garbage {
+                        let Ok(mut stream) = std::net::TcpStream::connect(addr) else { continue };
+                        let _ = stream.write_all(&bytes);
+                        let _ = stream.shutdown(std::net::Shutdown::Write);
+                        let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+                        let _ = std::io::Read::read_to_end(&mut stream, &mut Vec::new());
+                    }
+                });
+            }
+        });
+        assert_eq!(server.get("tiny.txt").body(), b"hi\n", "{model}: still serving after 200 garbage connections");
+        assert!(!server.log().contains("panicked"), "{model}: {}", server.log());
+    }
+}
