@@ -201,7 +201,8 @@ pub trait KernelReads {
 #[derive(Debug)]
 pub struct PendingRead {
     conn: ConnId,
-    read: FileRead,
+    /// Boxed: a pending read travels through `Result`s and stays small.
+    read: Box<FileRead>,
     buffer: Vec<u8>,
     filled: usize,
 }
@@ -209,7 +210,7 @@ pub struct PendingRead {
 impl PendingRead {
     fn new(conn: ConnId, read: FileRead) -> PendingRead {
         let len = read.file.len as usize;
-        PendingRead { conn, read, buffer: vec![0; len], filled: 0 }
+        PendingRead { conn, read: Box::new(read), buffer: vec![0; len], filled: 0 }
     }
 
     /// The open file being read.
@@ -441,7 +442,7 @@ mod tests {
         let mut bodies: Vec<(ConnId, Vec<u8>)> = done
             .into_iter()
             .map(|(conn, response)| match response {
-                Response::Content(Body::Bytes(bytes)) => (conn, bytes.to_vec()),
+                Response::Content(Body::Bytes { bytes, .. }) => (conn, bytes.to_vec()),
                 other => panic!("{other:?}"),
             })
             .collect();

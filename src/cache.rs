@@ -6,11 +6,13 @@
 //! content back afterwards, so every insert carries the [generation](FileCache::generation)
 //! it was started under and is dropped if a clear happened meanwhile.
 //!
-//! Values are `Arc<[u8]>`: a hit hands out a reference count, never a copy,
+//! Values are `Arc<[u8]>` (with the file's modification time, for HTTP's
+//! `Last-Modified`): a hit hands out a reference count, never a copy,
 //! and a buffer being sent stays alive even if the entry is evicted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use lru::LruCache;
 
@@ -21,6 +23,15 @@ pub struct Cleared {
     pub files: usize,
     /// Bytes those files held.
     pub bytes: u64,
+}
+
+/// One cached file: its content and when it was last modified.
+#[derive(Debug, Clone)]
+pub struct CachedFile {
+    /// The content, shared with every response that sends it.
+    pub bytes: Arc<[u8]>,
+    /// The file's mtime when it was read.
+    pub modified: Option<SystemTime>,
 }
 
 /// A shared, thread-safe LRU of file contents with a byte budget.
@@ -34,7 +45,7 @@ pub struct FileCache {
 
 #[derive(Debug)]
 struct Entries {
-    lru: LruCache<Vec<u8>, Arc<[u8]>>,
+    lru: LruCache<Vec<u8>, CachedFile>,
     bytes: u64,
 }
 
@@ -56,7 +67,7 @@ impl FileCache {
     }
 
     /// The content cached under `key`, marking it most recently used.
-    pub fn get(&self, key: &[u8]) -> Option<Arc<[u8]>> {
+    pub fn get(&self, key: &[u8]) -> Option<CachedFile> {
         if self.budget_bytes == 0 {
             return None;
         }
@@ -77,8 +88,8 @@ impl FileCache {
     /// Caches `content` under `key` unless a clear happened since
     /// `generation` was read or the file is not admitted; evicts least
     /// recently used entries to stay within budget. Returns whether it was cached.
-    pub fn insert(&self, key: Vec<u8>, generation: u64, content: Arc<[u8]>) -> bool {
-        let len = content.len() as u64;
+    pub fn insert(&self, key: Vec<u8>, generation: u64, content: CachedFile) -> bool {
+        let len = content.bytes.len() as u64;
         if !self.admits(len) {
             return false;
         }
@@ -89,12 +100,12 @@ impl FileCache {
             return false;
         }
         if let Some(old) = entries.lru.put(key, content) {
-            entries.bytes -= old.len() as u64;
+            entries.bytes -= old.bytes.len() as u64;
         }
         entries.bytes += len;
         while entries.bytes > self.budget_bytes {
             let Some((_, evicted)) = entries.lru.pop_lru() else { break };
-            entries.bytes -= evicted.len() as u64;
+            entries.bytes -= evicted.bytes.len() as u64;
         }
         true
     }
@@ -120,8 +131,8 @@ impl FileCache {
 mod tests {
     use super::*;
 
-    fn content(len: usize) -> Arc<[u8]> {
-        vec![7u8; len].into()
+    fn content(len: usize) -> CachedFile {
+        CachedFile { bytes: vec![7u8; len].into(), modified: None }
     }
 
     #[test]

@@ -75,9 +75,9 @@ impl Output {
         let head_only = matches!(framing, Framing::Http(http) if http.head_only);
         if let (Response::Content(body), false) = (response, head_only) {
             match body {
-                Body::Bytes(bytes) if bytes.is_empty() => {}
-                Body::Bytes(bytes) => self.push(Piece::Shared { bytes, sent: 0 }),
-                Body::File { file, len } => self.push(Piece::File { file, offset: 0, len }),
+                Body::Bytes { bytes, .. } if bytes.is_empty() => {}
+                Body::Bytes { bytes, .. } => self.push(Piece::Shared { bytes, sent: 0 }),
+                Body::File { file, len, .. } => self.push(Piece::File { file, offset: 0, len }),
             }
         }
     }

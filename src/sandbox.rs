@@ -70,6 +70,8 @@ pub struct OpenFile {
     pub len: u64,
     /// The normalized path, also the cache key.
     pub key: Vec<u8>,
+    /// Its modification time per `fstat` (HTTP's `Last-Modified`).
+    pub modified: Option<std::time::SystemTime>,
 }
 
 impl Root {
@@ -142,7 +144,7 @@ impl Root {
         if !meta.is_file() {
             return Err(Refusal::Forbidden);
         }
-        Ok(OpenFile { file, len: meta.len(), key: normalized.to_vec() })
+        Ok(OpenFile { file, len: meta.len(), key: normalized.to_vec(), modified: meta.modified().ok() })
     }
 
     /// Both checks: the requested path to an open regular file, or a refusal.

@@ -14,7 +14,7 @@ use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::cache::FileCache;
+use crate::cache::{CachedFile, FileCache};
 use crate::config::ServiceKind;
 use crate::protocol::{Body, Request, Response};
 use crate::refusal::Refusal;
@@ -108,8 +108,8 @@ impl Service {
             Ok(key) => key,
             Err(refusal) => return Plan::Ready(Response::Refused(refusal)),
         };
-        if let Some(content) = self.cache.get(&key) {
-            return Plan::Ready(Response::Content(Body::Bytes(content)));
+        if let Some(hit) = self.cache.get(&key) {
+            return Plan::Ready(Response::Content(Body::Bytes { bytes: hit.bytes, modified: hit.modified }));
         }
         // Read the generation before opening: a clear after this point makes
         // the insert a no-op rather than caching what may be stale content.
@@ -162,13 +162,15 @@ impl FileRead {
     /// open file itself becomes the (streamed) body.
     pub fn finish(self, result: io::Result<Vec<u8>>) -> Response {
         if !self.reads_into_memory() {
-            return Response::Content(Body::File { file: self.file.file, len: self.file.len });
+            let OpenFile { file, len, modified, .. } = self.file;
+            return Response::Content(Body::File { file, len, modified });
         }
         match result {
             Ok(content) => {
-                let content: Arc<[u8]> = content.into();
-                self.cache.insert(self.file.key, self.generation, Arc::clone(&content));
-                Response::Content(Body::Bytes(content))
+                let bytes: Arc<[u8]> = content.into();
+                let modified = self.file.modified;
+                self.cache.insert(self.file.key, self.generation, CachedFile { bytes: Arc::clone(&bytes), modified });
+                Response::Content(Body::Bytes { bytes, modified })
             }
             Err(_) => Response::Refused(Refusal::Internal),
         }
@@ -194,7 +196,7 @@ pub fn fib(n: u32) -> u64 {
 
 fn compute_fib(n: u32) -> Response {
     let content: Arc<[u8]> = format!("{}\n", fib(n)).into_bytes().into();
-    Response::Content(Body::Bytes(content))
+    Response::Content(Body::Bytes { bytes: content, modified: None })
 }
 
 #[cfg(test)]

@@ -142,12 +142,18 @@ pub fn encode_head(framing: HttpFraming, response: &Response, out: &mut Vec<u8>)
         (true, true) => "",
     };
     let _ = match response {
-        Response::Content(body) => write!(
-            out,
-            "{version} 200 OK\r\nServer: fileserver\r\nDate: {date}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{connection}\r\n",
-            framing.content_type,
-            body.len()
-        ),
+        Response::Content(body) => {
+            let _ = write!(
+                out,
+                "{version} 200 OK\r\nServer: fileserver\r\nDate: {date}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+                framing.content_type,
+                body.len()
+            );
+            if let Some(modified) = body.modified() {
+                let _ = write!(out, "Last-Modified: {}\r\n", httpdate::fmt_http_date(modified));
+            }
+            write!(out, "{connection}\r\n")
+        }
         Response::Refused(refusal) => {
             let text = format!("{} {}\n", refusal.code(), refusal.http_reason());
             let allow = if *refusal == Refusal::MethodNotAllowed { "Allow: GET, HEAD\r\n" } else { "" };

@@ -17,6 +17,7 @@ mod proptests;
 use std::fs::File;
 use std::io::{self, Read};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use crate::refusal::Refusal;
 
@@ -84,13 +85,20 @@ pub struct Malformed {
 #[derive(Debug)]
 pub enum Body {
     /// Bytes in memory, shared with the cache (a hit costs no copy).
-    Bytes(Arc<[u8]>),
+    Bytes {
+        /// The content.
+        bytes: Arc<[u8]>,
+        /// When the file was last modified (`None` for computed content).
+        modified: Option<SystemTime>,
+    },
     /// A file too large to cache, streamed with `sendfile` in chunks.
     File {
         /// The open, sandboxed regular file.
         file: File,
         /// How many bytes to send: the size `fstat` reported at open.
         len: u64,
+        /// When the file was last modified, per `fstat` at open.
+        modified: Option<SystemTime>,
     },
 }
 
@@ -98,8 +106,15 @@ impl Body {
     /// The number of body bytes that will be sent.
     pub fn len(&self) -> u64 {
         match self {
-            Body::Bytes(bytes) => bytes.len() as u64,
+            Body::Bytes { bytes, .. } => bytes.len() as u64,
             Body::File { len, .. } => *len,
+        }
+    }
+
+    /// When the content was last modified, if it is a file's.
+    pub fn modified(&self) -> Option<SystemTime> {
+        match self {
+            Body::Bytes { modified, .. } | Body::File { modified, .. } => *modified,
         }
     }
 
@@ -124,7 +139,9 @@ impl Response {
     /// open file being streamed cannot (`None`).
     pub fn share(&self) -> Option<Response> {
         match self {
-            Response::Content(Body::Bytes(bytes)) => Some(Response::Content(Body::Bytes(Arc::clone(bytes)))),
+            Response::Content(Body::Bytes { bytes, modified }) => {
+                Some(Response::Content(Body::Bytes { bytes: Arc::clone(bytes), modified: *modified }))
+            }
             Response::Content(Body::File { .. }) => None,
             Response::Refused(refusal) => Some(Response::Refused(*refusal)),
         }

@@ -84,6 +84,8 @@ fn get_and_head_serve_files_with_their_headers_on_every_model() {
         assert_eq!((reply.status, &reply.body), (200, &test_txt), "{model}");
         assert_eq!(reply.header("content-type"), Some("text/plain; charset=utf-8"), "{model}");
         assert!(reply.header("date").is_some_and(|d| d.ends_with(" GMT")), "{model}");
+        let modified = std::fs::metadata(fixtures().join("test.txt")).unwrap().modified().unwrap();
+        assert_eq!(reply.header("last-modified"), Some(httpdate::fmt_http_date(modified).as_str()), "{model}");
         // Keep-alive by default: the same connection serves HEAD next.
         http.send(b"HEAD /data/1k.bin HTTP/1.1\r\nHost: test\r\n\r\n");
         let head = http.read(true).unwrap();
