@@ -25,8 +25,15 @@ pub fn is_quiet() -> bool {
 }
 
 /// Writes one line to stderr, ignoring failure (see the module docs).
+///
+/// The line is formatted first and written with one `write`: stderr is
+/// unbuffered, so `writeln!` would issue a write per piece, and the
+/// processes of `fork` and `prefork` share one stderr. A single write of
+/// less than `PIPE_BUF` (4 KiB) to a pipe is atomic, so lines never mix.
 pub fn write_line(line: fmt::Arguments<'_>) {
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
+    let mut text = line.to_string();
+    text.push('\n');
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 /// Logs one event line to stderr unless `--quiet`.

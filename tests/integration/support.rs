@@ -249,15 +249,6 @@ impl LineClient {
         all
     }
 
-    /// Whether the server has already closed the connection (without waiting).
-    pub fn is_closed_by_server_now(&self) -> bool {
-        self.writer.set_nonblocking(true).unwrap();
-        let mut byte = [0u8; 1];
-        let closed = matches!(self.writer.peek(&mut byte), Ok(0));
-        self.writer.set_nonblocking(false).unwrap();
-        closed
-    }
-
     /// Whether the server closed the connection (EOF now).
     pub fn is_closed_by_server(&mut self) -> bool {
         let mut byte = [0u8; 1];
