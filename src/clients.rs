@@ -5,7 +5,6 @@
 //! (or refuse it when the server is full), advance it, deliver completed
 //! work, drop it when it is done, and drain everything on a graceful stop.
 
-use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
@@ -23,12 +22,10 @@ use crate::protocol::Response;
 use crate::refusal::Refusal;
 use crate::service::Service;
 use crate::signals::SelfPipe;
+use crate::slab::Slab;
 
 /// How often connections are checked against their time limits.
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Ids below this are free for a loop's own tokens (listener, signals, ...).
-pub const FIRST_CONN_ID: ConnId = 16;
 
 /// One open connection: its socket and its protocol state.
 #[derive(Debug)]
@@ -45,8 +42,7 @@ pub struct Client<S> {
 /// Every open connection of one loop, by id.
 #[derive(Debug)]
 pub struct Clients<S> {
-    open: HashMap<ConnId, Client<S>>,
-    next_id: ConnId,
+    open: Slab<Client<S>>,
     max_conns: usize,
     limits: Limits,
     /// When connections were last checked against their time limits.
@@ -61,8 +57,7 @@ impl<S: Sink + Read> Clients<S> {
     /// An empty table that admits at most `max_conns` connections.
     pub fn new(max_conns: usize, limits: Limits) -> Clients<S> {
         Clients {
-            open: HashMap::new(),
-            next_id: FIRST_CONN_ID,
+            open: Slab::default(),
             max_conns,
             limits,
             last_sweep: Instant::now(),
@@ -77,17 +72,16 @@ impl<S: Sink + Read> Clients<S> {
     }
 
     /// Takes a freshly accepted socket and does what it can at once (the time
-    /// service answers here). Returns its id if it stays open. Ids are never
-    /// reused, so a late event or completion cannot reach a newer connection.
+    /// service answers here). Returns its id if it stays open. Ids carry a
+    /// generation ([`Slab`]), so a late event or completion for a closed
+    /// connection cannot reach a newer one in the same slot.
     pub fn admit(&mut self, socket: S, service: &Service, executor: &mut dyn Executor) -> Option<ConnId> {
         if !self.has_room() {
             refuse(socket, Refusal::Overloaded, service);
             return None;
         }
-        let id = self.next_id;
-        self.next_id += 1;
         let conn = Conn::new(service, self.limits);
-        self.open.insert(id, Client { socket, conn, writable_registered: false });
+        let id = self.open.insert(Client { socket, conn, writable_registered: false });
         self.advance(id, service, executor).map(|_| id)
     }
 
@@ -95,12 +89,12 @@ impl<S: Sink + Read> Clients<S> {
     /// Returns the client if it stays open. Unknown ids (a stale event for a
     /// connection already closed) are ignored.
     pub fn advance(&mut self, id: ConnId, service: &Service, executor: &mut dyn Executor) -> Option<&Client<S>> {
-        let client = self.open.get_mut(&id)?;
+        let client = self.open.get_mut(id)?;
         if client.conn.advance(&mut client.socket, service, executor, id) == Status::Closed {
-            self.open.remove(&id);
+            self.open.remove(id);
             return None;
         }
-        self.open.get(&id)
+        self.open.get(id)
     }
 
     /// Delivers the response of work that ran elsewhere, then advances.
@@ -111,7 +105,7 @@ impl<S: Sink + Read> Clients<S> {
         service: &Service,
         executor: &mut dyn Executor,
     ) -> Option<&Client<S>> {
-        self.open.get_mut(&id)?.conn.complete(response);
+        self.open.get_mut(id)?.conn.complete(response);
         self.advance(id, service, executor)
     }
 
@@ -123,9 +117,9 @@ impl<S: Sink + Read> Clients<S> {
         }
         self.stop_deadline = Some(Instant::now() + crate::signals::STOP_GRACE);
         crate::signals::log_stopping(self.open.len());
-        let ids: Vec<ConnId> = self.open.keys().copied().collect();
+        let ids: Vec<ConnId> = self.open.iter().map(|(id, _)| id).collect();
         for id in ids {
-            if let Some(client) = self.open.get_mut(&id) {
+            if let Some(client) = self.open.get_mut(id) {
                 client.conn.close_when_done();
             }
             self.advance(id, service, executor);
@@ -185,22 +179,22 @@ impl<S: Sink + Read> Clients<S> {
             return;
         }
         self.last_sweep = now;
-        self.open.retain(|_, client| !client.conn.is_expired(now));
+        self.open.retain(|client| !client.conn.is_expired(now));
     }
 
     /// Mutable access to one client (to record registration changes).
     pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Client<S>> {
-        self.open.get_mut(&id)
+        self.open.get_mut(id)
     }
 
     /// Drops a connection at once (the loop could not watch it).
     pub fn remove(&mut self, id: ConnId) {
-        self.open.remove(&id);
+        self.open.remove(id);
     }
 
     /// Every open connection.
     pub fn iter(&self) -> impl Iterator<Item = (ConnId, &Client<S>)> {
-        self.open.iter().map(|(&id, client)| (id, client))
+        self.open.iter()
     }
 
     /// Number of open connections.

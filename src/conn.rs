@@ -19,7 +19,7 @@ use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
 use crate::output::{Output, Sink};
-use crate::protocol::{Framing, ParseLimits, Parser, Response};
+use crate::protocol::{Framing, ParseLimits, Parser, Response, READ_CHUNK_BYTES};
 use crate::refusal::Refusal;
 use crate::service::{Plan, Service, Work};
 
@@ -160,6 +160,12 @@ impl Conn {
         executor: &mut dyn Executor,
         id: ConnId,
     ) -> io::Result<()> {
+        // A read that returned less than it asked for emptied the socket:
+        // reading again would only return WouldBlock (a wasted syscall per
+        // request). Edge-triggered epoll reports any later data as a new
+        // event, level-triggered loops ask again anyway, and a blocking
+        // socket is simply read on the next call.
+        let mut drained = false;
         loop {
             let queued = self.output.queued_bytes();
             self.output.write_to(socket)?;
@@ -169,12 +175,13 @@ impl Conn {
             if self.serve_buffered(service, executor, id) {
                 continue; // new output: try to write it straight away
             }
-            if !self.wants_read() {
+            if !self.wants_read() || drained {
                 return Ok(());
             }
             match self.parser.read_from(socket) {
                 Ok(0) => self.peer_closed = true,
-                Ok(_) => {
+                Ok(n) => {
+                    drained = n < READ_CHUNK_BYTES;
                     self.last_progress = Instant::now();
                     if self.request_started.is_none() {
                         self.request_started = Some(self.last_progress);

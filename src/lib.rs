@@ -43,4 +43,5 @@ pub mod refusal;
 pub mod sandbox;
 pub mod service;
 pub mod signals;
+pub mod slab;
 pub mod thread_pool;

@@ -69,7 +69,8 @@ pub struct Output {
 impl Output {
     /// Queues `response`, framed for the request it answers.
     pub fn push_response(&mut self, framing: Framing, response: Response) {
-        let mut head = Vec::with_capacity(32);
+        // Room for an HTTP head (about 170 bytes) without reallocating.
+        let mut head = Vec::with_capacity(256);
         encode_head(framing, &response, &mut head);
         self.push_bytes(head);
         let head_only = matches!(framing, Framing::Http(http) if http.head_only);

@@ -14,6 +14,7 @@ mod line;
 #[cfg(test)]
 mod proptests;
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -203,11 +204,21 @@ impl Parser {
 
     /// Performs one `read` from `source` and feeds what arrived.
     /// Returns the byte count, 0 at end of stream.
+    ///
+    /// The read lands in a per-thread scratch buffer, zeroed once, and only
+    /// the bytes received are copied into this connection's buffer: a fresh
+    /// 16 KiB stack array per read cost a 16 KiB `memset` per request (65%
+    /// of the server's instructions in a profile), and a per-connection
+    /// buffer would cost 16 KiB for every idle connection.
     pub fn read_from<R: Read>(&mut self, source: &mut R) -> io::Result<usize> {
-        let mut chunk = [0u8; READ_CHUNK_BYTES];
-        let n = source.read(&mut chunk)?;
-        self.feed(&chunk[..n]);
-        Ok(n)
+        thread_local! {
+            static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK_BYTES]);
+        }
+        SCRATCH.with_borrow_mut(|chunk| {
+            let n = source.read(chunk)?;
+            self.feed(&chunk[..n]);
+            Ok(n)
+        })
     }
 
     /// True when bytes are buffered that do not yet form a whole request.
