@@ -6,6 +6,7 @@
 #   ./benchmark.sh --requests 10   the same with 10 concurrent clients
 #   ./benchmark.sh --full          the sweep: results/<date>/*.csv and *.svg (< 10 min)
 #   ./benchmark.sh --smoke         every mode for a moment (what CI runs)
+#   ./benchmark.sh --vs-nginx      the performance goals against nginx (needs nginx, wrk)
 #
 # Servers run on free loopback ports (--port 0) and are stopped on exit,
 # on failure and on Ctrl-C. Any wrong response fails the run (exit 1).

@@ -85,9 +85,6 @@ impl LiveConnections {
     /// Admits `stream` if fewer than `max_conns` are live; otherwise tells
     /// the client `ERR 503` and closes it.
     pub fn admit(self: &Arc<Self>, stream: TcpStream, max_conns: usize, service: &Service) -> Option<Ticket> {
-        // A response may leave in two writes (head, then a sendfile body):
-        // with Nagle on, the second waits for the client's delayed ACK (~40 ms).
-        let _ = stream.set_nodelay(true);
         if self.len() >= max_conns {
             crate::clients::refuse(stream, Refusal::Overloaded, service);
             return None;

@@ -16,10 +16,11 @@
 //! the very same code.
 
 use std::io::{self, Read};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use crate::output::{Output, Sink};
-use crate::protocol::{Framing, ParseLimits, Parser, Response, READ_CHUNK_BYTES};
+use crate::protocol::{Body, Framing, ParseLimits, Parser, Response, READ_CHUNK_BYTES};
 use crate::refusal::Refusal;
 use crate::service::{Plan, Service, Work};
 
@@ -99,6 +100,20 @@ pub struct Conn {
     last_progress: Instant,
     /// When the first byte of the request now being received arrived.
     request_started: Option<Instant>,
+    /// Set once a response streams a file (head and body leave in two
+    /// writes, and Nagle would hold the second back for the client's
+    /// delayed ACK); `TCP_NODELAY` is then set before the next write. A
+    /// response sent in one `writev` never waits, so most connections
+    /// never pay for the `setsockopt`.
+    wants_nodelay: NoDelay,
+}
+
+/// Whether `TCP_NODELAY` is needed and set (see [`Conn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoDelay {
+    NotNeeded,
+    Needed,
+    Set,
 }
 
 impl Conn {
@@ -113,6 +128,7 @@ impl Conn {
             limits,
             last_progress: Instant::now(),
             request_started: None,
+            wants_nodelay: NoDelay::NotNeeded,
         };
         if let Some(greeting) = service.greeting() {
             conn.output.push_bytes(greeting);
@@ -132,6 +148,7 @@ impl Conn {
             limits: Limits::default(),
             last_progress: Instant::now(),
             request_started: None,
+            wants_nodelay: NoDelay::NotNeeded,
         };
         conn.output.push_response(Framing::Line, Response::Refused(refusal));
         conn
@@ -167,6 +184,10 @@ impl Conn {
         // socket is simply read on the next call.
         let mut drained = false;
         loop {
+            if self.wants_nodelay == NoDelay::Needed {
+                let _ = rustix::net::sockopt::set_tcp_nodelay(socket.as_fd(), true);
+                self.wants_nodelay = NoDelay::Set;
+            }
             let queued = self.output.queued_bytes();
             self.output.write_to(socket)?;
             if self.output.queued_bytes() < queued {
@@ -238,6 +259,9 @@ impl Conn {
             self.closing |= refusal.closes_connection();
         }
         self.closing |= framing.closes_after();
+        if matches!(response, Response::Content(Body::File { .. })) && self.wants_nodelay == NoDelay::NotNeeded {
+            self.wants_nodelay = NoDelay::Needed;
+        }
         self.output.push_response(framing, response);
     }
 

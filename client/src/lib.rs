@@ -7,3 +7,4 @@ pub mod bench;
 pub mod chart;
 pub mod fetch;
 pub mod suite;
+pub mod versus;

@@ -111,6 +111,13 @@ impl ServerProcess {
     }
 }
 
+impl ServerProcess {
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let pid = self.child.id();
@@ -140,7 +147,7 @@ pub struct BenchRoot {
 pub const LARGE_BYTES: usize = 2 << 20;
 
 impl BenchRoot {
-    /// Writes `small_files` 4 KiB files, a 1 KiB file and a 2 MiB file.
+    /// Writes `small_files` 4 KiB files, 1 KiB, 1 MiB and 2 MiB files.
     pub fn create(small_files: usize) -> Result<BenchRoot> {
         let dir = tempfile::Builder::new().prefix("fileserver-bench").tempdir()?;
         std::fs::create_dir(dir.path().join("small"))?;
@@ -153,6 +160,8 @@ impl BenchRoot {
             })
             .collect::<Result<_>>()?;
         std::fs::write(dir.path().join("1k.bin"), vec![b'k'; 1024])?;
+        // Exactly the default --cache-max-file: the largest file cached.
+        std::fs::write(dir.path().join("1m.bin"), (0..1 << 20).map(|i| (i % 253) as u8).collect::<Vec<_>>())?;
         std::fs::write(dir.path().join("large.bin"), (0..LARGE_BYTES).map(|i| (i % 251) as u8).collect::<Vec<_>>())?;
         Ok(BenchRoot { dir, small })
     }
@@ -345,7 +354,8 @@ pub mod peers {
             let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
             let d = dir.path().display();
             let config = format!(
-                "daemon off; master_process on; worker_processes {workers}; user root; pid {d}/nginx.pid;\n\
+                "daemon off; master_process on; worker_processes {workers}; worker_rlimit_nofile 30000;\n\
+                 user root; pid {d}/nginx.pid;\n\
                  error_log {d}/error.log;\n\
                  events {{ worker_connections 20000; }}\n\
                  http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000000;\n\
@@ -374,6 +384,13 @@ pub mod peers {
         }
     }
 
+    impl Nginx {
+        /// The master's pid (its workers are its children).
+        pub fn pid(&self) -> u32 {
+            self.child.id()
+        }
+    }
+
     impl Drop for Nginx {
         fn drop(&mut self) {
             let _ = self.child.kill();
@@ -385,10 +402,17 @@ pub mod peers {
 
     /// Runs wrk and returns its Requests/sec.
     pub fn wrk(url: &str, conns: usize, seconds: u64) -> Result<f64> {
-        let out = Command::new("wrk")
-            .args(["-t2", &format!("-c{conns}"), &format!("-d{seconds}s"), url])
-            .output()
-            .context("cannot run wrk")?;
+        wrk_with(url, conns, seconds, false)
+    }
+
+    /// Runs wrk, with `Connection: close` on every request if `close`.
+    pub fn wrk_with(url: &str, conns: usize, seconds: u64, close: bool) -> Result<f64> {
+        let mut command = Command::new("wrk");
+        command.args(["-t2", &format!("-c{conns}"), &format!("-d{seconds}s"), url]);
+        if close {
+            command.args(["-H", "Connection: close"]);
+        }
+        let out = command.output().context("cannot run wrk")?;
         let text = String::from_utf8_lossy(&out.stdout);
         if text.contains("Non-2xx") || text.contains("Socket errors") {
             bail!("wrk saw errors against {url}:\n{text}");

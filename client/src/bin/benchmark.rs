@@ -3,7 +3,8 @@
 //! * default: the homework's two lines, then a table of the honest cases;
 //! * `--full`: models x concurrency x workloads, CSV and SVG in `results/<date>/`,
 //!   and nginx side by side when `nginx` and `wrk` are installed;
-//! * `--smoke`: every mode for a moment (CI runs it so the script cannot rot).
+//! * `--smoke`: every mode for a moment (CI runs it so the script cannot rot);
+//! * `--vs-nginx`: the performance goal table against nginx (`docs/performance.md`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,8 +25,11 @@ struct Args {
     #[arg(long, conflicts_with = "smoke")]
     full: bool,
     /// A seconds-long run of every mode, to check that everything works.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "vs_nginx")]
     smoke: bool,
+    /// Only the goal table against nginx (needs nginx and wrk installed).
+    #[arg(long, conflicts_with = "full")]
+    vs_nginx: bool,
     /// Concurrent clients (and requests) in the homework's two lines.
     #[arg(long, default_value_t = 3)]
     requests: usize,
@@ -53,6 +57,9 @@ fn run(args: Args) -> Result<()> {
     anyhow::ensure!(args.server.exists(), "{} is missing: build it with cargo build --release", args.server.display());
     anyhow::ensure!((1..=1000).contains(&args.requests), "--requests takes 1 to 1000");
     let root = BenchRoot::create(args.requests.max(64))?;
+    if args.vs_nginx {
+        return client::versus::run(&args.server, &root);
+    }
 
     let (async_s, sync_s) = suite::homework(&args.server, &root, args.requests)?;
     println!("Async I/O {} requests, time (seconds): {async_s:.6}", args.requests);

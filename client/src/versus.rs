@@ -1,0 +1,214 @@
+//! `./benchmark.sh --vs-nginx`: our `event` model against nginx, same
+//! files, same load generator (`wrk`), same run.
+//!
+//! These machines are noisy and the load generator shares the cores with
+//! the server, so every row is measured in [`ROUNDS`] interleaved rounds
+//! (nginx, ours, nginx, ours, ...) and the median ratio is reported.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::bench::{self, Plan, Until};
+use crate::suite::peers::{self, Nginx};
+use crate::suite::{BenchRoot, ServerProcess};
+
+/// Rounds per row; the median ratio is reported.
+pub const ROUNDS: usize = 3;
+/// Seconds of wrk load per measurement.
+pub const SECONDS: u64 = 2;
+/// Idle keep-alive connections held for the memory row.
+pub const IDLE_CONNS: usize = 10_000;
+
+/// One throughput row of the goal table.
+struct Row {
+    what: &'static str,
+    goal: f64,
+    workers: usize,
+    conns: usize,
+    path: &'static str,
+    close: bool,
+}
+
+const ROWS: [Row; 5] = [
+    Row {
+        what: "1 KiB cached, keep-alive, 50 conns, 1 loop vs 1 worker",
+        goal: 1.5,
+        workers: 1,
+        conns: 50,
+        path: "1k.bin",
+        close: false,
+    },
+    Row {
+        what: "1 KiB cached, keep-alive, 500 conns, 1 loop vs 1 worker",
+        goal: 1.5,
+        workers: 1,
+        conns: 500,
+        path: "1k.bin",
+        close: false,
+    },
+    Row {
+        what: "1 KiB cached, keep-alive, 50 conns, 2 loops vs 2 workers",
+        goal: 1.2,
+        workers: 2,
+        conns: 50,
+        path: "1k.bin",
+        close: false,
+    },
+    Row { what: "1 KiB, Connection: close, 50 conns", goal: 1.2, workers: 1, conns: 50, path: "1k.bin", close: true },
+    Row { what: "1 MiB cached, keep-alive, 50 conns", goal: 1.0, workers: 1, conns: 50, path: "1m.bin", close: false },
+];
+
+/// Runs the comparison and prints the goal table. Needs `nginx` and `wrk`.
+pub fn run(server_bin: &Path, root: &BenchRoot) -> Result<()> {
+    if !(peers::installed("nginx") && peers::installed("wrk")) {
+        bail!("--vs-nginx needs nginx and wrk on the PATH (Debian: apt-get install nginx-light wrk); it installs nothing itself");
+    }
+    println!("ours (event model, HTTP) vs nginx (sendfile on, access log off), wrk -t2, {SECONDS} s per run, median of {ROUNDS} interleaved rounds\n");
+    println!("{:<58} {:>11} {:>11} {:>7} {:>6}  ", "workload", "nginx req/s", "ours req/s", "ratio", "goal");
+    for row in &ROWS {
+        let nginx = Nginx::start(root.path(), row.workers)?;
+        let ours = start_ours(server_bin, root, row.workers)?;
+        let (mut theirs, mut mine) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            theirs.push(wrk(nginx.addr, row)?);
+            mine.push(wrk(ours.addr, row)?);
+        }
+        let ratios: Vec<f64> = mine.iter().zip(&theirs).map(|(m, t)| m / t).collect();
+        let ratio = median(ratios);
+        println!(
+            "{:<58} {:>11.0} {:>11.0} {:>6.2}x {:>5.1}x  {}",
+            row.what,
+            median(theirs),
+            median(mine),
+            ratio,
+            row.goal,
+            if ratio >= row.goal { "met" } else { "not met" }
+        );
+    }
+    idle_memory(server_bin, root)?;
+    generator_vs_wrk(server_bin, root)
+}
+
+fn start_ours(server_bin: &Path, root: &BenchRoot, loops: usize) -> Result<ServerProcess> {
+    let args: Vec<String> = ["--quiet", "--threads", &loops.to_string(), "--root", &root.path().display().to_string()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    ServerProcess::start(server_bin, &args)
+}
+
+fn wrk(addr: SocketAddr, row: &Row) -> Result<f64> {
+    let url = format!("http://{addr}/{}", row.path);
+    peers::wrk_with(&url, row.conns, SECONDS, row.close)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Resident memory of `pid` and its children (nginx's master and workers).
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let own: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")?;
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let mut total = own;
+    for child in children.split_whitespace() {
+        total += rss_kib(child.parse()?)?;
+    }
+    Ok(total)
+}
+
+/// Opens `count` keep-alive connections, each served one request, and holds them.
+fn hold_idle(addr: SocketAddr, count: usize) -> Result<Vec<TcpStream>> {
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut stream = TcpStream::connect(addr)?;
+        stream.write_all(b"GET /1k.bin HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut response = vec![0u8; 4096];
+        let mut got = 0;
+        while !response[..got].windows(4).any(|w| w == b"\r\n\r\n") || got < 1024 {
+            let n = stream.read(&mut response[got..])?;
+            if n == 0 {
+                bail!("{addr} closed an idle connection");
+            }
+            got += n;
+        }
+        held.push(stream);
+    }
+    Ok(held)
+}
+
+fn idle_memory(server_bin: &Path, root: &BenchRoot) -> Result<()> {
+    bench::raise_fd_limit(IDLE_CONNS * 2);
+    let nginx = Nginx::start(root.path(), 1)?;
+    let nginx_before = rss_kib(nginx.pid())?;
+    let held = hold_idle(nginx.addr, IDLE_CONNS)?;
+    let nginx_rss = rss_kib(nginx.pid())?;
+    drop(held);
+    drop(nginx);
+    let ours = start_ours(server_bin, root, 1)?;
+    let ours_before = rss_kib(ours.pid())?;
+    let held = hold_idle(ours.addr, IDLE_CONNS)?;
+    let ours_rss = rss_kib(ours.pid())?;
+    drop(held);
+    let (n, o) = (nginx_rss as f64 / 1024.0, ours_rss as f64 / 1024.0);
+    println!(
+        "{:<58} {:>8.1} MiB {:>7.1} MiB {:>+6.1} MiB {:>5}  {}",
+        format!(
+            "{IDLE_CONNS} idle keep-alive conns, RSS (idle: {:.1} / {:.1} MiB)",
+            nginx_before as f64 / 1024.0,
+            ours_before as f64 / 1024.0
+        ),
+        n,
+        o,
+        o - n,
+        "+20",
+        if o <= n + 20.0 { "met" } else { "not met" }
+    );
+    Ok(())
+}
+
+fn generator_vs_wrk(server_bin: &Path, root: &BenchRoot) -> Result<()> {
+    let ours = start_ours(server_bin, root, 1)?;
+    let row = &ROWS[0];
+    let (mut by_wrk, mut by_bench) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        by_wrk.push(wrk(ours.addr, row)?);
+        let plan = Plan {
+            addr: ours.addr,
+            conns: row.conns,
+            until: Until::Elapsed(Duration::from_secs(SECONDS)),
+            paths: vec![format!("/{}", row.path)],
+            http: true,
+            no_keepalive: false,
+            threads: 2,
+            timeout: Duration::from_secs(30),
+        };
+        let report = bench::run(&plan)?;
+        if report.errors > 0 {
+            bail!("client bench saw {} errors", report.errors);
+        }
+        by_bench.push(report.requests_per_sec());
+    }
+    let (w, b) = (median(by_wrk), median(by_bench));
+    println!(
+        "{:<58} {:>11.0} {:>11.0} {:>6.2}x {:>5.1}x  {}",
+        "load generator on our server: wrk vs client bench",
+        w,
+        b,
+        b / w,
+        1.0,
+        if b >= w { "met" } else { "not met" }
+    );
+    Ok(())
+}
