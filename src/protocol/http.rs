@@ -9,7 +9,6 @@
 //! keep-alive. Request bodies are not supported: a request announcing one
 //! is answered, then the connection is closed.
 
-use std::io::Write;
 use std::time::SystemTime;
 
 use super::{Framing, HttpFraming, Malformed, ParseLimits, Parsed, Request, Response};
@@ -131,62 +130,87 @@ fn content_type(path: &[u8]) -> &'static str {
     }
 }
 
-/// The `Date` header value, formatted at most once a second per thread:
-/// formatting it for every response was 7% of the server's instructions.
-fn current_date() -> std::rc::Rc<str> {
-    thread_local! {
-        static DATE: std::cell::RefCell<(u64, std::rc::Rc<str>)> = std::cell::RefCell::new((u64::MAX, "".into()));
+/// An HTTP date (`Date`, `Last-Modified`), formatted at most once per
+/// second per thread and kind: formatting per response was 7% of the
+/// server's instructions for `Date` and 4% more for `Last-Modified`.
+struct DateMemo(std::cell::RefCell<(u64, String)>);
+
+impl DateMemo {
+    const fn new() -> DateMemo {
+        DateMemo(std::cell::RefCell::new((u64::MAX, String::new())))
     }
-    let now = SystemTime::now();
-    let second = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    DATE.with_borrow_mut(|(formatted_at, date)| {
-        if *formatted_at != second {
-            *date = httpdate::fmt_http_date(now).into();
-            *formatted_at = second;
+
+    fn append(&self, time: SystemTime, out: &mut Vec<u8>) {
+        let second = time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut memo = self.0.borrow_mut();
+        if memo.0 != second {
+            *memo = (second, httpdate::fmt_http_date(time));
         }
-        std::rc::Rc::clone(date)
-    })
+        out.extend_from_slice(memo.1.as_bytes());
+    }
+}
+
+thread_local! {
+    static NOW: DateMemo = const { DateMemo::new() };
+    static MODIFIED: DateMemo = const { DateMemo::new() };
 }
 
 /// Appends the status line and headers (and, for an error, its short body,
-/// unless HEAD) for `response` to `out`.
+/// unless HEAD) for `response` to `out`. Written piece by piece rather than
+/// with `write!`: this runs for every response.
 pub fn encode_head(framing: HttpFraming, response: &Response, out: &mut Vec<u8>) {
-    let version = if framing.http11 { "HTTP/1.1" } else { "HTTP/1.0" };
-    let date = current_date();
-    let connection = match (framing.keep_alive, framing.http11) {
-        (false, _) => "Connection: close\r\n",
-        (true, false) => "Connection: keep-alive\r\n",
-        (true, true) => "",
-    };
-    let _ = match response {
+    out.extend_from_slice(if framing.http11 { b"HTTP/1.1 " } else { b"HTTP/1.0 " });
+    let (content_type, length, error_text) = match response {
         Response::Content(body) => {
-            let _ = write!(
-                out,
-                "{version} 200 OK\r\nServer: fileserver\r\nDate: {date}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-                framing.content_type,
-                body.len()
-            );
-            if let Some(modified) = body.modified() {
-                let _ = write!(out, "Last-Modified: {}\r\n", httpdate::fmt_http_date(modified));
-            }
-            write!(out, "{connection}\r\n")
+            out.extend_from_slice(b"200 OK");
+            (framing.content_type, body.len(), None)
         }
         Response::Refused(refusal) => {
             let text = format!("{} {}\n", refusal.code(), refusal.http_reason());
-            let allow = if *refusal == Refusal::MethodNotAllowed { "Allow: GET, HEAD\r\n" } else { "" };
-            let _ = write!(
-                out,
-                "{version} {} {}\r\nServer: fileserver\r\nDate: {date}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{allow}{connection}\r\n",
-                refusal.code(),
-                refusal.http_reason(),
-                text.len()
-            );
-            if !framing.head_only {
-                out.extend_from_slice(text.as_bytes());
-            }
-            Ok(())
+            out.extend_from_slice(text.trim_end().as_bytes());
+            ("text/plain; charset=utf-8", text.len() as u64, Some(text))
         }
     };
+    out.extend_from_slice(b"\r\nServer: fileserver\r\nDate: ");
+    NOW.with(|memo| memo.append(SystemTime::now(), out));
+    out.extend_from_slice(b"\r\nContent-Type: ");
+    out.extend_from_slice(content_type.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
+    append_decimal(length, out);
+    out.extend_from_slice(b"\r\n");
+    if let Some(modified) = match response {
+        Response::Content(body) => body.modified(),
+        Response::Refused(_) => None,
+    } {
+        out.extend_from_slice(b"Last-Modified: ");
+        MODIFIED.with(|memo| memo.append(modified, out));
+        out.extend_from_slice(b"\r\n");
+    }
+    if matches!(response, Response::Refused(Refusal::MethodNotAllowed)) {
+        out.extend_from_slice(b"Allow: GET, HEAD\r\n");
+    }
+    out.extend_from_slice(match (framing.keep_alive, framing.http11) {
+        (false, _) => b"Connection: close\r\n\r\n",
+        (true, false) => b"Connection: keep-alive\r\n\r\n",
+        (true, true) => b"\r\n",
+    });
+    if let (Some(text), false) = (error_text, framing.head_only) {
+        out.extend_from_slice(text.as_bytes());
+    }
+}
+
+fn append_decimal(mut value: u64, out: &mut Vec<u8>) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 #[cfg(test)]
@@ -202,6 +226,23 @@ mod tests {
         assert!(decode_target(b"/bad%2").is_none());
         assert!(decode_target(b"/bad%zz").is_none());
         assert!(decode_target(b"http://host/x").is_none(), "absolute-form is not served");
+    }
+
+    #[test]
+    fn heads_are_well_formed() {
+        let framing = HttpFraming { http11: true, keep_alive: false, head_only: false, content_type: "text/plain" };
+        let mut out = Vec::new();
+        encode_head(framing, &Response::Refused(Refusal::MethodNotAllowed), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 405 Method Not Allowed\r\nServer: fileserver\r\nDate: "), "{text}");
+        assert!(text.contains("\r\nContent-Length: 23\r\nAllow: GET, HEAD\r\nConnection: close\r\n\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n405 Method Not Allowed\n"), "{text}");
+        let mut digits = Vec::new();
+        for n in [0, 7, 10, 1_073_741_824, u64::MAX] {
+            digits.clear();
+            append_decimal(n, &mut digits);
+            assert_eq!(digits, n.to_string().into_bytes());
+        }
     }
 
     #[test]
