@@ -12,13 +12,13 @@ use std::time::Duration;
 pub enum Model {
     /// Stage 1: one client at a time, blocking accept and reads.
     Iterative,
-    /// A process per connection (fork after accept).
+    /// Stage 1b: a process per connection (fork after accept).
     Fork,
-    /// N processes forked at start-up share the listener (--threads N).
+    /// Stage 1c: N processes forked at start-up share the listener (--threads N).
     Prefork,
-    /// A thread per connection.
+    /// Stage 1d: a thread per connection.
     Threads,
-    /// N pre-spawned threads take connections from a queue (--threads N).
+    /// Stage 1e: N pre-spawned threads take connections from a queue (--threads N).
     Pool,
     /// Stage 2: select(2) over non-blocking sockets (at most FD_SETSIZE fds).
     Select,

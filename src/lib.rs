@@ -4,12 +4,19 @@
 //! an epoll event loop, so that each design can be read, run and measured
 //! side by side (OSTEP chapter 33, "Event-based Concurrency").
 //!
-//! | stage | model | waits with | blocking work runs |
-//! |---|---|---|---|
-//! | 1 | [`iterative`](models::iterative) | blocking `accept` | inline, one client at a time |
-//! | 2 | [`select`](models::select) | `select(2)` | inline, in the loop |
-//! | 2b | [`poll`](models::poll) | `poll(2)` | inline, in the loop |
-//! | 3 | [`event`](models::event) | mio (epoll) | inline, in the loop ("Sync I/O") |
+//! | stage | model | waits with | blocking work runs | lesson |
+//! |---|---|---|---|---|
+//! | 1 | [`iterative`](models::iterative) | blocking `accept` | inline, one client at a time | the simplest server |
+//! | 1b | [`fork`](models::fork) | a process per connection | in the child | isolation; no shared cache |
+//! | 1c | [`prefork`](models::prefork) | N processes on one listener | in the worker | `fork` paid once |
+//! | 1d | [`threads`](models::threads) | a thread per connection | in its thread | concurrency without a loop |
+//! | 1e | [`pool`](models::pool) | N pre-spawned threads | on the worker | bounded threads |
+//! | 2 | [`select`](models::select) | `select(2)` | inline, in the loop | the book's event loop; FD_SETSIZE |
+//! | 2b | [`poll`](models::poll) | `poll(2)` | inline, in the loop | no fd ceiling, still O(n) |
+//! | 3 | [`event`](models::event) | mio (epoll) | inline, in the loop | O(ready); "Sync I/O" |
+//! | 4a | [`event-async`](models::event_async) | mio | a thread pool, woken via `mio::Waker` | "Async I/O" |
+//! | 4b | [`event-aio`](models::event_aio) | mio | POSIX `aio_read`, a realtime signal | the book's interface |
+//! | 4c | [`uring`](models::uring) | mio | io_uring, an eventfd | the kernel's own async reads |
 //!
 //! Every model shares one core, so they differ only in where they wait and
 //! where the blocking part of a request runs:
@@ -19,8 +26,12 @@
 //! * [`cache`]: the byte-budgeted LRU that `SIGHUP` clears;
 //! * [`service`]: a request to a [`Plan`](service::Plan): a ready response, or blocking work;
 //! * [`conn`]: the per-connection state machine every loop drives;
-//! * [`clients`]: the connection table the readiness loops share;
+//! * [`clients`]: the connection table the readiness loops share ([`slab`]);
+//! * [`backend`]: where an event loop's blocking work runs, and how completions return;
+//! * [`blocking`] and [`process`]: what the thread and process models share;
 //! * [`signals`]: `SIGHUP` and graceful stop, for every kind of model.
+//!
+//! The guide in `docs/` walks through the stages in order, one chapter each.
 //!
 //! The `server` binary turns flags into a [`Config`](config::Config) and calls [`models::run`].
 

@@ -1,4 +1,4 @@
-//! One line per event on stderr; [`info!`] lines are silenced by `--quiet`.
+//! One line per event on stderr; `info!` lines are silenced by `--quiet`.
 //!
 //! stdout is reserved for the single `listening on <ip>:<port>` line that
 //! scripts and tests read, so everything else goes to stderr.
@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static QUIET: AtomicBool = AtomicBool::new(false);
 
-/// Silences [`info!`] lines (`--quiet`); [`always!`] lines still print.
+/// Silences `info!` lines (`--quiet`); `always!` lines still print.
 pub fn set_quiet(quiet: bool) {
     QUIET.store(quiet, Ordering::Relaxed);
 }

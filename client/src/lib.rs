@@ -1,4 +1,4 @@
-//! The kit's client side: the OSTEP-style [`fetch`] client, the [`bench`]
+//! The kit's client side: the OSTEP-style [`fetch`] client, the [`bench`](mod@bench)
 //! load generator, and the [`suite`] behind `./benchmark.sh`.
 
 #![deny(missing_docs)]

@@ -22,7 +22,18 @@ use client::fetch;
 /// `client 1` against `--service time` prints the time after one second.
 /// `client bench --help` describes the load generator.
 #[derive(Debug, Parser)]
-#[command(version, max_term_width = 100)]
+#[command(
+    version,
+    max_term_width = 100,
+    after_help = "\
+Examples:
+  client 0 ./test.txt                      # print fixtures/test.txt (server rooted at fixtures/)
+  client 0 a.txt b.txt --addr 127.0.0.1:7071
+  client 1 & client 2 & client 3 &         # the homework's three delayed clients
+
+Exit status: 0 if everything was served, 1 if any request was refused (the
+reasons go to stderr), 2 on a usage or connection error."
+)]
 struct Cli {
     /// Seconds to sleep before connecting (fractions allowed), as in OSTEP's client.
     #[arg(value_parser = parse_seconds)]
@@ -38,7 +49,19 @@ struct Cli {
 /// percentiles. Every response is checked (status and exact length); any
 /// wrong response makes the exit status 1.
 #[derive(Debug, Parser)]
-#[command(name = "client bench", max_term_width = 100)]
+#[command(
+    name = "client bench",
+    max_term_width = 100,
+    after_help = "\
+Examples:
+  client bench --conns 100 --duration 5 --path test.txt
+  client bench --conns 3 --requests 3 --no-keepalive --path a --path b --path c
+  client bench --http --conns 50 --duration 3 --path /1k.bin --addr 127.0.0.1:8080
+  client bench --conns 10000 --duration 5 --path data/1k.bin --csv results.csv
+
+Exit status: 0 if every response was correct, 1 if any was wrong, 2 on a
+usage or connection error."
+)]
 struct BenchCli {
     /// Server address.
     #[arg(long, env = "SERVER_ADDR", default_value = "127.0.0.1:7070")]
@@ -83,11 +106,10 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let mut args = std::env::args_os();
     if std::env::args_os().nth(1).is_some_and(|arg| arg == "bench") {
-        let program = args.next();
-        args.next();
-        return bench_main(BenchCli::parse_from(program.into_iter().chain(args)));
+        // "client bench" stands in for argv[0], so usage lines name the subcommand.
+        let args = std::iter::once("client bench".into()).chain(std::env::args_os().skip(2));
+        return bench_main(BenchCli::parse_from(args));
     }
     let cli = Cli::parse();
     std::thread::sleep(cli.delay);

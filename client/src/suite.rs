@@ -1,5 +1,5 @@
 //! The benchmark suite behind `./benchmark.sh`: starts servers, drives them
-//! with [`bench`](crate::bench), and prints what the homework asks.
+//! with [`bench`](mod@crate::bench), and prints what the homework asks.
 //!
 //! Three modes: the default run (under a minute: the homework's two lines
 //! and a table of the honest cases), `--full` (models x concurrency x

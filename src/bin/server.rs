@@ -15,7 +15,7 @@ use fileserver::models;
 /// The first line on stdout is `listening on <ip>:<port>`; logs go to stderr.
 /// `kill -HUP <pid>` clears the file cache; SIGINT/SIGTERM stop gracefully.
 #[derive(Debug, Parser)]
-#[command(version, max_term_width = 100)]
+#[command(version, max_term_width = 100, after_help = AFTER_HELP)]
 struct Args {
     /// Server design: how it waits and where blocking work runs.
     #[arg(long, value_enum, default_value_t = Model::Event)]
@@ -30,16 +30,16 @@ struct Args {
     #[arg(long, default_value_t = 7070)]
     port: u16,
     /// Directory to serve files from; nothing outside it is ever sent.
-    #[arg(long, default_value = ".")]
+    #[arg(long, default_value = ".", value_name = "DIR")]
     root: PathBuf,
     /// Serve files and directories whose names start with a dot.
     #[arg(long)]
     allow_hidden: bool,
     /// Byte budget of the file cache (e.g. 64MiB); 0 disables caching.
-    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    #[arg(long, default_value = "64MiB", value_parser = parse_size, value_name = "BYTES")]
     cache_size: u64,
     /// Largest file kept in the cache; larger files are streamed with sendfile.
-    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    #[arg(long, default_value = "1MiB", value_parser = parse_size, value_name = "BYTES")]
     cache_max_file: u64,
     /// Simulated storage latency: every read that misses the cache waits this long.
     #[arg(long, default_value_t = 0, value_name = "MS")]
@@ -55,10 +55,10 @@ struct Args {
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// Longest request line accepted, in bytes; longer lines get 414.
-    #[arg(long, default_value = "4KiB", value_parser = parse_size)]
+    #[arg(long, default_value = "4KiB", value_parser = parse_size, value_name = "BYTES")]
     max_line: u64,
     /// Longest HTTP head (request line and headers) accepted; longer gets 431.
-    #[arg(long, default_value = "8KiB", value_parser = parse_size)]
+    #[arg(long, default_value = "8KiB", value_parser = parse_size, value_name = "BYTES")]
     max_head: u64,
     /// Seconds a request may take to arrive after its first byte (slow senders are dropped).
     #[arg(long, default_value = "10", value_parser = parse_seconds, value_name = "SECS")]
@@ -73,6 +73,22 @@ struct Args {
     #[arg(long)]
     quiet: bool,
 }
+
+const AFTER_HELP: &str = "\
+Examples:
+  server --root fixtures                                # event model on 127.0.0.1:7070
+  server --model select --service time --port 0         # the homework's stage 2
+  server --model event-async --read-delay-ms 100        # slow storage, asynchronous reads
+  server --model prefork --threads 8 --root fixtures    # 8 worker processes
+
+Protocols on the same port: one path per line (`OK <size>` + bytes, or
+`ERR <code> <reason>`), or HTTP/1.1 GET/HEAD (curl, browsers, wrk).
+
+Signals: SIGHUP clears the cache (logs `cache cleared: <files> files, <bytes> bytes`);
+SIGINT/SIGTERM stop accepting, finish responses in flight (5 s at most), exit 0.
+
+Exit status: 0 after a graceful stop, 1 if the server cannot start (the message
+says why and what to try), 2 on a usage error.";
 
 impl From<Args> for Config {
     fn from(args: Args) -> Config {

@@ -12,7 +12,7 @@
 //! block every other client while they run. That is deliberate: it is the
 //! "Sync I/O" half of the homework's comparison. The asynchronous models
 //! reuse this very loop ([`run_loop`]) and only change *where the work runs*
-//! by passing another [`Backend`](crate::backend::Backend).
+//! by passing another [`Backend`].
 //!
 //! **Cost.** One thread; per client a socket, a `Conn`, and an epoll entry.
 //! Syscalls per cached request: one `epoll_wait` (shared), one `read`,
