@@ -59,6 +59,14 @@ pub struct Plan {
     pub timeout: Duration,
 }
 
+impl Plan {
+    /// The suite's usual run: keep-alive connections, two threads, a
+    /// generous per-request timeout.
+    pub fn keepalive(addr: SocketAddr, conns: usize, until: Until, paths: Vec<String>, http: bool) -> Plan {
+        Plan { addr, conns, until, paths, http, no_keepalive: false, threads: 2, timeout: Duration::from_secs(30) }
+    }
+}
+
 /// What a run measured.
 #[derive(Debug)]
 pub struct Report {

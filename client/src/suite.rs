@@ -237,16 +237,7 @@ pub fn measure(
     args.extend(["--max-conns".into(), (conns + 100).max(10_000).to_string()]);
     args.extend(workload.server_args.iter().cloned());
     let server = ServerProcess::start(server_bin, &args)?;
-    let plan = Plan {
-        addr: server.addr,
-        conns,
-        until,
-        paths: workload.paths.clone(),
-        http: false,
-        no_keepalive: false,
-        threads: 2,
-        timeout: Duration::from_secs(30),
-    };
+    let plan = Plan::keepalive(server.addr, conns, until, workload.paths.clone(), false);
     let report = bench::run(&plan)?;
     if report.errors > 0 {
         bail!(

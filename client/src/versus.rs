@@ -184,16 +184,8 @@ fn generator_vs_wrk(server_bin: &Path, root: &BenchRoot) -> Result<()> {
     let (mut by_wrk, mut by_bench) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         by_wrk.push(wrk(ours.addr, row)?);
-        let plan = Plan {
-            addr: ours.addr,
-            conns: row.conns,
-            until: Until::Elapsed(Duration::from_secs(SECONDS)),
-            paths: vec![format!("/{}", row.path)],
-            http: true,
-            no_keepalive: false,
-            threads: 2,
-            timeout: Duration::from_secs(30),
-        };
+        let until = Until::Elapsed(Duration::from_secs(SECONDS));
+        let plan = Plan::keepalive(ours.addr, row.conns, until, vec![format!("/{}", row.path)], true);
         let report = bench::run(&plan)?;
         if report.errors > 0 {
             bail!("client bench saw {} errors", report.errors);

@@ -11,7 +11,7 @@ mod http;
 mod limits;
 mod models;
 mod processes;
-mod scaling;
 mod protocol;
 mod sandbox;
+mod scaling;
 mod signals;

@@ -149,16 +149,8 @@ fn versus_nginx(args: &Args, root: &BenchRoot) -> Result<()> {
     let nginx = peers::Nginx::start(root.path(), 1)?;
     let url = format!("http://{}/1k.bin", nginx.addr);
     let wrk = peers::wrk(&url, 50, 3)?;
-    let plan = bench::Plan {
-        addr: nginx.addr,
-        conns: 50,
-        until: Until::Elapsed(Duration::from_secs(3)),
-        paths: vec!["1k.bin".into()],
-        http: true,
-        no_keepalive: false,
-        threads: 2,
-        timeout: Duration::from_secs(30),
-    };
+    let plan =
+        bench::Plan::keepalive(nginx.addr, 50, Until::Elapsed(Duration::from_secs(3)), vec!["1k.bin".into()], true);
     let ours_on_nginx = bench::run(&plan)?;
     drop(nginx);
     let cached = &suite::workloads(root)[1];
