@@ -182,3 +182,36 @@ fn a_file_swapped_for_an_escaping_symlink_is_never_served() {
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
     });
 }
+
+/// Open file descriptors of a process, from /proc.
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |entries| entries.count())
+}
+
+#[test]
+fn hostile_traffic_leaks_no_file_descriptor() {
+    let (root, _outside) = hostile_tree();
+    std::os::unix::fs::symlink("/dev/null", root.path().join("null-dev")).unwrap();
+    for model in ["event", "threads", "event-async"] {
+        let server = Server::start(&["--model", model, "--root", root.path().to_str().unwrap()]);
+        assert!(server.get("test.txt").body().starts_with(b"Hello"));
+        let baseline = open_fds(server.pid());
+        for case in &cases() {
+            exchange(&server, &case.request);
+        }
+        for garbage in [&b"\xff\xfe\x00garbage"[..], b"GET /", b"test.txt", b"GET / HTTP/1.1\r\nX: y"] {
+            let mut stream = TcpStream::connect(server.addr).unwrap();
+            let _ = stream.write_all(garbage); // and hang up mid-request
+        }
+        // Every connection is closed by now or soon: the count comes back.
+        let deadline = std::time::Instant::now() + IO_TIMEOUT;
+        while open_fds(server.pid()) > baseline {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{model}: {} fds open, {baseline} before",
+                open_fds(server.pid())
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
