@@ -276,9 +276,28 @@ pub fn hostile_tree() -> (tempfile::TempDir, tempfile::TempDir) {
     (root, outside)
 }
 
-/// The `client` binary, built next to `server` by `cargo test --workspace`.
+/// The `client` binary, built (once per test run) next to `server`.
+///
+/// Integration tests only get the binaries of their own package, and
+/// `client` lives in the `client` package; so the first test that needs it
+/// asks cargo to build it (a no-op when it is up to date). This also means
+/// the tests never run a stale client left over from an older build.
 pub fn client_bin() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_server")).with_file_name("client");
-    assert!(path.exists(), "{} is missing: run the suite with `cargo test --workspace`", path.display());
-    path
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let server = Path::new(env!("CARGO_BIN_EXE_server"));
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+            let mut build = Command::new(cargo);
+            build.args(["build", "--quiet", "-p", "client", "--bin", "client"]).current_dir(env!("CARGO_MANIFEST_DIR"));
+            if server.parent().and_then(Path::file_name) == Some("release".as_ref()) {
+                build.arg("--release");
+            }
+            let status = build.status().expect("cannot run cargo to build the client");
+            assert!(status.success(), "cargo build -p client failed");
+            let path = server.with_file_name("client");
+            assert!(path.exists(), "{} is missing after building it", path.display());
+            path
+        })
+        .clone()
 }
