@@ -106,6 +106,9 @@ pub struct Conn {
     /// response sent in one `writev` never waits, so most connections
     /// never pay for the `setsockopt`.
     wants_nodelay: NoDelay,
+    /// The readiness event said the peer has hung up (EPOLLRDHUP): read
+    /// until end-of-stream, even after a short read (see `try_advance`).
+    peer_hung_up: bool,
 }
 
 /// Whether `TCP_NODELAY` is needed and set (see [`Conn`]).
@@ -129,6 +132,7 @@ impl Conn {
             last_progress: Instant::now(),
             request_started: None,
             wants_nodelay: NoDelay::NotNeeded,
+            peer_hung_up: false,
         };
         if let Some(greeting) = service.greeting() {
             conn.output.push_bytes(greeting);
@@ -149,6 +153,7 @@ impl Conn {
             last_progress: Instant::now(),
             request_started: None,
             wants_nodelay: NoDelay::NotNeeded,
+            peer_hung_up: false,
         };
         conn.output.push_response(Framing::Line, Response::Refused(refusal));
         conn
@@ -181,7 +186,9 @@ impl Conn {
         // reading again would only return WouldBlock (a wasted syscall per
         // request). Edge-triggered epoll reports any later data as a new
         // event, level-triggered loops ask again anyway, and a blocking
-        // socket is simply read on the next call.
+        // socket is simply read on the next call. One exception: a hang-up
+        // that arrived with the data is reported once, in the event that
+        // woke us; then we must read on to see the end of the stream.
         let mut drained = false;
         loop {
             if self.wants_nodelay == NoDelay::Needed {
@@ -202,7 +209,7 @@ impl Conn {
             match self.parser.read_from(socket) {
                 Ok(0) => self.peer_closed = true,
                 Ok(n) => {
-                    drained = n < READ_CHUNK_BYTES;
+                    drained = n < READ_CHUNK_BYTES && !self.peer_hung_up;
                     self.last_progress = Instant::now();
                     if self.request_started.is_none() {
                         self.request_started = Some(self.last_progress);
@@ -288,6 +295,13 @@ impl Conn {
     /// start no new request, then close.
     pub fn close_when_done(&mut self) {
         self.closing = true;
+    }
+
+    /// Edge-triggered loops call this when an event reports that the peer
+    /// hung up (mio's `is_read_closed`): the end of the stream may already
+    /// be queued behind the data, and no further event will announce it.
+    pub fn note_peer_hung_up(&mut self) {
+        self.peer_hung_up = true;
     }
 
     /// Whether the connection has outlived a time limit at `now`: a

@@ -159,6 +159,11 @@ fn one_loop<B: Backend>(
                 }
                 COMPLETIONS => {}
                 Token(id) => {
+                    if event.is_read_closed() {
+                        if let Some(client) = clients.get_mut(id) {
+                            client.conn.note_peer_hung_up();
+                        }
+                    }
                     clients.advance(id, service, &mut backend);
                     update_interest(&registry, &mut clients, id);
                 }

@@ -251,8 +251,14 @@ impl LineClient {
 
     /// Whether the server closed the connection (EOF now).
     pub fn is_closed_by_server(&mut self) -> bool {
+        self.what_follows().is_ok_and(|n| n == 0)
+    }
+
+    /// Reads one byte, for a message: `Ok(0)` at end of stream, `Ok(1)`
+    /// if data followed, or the error (a timeout, a reset).
+    pub fn what_follows(&mut self) -> std::io::Result<usize> {
         let mut byte = [0u8; 1];
-        matches!(self.reader.read(&mut byte), Ok(0))
+        self.reader.read(&mut byte)
     }
 }
 
