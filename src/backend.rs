@@ -252,28 +252,34 @@ pub struct KernelBackend<K> {
     kernel: K,
     delayed: DelayQueue<(ConnId, FileRead)>,
     compute: PoolBackend,
-    /// Reads over before they reached the kernel (empty files, failed submits).
-    ready: Vec<(ConnId, Response)>,
-    reaped: Vec<(PendingRead, io::Result<usize>)>,
 }
 
 impl<K: KernelReads> KernelBackend<K> {
     /// Reads with `kernel`, computes on `compute`.
     pub fn new(kernel: K, compute: PoolBackend) -> KernelBackend<K> {
-        KernelBackend { kernel, delayed: DelayQueue::default(), compute, ready: Vec::new(), reaped: Vec::new() }
+        KernelBackend { kernel, delayed: DelayQueue::default(), compute }
     }
 
-    fn submit(&mut self, conn: ConnId, read: FileRead) {
+    /// Starts reading `read` now. A file too large to cache (or any file,
+    /// with caching off) needs no read: it is streamed with `sendfile`, and
+    /// its response comes back at once, as does that of a read that is over
+    /// before it reached the kernel.
+    fn start(&mut self, conn: ConnId, read: FileRead) -> Option<Response> {
         if !read.reads_into_memory() {
-            // Too large to cache (or caching is off): streamed with sendfile.
-            self.ready.push((conn, read.finish(Ok(Vec::new()))));
-            return;
+            return Some(read.finish(Ok(Vec::new())));
         }
-        let pending = PendingRead::new(conn, read);
-        if pending.buffer.is_empty() {
-            self.ready.extend(pending.advance(Ok(0)).ok());
-        } else if let Err((pending, err)) = self.kernel.submit(pending) {
-            self.ready.extend(pending.advance(Err(err)).ok());
+        self.continue_read(PendingRead::new(conn, read)).map(|(_, response)| response)
+    }
+
+    /// Hands (the rest of) a read to the kernel. An empty file, or a submit
+    /// the kernel refuses (answered with 500), is over at once.
+    fn continue_read(&mut self, pending: PendingRead) -> Option<(ConnId, Response)> {
+        if pending.filled == pending.buffer.len() {
+            return pending.advance(Ok(0)).ok();
+        }
+        match self.kernel.submit(pending) {
+            Ok(()) => None,
+            Err((pending, err)) => pending.advance(Err(err)).ok(),
         }
     }
 }
@@ -287,11 +293,7 @@ impl<K: KernelReads> Executor for KernelBackend<K> {
                 self.delayed.push(read.delay, (conn, read));
                 None
             }
-            Work::Read(read) if !read.reads_into_memory() => Some(read.finish(Ok(Vec::new()))),
-            Work::Read(read) => {
-                self.submit(conn, read);
-                None
-            }
+            Work::Read(read) => self.start(conn, read),
             compute @ Work::Compute(_) => self.compute.execute(conn, compute),
         }
     }
@@ -300,30 +302,21 @@ impl<K: KernelReads> Executor for KernelBackend<K> {
 impl<K: KernelReads> Backend for KernelBackend<K> {
     fn completed(&mut self, done: &mut Vec<(ConnId, Response)>) {
         for (conn, read) in self.delayed.pop_due() {
-            self.submit(conn, read);
+            done.extend(self.start(conn, read).map(|response| (conn, response)));
         }
-        done.append(&mut self.ready);
-        self.kernel.reap(&mut self.reaped);
-        for (pending, result) in std::mem::take(&mut self.reaped) {
+        let mut reaped = Vec::new();
+        self.kernel.reap(&mut reaped);
+        for (pending, result) in reaped {
             match pending.advance(result) {
                 Ok(finished) => done.push(finished),
-                Err(more) => self.submit_more(more),
+                Err(more) => done.extend(self.continue_read(more)),
             }
         }
-        done.append(&mut self.ready);
         self.compute.completed(done);
     }
 
     fn next_deadline(&self) -> Option<Instant> {
         self.delayed.next_deadline()
-    }
-}
-
-impl<K: KernelReads> KernelBackend<K> {
-    fn submit_more(&mut self, pending: PendingRead) {
-        if let Err((pending, err)) = self.kernel.submit(pending) {
-            self.ready.extend(pending.advance(Err(err)).ok());
-        }
     }
 }
 
