@@ -14,8 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::clients::SWEEP_INTERVAL;
-use crate::conn::Limits;
-use crate::conn::{Conn, Inline, Status};
+use crate::conn::{Conn, Inline, Limits, Status};
 use crate::error::ServerError;
 use crate::log::info;
 use crate::models::Server;
@@ -118,6 +117,15 @@ impl LiveConnections {
             }
         }
         // Dropping the ticket takes the connection off the live list.
+    }
+
+    /// Admits `stream` as the only connection this thread (or process)
+    /// serves and serves it right here, blocking: how `iterative`, a
+    /// `prefork` worker and a `fork` child run a connection.
+    pub fn serve_here(self: &Arc<Self>, stream: TcpStream, service: &Service, limits: Limits) {
+        if let Some(ticket) = self.admit(stream, 1, service) {
+            LiveConnections::serve(ticket, service, limits);
+        }
     }
 
     /// After a stop: waits until every live connection has finished, or

@@ -10,11 +10,10 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use crate::blocking::FD_EXHAUSTION_PAUSE;
-use crate::conn::Limits;
 use rustix::net::SocketFlags;
 
-use crate::conn::{Conn, ConnId, Executor, Status};
+use crate::blocking::FD_EXHAUSTION_PAUSE;
+use crate::conn::{Conn, ConnId, Executor, Limits, Status};
 use crate::error::ServerError;
 use crate::log::info;
 use crate::models::Server;

@@ -84,9 +84,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
                     return;
                 }
                 process::unblock_all();
-                if let Some(ticket) = live.admit(stream, 1, service) {
-                    LiveConnections::serve(ticket, service, *limits);
-                }
+                live.serve_here(stream, service, *limits);
             })?;
             // The parent's copy of the socket is dropped (closed) here.
             children.insert(pid);

@@ -32,10 +32,8 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         &live,
         || server.announce(),
         |stream| {
-            // One at a time: admitted with a limit of 1, served right here.
-            if let Some(ticket) = live.admit(stream, 1, service) {
-                LiveConnections::serve(ticket, service, *limits);
-            }
+            // One at a time, served right here.
+            live.serve_here(stream, service, *limits);
         },
     )
 }

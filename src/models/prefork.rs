@@ -75,9 +75,7 @@ fn spawn_worker(server: &Server) -> Result<Pid, ServerError> {
             Ok(())
         };
         let served = accept_until_stopped(server, &live, unblock, |stream| {
-            if let Some(ticket) = live.admit(stream, 1, service) {
-                LiveConnections::serve(ticket, service, *limits);
-            }
+            live.serve_here(stream, service, *limits);
         });
         if let Err(err) = served {
             crate::log::always!("server: worker {}: {err}", std::process::id());
