@@ -1,30 +1,96 @@
-//! What the blocking models share: serving one connection start to finish
-//! in the calling thread, and an accept loop that a signal can stop.
+//! What the blocking models share: an accept loop that a signal can stop,
+//! and serving one connection start to finish in the calling thread.
 //!
-//! A thread blocked in `read` cannot be told to stop, so a graceful stop
-//! shuts down the *reading* side of every live connection: the blocked read
-//! returns end-of-stream, the response in flight is still written, and the
-//! thread returns on its own.
+//! A thread blocked in `accept` or `read` cannot be told to stop, so a
+//! graceful stop does two things from the signal-watcher thread: it
+//! connects to the server itself, which makes the blocked `accept` return,
+//! and it shuts down the *reading* side of every live connection, so a
+//! blocked read returns end-of-stream, the response in flight is still
+//! written, and the serving thread returns on its own.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::clients::SWEEP_INTERVAL;
-use crate::conn::{Conn, Inline, Limits, Status};
+use crate::conn::{refuse, Conn, Inline, Limits, Status, SWEEP_INTERVAL};
 use crate::error::ServerError;
 use crate::log::info;
-use crate::models::Server;
-use crate::net::is_fd_exhaustion;
+use crate::net::{is_fd_exhaustion, FD_EXHAUSTION_PAUSE};
 use crate::refusal::Refusal;
+use crate::server::Server;
 use crate::service::Service;
 use crate::signals;
 
-/// How long to stop accepting when the process is out of file descriptors.
-pub const FD_EXHAUSTION_PAUSE: Duration = Duration::from_millis(100);
+/// A listener whose blocking `accept` a `SIGINT`/`SIGTERM` interrupts, and
+/// the connections it has handed out, so the same signal reaches them too.
+/// `SIGHUP` clears the cache from the watcher thread.
+#[derive(Debug)]
+pub struct StoppableAcceptor<'a> {
+    listener: &'a TcpListener,
+    service: &'a Arc<Service>,
+    live: Arc<LiveConnections>,
+}
+
+impl<'a> StoppableAcceptor<'a> {
+    /// Starts the signal-watcher thread for `server`'s listener.
+    pub fn install(server: &'a Server) -> Result<StoppableAcceptor<'a>, ServerError> {
+        let local = server.listener.local_addr().map_err(ServerError::io("cannot read the bound address"))?;
+        let wake = wake_address(local);
+        let live = Arc::new(LiveConnections::default());
+        let stopping = Arc::clone(&live);
+        signals::spawn_watcher(Arc::clone(&server.service), move || {
+            stopping.stop();
+            // accept() blocks; a connection to ourselves makes it return.
+            let _ = TcpStream::connect(wake);
+        })
+        .map_err(ServerError::io("cannot install signal handlers"))?;
+        Ok(StoppableAcceptor { listener: &server.listener, service: &server.service, live })
+    }
+
+    /// Blocks until a client connects and returns it, admitted among at
+    /// most `max_open` live connections (clients past that are told 503 and
+    /// closed); `None` once a stop has begun. Out of fds, it pauses
+    /// accepting briefly and tries again.
+    pub fn accept(&self, max_open: usize) -> Option<LiveConnection> {
+        while !self.live.is_stopping() {
+            let accepted = self.listener.accept();
+            if self.live.is_stopping() {
+                return None;
+            }
+            match accepted {
+                Ok((stream, _peer)) => {
+                    if let Some(admitted) = self.live.admit(stream, max_open) {
+                        return Some(admitted);
+                    }
+                }
+                Err(err) if is_fd_exhaustion(&err) => {
+                    info!("accept: {err}; pausing accepts");
+                    std::thread::sleep(FD_EXHAUSTION_PAUSE);
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => info!("accept: {err}"),
+            }
+        }
+        None
+    }
+
+    /// After a stop: waits until every live connection has finished, or
+    /// until [`STOP_GRACE`](signals::STOP_GRACE) has passed.
+    pub fn wait_until_idle(&self) {
+        let deadline = Instant::now() + signals::STOP_GRACE;
+        while !self.live.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The shared service, for the threads that serve connections.
+    pub fn service(&self) -> &Arc<Service> {
+        self.service
+    }
+}
 
 /// The connections blocking models are serving, so a stop can reach them
 /// and `--max-conns` can count them.
@@ -32,22 +98,21 @@ pub const FD_EXHAUSTION_PAUSE: Duration = Duration::from_millis(100);
 pub struct LiveConnections {
     stopping: AtomicBool,
     next_id: AtomicU64,
-    /// Shared with each connection's [`Ticket`] (not `dup`ed: a
-    /// connection costs one fd, not two).
+    /// Shared with each [`LiveConnection`] (not `dup`ed: a connection
+    /// costs one fd, not two).
     streams: Mutex<HashMap<u64, Arc<TcpStream>>>,
 }
 
-/// A connection admitted into [`LiveConnections`], waiting to be served
-/// (perhaps on another thread); it counts towards the limit until it is
-/// served or dropped.
+/// A connection admitted into [`LiveConnections`], to be served (perhaps
+/// on another thread); it counts towards the limit until it is dropped.
 #[derive(Debug)]
-pub struct Ticket {
+pub struct LiveConnection {
     live: Arc<LiveConnections>,
     id: u64,
     stream: Arc<TcpStream>,
 }
 
-impl Drop for Ticket {
+impl Drop for LiveConnection {
     fn drop(&mut self) {
         self.live.lock().remove(&self.id);
     }
@@ -67,25 +132,19 @@ impl LiveConnections {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<TcpStream>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<TcpStream>>> {
         self.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Connections admitted and not yet finished.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// True when no connection is live.
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.lock().is_empty()
     }
 
-    /// Admits `stream` if fewer than `max_conns` are live; otherwise tells
+    /// Admits `stream` if fewer than `max_open` are live; otherwise tells
     /// the client `ERR 503` and closes it.
-    pub fn admit(self: &Arc<Self>, stream: TcpStream, max_conns: usize, service: &Service) -> Option<Ticket> {
-        if self.len() >= max_conns {
-            crate::clients::refuse(stream, Refusal::Overloaded, service);
+    pub fn admit(self: &Arc<Self>, stream: TcpStream, max_open: usize) -> Option<LiveConnection> {
+        if self.lock().len() >= max_open {
+            refuse(stream, Refusal::Overloaded);
             return None;
         }
         let stream = Arc::new(stream);
@@ -95,85 +154,31 @@ impl LiveConnections {
         if self.is_stopping() {
             let _ = stream.shutdown(Shutdown::Read);
         }
-        Some(Ticket { live: Arc::clone(self), id, stream })
+        Some(LiveConnection { live: Arc::clone(self), id, stream })
     }
+}
 
-    /// Serves every request on the admitted connection until the client is
-    /// done, blocking the calling thread throughout: the same [`Conn`]
-    /// state machine as the event loops, which on a blocking socket simply
-    /// never sees `WouldBlock`.
+impl LiveConnection {
+    /// Serves every request on the connection until the client is done,
+    /// blocking the calling thread throughout: the same [`Conn`] state
+    /// machine as the event loops, which on a blocking socket simply never
+    /// sees `WouldBlock`. Dropping the connection afterwards closes it.
     ///
     /// A read timeout of [`SWEEP_INTERVAL`] wakes the thread now and then
     /// to check the connection's time limits, so a slow or idle client
     /// cannot hold a thread (or the only slot, in `iterative`) for ever.
-    pub fn serve(ticket: Ticket, service: &Service, limits: Limits) {
-        let mut stream = &*ticket.stream;
+    pub fn serve(self, service: &Service, limits: Limits) {
+        let mut stream = &*self.stream;
         let _ = stream.set_read_timeout(Some(SWEEP_INTERVAL));
         let _ = stream.set_write_timeout(Some(SWEEP_INTERVAL));
         let mut conn = Conn::new(service, limits);
-        while conn.advance(&mut stream, service, &mut Inline, 0) == Status::Open {
+        let unused_id = crate::slab::SlotId::from_usize(0); // Inline needs no id
+        while conn.advance(&mut stream, service, &mut Inline, unused_id) == Status::Open {
             if conn.is_expired(Instant::now()) {
                 break;
             }
         }
-        // Dropping the ticket takes the connection off the live list.
     }
-
-    /// Admits `stream` as the only connection this thread (or process)
-    /// serves and serves it right here, blocking: how `iterative`, a
-    /// `prefork` worker and a `fork` child run a connection.
-    pub fn serve_here(self: &Arc<Self>, stream: TcpStream, service: &Service, limits: Limits) {
-        if let Some(ticket) = self.admit(stream, 1, service) {
-            LiveConnections::serve(ticket, service, limits);
-        }
-    }
-
-    /// After a stop: waits until every live connection has finished, or
-    /// until [`STOP_GRACE`](signals::STOP_GRACE) has passed.
-    pub fn wait_until_idle(&self) {
-        let deadline = Instant::now() + signals::STOP_GRACE;
-        while !self.is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-/// Installs the signal watcher, calls `on_ready` (which announces the
-/// server), then accepts connections and hands each to `serve` until
-/// `SIGINT`/`SIGTERM`, which also stops every connection in `live`.
-/// `SIGHUP` clears the cache from the watcher thread.
-pub fn accept_until_stopped(
-    server: &Server,
-    live: &Arc<LiveConnections>,
-    on_ready: impl FnOnce() -> Result<(), ServerError>,
-    mut serve: impl FnMut(TcpStream),
-) -> Result<(), ServerError> {
-    let Server { listener, service, .. } = server;
-    let wake = wake_address(listener.local_addr().map_err(ServerError::io("cannot read the bound address"))?);
-    let stopping = Arc::clone(live);
-    signals::spawn_watcher(Arc::clone(service), move || {
-        stopping.stop();
-        // accept() blocks; a connection to ourselves makes it return.
-        let _ = TcpStream::connect(wake);
-    })
-    .map_err(ServerError::io("cannot install signal handlers"))?;
-    on_ready()?;
-    while !live.is_stopping() {
-        let accepted = listener.accept();
-        if live.is_stopping() {
-            return Ok(());
-        }
-        match accepted {
-            Ok((stream, _peer)) => serve(stream),
-            Err(err) if is_fd_exhaustion(&err) => {
-                info!("accept: {err}; pausing accepts");
-                std::thread::sleep(FD_EXHAUSTION_PAUSE);
-            }
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => info!("accept: {err}"),
-        }
-    }
-    Ok(())
 }
 
 /// For models that run each connection on another thread: accepts until
@@ -184,18 +189,13 @@ pub fn dispatch_connections(
     server: &Server,
     mut dispatch: impl FnMut(Box<dyn FnOnce() + Send>),
 ) -> Result<(), ServerError> {
-    let live = Arc::new(LiveConnections::default());
-    accept_until_stopped(
-        server,
-        &live,
-        || server.announce(),
-        |stream| {
-            let Some(ticket) = live.admit(stream, server.max_conns, &server.service) else { return };
-            let (service, limits) = (Arc::clone(&server.service), server.limits);
-            dispatch(Box::new(move || LiveConnections::serve(ticket, &service, limits)));
-        },
-    )?;
-    live.wait_until_idle();
+    let acceptor = StoppableAcceptor::install(server)?;
+    server.announce()?;
+    while let Some(connection) = acceptor.accept(server.max_open_conns) {
+        let (service, limits) = (Arc::clone(acceptor.service()), server.limits);
+        dispatch(Box::new(move || connection.serve(&service, limits)));
+    }
+    acceptor.wait_until_idle();
     Ok(())
 }
 

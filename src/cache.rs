@@ -1,6 +1,6 @@
 //! The file cache: a byte-budgeted LRU of whole file contents.
 //!
-//! The contract (DESIGN section 5): cached content is served until it is
+//! The contract (`docs/design.md`, "the cache's generation rule"): cached content is served until it is
 //! evicted or the administrator sends `SIGHUP`, which clears everything. A
 //! read that *started* before a clear must not put its (possibly stale)
 //! content back afterwards, so every insert carries the [generation](FileCache::generation)
@@ -18,7 +18,7 @@ use lru::LruCache;
 
 /// What a clear removed, for the `cache cleared: ...` log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Cleared {
+pub struct CacheUsage {
     /// Number of files dropped.
     pub files: usize,
     /// Bytes those files held.
@@ -111,19 +111,20 @@ impl FileCache {
     }
 
     /// Drops every entry and starts a new generation.
-    pub fn clear(&self) -> Cleared {
+    pub fn clear(&self) -> CacheUsage {
         let mut entries = self.lock();
         self.generation.fetch_add(1, Ordering::SeqCst);
-        let cleared = Cleared { files: entries.lru.len(), bytes: entries.bytes };
+        let cleared = CacheUsage { files: entries.lru.len(), bytes: entries.bytes };
         entries.lru.clear();
         entries.bytes = 0;
         cleared
     }
 
     /// Files and bytes currently held.
-    pub fn usage(&self) -> Cleared {
+    #[cfg(test)]
+    fn usage(&self) -> CacheUsage {
         let entries = self.lock();
-        Cleared { files: entries.lru.len(), bytes: entries.bytes }
+        CacheUsage { files: entries.lru.len(), bytes: entries.bytes }
     }
 }
 
@@ -151,7 +152,7 @@ mod tests {
         cache.insert(b"d".to_vec(), 0, content(100));
         assert!(cache.get(b"b").is_none());
         assert!(cache.get(b"a").is_some() && cache.get(b"c").is_some() && cache.get(b"d").is_some());
-        assert_eq!(cache.usage(), Cleared { files: 3, bytes: 300 });
+        assert_eq!(cache.usage(), CacheUsage { files: 3, bytes: 300 });
     }
 
     #[test]
@@ -169,7 +170,7 @@ mod tests {
         let cache = FileCache::new(1_000, 1_000);
         cache.insert(b"a".to_vec(), 0, content(100));
         cache.insert(b"a".to_vec(), 0, content(40));
-        assert_eq!(cache.usage(), Cleared { files: 1, bytes: 40 });
+        assert_eq!(cache.usage(), CacheUsage { files: 1, bytes: 40 });
     }
 
     #[test]
@@ -177,7 +178,7 @@ mod tests {
         let cache = FileCache::new(1_000, 1_000);
         let started_under = cache.generation();
         cache.insert(b"a".to_vec(), started_under, content(5));
-        assert_eq!(cache.clear(), Cleared { files: 1, bytes: 5 });
+        assert_eq!(cache.clear(), CacheUsage { files: 1, bytes: 5 });
         assert!(!cache.insert(b"b".to_vec(), started_under, content(5)));
         assert!(cache.get(b"b").is_none());
         assert!(cache.insert(b"b".to_vec(), cache.generation(), content(5)));

@@ -12,21 +12,17 @@ use std::time::{Duration, Instant};
 
 use rustix::net::SocketFlags;
 
-use crate::blocking::FD_EXHAUSTION_PAUSE;
-use crate::conn::{Conn, ConnId, Executor, Limits, Status};
+use crate::conn::{refuse, Conn, ConnId, Executor, Limits, Status, SWEEP_INTERVAL};
 use crate::error::ServerError;
 use crate::log::info;
-use crate::models::Server;
-use crate::net::is_fd_exhaustion;
+use crate::net::{is_fd_exhaustion, FD_EXHAUSTION_PAUSE};
 use crate::output::Sink;
 use crate::protocol::Response;
 use crate::refusal::Refusal;
+use crate::server::Server;
 use crate::service::Service;
-use crate::signals::SelfPipe;
+use crate::signals::{self, SelfPipe, SignalAction};
 use crate::slab::Slab;
-
-/// How often connections are checked against their time limits.
-pub const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
 /// One open connection: its socket and its protocol state.
 #[derive(Debug)]
@@ -78,7 +74,7 @@ impl<S: Sink + Read> Clients<S> {
     /// connection cannot reach a newer one in the same slot.
     pub fn admit(&mut self, socket: S, service: &Service, executor: &mut dyn Executor) -> Option<ConnId> {
         if !self.has_room() {
-            refuse(socket, Refusal::Overloaded, service);
+            refuse(socket, Refusal::Overloaded);
             return None;
         }
         let conn = Conn::new(service, self.limits);
@@ -116,8 +112,8 @@ impl<S: Sink + Read> Clients<S> {
         if self.stop_deadline.is_some() {
             return;
         }
-        self.stop_deadline = Some(Instant::now() + crate::signals::STOP_GRACE);
-        crate::signals::log_stopping(self.open.len());
+        self.stop_deadline = Some(Instant::now() + signals::STOP_GRACE);
+        signals::log_stopping(self.open.len());
         let ids: Vec<ConnId> = self.open.iter().map(|(id, _)| id).collect();
         for id in ids {
             if let Some(client) = self.open.get_mut(id) {
@@ -128,10 +124,10 @@ impl<S: Sink + Read> Clients<S> {
     }
 
     /// Acts on a signal: clear the cache, or begin a graceful stop.
-    pub fn on_signal(&mut self, request: crate::signals::Request, service: &Service, executor: &mut dyn Executor) {
-        match request {
-            crate::signals::Request::ClearCache => crate::signals::clear_cache(service),
-            crate::signals::Request::Stop => self.begin_stop(service, executor),
+    pub fn on_signal(&mut self, action: SignalAction, service: &Service, executor: &mut dyn Executor) {
+        match action {
+            SignalAction::ClearCache => signals::clear_cache(service),
+            SignalAction::Stop => self.begin_stop(service, executor),
         }
     }
 
@@ -202,11 +198,6 @@ impl<S: Sink + Read> Clients<S> {
     pub fn len(&self) -> usize {
         self.open.len()
     }
-
-    /// True when no connection is open.
-    pub fn is_empty(&self) -> bool {
-        self.open.is_empty()
-    }
 }
 
 impl Clients<TcpStream> {
@@ -217,7 +208,7 @@ impl Clients<TcpStream> {
         let signal_pipe = SelfPipe::install().map_err(ServerError::io("cannot install signal handlers"))?;
         server.announce()?;
         server.listener.set_nonblocking(true).map_err(ServerError::io("cannot make the listener non-blocking"))?;
-        Ok((signal_pipe, Clients::new(server.max_conns, server.limits)))
+        Ok((signal_pipe, Clients::new(server.max_open_conns, server.limits)))
     }
 
     /// Accepts every pending connection on a non-blocking listener. `fits`
@@ -254,18 +245,11 @@ impl Clients<TcpStream> {
                 }
             };
             if !fits(stream.as_raw_fd()) {
-                refuse(stream, Refusal::Overloaded, service);
+                refuse(stream, Refusal::Overloaded);
                 continue;
             }
             admitted.extend(self.admit(stream, service, executor));
         }
         admitted
     }
-}
-
-/// Tells a connection the server will not serve it, without waiting on it:
-/// one non-blocking write attempt, then close.
-pub fn refuse<S: Sink + Read>(mut socket: S, refusal: Refusal, service: &Service) {
-    let mut conn = Conn::refused(refusal);
-    conn.advance(&mut socket, service, &mut crate::conn::Inline, 0);
 }

@@ -1,24 +1,54 @@
-//! Everything a server run is configured with, and the defaults.
+//! Everything a server run is configured with, and every default, once.
 //!
-//! The `server` binary turns its flags into a [`Config`]; tests and the
-//! benchmark only ever go through those flags.
+//! The `server` binary's flags, [`Config::default`], the connection limits
+//! and the parser limits all take their defaults from [`defaults`], so a
+//! default is written in one place. Tests and the benchmark only ever go
+//! through the flags.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
-/// Which server design runs (DESIGN section 4); see [`crate::models`].
+/// The default of every setting (`server --help` shows them).
+pub mod defaults {
+    use std::time::Duration;
+
+    /// Port to listen on.
+    pub const PORT: u16 = 7070;
+    /// Byte budget of the file cache.
+    pub const CACHE_BYTES: u64 = 64 << 20;
+    /// Largest file kept in the cache.
+    pub const CACHE_MAX_FILE_BYTES: u64 = 1 << 20;
+    /// Connections served at once.
+    pub const MAX_CONNS: usize = 10_000;
+    /// Reader threads of the asynchronous models.
+    pub const READERS: usize = 16;
+    /// Longest request line accepted.
+    pub const MAX_LINE_BYTES: usize = 4096;
+    /// Longest HTTP head accepted.
+    pub const MAX_HEAD_BYTES: usize = 8192;
+    /// A request must arrive complete within this time of its first byte.
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+    /// An idle keep-alive connection is closed after this.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+    /// A response that makes no write progress this long is dropped.
+    pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+}
+
+/// Which server design runs; see [`crate::models`] and `docs/design.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Model {
     /// Stage 1: one client at a time, blocking accept and reads.
     Iterative,
     /// Stage 1b: a process per connection (fork after accept).
     Fork,
-    /// Stage 1c: N processes forked at start-up share the listener (--threads N).
+    /// Stage 1c: N processes forked at start-up share the listener (--workers N).
     Prefork,
     /// Stage 1d: a thread per connection.
     Threads,
-    /// Stage 1e: N pre-spawned threads take connections from a queue (--threads N).
+    /// Stage 1e: N pre-spawned threads take connections from a queue (--workers N).
     Pool,
     /// Stage 2: select(2) over non-blocking sockets (at most FD_SETSIZE fds).
     Select,
@@ -35,6 +65,22 @@ pub enum Model {
 }
 
 impl Model {
+    /// Every model, in the order of the stages: the one list tests, the
+    /// benchmark and the docs take the models from.
+    pub const ALL: [Model; 11] = [
+        Model::Iterative,
+        Model::Fork,
+        Model::Prefork,
+        Model::Threads,
+        Model::Pool,
+        Model::Select,
+        Model::Poll,
+        Model::Event,
+        Model::EventAsync,
+        Model::EventAio,
+        Model::Uring,
+    ];
+
     /// The name `--model` takes.
     pub fn name(self) -> &'static str {
         match self {
@@ -51,9 +97,57 @@ impl Model {
             Model::Uring => "uring",
         }
     }
+
+    /// Whether the model serves several clients at once (all but `iterative`).
+    pub fn is_concurrent(self) -> bool {
+        self != Model::Iterative
+    }
+
+    /// Whether file reads leave the loop thread free (stage 4).
+    pub fn reads_asynchronously(self) -> bool {
+        matches!(self, Model::EventAsync | Model::EventAio | Model::Uring)
+    }
+
+    /// What `--workers N` counts for this model; `None` for models that
+    /// take no such number.
+    pub fn workers(self) -> Option<Workers> {
+        match self {
+            Model::Event | Model::EventAsync | Model::EventAio | Model::Uring => Some(Workers::EventLoops),
+            Model::Prefork => Some(Workers::Processes),
+            Model::Pool => Some(Workers::PoolThreads),
+            Model::Iterative | Model::Fork | Model::Threads | Model::Select | Model::Poll => None,
+        }
+    }
 }
 
-/// What the server answers (DESIGN section 3).
+/// What `--workers N` counts, which depends on the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// Event loops, each on its own `SO_REUSEPORT` listener (default 1).
+    EventLoops,
+    /// Worker processes sharing the listener (default: one per core).
+    Processes,
+    /// Threads of the connection pool (default: one per core).
+    PoolThreads,
+}
+
+impl Workers {
+    /// How many when `--workers` is not given.
+    pub fn default_count(self) -> usize {
+        match self {
+            Workers::EventLoops => 1,
+            Workers::Processes | Workers::PoolThreads => cores(),
+        }
+    }
+}
+
+impl fmt::Display for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the server answers (`docs/assignment.md` has the protocols).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ServiceKind {
     /// Serve files from the root: the line is a path.
@@ -96,13 +190,14 @@ pub struct Config {
     pub cache_max_file_bytes: u64,
     /// Simulated storage latency added to every read that misses the cache.
     pub read_delay: Duration,
-    /// Connections served at once; more are refused with 503.
+    /// Connections served at once (`--max-conns`); more are refused with 503.
+    /// The server may lower it to what the open-file limit allows.
     pub max_conns: usize,
     /// Reader threads of `event-async` (and of the other async models' fib work).
     pub readers: usize,
-    /// Loops (event models), processes (prefork) or threads (pool); each
-    /// model has its own default when unset.
-    pub threads: Option<usize>,
+    /// `--workers N`: event loops, worker processes or pool threads, as
+    /// [`Model::workers`] says; `None` takes the model's default.
+    pub workers: Option<usize>,
     /// Longest request line accepted.
     pub max_line_bytes: usize,
     /// Longest HTTP head accepted.
@@ -123,32 +218,30 @@ impl Default for Config {
             model: Model::Event,
             service: ServiceKind::File,
             addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            port: 7070,
+            port: defaults::PORT,
             root: PathBuf::from("."),
             allow_hidden: false,
-            cache_bytes: 64 * 1024 * 1024,
-            cache_max_file_bytes: 1024 * 1024,
+            cache_bytes: defaults::CACHE_BYTES,
+            cache_max_file_bytes: defaults::CACHE_MAX_FILE_BYTES,
             read_delay: Duration::ZERO,
-            max_conns: 10_000,
-            readers: 16,
-            threads: None,
-            max_line_bytes: 4096,
-            max_head_bytes: 8192,
-            request_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(15),
-            write_timeout: Duration::from_secs(30),
+            max_conns: defaults::MAX_CONNS,
+            readers: defaults::READERS,
+            workers: None,
+            max_line_bytes: defaults::MAX_LINE_BYTES,
+            max_head_bytes: defaults::MAX_HEAD_BYTES,
+            request_timeout: defaults::REQUEST_TIMEOUT,
+            idle_timeout: defaults::IDLE_TIMEOUT,
+            write_timeout: defaults::WRITE_TIMEOUT,
             quiet: false,
         }
     }
 }
 
-/// Parses a duration in seconds, fractions allowed (`10`, `0.5`).
-pub fn parse_seconds(text: &str) -> Result<Duration, String> {
-    text.trim()
-        .parse::<f64>()
-        .ok()
-        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-        .ok_or_else(|| format!("{text:?} is not a number of seconds (try 10 or 0.5)"))
+impl Config {
+    /// How many workers (`--workers`) this run uses: the flag, or the model's default.
+    pub fn workers(&self) -> usize {
+        self.workers.or(self.model.workers().map(Workers::default_count)).unwrap_or(1)
+    }
 }
 
 /// The number of CPU cores: the default for prefork's processes and pool's threads.
@@ -156,35 +249,101 @@ pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-/// Parses a byte size such as `4096`, `64KiB`, `64MiB`, `1G` or `2GB`
-/// (binary multiples: K = KiB = 1024).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let number: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size (try 4096 or 64MiB)"))?;
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB or GiB)")),
-    };
-    number.checked_mul(multiplier).ok_or_else(|| format!("{text:?} is too large"))
+/// A size in bytes, written and read with binary suffixes (`4096`, `64KiB`,
+/// `64MiB`, `1G`, `2GB`; K = KiB = 1024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<ByteSize, String> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let number: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size (try 4096 or 64MiB)"))?;
+        let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "m" | "mb" | "mib" => 1 << 20,
+            "g" | "gb" | "gib" => 1 << 30,
+            other => return Err(format!("unknown size unit {other:?} (use KiB, MiB or GiB)")),
+        };
+        number.checked_mul(multiplier).map(ByteSize).ok_or_else(|| format!("{text:?} is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    /// The largest binary unit that divides the size exactly: `64MiB`, `4KiB`, `1000`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let units = [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+        match units.iter().find(|(unit, _)| self.0 >= *unit && self.0.is_multiple_of(*unit)) {
+            Some((unit, name)) => write!(f, "{}{name}", self.0 / unit),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+/// A duration written and read in seconds, fractions allowed (`10`, `0.5`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(pub Duration);
+
+impl FromStr for Seconds {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Seconds, String> {
+        text.trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+            .map(Seconds)
+            .ok_or_else(|| format!("{text:?} is not a number of seconds (try 10 or 0.5)"))
+    }
+}
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.as_secs_f64())
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::*;
+
+    fn size(text: &str) -> Result<u64, String> {
+        text.parse::<ByteSize>().map(|size| size.0)
+    }
 
     #[test]
-    fn sizes_accept_binary_suffixes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_size("1k"), Ok(1024));
-        assert_eq!(parse_size("2 GB"), Ok(2 << 30));
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("5XB").is_err());
-        assert!(parse_size("99999999999999G").is_err());
+    fn sizes_accept_binary_suffixes_and_print_back() {
+        assert_eq!(size("4096"), Ok(4096));
+        assert_eq!(size("64MiB"), Ok(64 << 20));
+        assert_eq!(size("1k"), Ok(1024));
+        assert_eq!(size("2 GB"), Ok(2 << 30));
+        assert!(size("lots").is_err());
+        assert!(size("5XB").is_err());
+        assert!(size("99999999999999G").is_err());
+        for text in ["64MiB", "4KiB", "1000", "3GiB", "0"] {
+            assert_eq!(text.parse::<ByteSize>().unwrap().to_string(), text);
+        }
+    }
+
+    #[test]
+    fn seconds_accept_fractions() {
+        assert_eq!("0.5".parse::<Seconds>(), Ok(Seconds(Duration::from_millis(500))));
+        assert_eq!(Seconds(defaults::IDLE_TIMEOUT).to_string(), "15");
+        assert!("soon".parse::<Seconds>().is_err());
+        assert!("-1".parse::<Seconds>().is_err());
+    }
+
+    #[test]
+    fn every_model_is_listed_once_and_named_as_clap_spells_it() {
+        use clap::ValueEnum;
+        assert_eq!(Model::ALL.len(), Model::value_variants().len());
+        for model in Model::ALL {
+            let spelled = model.to_possible_value().expect("every model is selectable");
+            assert_eq!(spelled.get_name(), model.name());
+        }
     }
 }

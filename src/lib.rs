@@ -26,33 +26,50 @@
 //! * [`cache`]: the byte-budgeted LRU that `SIGHUP` clears;
 //! * [`service`]: a request to a [`Plan`](service::Plan): a ready response, or blocking work;
 //! * [`conn`]: the per-connection state machine every loop drives;
+//! * [`output`]: the bytes owed to a client, written with `writev` and `sendfile`;
+//! * [`server`]: what every model starts from (listener, service, limits);
 //! * [`clients`]: the connection table the readiness loops share ([`slab`]);
 //! * [`backend`]: where an event loop's blocking work runs, and how completions return;
+//! * [`fan_out`]: `--workers N` event loops on one port;
 //! * [`blocking`] and [`process`]: what the thread and process models share;
 //! * [`signals`]: `SIGHUP` and graceful stop, for every kind of model.
 //!
-//! The guide in `docs/` walks through the stages in order, one chapter each.
+//! `docs/design.md` draws how these layers depend on each other and follows
+//! one request through them; the guide in `docs/guide/` walks through the
+//! stages in order, one chapter each.
 //!
-//! The `server` binary turns flags into a [`Config`](config::Config) and calls [`models::run`].
+//! The `server` binary turns flags into a [`Config`] and calls [`run`].
+//! Everything else is private to the crate: read it with
+//! `cargo doc --document-private-items`.
 
 #![deny(missing_docs)]
+// The kit is read with `cargo doc --document-private-items` (its lessons are
+// the private modules), so the crate docs link to private items on purpose.
+#![allow(rustdoc::private_intra_doc_links)]
 
-pub mod backend;
-pub mod blocking;
-pub mod cache;
-pub mod clients;
+mod backend;
+mod blocking;
+mod cache;
+mod clients;
 pub mod config;
-pub mod conn;
-pub mod error;
-pub mod log;
-pub mod models;
-pub mod net;
-pub mod output;
-pub mod process;
-pub mod protocol;
-pub mod refusal;
-pub mod sandbox;
-pub mod service;
-pub mod signals;
-pub mod slab;
-pub mod thread_pool;
+mod conn;
+mod error;
+mod fan_out;
+mod log;
+mod models;
+mod net;
+mod output;
+mod process;
+mod protocol;
+mod refusal;
+mod sandbox;
+mod server;
+mod service;
+mod signals;
+mod slab;
+mod thread_pool;
+
+pub use config::{Config, Model, ServiceKind};
+pub use error::ServerError;
+pub use log::write_line;
+pub use models::run;

@@ -61,6 +61,9 @@ pub fn connection_capacity() -> usize {
     usize::try_from(soft - reserved).unwrap_or(usize::MAX).max(1)
 }
 
+/// How long to stop accepting when the process is out of file descriptors.
+pub const FD_EXHAUSTION_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// True for accept errors that mean "out of file descriptors": the server
 /// should pause accepting and keep serving, not exit.
 pub fn is_fd_exhaustion(err: &io::Error) -> bool {

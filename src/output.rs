@@ -64,6 +64,12 @@ pub enum Flushed {
 pub struct Output {
     pieces: VecDeque<Piece>,
     queued_bytes: u64,
+    /// Whether `TCP_NODELAY` has been set on the socket. A streamed file
+    /// leaves in two writes (the head by `writev`, the body by `sendfile`),
+    /// and Nagle's algorithm would hold the body's last small segment back
+    /// for the client's delayed ACK (40 ms). A response sent in one `writev`
+    /// never waits, so most connections never pay for the `setsockopt`.
+    nodelay_set: bool,
 }
 
 impl Output {
@@ -112,6 +118,11 @@ impl Output {
         while let Some(front) = self.pieces.front_mut() {
             let written = match front {
                 Piece::File { file, offset, len } => {
+                    if !self.nodelay_set {
+                        // Not a TCP socket (a test's socket pair): nothing to set.
+                        let _ = rustix::net::sockopt::set_tcp_nodelay(sink.as_fd(), true);
+                        self.nodelay_set = true;
+                    }
                     let want = (*len - *offset).min(SENDFILE_CHUNK_BYTES as u64) as usize;
                     match rustix::fs::sendfile(sink.as_fd(), &*file, Some(offset), want) {
                         // The file shrank after it was opened: the promised

@@ -19,7 +19,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 
 use crate::error::ServerError;
-use crate::signals::Request;
+use crate::signals::{self, SignalAction};
 
 /// Every signal the parent blocks: pass it to [`fork_child`] to keep them
 /// all blocked until the child has its own handlers, then [`unblock_all`].
@@ -39,7 +39,7 @@ fn parent_signals() -> SigSet {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Arrived {
     /// Cache clears and stops asked for, in order.
-    pub requests: Vec<Request>,
+    pub actions: Vec<SignalAction>,
     /// A child exited: reap.
     pub child_exited: bool,
 }
@@ -73,7 +73,7 @@ impl ParentSignals {
         while let Ok(Some(info)) = self.fd.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGCHLD) => arrived.child_exited = true,
-                Ok(signal) => arrived.requests.extend(crate::signals::request_for(signal as i32)),
+                Ok(signal) => arrived.actions.extend(signals::action_for(signal as i32)),
                 Err(_) => {}
             }
         }

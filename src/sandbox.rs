@@ -97,7 +97,8 @@ impl Root {
     }
 
     /// The resolver in use.
-    pub fn resolver(&self) -> Resolver {
+    #[cfg(test)]
+    fn resolver(&self) -> Resolver {
         self.resolver
     }
 
@@ -148,7 +149,8 @@ impl Root {
     }
 
     /// Both checks: the requested path to an open regular file, or a refusal.
-    pub fn resolve(&self, requested: &[u8]) -> Result<OpenFile, Refusal> {
+    #[cfg(test)]
+    fn resolve(&self, requested: &[u8]) -> Result<OpenFile, Refusal> {
         self.open_file(&self.normalize(requested)?)
     }
 }

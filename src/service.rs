@@ -1,5 +1,5 @@
-//! The services (DESIGN section 3) and the one idea that keeps the models
-//! small (DESIGN section 8).
+//! The services (file, time, fib) and the one idea that keeps the models
+//! small: the plan/execute seam (`docs/design.md`).
 //!
 //! [`Service::plan`] answers each parsed request with a [`Plan`]: either a
 //! response that is ready now (an error, a cache hit) or a description of the
@@ -65,11 +65,6 @@ impl Service {
     /// A service of `kind` over `root`, sharing `cache`.
     pub fn new(kind: ServiceKind, root: Root, cache: Arc<FileCache>, read_delay: Duration) -> Service {
         Service { kind, root, cache, read_delay }
-    }
-
-    /// Which service this is.
-    pub fn kind(&self) -> ServiceKind {
-        self.kind
     }
 
     /// The cache (for `SIGHUP`).

@@ -31,7 +31,7 @@ pub const STOP_SIGNALS: [i32; 2] = [SIGINT, SIGTERM];
 
 /// What a signal asks the server to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Request {
+pub enum SignalAction {
     /// `SIGHUP`: drop every cached file.
     ClearCache,
     /// `SIGINT`/`SIGTERM`: stop accepting, finish in-flight responses, exit 0.
@@ -39,10 +39,10 @@ pub enum Request {
 }
 
 /// Maps a raw signal number to what it asks for.
-pub fn request_for(signal: i32) -> Option<Request> {
+pub fn action_for(signal: i32) -> Option<SignalAction> {
     match signal {
-        SIGHUP => Some(Request::ClearCache),
-        SIGINT | SIGTERM => Some(Request::Stop),
+        SIGHUP => Some(SignalAction::ClearCache),
+        SIGINT | SIGTERM => Some(SignalAction::Stop),
         _ => None,
     }
 }
@@ -88,15 +88,15 @@ impl SelfPipe {
     }
 
     /// Empties the pipes and returns what was asked since the last call.
-    pub fn take(&mut self) -> Vec<Request> {
-        let mut requests = Vec::new();
+    pub fn take(&mut self) -> Vec<SignalAction> {
+        let mut actions = Vec::new();
         if drain(&mut self.clear) {
-            requests.push(Request::ClearCache);
+            actions.push(SignalAction::ClearCache);
         }
         if drain(&mut self.stop) {
-            requests.push(Request::Stop);
+            actions.push(SignalAction::Stop);
         }
-        requests
+        actions
     }
 }
 
@@ -117,9 +117,9 @@ pub fn spawn_watcher(service: Arc<Service>, on_stop: impl FnOnce() + Send + 'sta
     std::thread::Builder::new().name("signals".into()).spawn(move || {
         let mut on_stop = Some(on_stop);
         for signal in signals.forever() {
-            match request_for(signal) {
-                Some(Request::ClearCache) => clear_cache(&service),
-                Some(Request::Stop) => {
+            match action_for(signal) {
+                Some(SignalAction::ClearCache) => clear_cache(&service),
+                Some(SignalAction::Stop) => {
                     if let Some(stop) = on_stop.take() {
                         log_stopping(0);
                         stop();

@@ -5,11 +5,31 @@
 //! slot's generation, which changes every time the slot is freed: an event
 //! or a completed read that arrives for a connection already closed carries
 //! an old generation and finds nothing, even if a new connection now
-//! occupies the same slot (DESIGN section 4: "slab tokens, check the
-//! generation").
+//! occupies the same slot (`docs/design.md`, "stale events").
 
-/// Ids below this are never handed out (a loop's own tokens use them).
-const FIRST_ID: usize = 1 << 32;
+/// A slot's index and the generation it had when the value was stored.
+/// Two plain numbers, compared as a pair: no arithmetic that can overflow,
+/// however often a slot is reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SlotId {
+    index: u32,
+    generation: u32,
+}
+
+impl SlotId {
+    /// The id as one number, for an API that carries a `usize` (a mio
+    /// `Token`): the index in the low 32 bits, the generation above. Ids
+    /// of tables below 4 billion slots stay below `usize::MAX - 2^32`, so
+    /// the top few values are free for a loop's own tokens.
+    pub fn to_usize(self) -> usize {
+        (self.generation as usize) << 32 | self.index as usize
+    }
+
+    /// The id [`SlotId::to_usize`] packed.
+    pub fn from_usize(packed: usize) -> SlotId {
+        SlotId { index: packed as u32, generation: (packed >> 32) as u32 }
+    }
+}
 
 /// Slots of `T`, addressed by generation-checked ids.
 #[derive(Debug)]
@@ -32,18 +52,13 @@ impl<T> Default for Slab<T> {
 }
 
 impl<T> Slab<T> {
-    fn id(index: u32, generation: u32) -> usize {
-        FIRST_ID + ((generation as usize) << 32 | index as usize)
-    }
-
-    fn locate(&self, id: usize) -> Option<usize> {
-        let raw = id.checked_sub(FIRST_ID)?;
-        let (index, generation) = (raw as u32 as usize, (raw >> 32) as u32);
-        (self.slots.get(index)?.generation == generation).then_some(index)
+    fn locate(&self, id: SlotId) -> Option<usize> {
+        let index = id.index as usize;
+        (self.slots.get(index)?.generation == id.generation).then_some(index)
     }
 
     /// Stores `value`; returns its id.
-    pub fn insert(&mut self, value: T) -> usize {
+    pub fn insert(&mut self, value: T) -> SlotId {
         self.len += 1;
         let index = match self.free.pop() {
             Some(index) => index,
@@ -54,22 +69,23 @@ impl<T> Slab<T> {
         };
         let slot = &mut self.slots[index as usize];
         slot.value = Some(value);
-        Slab::<T>::id(index, slot.generation)
+        SlotId { index, generation: slot.generation }
     }
 
     /// The value with this id, unless it has been removed.
-    pub fn get(&self, id: usize) -> Option<&T> {
+    pub fn get(&self, id: SlotId) -> Option<&T> {
         self.slots[self.locate(id)?].value.as_ref()
     }
 
     /// The value with this id, mutably.
-    pub fn get_mut(&mut self, id: usize) -> Option<&mut T> {
+    pub fn get_mut(&mut self, id: SlotId) -> Option<&mut T> {
         let index = self.locate(id)?;
         self.slots[index].value.as_mut()
     }
 
-    /// Removes and returns the value; its id never finds anything again.
-    pub fn remove(&mut self, id: usize) -> Option<T> {
+    /// Removes and returns the value; its id never finds anything again
+    /// (until the slot's generation wraps, after 2^32 reuses).
+    pub fn remove(&mut self, id: SlotId) -> Option<T> {
         let index = self.locate(id)?;
         let slot = &mut self.slots[index];
         let value = slot.value.take()?;
@@ -80,16 +96,15 @@ impl<T> Slab<T> {
     }
 
     /// Every value, with its id.
-    pub fn iter(&self) -> impl Iterator<Item = (usize, &T)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(index, slot)| Some((Slab::<T>::id(index as u32, slot.generation), slot.value.as_ref()?)))
+    pub fn iter(&self) -> impl Iterator<Item = (SlotId, &T)> {
+        self.slots.iter().enumerate().filter_map(|(index, slot)| {
+            Some((SlotId { index: index as u32, generation: slot.generation }, slot.value.as_ref()?))
+        })
     }
 
     /// Removes every value for which `keep` says false.
     pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
-        let doomed: Vec<usize> = self.iter().filter(|(_, value)| !keep(value)).map(|(id, _)| id).collect();
+        let doomed: Vec<SlotId> = self.iter().filter(|(_, value)| !keep(value)).map(|(id, _)| id).collect();
         for id in doomed {
             self.remove(id);
         }
@@ -108,13 +123,12 @@ impl<T> Slab<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::Slab;
+    use super::{Slab, SlotId};
 
     #[test]
     fn a_reused_slot_does_not_answer_to_the_old_id() {
         let mut slab = Slab::default();
         let first = slab.insert("first");
-        assert!(first >= 1 << 32, "ids stay clear of a loop's own tokens");
         assert_eq!(slab.remove(first), Some("first"));
         let second = slab.insert("second");
         assert_ne!(first, second, "same slot, new generation");
@@ -124,7 +138,23 @@ mod tests {
         assert_eq!(slab.len(), 1);
         slab.retain(|v| *v != "second");
         assert!(slab.is_empty() && slab.get(second).is_none());
-        assert_eq!(slab.get(12), None);
-        assert_eq!(slab.get(usize::MAX), None);
+        assert_eq!(slab.get(SlotId::from_usize(12)), None);
+        assert_eq!(slab.get(SlotId::from_usize(usize::MAX)), None);
+    }
+
+    #[test]
+    fn one_slot_reused_past_the_generation_limit_neither_panics_nor_leaks() {
+        let mut slab = Slab::default();
+        let mut id = slab.insert(0u64);
+        slab.slots[0].generation = u32::MAX - 2; // as after four billion short connections
+        id = SlotId { generation: u32::MAX - 2, ..id };
+        for round in 1..=5u64 {
+            assert_eq!(slab.remove(id), Some(round - 1));
+            let next = slab.insert(round);
+            assert_eq!(SlotId::from_usize(next.to_usize()), next, "packs and unpacks");
+            assert_eq!(slab.get(id), None);
+            id = next;
+        }
+        assert_eq!((slab.len(), slab.slots.len()), (1, 1));
     }
 }

@@ -40,11 +40,6 @@ impl ThreadPool {
             let _ = jobs.send(Box::new(job));
         }
     }
-
-    /// Number of worker threads.
-    pub fn size(&self) -> usize {
-        self.workers.len()
-    }
 }
 
 fn work(jobs: &Mutex<Receiver<Job>>) {
@@ -77,7 +72,7 @@ mod tests {
     fn every_queued_job_runs_before_drop_returns() {
         let ran = Arc::new(AtomicUsize::new(0));
         let pool = ThreadPool::new("test", 3).unwrap();
-        assert_eq!(pool.size(), 3);
+        assert_eq!(pool.workers.len(), 3);
         for _ in 0..100 {
             let ran = Arc::clone(&ran);
             pool.execute(move || {

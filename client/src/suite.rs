@@ -15,15 +15,18 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use fileserver::Model;
 
 use crate::bench::{self, Plan, Report, Until};
 
 /// Simulated storage latency for the uncached workloads, in milliseconds.
 pub const STORAGE_DELAY_MS: u64 = 10;
-/// The models every table compares (`iterative` serves one connection at a
-/// time, so it cannot take part in a concurrent keep-alive run).
-pub const MODELS: &[&str] =
-    &["fork", "prefork", "threads", "pool", "select", "poll", "event", "event-async", "event-aio", "uring"];
+/// The models every table compares: the server's own list, less
+/// `iterative`, which serves one connection at a time and so cannot take
+/// part in a concurrent keep-alive run.
+pub fn models() -> impl Iterator<Item = &'static str> {
+    Model::ALL.into_iter().filter(|model| model.is_concurrent()).map(Model::name)
+}
 
 /// Workers given to `prefork` and `pool`: one per keep-alive connection of
 /// the table's busiest workload, so the table measures the design, not a
@@ -33,7 +36,7 @@ pub const BLOCKING_WORKERS: usize = 64;
 /// Flags a model needs besides the workload's.
 pub fn model_args(model: &str) -> Vec<String> {
     match model {
-        "prefork" | "pool" => vec!["--threads".into(), BLOCKING_WORKERS.to_string()],
+        "prefork" | "pool" => vec!["--workers".into(), BLOCKING_WORKERS.to_string()],
         _ => Vec::new(),
     }
 }

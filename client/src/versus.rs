@@ -94,7 +94,7 @@ pub fn run(server_bin: &Path, root: &BenchRoot) -> Result<()> {
 }
 
 fn start_ours(server_bin: &Path, root: &BenchRoot, loops: usize) -> Result<ServerProcess> {
-    let args: Vec<String> = ["--quiet", "--threads", &loops.to_string(), "--root", &root.path().display().to_string()]
+    let args: Vec<String> = ["--quiet", "--workers", &loops.to_string(), "--root", &root.path().display().to_string()]
         .iter()
         .map(|s| s.to_string())
         .collect();

@@ -1,4 +1,4 @@
-//! `server`: flags to a [`Config`], then [`models::run`]. No logic lives here.
+//! `server`: flags to a [`Config`], then [`fileserver::run`]. No logic lives here.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -6,8 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use fileserver::config::{parse_seconds, parse_size, Config, Model, ServiceKind};
-use fileserver::models;
+use fileserver::config::{defaults, ByteSize, Config, Model, Seconds, ServiceKind};
 
 /// A small file server that comes in many models, from an iterative loop to
 /// an epoll event loop, for learning and measuring event-based concurrency.
@@ -27,7 +26,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1")]
     addr: IpAddr,
     /// Port to listen on; 0 picks a free one (read it from the `listening on` line).
-    #[arg(long, default_value_t = 7070)]
+    #[arg(long, default_value_t = defaults::PORT)]
     port: u16,
     /// Directory to serve files from; nothing outside it is ever sent.
     #[arg(long, default_value = ".", value_name = "DIR")]
@@ -36,39 +35,39 @@ struct Args {
     #[arg(long)]
     allow_hidden: bool,
     /// Byte budget of the file cache (e.g. 64MiB); 0 disables caching.
-    #[arg(long, default_value = "64MiB", value_parser = parse_size, value_name = "BYTES")]
-    cache_size: u64,
+    #[arg(long, default_value_t = ByteSize(defaults::CACHE_BYTES), value_name = "BYTES")]
+    cache_size: ByteSize,
     /// Largest file kept in the cache; larger files are streamed with sendfile.
-    #[arg(long, default_value = "1MiB", value_parser = parse_size, value_name = "BYTES")]
-    cache_max_file: u64,
+    #[arg(long, default_value_t = ByteSize(defaults::CACHE_MAX_FILE_BYTES), value_name = "BYTES")]
+    cache_max_file: ByteSize,
     /// Simulated storage latency: every read that misses the cache waits this long.
     #[arg(long, default_value_t = 0, value_name = "MS")]
     read_delay_ms: u64,
     /// Most connections served at once; more are refused with 503.
-    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    #[arg(long, default_value_t = defaults::MAX_CONNS, value_name = "N")]
     max_conns: usize,
     /// Reader threads for the asynchronous models' file reads and fib.
-    #[arg(long, default_value_t = 16, value_name = "N")]
+    #[arg(long, default_value_t = defaults::READERS, value_name = "N")]
     readers: usize,
-    /// Event models: loops on SO_REUSEPORT listeners (default 1). prefork:
-    /// processes; pool: threads (default: one per core).
-    #[arg(long, value_name = "N")]
-    threads: Option<usize>,
+    /// Event models: event loops on SO_REUSEPORT listeners (default 1).
+    /// prefork: worker processes; pool: pool threads (default: one per core).
+    #[arg(long, visible_alias = "threads", value_name = "N")]
+    workers: Option<usize>,
     /// Longest request line accepted, in bytes; longer lines get 414.
-    #[arg(long, default_value = "4KiB", value_parser = parse_size, value_name = "BYTES")]
-    max_line: u64,
+    #[arg(long, default_value_t = ByteSize(defaults::MAX_LINE_BYTES as u64), value_name = "BYTES")]
+    max_line: ByteSize,
     /// Longest HTTP head (request line and headers) accepted; longer gets 431.
-    #[arg(long, default_value = "8KiB", value_parser = parse_size, value_name = "BYTES")]
-    max_head: u64,
+    #[arg(long, default_value_t = ByteSize(defaults::MAX_HEAD_BYTES as u64), value_name = "BYTES")]
+    max_head: ByteSize,
     /// Seconds a request may take to arrive after its first byte (slow senders are dropped).
-    #[arg(long, default_value = "10", value_parser = parse_seconds, value_name = "SECS")]
-    request_timeout: Duration,
+    #[arg(long, default_value_t = Seconds(defaults::REQUEST_TIMEOUT), value_name = "SECS")]
+    request_timeout: Seconds,
     /// Seconds an idle keep-alive connection is kept open.
-    #[arg(long, default_value = "15", value_parser = parse_seconds, value_name = "SECS")]
-    idle_timeout: Duration,
+    #[arg(long, default_value_t = Seconds(defaults::IDLE_TIMEOUT), value_name = "SECS")]
+    idle_timeout: Seconds,
     /// Seconds a response may make no write progress before it is dropped.
-    #[arg(long, default_value = "30", value_parser = parse_seconds, value_name = "SECS")]
-    write_timeout: Duration,
+    #[arg(long, default_value_t = Seconds(defaults::WRITE_TIMEOUT), value_name = "SECS")]
+    write_timeout: Seconds,
     /// Log only warnings and cache clears.
     #[arg(long)]
     quiet: bool,
@@ -79,7 +78,7 @@ Examples:
   server --root fixtures                                # event model on 127.0.0.1:7070
   server --model select --service time --port 0         # the homework's stage 2
   server --model event-async --read-delay-ms 100        # slow storage, asynchronous reads
-  server --model prefork --threads 8 --root fixtures    # 8 worker processes
+  server --model prefork --workers 8 --root fixtures    # 8 worker processes
 
 Protocols on the same port: one path per line (`OK <size>` + bytes, or
 `ERR <code> <reason>`), or HTTP/1.1 GET/HEAD (curl, browsers, wrk).
@@ -99,17 +98,17 @@ impl From<Args> for Config {
             port: args.port,
             root: args.root,
             allow_hidden: args.allow_hidden,
-            cache_bytes: args.cache_size,
-            cache_max_file_bytes: args.cache_max_file,
+            cache_bytes: args.cache_size.0,
+            cache_max_file_bytes: args.cache_max_file.0,
             read_delay: Duration::from_millis(args.read_delay_ms),
             max_conns: args.max_conns.max(1),
             readers: args.readers.max(1),
-            threads: args.threads.map(|n| n.max(1)),
-            max_line_bytes: usize::try_from(args.max_line).unwrap_or(usize::MAX),
-            max_head_bytes: usize::try_from(args.max_head).unwrap_or(usize::MAX),
-            request_timeout: args.request_timeout,
-            idle_timeout: args.idle_timeout,
-            write_timeout: args.write_timeout,
+            workers: args.workers.map(|n| n.max(1)),
+            max_line_bytes: usize::try_from(args.max_line.0).unwrap_or(usize::MAX),
+            max_head_bytes: usize::try_from(args.max_head.0).unwrap_or(usize::MAX),
+            request_timeout: args.request_timeout.0,
+            idle_timeout: args.idle_timeout.0,
+            write_timeout: args.write_timeout.0,
             quiet: args.quiet,
         }
     }
@@ -117,10 +116,10 @@ impl From<Args> for Config {
 
 fn main() -> ExitCode {
     let config = Config::from(Args::parse());
-    match models::run(config) {
+    match fileserver::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            fileserver::log::write_line(format_args!("server: {err}"));
+            fileserver::write_line(format_args!("server: {err}"));
             ExitCode::FAILURE
         }
     }

@@ -12,7 +12,8 @@
 //! block every other client while they run. That is deliberate: it is the
 //! "Sync I/O" half of the homework's comparison. The asynchronous models
 //! reuse this very loop ([`run_loop`]) and only change *where the work runs*
-//! by passing another [`Backend`].
+//! by naming another [`Backend`]: `run_loop::<Inline>` here,
+//! `run_loop::<Coalescing<ThreadPoolReads>>` in `event-async`.
 //!
 //! **Cost.** One thread; per client a socket, a `Conn`, and an epoll entry.
 //! Syscalls per cached request: one `epoll_wait` (shared), one `read`,
@@ -27,8 +28,6 @@
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Barrier;
 use std::time::Instant;
 
 use mio::unix::SourceFd;
@@ -39,145 +38,96 @@ use crate::backend::Backend;
 use crate::clients::{Client, Clients};
 use crate::conn::{ConnId, Inline};
 use crate::error::ServerError;
-use crate::models::Server;
-use crate::net;
+use crate::fan_out::{self, Seat};
+use crate::server::Server;
 use crate::service::Service;
-use crate::signals::{self, HANDLED, STOP_SIGNALS};
+use crate::signals;
 
-const LISTENER: Token = Token(0);
-const SIGNALS: Token = Token(1);
-const COMPLETIONS: Token = Token(2);
+// The loop's own tokens, at the top of the range: connections are
+// `Token(id.to_usize())`, and slab ids never come near these.
+const LISTENER: Token = Token(usize::MAX);
+const SIGNALS: Token = Token(usize::MAX - 1);
+const COMPLETIONS: Token = Token(usize::MAX - 2);
 
 /// Events taken from the kernel per `epoll_wait`.
 const EVENTS_PER_WAIT: usize = 1024;
 
 /// Runs the `event` model: the loop below with blocking work inline.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    run_loop(server, |_registry, _token| Ok(Inline))
+    run_loop::<Inline>(server)
 }
 
 /// The mio event loop, shared by `event`, `event-async`, `event-aio` and
-/// `uring`; they differ only in the backend `make_backend` builds. It is
-/// given the registry and the token under which to register whatever
-/// source announces completed work.
-///
-/// With `--threads N`, N such loops run on N threads, each with its own
-/// `SO_REUSEPORT` listener on the same port (the kernel spreads new
-/// connections across them), its own backend, and the one shared service
-/// and cache. Only the first loop handles `SIGHUP`, so the cache is cleared
-/// (and logged) once; every loop handles `SIGINT`/`SIGTERM`.
-pub fn run_loop<B: Backend>(
-    server: Server,
-    make_backend: impl Fn(&Registry, Token) -> io::Result<B> + Sync,
-) -> Result<(), ServerError> {
-    let loops = server.config.threads.unwrap_or(1);
-    let local = server.listener.local_addr().map_err(ServerError::io("cannot read the bound address"))?;
-    let extra_listeners: Vec<TcpListener> = (1..loops).map(|_| net::listen(local, true)).collect::<Result<_, _>>()?;
-    let start = StartLine { ready: Barrier::new(loops), failed: AtomicBool::new(false) };
-    std::thread::scope(|scope| {
-        let others: Vec<_> = extra_listeners
-            .iter()
-            .enumerate()
-            .map(|(i, listener)| {
-                let (server, start, make_backend) = (&server, &start, &make_backend);
-                scope.spawn(move || one_loop(server, listener, i + 1, start, make_backend))
-            })
-            .collect();
-        let first = one_loop(&server, &server.listener, 0, &start, &make_backend);
-        others.into_iter().map(|other| other.join().expect("an event loop panicked")).fold(first, Result::and)
-    })
+/// `uring`; they differ only in the backend `B`. With `--workers N`,
+/// [`fan_out`] runs N of these loops.
+pub fn run_loop<B: Backend>(server: Server) -> Result<(), ServerError> {
+    fan_out::run_workers(&server, serve::<B>)
 }
 
-/// Lets every loop finish its set-up before the server announces itself.
-struct StartLine {
-    ready: Barrier,
-    failed: AtomicBool,
-}
-
-/// One event loop: loop `index` of `--threads`, on `listener`.
-fn one_loop<B: Backend>(
-    server: &Server,
-    listener: &TcpListener,
-    index: usize,
-    start: &StartLine,
-    make_backend: &(impl Fn(&Registry, Token) -> io::Result<B> + Sync),
-) -> Result<(), ServerError> {
+/// One event loop, accepting on its seat's listener until stopped.
+fn serve<B: Backend>(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
+    let listener = seat.listener;
     let set_up = || -> io::Result<_> {
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
         listener.set_nonblocking(true)?;
         registry.register(&mut SourceFd(&listener.as_raw_fd()), LISTENER, Interest::READABLE)?;
-        let handled: &[i32] = if index == 0 { &HANDLED } else { &STOP_SIGNALS };
-        let mut signals = Signals::new(handled)?;
+        let mut signals = Signals::new(seat.signals())?;
         registry.register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let backend = make_backend(&registry, COMPLETIONS)?;
+        let backend = B::open(server, &registry, COMPLETIONS)?;
         Ok((poll, registry, signals, backend))
     };
-    let ready = set_up();
-    if ready.is_err() {
-        start.failed.store(true, Ordering::SeqCst);
-    }
-    start.ready.wait();
-    let (mut poll, registry, mut signals, mut backend) =
-        ready.map_err(ServerError::io("cannot set up the event loop"))?;
-    if start.failed.load(Ordering::SeqCst) {
-        return Ok(()); // another loop failed and reports why
-    }
-    if index == 0 {
-        server.announce()?;
-    }
-    let Server { service, limits, max_conns, config, .. } = server;
-    let loops = config.threads.unwrap_or(1);
-
-    let mut clients = Clients::new(max_conns.div_ceil(loops), *limits);
+    let Some((mut poll, registry, mut signals, mut backend)) = seat.take_place(set_up())? else {
+        return Ok(()); // another loop failed to start, and says why
+    };
+    let service = &server.service;
+    let mut clients = Clients::new(seat.max_open_conns(), server.limits);
     let mut events = Events::with_capacity(EVENTS_PER_WAIT);
     let mut done = Vec::new();
     while !clients.should_exit() {
-        let timeout =
-            [clients.wait_timeout(), backend.next_deadline().map(|at| at.saturating_duration_since(Instant::now()))]
-                .into_iter()
-                .flatten()
-                .min();
+        // 1. Wait for events (or until a timer of the table or the backend is due).
+        let backend_due = backend.next_deadline().map(|at| at.saturating_duration_since(Instant::now()));
+        let timeout = [clients.wait_timeout(), backend_due].into_iter().flatten().min();
         match poll.poll(&mut events, timeout) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(ServerError::io("epoll_wait")(err)),
         }
+
+        // 2. Handle each ready source.
         for event in events.iter() {
             match event.token() {
                 LISTENER if clients.is_accepting() => accept(listener, &mut clients, service, &mut backend, &registry),
                 LISTENER => {}
                 SIGNALS => {
-                    for signal in signals.pending() {
-                        if let Some(request) = signals::request_for(signal) {
-                            clients.on_signal(request, service, &mut backend);
-                        }
+                    for action in signals.pending().filter_map(signals::action_for) {
+                        clients.on_signal(action, service, &mut backend);
                     }
                     if clients.is_stopping() {
                         let _ = registry.deregister(&mut SourceFd(&listener.as_raw_fd()));
                     }
                 }
-                COMPLETIONS => {}
-                Token(id) => {
-                    if event.is_read_closed() {
-                        if let Some(client) = clients.get_mut(id) {
-                            client.conn.note_peer_hung_up();
-                        }
-                    }
+                COMPLETIONS => {} // collected below, every turn
+                Token(packed) => {
+                    let id = ConnId::from_usize(packed);
                     clients.advance(id, service, &mut backend);
                     update_interest(&registry, &mut clients, id);
                 }
             }
         }
-        // Completions are collected every turn, not only on their event, so
-        // that a delayed completion due now is not missed.
+
+        // 3. Resume connections whose work finished elsewhere. Collected
+        // every turn, not only on their event, so that a delayed
+        // completion due now is not missed.
         backend.completed(&mut done);
         for (id, response) in done.drain(..) {
             clients.complete(id, response, service, &mut backend);
             update_interest(&registry, &mut clients, id);
         }
+
+        // 4. Housekeeping: time limits, and accepts paused for lack of fds
+        // (no event will announce that some were freed).
         clients.close_expired();
-        // Out of fds earlier: no event will announce that some were freed.
         if clients.is_accept_paused() && clients.is_accepting() {
             accept(listener, &mut clients, service, &mut backend, &registry);
         }
@@ -196,7 +146,7 @@ fn accept(
         let Some(client) = clients.get_mut(id) else { continue };
         let fd = client.socket.as_raw_fd();
         client.writable_registered = client.conn.wants_write();
-        if registry.register(&mut SourceFd(&fd), Token(id), interest(client)).is_err() {
+        if registry.register(&mut SourceFd(&fd), Token(id.to_usize()), interest(client)).is_err() {
             // Cannot watch it: drop it rather than leave it hanging.
             clients.remove(id);
         }
@@ -220,7 +170,7 @@ fn update_interest(registry: &Registry, clients: &mut Clients<TcpStream>, id: Co
     }
     client.writable_registered = client.conn.wants_write();
     let fd = client.socket.as_raw_fd();
-    if registry.reregister(&mut SourceFd(&fd), Token(id), interest(client)).is_err() {
+    if registry.reregister(&mut SourceFd(&fd), Token(id.to_usize()), interest(client)).is_err() {
         clients.remove(id);
     }
 }

@@ -32,22 +32,17 @@
 use std::io;
 use std::os::fd::AsRawFd;
 
-use mio::Interest;
+use mio::{Interest, Registry, Token};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::backend::{Coalescing, KernelBackend, KernelReads, PendingRead, PoolBackend};
+use crate::backend::{Coalescing, KernelBackend, KernelReads, PendingRead};
 use crate::error::ServerError;
-use crate::models::{event, Server};
+use crate::models::event;
+use crate::server::Server;
 
 /// Runs the `event-aio` model: the mio loop with reads by `aio_read`.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    let readers = server.config.readers;
-    event::run_loop(server, |registry, token| {
-        let mut completion_signal = Signals::new([aio_signal()])?;
-        registry.register(&mut completion_signal, token, Interest::READABLE)?;
-        let kernel = PosixAio { completion_signal, pending: Vec::new() };
-        Ok(Coalescing::new(KernelBackend::new(kernel, PoolBackend::new(readers, registry, token)?)))
-    })
+    event::run_loop::<Coalescing<KernelBackend<PosixAio>>>(server)
 }
 
 /// The realtime signal glibc raises when a read completes. The first few
@@ -57,12 +52,19 @@ fn aio_signal() -> i32 {
 }
 
 /// Reads in flight through POSIX AIO.
-struct PosixAio {
+pub struct PosixAio {
     completion_signal: Signals,
     pending: Vec<(AioRead, PendingRead)>,
 }
 
 impl KernelReads for PosixAio {
+    /// Completions arrive as a realtime signal, read through the loop's poll.
+    fn open(registry: &Registry, token: Token) -> io::Result<PosixAio> {
+        let mut completion_signal = Signals::new([aio_signal()])?;
+        registry.register(&mut completion_signal, token, Interest::READABLE)?;
+        Ok(PosixAio { completion_signal, pending: Vec::new() })
+    }
+
     fn submit(&mut self, mut read: PendingRead) -> Result<(), (PendingRead, io::Error)> {
         let fd = read.file().as_raw_fd();
         let (buffer, offset) = read.unfilled();

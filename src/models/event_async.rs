@@ -22,12 +22,12 @@
 //! server --model event-async --root fixtures --read-delay-ms 100
 //! ```
 
-use crate::backend::{Coalescing, PoolBackend};
+use crate::backend::{Coalescing, ThreadPoolReads};
 use crate::error::ServerError;
-use crate::models::{event, Server};
+use crate::models::event;
+use crate::server::Server;
 
 /// Runs the `event-async` model: the mio loop with reads on a thread pool.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    let readers = server.config.readers;
-    event::run_loop(server, |registry, token| Ok(Coalescing::new(PoolBackend::new(readers, registry, token)?)))
+    event::run_loop::<Coalescing<ThreadPoolReads>>(server)
 }

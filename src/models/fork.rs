@@ -26,19 +26,20 @@ use std::sync::Arc;
 use nix::sys::signal::Signal;
 use rustix::event::{PollFd, PollFlags};
 
-use crate::blocking::{LiveConnections, FD_EXHAUSTION_PAUSE};
+use crate::blocking::LiveConnections;
+use crate::conn::refuse;
 use crate::error::ServerError;
-use crate::models::Server;
-use crate::net::is_fd_exhaustion;
+use crate::net::{is_fd_exhaustion, FD_EXHAUSTION_PAUSE};
 use crate::process::{self, ParentSignals};
 use crate::refusal::Refusal;
-use crate::signals::{self, Request};
+use crate::server::Server;
+use crate::signals::{self, SignalAction};
 
 /// Forks a process for every connection until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
     let mut parent_signals = ParentSignals::block()?;
     server.announce()?;
-    let Server { listener, service, limits, max_conns, .. } = &server;
+    let Server { listener, service, limits, max_open_conns, .. } = &server;
     listener.set_nonblocking(true).map_err(ServerError::io("cannot make the listener non-blocking"))?;
     let mut children = HashSet::new();
     loop {
@@ -51,11 +52,11 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         }
         let arrived = parent_signals.take();
         process::reap(&mut children);
-        if arrived.requests.contains(&Request::ClearCache) {
+        if arrived.actions.contains(&SignalAction::ClearCache) {
             signals::clear_cache(service);
             process::signal_all(&children, Signal::SIGHUP);
         }
-        if arrived.requests.contains(&Request::Stop) {
+        if arrived.actions.contains(&SignalAction::Stop) {
             signals::log_stopping(children.len());
             process::signal_all(&children, Signal::SIGTERM);
             process::wait_for_children(&mut parent_signals, &mut children);
@@ -71,8 +72,8 @@ pub fn run(server: Server) -> Result<(), ServerError> {
                 }
                 Err(_) => continue,
             };
-            if children.len() >= *max_conns {
-                crate::clients::refuse(stream, Refusal::Overloaded, service);
+            if children.len() >= *max_open_conns {
+                refuse(stream, Refusal::Overloaded);
                 continue;
             }
             // The child: one connection, served with blocking calls; its
@@ -84,7 +85,9 @@ pub fn run(server: Server) -> Result<(), ServerError> {
                     return;
                 }
                 process::unblock_all();
-                live.serve_here(stream, service, *limits);
+                if let Some(connection) = live.admit(stream, 1) {
+                    connection.serve(service, *limits);
+                }
             })?;
             // The parent's copy of the socket is dropped (closed) here.
             children.insert(pid);

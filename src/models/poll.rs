@@ -23,7 +23,7 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use crate::clients::Clients;
 use crate::conn::{ConnId, Inline};
 use crate::error::ServerError;
-use crate::models::Server;
+use crate::server::Server;
 
 /// Serves every client from one thread with `poll(2)` until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
@@ -76,8 +76,8 @@ pub fn run(server: Server) -> Result<(), ServerError> {
             .collect();
         drop(watched);
 
-        for request in signal_pipe.take() {
-            clients.on_signal(request, service, &mut Inline);
+        for action in signal_pipe.take() {
+            clients.on_signal(action, service, &mut Inline);
         }
         for id in ready {
             clients.advance(id, service, &mut Inline);

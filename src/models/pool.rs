@@ -19,12 +19,11 @@
 
 use crate::blocking::dispatch_connections;
 use crate::error::ServerError;
-use crate::models::Server;
+use crate::server::Server;
 use crate::thread_pool::ThreadPool;
 
 /// Serves connections on a fixed pool of threads until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    let workers = server.config.threads.unwrap_or_else(crate::config::cores);
-    let pool = ThreadPool::new("conn", workers).map_err(ServerError::io("cannot start the thread pool"))?;
+    let pool = ThreadPool::new("conn", server.workers).map_err(ServerError::io("cannot start the thread pool"))?;
     dispatch_connections(&server, |serve_connection| pool.execute(serve_connection))
 }

@@ -20,36 +20,34 @@
 //! ```
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use crate::blocking::{accept_until_stopped, LiveConnections};
+use crate::blocking::StoppableAcceptor;
 use crate::error::ServerError;
-use crate::log::info;
-use crate::models::Server;
+use crate::log::{always, info};
 use crate::process::{self, ParentSignals};
-use crate::signals::Request;
+use crate::server::Server;
+use crate::signals::{self, SignalAction};
 
 /// Forks the workers and supervises them until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
     let mut parent_signals = ParentSignals::block()?;
-    let workers = server.config.threads.unwrap_or_else(crate::config::cores);
     let mut children = HashSet::new();
-    for _ in 0..workers {
+    for _ in 0..server.workers {
         children.insert(spawn_worker(&server)?);
     }
     server.announce()?;
     loop {
         let arrived = parent_signals.wait(None);
-        if arrived.requests.contains(&Request::Stop) {
-            crate::signals::log_stopping(children.len());
+        if arrived.actions.contains(&SignalAction::Stop) {
+            signals::log_stopping(children.len());
             process::signal_all(&children, Signal::SIGTERM);
             process::wait_for_children(&mut parent_signals, &mut children);
             return Ok(());
         }
-        if arrived.requests.contains(&Request::ClearCache) {
+        if arrived.actions.contains(&SignalAction::ClearCache) {
             process::signal_all(&children, Signal::SIGHUP);
         }
         if arrived.child_exited {
@@ -63,22 +61,16 @@ pub fn run(server: Server) -> Result<(), ServerError> {
 }
 
 /// One worker: the iterative server on the shared listener, with its own
-/// signal handling (installed before its signals are unblocked, so a
-/// forwarded signal is never lost or fatal).
+/// signal watcher, installed before its signals are unblocked, so that a
+/// forwarded signal is never lost or fatal.
 fn spawn_worker(server: &Server) -> Result<Pid, ServerError> {
-    // Keep every signal blocked until the worker's handlers exist.
-    process::fork_child(&process::ALL_BLOCKED, || {
-        let live = Arc::new(LiveConnections::default());
-        let Server { service, limits, .. } = server;
-        let unblock = || {
+    process::fork_child(&process::ALL_BLOCKED, || match StoppableAcceptor::install(server) {
+        Ok(acceptor) => {
             process::unblock_all();
-            Ok(())
-        };
-        let served = accept_until_stopped(server, &live, unblock, |stream| {
-            live.serve_here(stream, service, *limits);
-        });
-        if let Err(err) = served {
-            crate::log::always!("server: worker {}: {err}", std::process::id());
+            while let Some(connection) = acceptor.accept(1) {
+                connection.serve(&server.service, server.limits);
+            }
         }
+        Err(err) => always!("server: worker {}: {err}", std::process::id()),
     })
 }

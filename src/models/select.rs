@@ -29,7 +29,7 @@ use std::time::Duration;
 use crate::clients::Clients;
 use crate::conn::Inline;
 use crate::error::ServerError;
-use crate::models::Server;
+use crate::server::Server;
 
 /// Serves every client from one thread with `select(2)` until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
@@ -65,8 +65,8 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         }
 
         // 3. Do it.
-        for request in signal_pipe.take() {
-            clients.on_signal(request, service, &mut Inline);
+        for action in signal_pipe.take() {
+            clients.on_signal(action, service, &mut Inline);
         }
         let ready: Vec<_> = clients
             .iter()

@@ -20,7 +20,7 @@
 use crate::blocking::dispatch_connections;
 use crate::error::ServerError;
 use crate::log::always;
-use crate::models::Server;
+use crate::server::Server;
 
 /// Serves each connection on a new thread until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {

@@ -33,28 +33,20 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use io_uring::{opcode, types, IoUring};
 use mio::unix::SourceFd;
-use mio::Interest;
+use mio::{Interest, Registry, Token};
 use rustix::event::EventfdFlags;
 
-use crate::backend::{Coalescing, KernelBackend, KernelReads, PendingRead, PoolBackend};
+use crate::backend::{Coalescing, KernelBackend, KernelReads, PendingRead};
 use crate::error::ServerError;
-use crate::models::{event, Server};
+use crate::models::event;
+use crate::server::Server;
 
 /// Submission queue size; completions queue twice that.
 pub const RING_ENTRIES: u32 = 256;
 
 /// Runs the `uring` model: the mio loop with reads submitted to io_uring.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    let readers = server.config.readers;
-    // One ring per loop; `models::run` has already checked that io_uring works.
-    event::run_loop(server, |registry, token| {
-        let ring = IoUring::new(RING_ENTRIES)?;
-        let eventfd: OwnedFd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
-        registry.register(&mut SourceFd(&eventfd.as_raw_fd()), token, Interest::READABLE)?;
-        let kernel = Uring { ring, eventfd, in_flight: HashMap::new(), next_id: 0 };
-        Ok(Coalescing::new(KernelBackend::new(kernel, PoolBackend::new(readers, registry, token)?)))
-    })
+    event::run_loop::<Coalescing<KernelBackend<Uring>>>(server)
 }
 
 /// Sets up a ring, or explains that this kernel refuses io_uring and which
@@ -69,7 +61,7 @@ pub fn new_ring() -> Result<IoUring, ServerError> {
 }
 
 /// Reads in flight through io_uring, by the `user_data` tag of their entry.
-struct Uring {
+pub struct Uring {
     ring: IoUring,
     eventfd: OwnedFd,
     in_flight: HashMap<u64, PendingRead>,
@@ -77,6 +69,16 @@ struct Uring {
 }
 
 impl KernelReads for Uring {
+    /// One ring per loop (`models::run` has already checked that io_uring
+    /// works); completions ring an eventfd in the loop's poll.
+    fn open(registry: &Registry, token: Token) -> io::Result<Uring> {
+        let ring = IoUring::new(RING_ENTRIES)?;
+        let eventfd: OwnedFd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        registry.register(&mut SourceFd(&eventfd.as_raw_fd()), token, Interest::READABLE)?;
+        Ok(Uring { ring, eventfd, in_flight: HashMap::new(), next_id: 0 })
+    }
+
     fn submit(&mut self, mut read: PendingRead) -> Result<(), (PendingRead, io::Error)> {
         let id = self.next_id;
         self.next_id += 1;

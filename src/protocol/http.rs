@@ -1,4 +1,4 @@
-//! The HTTP/1.1 subset (DESIGN section 3): GET and HEAD of static files, so
+//! The HTTP/1.1 subset (`docs/assignment.md`): GET and HEAD of static files, so
 //! `curl`, browsers, `wrk` and nginx's benchmarks work against every model.
 //!
 //! Heads are parsed with `httparse` (at most [`ParseLimits::max_head_bytes`]);

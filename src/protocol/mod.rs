@@ -1,6 +1,6 @@
 //! Bytes in, requests out; responses in, bytes out.
 //!
-//! The kit speaks two protocols on the same port (DESIGN section 3): the
+//! The kit speaks two protocols on the same port (`docs/assignment.md`): the
 //! line protocol ([`line`]) and an HTTP/1.1 subset ([`http`]). The first
 //! request on a connection decides which, for the rest of it. The
 //! [`Parser`] is incremental: feed it whatever `read` returned, one byte or
@@ -118,11 +118,6 @@ impl Body {
             Body::Bytes { modified, .. } | Body::File { modified, .. } => *modified,
         }
     }
-
-    /// True for an empty body.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The answer to one request, independent of the protocol that frames it.
@@ -160,7 +155,8 @@ pub struct ParseLimits {
 
 impl Default for ParseLimits {
     fn default() -> Self {
-        ParseLimits { max_line_bytes: 4096, max_head_bytes: 8192 }
+        use crate::config::defaults;
+        ParseLimits { max_line_bytes: defaults::MAX_LINE_BYTES, max_head_bytes: defaults::MAX_HEAD_BYTES }
     }
 }
 

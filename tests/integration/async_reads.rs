@@ -20,7 +20,7 @@ fn nine_files() -> tempfile::TempDir {
 #[test]
 fn a_cached_request_is_answered_while_slow_reads_are_pending() {
     let root = nine_files();
-    for model in ASYNC_MODELS {
+    for model in ASYNC_MODELS.iter() {
         let server =
             Server::start(&["--model", model, "--root", root.path().to_str().unwrap(), "--read-delay-ms", "300"]);
         assert_eq!(server.get("f0").body(), b"file 0\n", "{model}: warms the cache");
@@ -46,7 +46,7 @@ fn a_cached_request_is_answered_while_slow_reads_are_pending() {
 
 #[test]
 fn concurrent_misses_on_one_file_are_all_answered_correctly() {
-    for model in ASYNC_MODELS {
+    for model in ASYNC_MODELS.iter() {
         let server =
             Server::start(&["--model", model, "--root", fixtures().to_str().unwrap(), "--read-delay-ms", "200"]);
         let expected = std::fs::read(fixtures().join("data/64k.bin")).unwrap();
@@ -101,7 +101,7 @@ fn the_storage_delay_applies_to_streamed_files_too() {
     // With --cache-size 0 every file is streamed; the simulated storage must
     // still be slow: 100 ms into a 400 ms delay, nothing may have arrived.
     let root = nine_files();
-    for model in ASYNC_MODELS {
+    for model in ASYNC_MODELS.iter() {
         let slow = Server::start(&[
             "--model",
             model,

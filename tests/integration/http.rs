@@ -77,7 +77,7 @@ impl HttpClient {
 #[test]
 fn get_and_head_serve_files_with_their_headers_on_every_model() {
     let test_txt = std::fs::read(fixtures().join("test.txt")).unwrap();
-    for model in MODELS {
+    for model in MODELS.iter() {
         let server = Server::start(&["--model", model, "--root", fixtures().to_str().unwrap()]);
         let mut http = HttpClient::connect(server.addr);
         let reply = http.get("/test.txt");

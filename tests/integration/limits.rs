@@ -12,7 +12,7 @@ const MODELS: &[&str] = &["event", "poll", "threads", "iterative"];
 
 #[test]
 fn a_slow_sender_is_dropped_after_the_request_timeout() {
-    for model in MODELS {
+    for model in MODELS.iter() {
         let server =
             Server::start(&["--model", model, "--root", fixtures().to_str().unwrap(), "--request-timeout", "0.5"]);
         let mut slow = server.connect();
@@ -35,7 +35,7 @@ fn a_slow_sender_is_dropped_after_the_request_timeout() {
 
 #[test]
 fn an_idle_keep_alive_connection_is_closed() {
-    for model in MODELS {
+    for model in MODELS.iter() {
         let server =
             Server::start(&["--model", model, "--root", fixtures().to_str().unwrap(), "--idle-timeout", "0.3"]);
         let mut conn = server.connect();

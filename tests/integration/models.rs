@@ -8,7 +8,7 @@ use crate::support::{fixtures, Reply, Server, CONCURRENT_MODELS, MODELS};
 #[test]
 fn a_hundred_concurrent_clients_are_all_served_correctly() {
     let expected = std::fs::read(fixtures().join("data/64k.bin")).unwrap();
-    for model in CONCURRENT_MODELS {
+    for model in CONCURRENT_MODELS.iter() {
         let server = Server::start(&["--model", model, "--root", fixtures().to_str().unwrap()]);
         // Connect all first, so the server really holds 100 at once.
         let mut conns: Vec<_> = (0..100).map(|_| server.connect()).collect();
@@ -29,7 +29,7 @@ fn a_hundred_concurrent_clients_are_all_served_correctly() {
 
 #[test]
 fn a_stalled_client_does_not_block_the_others() {
-    for model in CONCURRENT_MODELS {
+    for model in CONCURRENT_MODELS.iter() {
         let server = Server::start(&["--model", model, "--root", fixtures().to_str().unwrap()]);
         let mut stalled = server.connect();
         stalled.send(b"test.t"); // half a request, then silence
@@ -129,7 +129,7 @@ fn start_up_errors_say_what_to_do() {
 fn every_model_is_tested() {
     let help = Command::new(env!("CARGO_BIN_EXE_server")).arg("--help").output().unwrap();
     let help = String::from_utf8(help.stdout).unwrap();
-    for model in MODELS {
+    for model in MODELS.iter() {
         assert!(help.contains(model), "--help lacks {model}");
     }
 }

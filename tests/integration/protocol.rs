@@ -8,7 +8,7 @@ fn fixture(path: &str) -> Vec<u8> {
 
 #[test]
 fn files_are_served_byte_exact_and_missing_ones_are_404() {
-    for model in MODELS {
+    for model in MODELS.iter() {
         let server = Server::start(&["--model", model, "--root", fixtures().to_str().unwrap()]);
         let mut conn = server.connect();
         for path in ["test.txt", "./test.txt", "data/1k.bin", "data/64k.bin", "data/1m.txt", "docs/nested/deep.txt"] {
@@ -23,7 +23,7 @@ fn files_are_served_byte_exact_and_missing_ones_are_404() {
 
 #[test]
 fn the_time_service_writes_rfc3339_utc_and_closes() {
-    for model in MODELS {
+    for model in MODELS.iter() {
         let server = Server::start(&["--model", model, "--service", "time"]);
         let text = String::from_utf8(server.connect().read_to_end()).unwrap();
         let line = text.strip_suffix('\n').unwrap_or_else(|| panic!("{model}: {text:?} lacks a newline"));
@@ -36,7 +36,7 @@ fn the_time_service_writes_rfc3339_utc_and_closes() {
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
-    for model in MODELS {
+    for model in MODELS.iter() {
         let server = Server::start(&["--model", model, "--root", fixtures().to_str().unwrap()]);
         let mut conn = server.connect();
         conn.send(b"test.txt\ntiny.txt\r\nmissing\ndata/1k.bin\n");
@@ -49,7 +49,7 @@ fn pipelined_requests_are_answered_in_order() {
 
 #[test]
 fn a_request_dribbled_one_byte_at_a_time_is_served() {
-    for model in MODELS {
+    for model in MODELS.iter() {
         let server = Server::start(&["--model", model, "--root", fixtures().to_str().unwrap()]);
         let mut conn = server.connect();
         for &byte in b"docs/nested/deep.txt\n" {
@@ -62,7 +62,7 @@ fn a_request_dribbled_one_byte_at_a_time_is_served() {
 
 #[test]
 fn an_overlong_line_is_414_then_closed_and_an_empty_one_400() {
-    for model in MODELS {
+    for model in MODELS.iter() {
         let server = Server::start(&["--model", model, "--root", fixtures().to_str().unwrap()]);
         let mut conn = server.connect();
         conn.send(&vec![b'a'; 5000]);

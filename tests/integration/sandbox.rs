@@ -28,7 +28,7 @@ const ESCAPES: &[(&[u8], u16)] = &[
 #[test]
 fn every_escape_attempt_is_refused_and_the_server_keeps_serving() {
     let (root, _outside) = hostile_tree();
-    for model in MODELS {
+    for model in MODELS.iter() {
         let server = Server::start(&["--model", model, "--root", root.path().to_str().unwrap()]);
         for &(request, code) in ESCAPES {
             // A fresh connection each time: 400 closes the connection.

@@ -23,7 +23,7 @@ fn cached_until_sighup(model: &str) {
 
 #[test]
 fn sighup_clears_the_cache_of_every_model() {
-    for model in MODELS {
+    for model in MODELS.iter() {
         cached_until_sighup(model);
     }
 }
@@ -48,7 +48,7 @@ fn the_cache_is_shared_across_connections_except_under_fork() {
 fn with_a_zero_cache_every_read_is_fresh() {
     let root = tempfile::tempdir().unwrap();
     let file = root.path().join("page.txt");
-    for model in MODELS {
+    for model in MODELS.iter() {
         std::fs::write(&file, b"first").unwrap();
         let server = Server::start(&["--model", model, "--root", root.path().to_str().unwrap(), "--cache-size", "0"]);
         assert_eq!(server.get("page.txt").body(), b"first", "{model}");
@@ -61,7 +61,7 @@ fn with_a_zero_cache_every_read_is_fresh() {
 
 #[test]
 fn sigterm_exits_0_and_idle_servers_stop_at_once() {
-    for model in MODELS {
+    for model in MODELS.iter() {
         let server = Server::start(&["--model", model, "--root", crate::support::fixtures().to_str().unwrap()]);
         assert_eq!(server.get("tiny.txt").body(), b"hi\n");
         server.signal(Signal::TERM);
@@ -71,7 +71,7 @@ fn sigterm_exits_0_and_idle_servers_stop_at_once() {
 
 #[test]
 fn sigint_finishes_the_response_in_flight_then_exits_0() {
-    for model in MODELS {
+    for model in MODELS.iter() {
         let server = Server::start(&[
             "--model",
             model,
@@ -92,7 +92,7 @@ fn sigint_finishes_the_response_in_flight_then_exits_0() {
 
 #[test]
 fn a_sighup_right_after_the_listening_line_is_handled_not_fatal() {
-    for model in MODELS {
+    for model in MODELS.iter() {
         let server = Server::start(&["--model", model, "--root", crate::support::fixtures().to_str().unwrap()]);
         server.signal(Signal::HUP);
         server.wait_for_log("cache cleared: 0 files, 0 bytes", 1);
@@ -103,7 +103,7 @@ fn a_sighup_right_after_the_listening_line_is_handled_not_fatal() {
 #[test]
 fn a_closed_stderr_never_crashes_or_hangs_the_server() {
     use std::io::BufRead;
-    for model in MODELS {
+    for model in MODELS.iter() {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
             .args(["--port", "0", "--model", model, "--root", crate::support::fixtures().to_str().unwrap()])
             .stdout(std::process::Stdio::piped())

@@ -5,33 +5,24 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use fileserver::Model;
 use std::time::{Duration, Instant};
 
 /// How long any single network step may take before a test fails instead of hanging.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Every model, for tests that must hold for all of them.
-pub const MODELS: &[&str] = &[
-    "iterative",
-    "fork",
-    "prefork",
-    "threads",
-    "pool",
-    "select",
-    "poll",
-    "event",
-    "event-async",
-    "event-aio",
-    "uring",
-];
+/// Every model, for tests that must hold for all of them: the server's own list.
+pub static MODELS: LazyLock<Vec<&'static str>> = LazyLock::new(|| Model::ALL.iter().map(|m| m.name()).collect());
 
 /// Every model that serves clients concurrently (all but `iterative`).
-pub const CONCURRENT_MODELS: &[&str] =
-    &["fork", "prefork", "threads", "pool", "select", "poll", "event", "event-async", "event-aio", "uring"];
+pub static CONCURRENT_MODELS: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| Model::ALL.iter().filter(|m| m.is_concurrent()).map(|m| m.name()).collect());
 
 /// The event-loop models whose file reads do not block the loop.
-pub const ASYNC_MODELS: &[&str] = &["event-async", "event-aio", "uring"];
+pub static ASYNC_MODELS: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| Model::ALL.iter().filter(|m| m.reads_asynchronously()).map(|m| m.name()).collect());
 
 /// The fixtures directory shipped with the repository.
 pub fn fixtures() -> PathBuf {

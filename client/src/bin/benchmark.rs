@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use client::bench::{self, Until};
 use client::chart::{self, Series};
-use client::suite::{self, peers, BenchRoot, Row, MODELS, STORAGE_DELAY_MS, SWEEP_CONNS};
+use client::suite::{self, peers, BenchRoot, Row, STORAGE_DELAY_MS, SWEEP_CONNS};
 
 /// Measures the kit's server models against each other (and nginx).
 #[derive(Debug, Parser)]
@@ -75,7 +75,7 @@ fn run(args: Args) -> Result<()> {
     let seconds = if args.smoke { 0.2 } else { 1.0 };
     let mut rows = Vec::new();
     for workload in suite::workloads(&root) {
-        for &model in MODELS {
+        for model in suite::models() {
             let until = Until::Elapsed(Duration::from_secs_f64(seconds));
             let report = suite::measure(&args.server, &root, model, &workload, workload.conns, until)?;
             rows.push(Row { workload: workload.label.clone(), model: model.into(), report });
@@ -100,7 +100,7 @@ fn sweep(args: &Args, root: &BenchRoot) -> Result<()> {
         (SWEEP_CONNS, 2.0, suite::results_dir(&args.results)?)
     };
     let workloads: Vec<_> = suite::workloads(root).into_iter().filter(|w| w.name != "fib").collect();
-    let total = workloads.len() * MODELS.len() * levels.len();
+    let total = workloads.len() * suite::models().count() * levels.len();
     let mut done = 0;
     println!("\nsweep: {total} runs of {seconds} s into {}", dir.display());
     for workload in &workloads {
@@ -109,7 +109,7 @@ fn sweep(args: &Args, root: &BenchRoot) -> Result<()> {
             std::fs::File::create(&csv_path).with_context(|| format!("cannot write {}", csv_path.display()))?;
         writeln!(csv, "model,conns,{}", bench::Report::csv_header())?;
         let (mut rate, mut p99) = (Vec::new(), Vec::new());
-        for &model in MODELS {
+        for model in suite::models() {
             let (mut rate_points, mut p99_points) = (Vec::new(), Vec::new());
             for &conns in levels {
                 done += 1;

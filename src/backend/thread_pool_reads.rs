@@ -1,0 +1,43 @@
+//! `event-async`'s backend: blocking work on a pool of reader threads.
+
+use std::io;
+
+use mio::{Registry, Token};
+
+use super::completions::Completions;
+use super::Backend;
+use crate::conn::{ConnId, Executor};
+use crate::protocol::Response;
+use crate::server::Server;
+use crate::service::Work;
+use crate::thread_pool::ThreadPool;
+
+/// Runs every piece of blocking work on a thread pool, posting each result
+/// to [`Completions`]: the whole of `event-async`, and the fib half of the
+/// kernel-driven backends.
+#[derive(Debug)]
+pub struct ThreadPoolReads {
+    pool: ThreadPool,
+    completions: Completions,
+}
+
+impl Executor for ThreadPoolReads {
+    fn execute(&mut self, conn: ConnId, work: Work) -> Option<Response> {
+        let completions = self.completions.clone();
+        self.pool.execute(move || completions.post(conn, work.run_blocking()));
+        None
+    }
+}
+
+impl Backend for ThreadPoolReads {
+    /// `--readers` threads whose results wake the loop polling `registry`
+    /// with `token`.
+    fn open(server: &Server, registry: &Registry, token: Token) -> io::Result<ThreadPoolReads> {
+        let pool = ThreadPool::new("reader", server.readers)?;
+        Ok(ThreadPoolReads { pool, completions: Completions::new(registry, token)? })
+    }
+
+    fn completed(&mut self, done: &mut Vec<(ConnId, Response)>) {
+        self.completions.take_into(done);
+    }
+}

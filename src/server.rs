@@ -1,0 +1,89 @@
+//! What every model starts from: the listener bound, the service built, the
+//! limits fixed. Set up here once, so a model file holds only its loop.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use crate::cache::FileCache;
+use crate::config::{Config, Model, ServiceKind, Workers};
+use crate::conn::Limits;
+use crate::error::ServerError;
+use crate::log::info;
+use crate::net;
+use crate::protocol::ParseLimits;
+use crate::sandbox::Root;
+use crate::service::Service;
+
+/// A bound listener and the shared service, ready for a model to run.
+#[derive(Debug)]
+pub struct Server {
+    /// The listening socket; [`Server::announce`] tells the world.
+    pub listener: TcpListener,
+    /// Protocol, sandbox and cache, shared by every thread.
+    pub service: Arc<Service>,
+    /// What each connection may take: sizes and times.
+    pub limits: Limits,
+    /// Connections served at once: `--max-conns`, lowered to what the
+    /// process's open-file limit allows.
+    pub max_open_conns: usize,
+    /// `--workers`, resolved: event loops, processes or pool threads.
+    pub workers: usize,
+    /// `--readers`: threads of the asynchronous models' reader pool.
+    pub readers: usize,
+    /// The configuration the server was started with (for its log line).
+    config: Config,
+}
+
+impl Server {
+    /// Opens the root, builds the cache and the service, and binds the
+    /// listener. Nothing is announced yet.
+    pub fn bind(config: Config) -> Result<Server, ServerError> {
+        let root = Root::open(&config.root, config.allow_hidden)?;
+        let cache = Arc::new(FileCache::new(config.cache_bytes, config.cache_max_file_bytes));
+        let service = Arc::new(Service::new(config.service, root, cache, config.read_delay));
+        let workers = config.workers();
+        // Several event loops each bind their own listener to the same port.
+        let reuse_port = workers > 1 && config.model.workers() == Some(Workers::EventLoops);
+        let listener = net::listen(SocketAddr::new(config.addr, config.port), reuse_port)?;
+        let capacity = net::connection_capacity();
+        if capacity < config.max_conns {
+            info!(
+                "the open-file limit allows {capacity} connections, fewer than --max-conns {} (raise ulimit -n)",
+                config.max_conns
+            );
+        }
+        Ok(Server {
+            listener,
+            service,
+            limits: Limits {
+                parse: ParseLimits { max_line_bytes: config.max_line_bytes, max_head_bytes: config.max_head_bytes },
+                request_timeout: config.request_timeout,
+                idle_timeout: config.idle_timeout,
+                write_timeout: config.write_timeout,
+            },
+            max_open_conns: config.max_conns.min(capacity),
+            workers,
+            readers: config.readers,
+            config,
+        })
+    }
+
+    /// The model this server runs.
+    pub fn model(&self) -> Model {
+        self.config.model
+    }
+
+    /// Prints `listening on <ip>:<port>`. Each model calls this once its
+    /// signal handling is in place: the line promises that the server is
+    /// ready, and a `SIGHUP` sent before the handler exists would kill it.
+    pub fn announce(&self) -> Result<(), ServerError> {
+        let local = net::announce(&self.listener)?;
+        let config = &self.config;
+        let what = match config.service {
+            ServiceKind::File => format!("files from {}", config.root.display()),
+            other => format!("the {} service", other.name()),
+        };
+        info!("{} model serving {what} on {local} (pid {})", config.model, std::process::id());
+        Ok(())
+    }
+}
