@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
 
-use socket2::{Domain, Protocol, Socket, Type};
+use rustix::net::{ipproto, sockopt, AddressFamily, SocketFlags, SocketType};
 
 use crate::error::ServerError;
 
@@ -15,16 +15,18 @@ pub const LISTEN_BACKLOG: i32 = 4096;
 /// while old connections linger in `TIME_WAIT`; `reuse_port` lets several
 /// loops each own a listener on the same port (the kernel spreads connections).
 pub fn listen(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, ServerError> {
-    let bind_error = |source| ServerError::Bind { addr, source };
-    let socket =
-        Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP)).map_err(bind_error)?;
-    socket.set_reuse_address(true).map_err(bind_error)?;
-    if reuse_port {
-        socket.set_reuse_port(true).map_err(bind_error)?;
-    }
-    socket.bind(&addr.into()).map_err(bind_error)?;
-    socket.listen(LISTEN_BACKLOG).map_err(bind_error)?;
-    Ok(socket.into())
+    let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+    let bound = || -> rustix::io::Result<TcpListener> {
+        let socket = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, Some(ipproto::TCP))?;
+        sockopt::set_socket_reuseaddr(&socket, true)?;
+        if reuse_port {
+            sockopt::set_socket_reuseport(&socket, true)?;
+        }
+        rustix::net::bind(&socket, &addr)?;
+        rustix::net::listen(&socket, LISTEN_BACKLOG)?;
+        Ok(TcpListener::from(socket))
+    };
+    bound().map_err(|errno| ServerError::Bind { addr, source: errno.into() })
 }
 
 /// Prints the `listening on <ip>:<port>` line: the first line on stdout,

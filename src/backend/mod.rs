@@ -12,7 +12,7 @@
 //!
 //! Two helpers are shared by the asynchronous backends: [`Coalescing`]
 //! merges concurrent misses on the same file into one read, and
-//! [`DelayQueue`] simulates slow storage (`--read-delay-ms`) for reads the
+//! [`DelayQueue`](delay_queue::DelayQueue) simulates slow storage (`--read-delay-ms`) for reads the
 //! kernel performs, without blocking any thread.
 
 mod coalescing;

@@ -15,7 +15,7 @@
 //!
 //! **How it waits.** epoll, for sockets and for the waker.
 //! **Where blocking work runs.** On `--readers` threads (default 16), via
-//! [`PoolBackend`]. **Cost.** The reader threads' stacks; per miss a channel
+//! [`ThreadPoolReads`]. **Cost.** The reader threads' stacks; per miss a channel
 //! send, a wake and a mutex; a cache hit is served in the loop as in `event`.
 //!
 //! ```text

@@ -1,7 +1,7 @@
 //! Bytes in, requests out; responses in, bytes out.
 //!
 //! The kit speaks two protocols on the same port (`docs/assignment.md`): the
-//! line protocol ([`line`]) and an HTTP/1.1 subset ([`http`]). The first
+//! line protocol ([`line`](mod@line)) and an HTTP/1.1 subset ([`http`]). The first
 //! request on a connection decides which, for the rest of it. The
 //! [`Parser`] is incremental: feed it whatever `read` returned, one byte or
 //! several pipelined requests at once, and take complete requests out as they
