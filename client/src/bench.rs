@@ -39,7 +39,7 @@ pub enum Until {
 
 /// What to run.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub struct LoadPlan {
     /// Server address.
     pub addr: SocketAddr,
     /// Concurrent connections (each with one request outstanding).
@@ -59,11 +59,11 @@ pub struct Plan {
     pub timeout: Duration,
 }
 
-impl Plan {
+impl LoadPlan {
     /// The suite's usual run: keep-alive connections, two threads, a
     /// generous per-request timeout.
-    pub fn keepalive(addr: SocketAddr, conns: usize, until: Until, paths: Vec<String>, http: bool) -> Plan {
-        Plan { addr, conns, until, paths, http, no_keepalive: false, threads: 2, timeout: Duration::from_secs(30) }
+    pub fn keepalive(addr: SocketAddr, conns: usize, until: Until, paths: Vec<String>, http: bool) -> LoadPlan {
+        LoadPlan { addr, conns, until, paths, http, no_keepalive: false, threads: 2, timeout: Duration::from_secs(30) }
     }
 }
 
@@ -121,51 +121,56 @@ impl Report {
         out
     }
 
-    /// The measured values, named: one list for the CSV header, CSV rows and JSON.
-    pub fn fields(&self) -> [(&'static str, String); 10] {
+    /// The names of [`Report::values`]: the CSV header and the JSON keys.
+    pub const FIELD_NAMES: [&'static str; 10] = [
+        "requests",
+        "errors",
+        "seconds",
+        "requests_per_sec",
+        "mb_per_sec",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "p999_ms",
+        "max_ms",
+    ];
+
+    /// The measured values, in the order of [`Report::FIELD_NAMES`].
+    pub fn values(&self) -> [String; 10] {
         [
-            ("requests", self.ok.to_string()),
-            ("errors", self.errors.to_string()),
-            ("seconds", format!("{:.6}", self.elapsed.as_secs_f64())),
-            ("requests_per_sec", format!("{:.1}", self.requests_per_sec())),
-            ("mb_per_sec", format!("{:.3}", self.mb_per_sec())),
-            ("p50_ms", format!("{:.3}", self.latency_ms(0.5))),
-            ("p90_ms", format!("{:.3}", self.latency_ms(0.9))),
-            ("p99_ms", format!("{:.3}", self.latency_ms(0.99))),
-            ("p999_ms", format!("{:.3}", self.latency_ms(0.999))),
-            ("max_ms", format!("{:.3}", self.latency_us.max() as f64 / 1000.0)),
+            self.ok.to_string(),
+            self.errors.to_string(),
+            format!("{:.6}", self.elapsed.as_secs_f64()),
+            format!("{:.1}", self.requests_per_sec()),
+            format!("{:.3}", self.mb_per_sec()),
+            format!("{:.3}", self.latency_ms(0.5)),
+            format!("{:.3}", self.latency_ms(0.9)),
+            format!("{:.3}", self.latency_ms(0.99)),
+            format!("{:.3}", self.latency_ms(0.999)),
+            format!("{:.3}", self.latency_us.max() as f64 / 1000.0),
         ]
     }
 
     /// The CSV header matching [`Report::csv_fields`].
     pub fn csv_header() -> String {
-        Report {
-            ok: 0,
-            errors: 0,
-            error_samples: Vec::new(),
-            body_bytes: 0,
-            elapsed: Duration::ZERO,
-            latency_us: new_histogram(),
-        }
-        .fields()
-        .map(|(name, _)| name)
-        .join(",")
+        Report::FIELD_NAMES.join(",")
     }
 
     /// This report as CSV fields (no newline).
     pub fn csv_fields(&self) -> String {
-        self.fields().map(|(_, value)| value).join(",")
+        self.values().join(",")
     }
 
     /// This report as one JSON object.
     pub fn json(&self) -> String {
-        let fields: Vec<String> = self.fields().iter().map(|(name, value)| format!("\"{name}\":{value}")).collect();
+        let fields: Vec<String> =
+            Report::FIELD_NAMES.iter().zip(self.values()).map(|(name, value)| format!("\"{name}\":{value}")).collect();
         format!("{{{}}}", fields.join(","))
     }
 }
 
 /// Runs `plan` and measures it.
-pub fn run(plan: &Plan) -> Result<Report> {
+pub fn run(plan: &LoadPlan) -> Result<Report> {
     if plan.paths.is_empty() {
         bail!("give at least one --path");
     }
@@ -247,7 +252,7 @@ impl Tally {
 #[derive(Debug)]
 enum Phase {
     /// Finished: no more requests for this connection.
-    Idle,
+    Finished,
     /// Failed; the main loop starts a new request on its next turn, so a
     /// server refusing every connection costs an error per turn, not a spin.
     Retry,
@@ -269,7 +274,7 @@ struct BenchConn {
 }
 
 struct Worker<'a> {
-    plan: &'a Plan,
+    plan: &'a LoadPlan,
     poll: Poll,
     conns: Vec<BenchConn>,
     budget: Arc<AtomicI64>,
@@ -282,13 +287,18 @@ struct Worker<'a> {
 }
 
 impl<'a> Worker<'a> {
-    fn new(plan: &'a Plan, ids: Vec<usize>, budget: Arc<AtomicI64>, stop_starting_at: Option<Instant>) -> Result<Self> {
+    fn new(
+        plan: &'a LoadPlan,
+        ids: Vec<usize>,
+        budget: Arc<AtomicI64>,
+        stop_starting_at: Option<Instant>,
+    ) -> Result<Self> {
         let requests = plan.paths.iter().map(|path| encode_request(plan, path)).collect();
         let conns = ids
             .iter()
             .map(|&id| BenchConn {
                 stream: None,
-                phase: Phase::Idle,
+                phase: Phase::Finished,
                 next_path: id % plan.paths.len(),
                 path: 0,
                 request_started: Instant::now(),
@@ -313,7 +323,7 @@ impl<'a> Worker<'a> {
         }
         let mut events = Events::with_capacity(1024);
         let mut last_timeout_scan = Instant::now();
-        while self.conns.iter().any(|conn| !matches!(conn.phase, Phase::Idle)) {
+        while self.conns.iter().any(|conn| !matches!(conn.phase, Phase::Finished)) {
             if self.stop_starting_at.is_some_and(|at| Instant::now() >= at) {
                 break; // time is up: abandon what is in flight
             }
@@ -385,7 +395,7 @@ impl<'a> Worker<'a> {
     fn on_event(&mut self, index: usize) {
         loop {
             let outcome = match &mut self.conns[index].phase {
-                Phase::Idle | Phase::Retry => return,
+                Phase::Finished | Phase::Retry => return,
                 Phase::Sending { .. } => self.send(index),
                 Phase::Receiving(_) => self.receive(index),
             };
@@ -472,7 +482,7 @@ impl<'a> Worker<'a> {
         if let Some(mut stream) = self.conns[index].stream.take() {
             let _ = self.poll.registry().deregister(&mut stream);
         }
-        self.conns[index].phase = Phase::Idle;
+        self.conns[index].phase = Phase::Finished;
     }
 }
 
@@ -483,7 +493,7 @@ enum Progress {
     Moved,
 }
 
-fn encode_request(plan: &Plan, path: &str) -> Vec<u8> {
+fn encode_request(plan: &LoadPlan, path: &str) -> Vec<u8> {
     if plan.http {
         let target = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
         let connection = if plan.no_keepalive { "close" } else { "keep-alive" };
@@ -505,8 +515,27 @@ struct Done {
 struct ResponseReader {
     http: bool,
     head: Vec<u8>,
-    /// Once the head is parsed: body bytes still to come, and whether the server closes after.
-    body: Option<(u64, u64, bool)>,
+    /// Once the head is parsed: what it said, and the body bytes still to come.
+    body: Option<BodyProgress>,
+}
+
+/// What a response head announced.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    /// Bytes of the head itself.
+    head_len: usize,
+    /// Bytes of body that follow.
+    body_len: u64,
+    /// The server closes the connection after this response.
+    server_closes: bool,
+}
+
+/// A response whose head has arrived.
+#[derive(Debug, Clone, Copy)]
+struct BodyProgress {
+    head: Head,
+    /// Body bytes not yet received.
+    left: u64,
 }
 
 impl ResponseReader {
@@ -516,7 +545,9 @@ impl ResponseReader {
 
     fn eof_error(&self) -> String {
         match self.body {
-            Some((len, left, _)) => format!("connection closed after {} of {len} body bytes", len - left),
+            Some(BodyProgress { head, left }) => {
+                format!("connection closed after {} of {} body bytes", head.body_len - left, head.body_len)
+            }
             None => "connection closed before a response".to_string(),
         }
     }
@@ -526,26 +557,27 @@ impl ResponseReader {
         if self.body.is_none() {
             let before = self.head.len();
             self.head.extend_from_slice(bytes);
-            let Some((head_len, body_len, closes)) = self.parse_head()? else {
+            let Some(head) = self.parse_head()? else {
                 if self.head.len() > MAX_HEAD_BYTES {
                     return Err("response head too long".into());
                 }
                 return Ok(None);
             };
-            bytes = &bytes[head_len - before..];
-            self.body = Some((body_len, body_len, closes));
+            bytes = &bytes[head.head_len - before..];
+            self.body = Some(BodyProgress { head, left: head.body_len });
         }
-        let (len, left, closes) = self.body.as_mut().expect("head parsed");
-        let take = (*left).min(bytes.len() as u64);
-        *left -= take;
+        let progress = self.body.as_mut().expect("head parsed");
+        let take = progress.left.min(bytes.len() as u64);
+        progress.left -= take;
         if bytes.len() as u64 > take {
             return Err("bytes after the response (none were requested)".into());
         }
-        Ok((*left == 0).then_some(Done { body_len: *len, server_closes: *closes }))
+        let Head { body_len, server_closes, .. } = progress.head;
+        Ok((progress.left == 0).then_some(Done { body_len, server_closes }))
     }
 
-    /// Parses the head when complete: (head bytes, body length, server closes).
-    fn parse_head(&self) -> Result<Option<(usize, u64, bool)>, String> {
+    /// Parses the head once it is complete.
+    fn parse_head(&self) -> Result<Option<Head>, String> {
         if self.http {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut response = httparse::Response::new(&mut headers);
@@ -569,12 +601,12 @@ impl ResponseReader {
                 .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse().ok())
                 .ok_or("HTTP response without Content-Length")?;
             let closes = header("connection").is_some_and(|v| v == b"close") || response.version == Some(0);
-            Ok(Some((head_len, len, closes)))
+            Ok(Some(Head { head_len, body_len: len, server_closes: closes }))
         } else {
             let Some(newline) = self.head.iter().position(|&b| b == b'\n') else { return Ok(None) };
             let line = String::from_utf8_lossy(&self.head[..newline]);
             match line.strip_prefix("OK ").map(|size| size.trim().parse::<u64>()) {
-                Some(Ok(len)) => Ok(Some((newline + 1, len, false))),
+                Some(Ok(len)) => Ok(Some(Head { head_len: newline + 1, body_len: len, server_closes: false })),
                 _ => Err(format!("response {:?}", line.trim_end())),
             }
         }

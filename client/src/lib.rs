@@ -6,5 +6,6 @@
 pub mod bench;
 pub mod chart;
 pub mod fetch;
+pub mod peers;
 pub mod suite;
 pub mod versus;

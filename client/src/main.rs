@@ -147,7 +147,7 @@ fn run_bench(cli: BenchCli) -> anyhow::Result<bool> {
         (Some(d), None) => Until::Elapsed(d),
         (None, None) => Until::Elapsed(Duration::from_secs(5)),
     };
-    let plan = bench::Plan {
+    let plan = bench::LoadPlan {
         addr,
         conns: cli.conns.max(1),
         until,

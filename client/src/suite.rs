@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use fileserver::Model;
 
-use crate::bench::{self, Plan, Report, Until};
+use crate::bench::{self, LoadPlan, Report, Until};
 
 /// Simulated storage latency for the uncached workloads, in milliseconds.
 pub const STORAGE_DELAY_MS: u64 = 10;
@@ -48,18 +48,19 @@ pub fn model_args(model: &str) -> Vec<String> {
 pub fn can_hold(model: &str, workload: &Workload, conns: usize) -> bool {
     const FD_SETSIZE: usize = 1024;
     const SERVER_FDS: usize = 16;
-    let fds_per_conn = if workload.name == "large" { 2 } else { 1 };
+    let fds_per_conn = if workload.kind == WorkloadKind::Large { 2 } else { 1 };
     match model {
         "select" => conns * fds_per_conn + SERVER_FDS <= FD_SETSIZE,
         "fork" | "prefork" | "threads" | "pool" => conns <= 1000,
         _ => true,
     }
 }
+
 /// Concurrency levels of the `--full` sweep.
 pub const SWEEP_CONNS: &[usize] = &[1, 10, 100, 1000, 10_000];
 
 /// Children that must not outlive the suite, even on Ctrl-C.
-static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+pub(crate) static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 /// Kills every started server when the suite is interrupted.
 pub fn kill_children_on_signal() -> Result<()> {
@@ -69,6 +70,9 @@ pub fn kill_children_on_signal() -> Result<()> {
         if signals.forever().next().is_some() {
             for &pid in CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).iter() {
                 if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                    // nginx runs in its own process group: its workers
+                    // would outlive a SIGKILLed master, so the group hears first.
+                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
                     let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
                 }
             }
@@ -112,9 +116,7 @@ impl ServerProcess {
         }
         Ok(server)
     }
-}
 
-impl ServerProcess {
     /// The server's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -175,11 +177,36 @@ impl BenchRoot {
     }
 }
 
+/// The kinds of load the benchmark measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkloadKind {
+    /// Small files missing the cache, behind simulated slow storage.
+    Uncached,
+    /// A small file served from the cache.
+    Cached,
+    /// A file too large to cache, streamed.
+    Large,
+    /// CPU-bound work: the fib service.
+    Fib,
+}
+
+impl WorkloadKind {
+    /// Short name, used in CSV files and chart names.
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkloadKind::Uncached => "uncached",
+            WorkloadKind::Cached => "cached",
+            WorkloadKind::Large => "large",
+            WorkloadKind::Fib => "fib",
+        }
+    }
+}
+
 /// One kind of load: how the server is started and what is requested.
 #[derive(Debug, Clone)]
 pub struct Workload {
-    /// Short name, used in CSV files and chart names.
-    pub name: &'static str,
+    /// Which load this is.
+    pub kind: WorkloadKind,
     /// What a reader of the table sees.
     pub label: String,
     /// Server flags besides model, root and port.
@@ -195,34 +222,39 @@ pub fn workloads(root: &BenchRoot) -> Vec<Workload> {
     let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     vec![
         Workload {
-            name: "uncached",
+            kind: WorkloadKind::Uncached,
             label: format!("uncached 4 KiB, {STORAGE_DELAY_MS} ms storage, 32 conns"),
             server_args: args(&["--cache-size", "0", "--read-delay-ms", &STORAGE_DELAY_MS.to_string()]),
             paths: root.small.clone(),
             conns: 32,
         },
         Workload {
-            name: "cached",
+            kind: WorkloadKind::Cached,
             label: "cached 1 KiB, 50 conns".into(),
             server_args: Vec::new(),
             paths: vec!["1k.bin".into()],
             conns: 50,
         },
         Workload {
-            name: "large",
+            kind: WorkloadKind::Large,
             label: format!("large {} MiB (streamed), 8 conns", LARGE_BYTES >> 20),
             server_args: Vec::new(),
             paths: vec!["large.bin".into()],
             conns: 8,
         },
         Workload {
-            name: "fib",
+            kind: WorkloadKind::Fib,
             label: "CPU-bound fib(27), 8 conns".into(),
             server_args: args(&["--service", "fib"]),
             paths: vec!["27".into()],
             conns: 8,
         },
     ]
+}
+
+/// The workload of `kind`.
+pub fn workload(root: &BenchRoot, kind: WorkloadKind) -> Workload {
+    workloads(root).into_iter().find(|w| w.kind == kind).expect("every kind has a workload")
 }
 
 /// Starts `model` for `workload` and measures it.
@@ -240,12 +272,12 @@ pub fn measure(
     args.extend(["--max-conns".into(), (conns + 100).max(10_000).to_string()]);
     args.extend(workload.server_args.iter().cloned());
     let server = ServerProcess::start(server_bin, &args)?;
-    let plan = Plan::keepalive(server.addr, conns, until, workload.paths.clone(), false);
+    let plan = LoadPlan::keepalive(server.addr, conns, until, workload.paths.clone(), false);
     let report = bench::run(&plan)?;
     if report.errors > 0 {
         bail!(
             "{model} / {}: {} wrong responses (first: {})",
-            workload.name,
+            workload.kind.name(),
             report.errors,
             report.error_samples.first().map_or("?", String::as_str)
         );
@@ -256,13 +288,9 @@ pub fn measure(
 /// The homework's two lines: N concurrent clients, each asking for a
 /// different uncached file from storage that takes [`STORAGE_DELAY_MS`].
 pub fn homework(server_bin: &Path, root: &BenchRoot, requests: usize) -> Result<(f64, f64)> {
-    let workload = Workload {
-        name: "homework",
-        label: String::new(),
-        server_args: vec!["--cache-size".into(), "0".into(), "--read-delay-ms".into(), STORAGE_DELAY_MS.to_string()],
-        paths: root.small[..requests].to_vec(),
-        conns: requests,
-    };
+    // The uncached workload, one request per connection.
+    let workload =
+        Workload { paths: root.small[..requests].to_vec(), conns: requests, ..workload(root, WorkloadKind::Uncached) };
     let mut seconds = Vec::new();
     for model in ["event-async", "event"] {
         let report = measure(server_bin, root, model, &workload, requests, Until::Requests(requests as u64))?;
@@ -315,104 +343,4 @@ pub fn results_dir(base: &Path) -> Result<PathBuf> {
     let dir = base.join(&now[..10]);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
-}
-
-/// nginx and wrk, when both are installed: the peers to compare against.
-pub mod peers {
-    use super::*;
-
-    /// Whether `program` is on the PATH.
-    pub fn installed(program: &str) -> bool {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {program}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-
-    /// An nginx serving `root` on loopback (1 worker, sendfile, no access
-    /// log), with its own temporary config; stopped on drop.
-    pub struct Nginx {
-        child: Child,
-        _dir: tempfile::TempDir,
-        /// Where it listens.
-        pub addr: SocketAddr,
-    }
-
-    impl Nginx {
-        /// Starts nginx with `workers` worker processes.
-        pub fn start(root: &Path, workers: usize) -> Result<Nginx> {
-            let dir = tempfile::tempdir()?;
-            // nginx cannot report the port it picked, so ask the kernel for
-            // a free one and hand it over (a short race, never a guess).
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let d = dir.path().display();
-            let config = format!(
-                "daemon off; master_process on; worker_processes {workers}; worker_rlimit_nofile 30000;\n\
-                 user root; pid {d}/nginx.pid;\n\
-                 error_log {d}/error.log;\n\
-                 events {{ worker_connections 20000; }}\n\
-                 http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000000;\n\
-                   client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;\n\
-                   uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
-                   server {{ listen 127.0.0.1:{port} reuseport backlog=4096; root {}; }} }}\n",
-                root.display()
-            );
-            let conf = dir.path().join("nginx.conf");
-            std::fs::write(&conf, config)?;
-            let child = Command::new("nginx")
-                .args(["-c", &conf.display().to_string(), "-p", &d.to_string(), "-e", &format!("{d}/error.log")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .context("cannot start nginx")?;
-            CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).push(child.id());
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            for _ in 0..200 {
-                if std::net::TcpStream::connect(addr).is_ok() {
-                    return Ok(Nginx { child, _dir: dir, addr });
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            bail!("nginx did not start listening on {addr}")
-        }
-    }
-
-    impl Nginx {
-        /// The master's pid (its workers are its children).
-        pub fn pid(&self) -> u32 {
-            self.child.id()
-        }
-    }
-
-    impl Drop for Nginx {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            // The workers follow their master; give them a moment.
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Runs wrk and returns its Requests/sec.
-    pub fn wrk(url: &str, conns: usize, seconds: u64) -> Result<f64> {
-        wrk_with(url, conns, seconds, false)
-    }
-
-    /// Runs wrk, with `Connection: close` on every request if `close`.
-    pub fn wrk_with(url: &str, conns: usize, seconds: u64, close: bool) -> Result<f64> {
-        let mut command = Command::new("wrk");
-        command.args(["-t2", &format!("-c{conns}"), &format!("-d{seconds}s"), url]);
-        if close {
-            command.args(["-H", "Connection: close"]);
-        }
-        let out = command.output().context("cannot run wrk")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        if text.contains("Non-2xx") || text.contains("Socket errors") {
-            bail!("wrk saw errors against {url}:\n{text}");
-        }
-        text.lines()
-            .find_map(|l| l.strip_prefix("Requests/sec:").and_then(|v| v.trim().parse().ok()))
-            .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))
-    }
 }

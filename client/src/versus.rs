@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::bench::{self, Plan, Until};
-use crate::suite::peers::{self, Nginx};
+use crate::bench::{self, LoadPlan, Until};
+use crate::peers::{self, Nginx};
 use crate::suite::{BenchRoot, ServerProcess};
 
 /// Rounds per row; the median ratio is reported.
@@ -185,7 +185,7 @@ fn generator_vs_wrk(server_bin: &Path, root: &BenchRoot) -> Result<()> {
     for _ in 0..ROUNDS {
         by_wrk.push(wrk(ours.addr, row)?);
         let until = Until::Elapsed(Duration::from_secs(SECONDS));
-        let plan = Plan::keepalive(ours.addr, row.conns, until, vec![format!("/{}", row.path)], true);
+        let plan = LoadPlan::keepalive(ours.addr, row.conns, until, vec![format!("/{}", row.path)], true);
         let report = bench::run(&plan)?;
         if report.errors > 0 {
             bail!("client bench saw {} errors", report.errors);

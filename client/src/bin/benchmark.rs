@@ -15,7 +15,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use client::bench::{self, Until};
 use client::chart::{self, Series};
-use client::suite::{self, peers, BenchRoot, Row, STORAGE_DELAY_MS, SWEEP_CONNS};
+use client::peers;
+use client::suite::{self, BenchRoot, Row, WorkloadKind, STORAGE_DELAY_MS, SWEEP_CONNS};
 
 /// Measures the kit's server models against each other (and nginx).
 #[derive(Debug, Parser)]
@@ -99,12 +100,12 @@ fn sweep(args: &Args, root: &BenchRoot) -> Result<()> {
     } else {
         (SWEEP_CONNS, 2.0, suite::results_dir(&args.results)?)
     };
-    let workloads: Vec<_> = suite::workloads(root).into_iter().filter(|w| w.name != "fib").collect();
+    let workloads: Vec<_> = suite::workloads(root).into_iter().filter(|w| w.kind != WorkloadKind::Fib).collect();
     let total = workloads.len() * suite::models().count() * levels.len();
     let mut done = 0;
     println!("\nsweep: {total} runs of {seconds} s into {}", dir.display());
     for workload in &workloads {
-        let csv_path = dir.join(format!("{}.csv", workload.name));
+        let csv_path = dir.join(format!("{}.csv", workload.kind.name()));
         let mut csv =
             std::fs::File::create(&csv_path).with_context(|| format!("cannot write {}", csv_path.display()))?;
         writeln!(csv, "model,conns,{}", bench::Report::csv_header())?;
@@ -113,7 +114,7 @@ fn sweep(args: &Args, root: &BenchRoot) -> Result<()> {
             let (mut rate_points, mut p99_points) = (Vec::new(), Vec::new());
             for &conns in levels {
                 done += 1;
-                eprint!("\r[{done}/{total}] {} {model} {conns} conns          ", workload.name);
+                eprint!("\r[{done}/{total}] {} {model} {conns} conns          ", workload.kind.name());
                 if !suite::can_hold(model, workload, conns) {
                     continue;
                 }
@@ -128,9 +129,9 @@ fn sweep(args: &Args, root: &BenchRoot) -> Result<()> {
         }
         eprintln!();
         let title = |what: &str| format!("{what}: {}", workload.label.split(',').take(2).collect::<Vec<_>>().join(","));
-        chart::draw(&dir.join(format!("{}-rps.svg", workload.name)), &title("requests/s"), "requests/s", &rate)?;
-        chart::draw(&dir.join(format!("{}-p99.svg", workload.name)), &title("p99 latency"), "p99 ms", &p99)?;
-        println!("{}: {} and {}-{{rps,p99}}.svg", workload.name, csv_path.display(), workload.name);
+        chart::draw(&dir.join(format!("{}-rps.svg", workload.kind.name())), &title("requests/s"), "requests/s", &rate)?;
+        chart::draw(&dir.join(format!("{}-p99.svg", workload.kind.name())), &title("p99 latency"), "p99 ms", &p99)?;
+        println!("{}: {} and {}-{{rps,p99}}.svg", workload.kind.name(), csv_path.display(), workload.kind.name());
     }
     if !args.smoke {
         versus_nginx(args, root)?;
@@ -150,10 +151,10 @@ fn versus_nginx(args: &Args, root: &BenchRoot) -> Result<()> {
     let url = format!("http://{}/1k.bin", nginx.addr);
     let wrk = peers::wrk(&url, 50, 3)?;
     let plan =
-        bench::Plan::keepalive(nginx.addr, 50, Until::Elapsed(Duration::from_secs(3)), vec!["1k.bin".into()], true);
+        bench::LoadPlan::keepalive(nginx.addr, 50, Until::Elapsed(Duration::from_secs(3)), vec!["1k.bin".into()], true);
     let ours_on_nginx = bench::run(&plan)?;
     drop(nginx);
-    let cached = &suite::workloads(root)[1];
+    let cached = &suite::workload(root, WorkloadKind::Cached);
     let event = suite::measure(&args.server, root, "event", cached, 50, Until::Elapsed(Duration::from_secs(3)))?;
     println!("\ncached 1 KiB, 50 keep-alive connections, 3 s each:");
     println!("  nginx (1 worker, HTTP) driven by wrk:           {wrk:>10.0} req/s");
