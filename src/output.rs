@@ -13,6 +13,7 @@ use std::io::{self, IoSlice, Write};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
+use crate::protocol::conditional::Selection;
 use crate::protocol::{encode_head, Body, Framing, Response};
 
 /// Most pieces gathered into one `writev`.
@@ -27,16 +28,28 @@ impl<T: Write + AsFd> Sink for T {}
 
 #[derive(Debug)]
 enum Piece {
-    Owned { bytes: Vec<u8>, sent: usize },
-    Shared { bytes: Arc<[u8]>, sent: usize },
-    File { file: File, offset: u64, len: u64 },
+    Owned {
+        bytes: Vec<u8>,
+        sent: usize,
+    },
+    /// Bytes `sent..end` of a shared buffer (a cache entry, or a range of one).
+    Shared {
+        bytes: Arc<[u8]>,
+        sent: usize,
+        end: usize,
+    },
+    File {
+        file: File,
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl Piece {
     fn remaining(&self) -> u64 {
         match self {
             Piece::Owned { bytes, sent } => (bytes.len() - sent) as u64,
-            Piece::Shared { bytes, sent } => (bytes.len() - sent) as u64,
+            Piece::Shared { sent, end, .. } => (end - sent) as u64,
             Piece::File { offset, len, .. } => len - offset,
         }
     }
@@ -44,7 +57,7 @@ impl Piece {
     fn unsent_bytes(&self) -> Option<&[u8]> {
         match self {
             Piece::Owned { bytes, sent } => Some(&bytes[*sent..]),
-            Piece::Shared { bytes, sent } => Some(&bytes[*sent..]),
+            Piece::Shared { bytes, sent, end } => Some(&bytes[*sent..*end]),
             Piece::File { .. } => None,
         }
     }
@@ -73,19 +86,29 @@ pub struct Output {
 }
 
 impl Output {
-    /// Queues `response`, framed for the request it answers.
+    /// Queues `response`, framed for the request it answers: the whole
+    /// body, the byte range an HTTP request selected, or none.
     pub fn push_response(&mut self, framing: Framing, response: Response) {
-        // Room for an HTTP head (about 170 bytes) without reallocating.
-        let mut head = Vec::with_capacity(256);
-        encode_head(framing, &response, &mut head);
+        let selection = match (&framing, &response) {
+            (Framing::Http(http), Response::Content(body)) => http.conditions.select(body.len(), body.modified()),
+            _ => Selection::Full,
+        };
+        // Room for an HTTP head (about 250 bytes) without reallocating.
+        let mut head = Vec::with_capacity(320);
+        encode_head(framing, &response, selection, &mut head);
         self.push_bytes(head);
         let head_only = matches!(framing, Framing::Http(http) if http.head_only);
-        if let (Response::Content(body), false) = (response, head_only) {
-            match body {
-                Body::Bytes { bytes, .. } if bytes.is_empty() => {}
-                Body::Bytes { bytes, .. } => self.push(Piece::Shared { bytes, sent: 0 }),
-                Body::File { file, len, .. } => self.push(Piece::File { file, offset: 0, len }),
-            }
+        let Response::Content(body) = response else { return };
+        let (start, end) = match selection {
+            _ if head_only => return,
+            Selection::NotModified | Selection::Unsatisfiable => return,
+            Selection::Full => (0, body.len()),
+            Selection::Partial { start, end } => (start, end),
+        };
+        match body {
+            _ if start == end => {}
+            Body::Bytes { bytes, .. } => self.push(Piece::Shared { bytes, sent: start as usize, end: end as usize }),
+            Body::File { file, .. } => self.push(Piece::File { file, offset: start, len: end }),
         }
     }
 
@@ -117,6 +140,7 @@ impl Output {
     pub fn write_to<S: Sink>(&mut self, sink: &mut S) -> io::Result<Flushed> {
         while let Some(front) = self.pieces.front_mut() {
             let written = match front {
+                // Sends bytes `offset..len` of the file.
                 Piece::File { file, offset, len } => {
                     if !self.nodelay_set {
                         // Not a TCP socket (a test's socket pair): nothing to set.

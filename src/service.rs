@@ -103,6 +103,20 @@ impl Service {
             Ok(key) => key,
             Err(refusal) => return Plan::Ready(Response::Refused(refusal)),
         };
+        // A directory's own path (the root, or `dir/`) names its
+        // index.html; without one, the directory itself is refused as
+        // always (no listings).
+        if key.is_empty() || key.ends_with(b"/") {
+            let index = [key.as_slice(), b"index.html"].concat();
+            match self.plan_normalized(index) {
+                Plan::Ready(Response::Refused(Refusal::NotFound)) => {}
+                plan => return plan,
+            }
+        }
+        self.plan_normalized(key)
+    }
+
+    fn plan_normalized(&self, key: Vec<u8>) -> Plan {
         if let Some(hit) = self.cache.get(&key) {
             return Plan::Ready(Response::Content(Body::Bytes { bytes: hit.bytes, modified: hit.modified }));
         }

@@ -4,13 +4,14 @@
 //! Heads are parsed with `httparse` (at most [`ParseLimits::max_head_bytes`]);
 //! the target is percent-decoded *before* the sandbox sees it (so `%2e%2e`
 //! is `..` and refused like it); a query string is ignored; `/` is the root
-//! (a directory: 403, no listings). Keep-alive is the default on HTTP/1.1,
+//! (a directory is served its `index.html`, or 403: no listings). Keep-alive is the default on HTTP/1.1,
 //! `Connection: close` is honoured, HTTP/1.0 closes unless it asks for
 //! keep-alive. Request bodies are not supported: a request announcing one
 //! is answered, then the connection is closed.
 
 use std::time::SystemTime;
 
+use super::conditional::{entity_tag, Conditions, Selection};
 use super::{Framing, HttpFraming, Malformed, ParseLimits, Parsed, Request, Response};
 use crate::refusal::Refusal;
 
@@ -59,6 +60,7 @@ pub(super) fn parse(pending: &[u8], limits: &ParseLimits) -> Option<Parsed> {
         Err(_) => return refuse(Refusal::BadRequest, pending.len()),
     };
     let header = |name: &str| request.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
+    let all = |name: &'static str| request.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name));
     let has_token = |value: Option<&[u8]>, token: &str| {
         value.is_some_and(|v| v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
     };
@@ -70,11 +72,24 @@ pub(super) fn parse(pending: &[u8], limits: &ParseLimits) -> Option<Parsed> {
         !has_body && if http11 { !has_token(connection, "close") } else { has_token(connection, "keep-alive") };
     let method = request.method.unwrap_or("");
     let target = request.path.unwrap_or("").as_bytes();
-    let mut framing = HttpFraming { http11, keep_alive, head_only: method == "HEAD", content_type: "" };
+    let conditions = Conditions::parse(method == "GET", header);
+    let mut framing = HttpFraming { http11, keep_alive, head_only: method == "HEAD", content_type: "", conditions };
     let refused = |framing: HttpFraming, refusal| {
         let framing = Framing::Http(framing);
         Some(Parsed { request: Err(Malformed { framing, refusal }), consumed: head_len })
     };
+    // RFC 9112 section 6.3: differing Content-Length values make the
+    // framing unknowable; section 3.2: HTTP/1.1 requires exactly one Host.
+    // Both MUST be answered 400, and the connection cannot be trusted after.
+    let mut lengths = all("content-length").map(|h| h.value.trim_ascii());
+    let first_length = lengths.next();
+    let lengths_differ = first_length.is_some_and(|first| lengths.any(|other| other != first));
+    let length_invalid = first_length.is_some_and(|v| v.is_empty() || !v.iter().all(u8::is_ascii_digit));
+    let hosts = all("host").count();
+    if lengths_differ || length_invalid || (http11 && hosts != 1) || hosts > 1 {
+        framing.keep_alive = false;
+        return refused(framing, Refusal::BadRequest);
+    }
     if method != "GET" && method != "HEAD" {
         framing.keep_alive = false;
         return refused(framing, Refusal::MethodNotAllowed);
@@ -111,9 +126,13 @@ fn hex_value(digit: u8) -> Option<u8> {
     (digit as char).to_digit(16).map(|v| v as u8)
 }
 
-/// The `Content-Type` for a path, by its extension.
+/// The `Content-Type` for a path, by its extension; a directory's path
+/// (its `index.html` is served) is HTML.
 fn content_type(path: &[u8]) -> &'static str {
     let name = path.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    if name.is_empty() {
+        return "text/html; charset=utf-8";
+    }
     let extension = name.rsplit(|&b| b == b'.').next().filter(|ext| ext.len() < name.len()).unwrap_or_default();
     match extension.to_ascii_lowercase().as_slice() {
         b"html" | b"htm" => "text/html; charset=utf-8",
@@ -156,35 +175,72 @@ thread_local! {
 }
 
 /// Appends the status line and headers (and, for an error, its short body,
-/// unless HEAD) for `response` to `out`. Written piece by piece rather than
-/// with `write!`: this runs for every response.
-pub fn encode_head(framing: HttpFraming, response: &Response, out: &mut Vec<u8>) {
+/// unless HEAD) for `response` to `out`. `selection` is what the request's
+/// conditions chose for a successful response ([`Conditions::select`]).
+/// Written piece by piece rather than with `write!`: this runs for every
+/// response.
+pub fn encode_head(framing: HttpFraming, response: &Response, selection: Selection, out: &mut Vec<u8>) {
     out.extend_from_slice(if framing.http11 { b"HTTP/1.1 " } else { b"HTTP/1.0 " });
-    let (content_type, length, error_text) = match response {
-        Response::Content(body) => {
-            out.extend_from_slice(b"200 OK");
-            (framing.content_type, body.len(), None)
-        }
-        Response::Refused(refusal) => {
+    let body = match response {
+        Response::Content(body) => Some(body),
+        Response::Refused(_) => None,
+    };
+    let (content_type, length, error_text) = match (response, selection) {
+        (Response::Refused(refusal), _) => {
             let text = format!("{} {}\n", refusal.code(), refusal.http_reason());
             out.extend_from_slice(text.trim_end().as_bytes());
-            ("text/plain; charset=utf-8", text.len() as u64, Some(text))
+            ("text/plain; charset=utf-8", Some(text.len() as u64), Some(text))
+        }
+        (Response::Content(_), Selection::Unsatisfiable) => {
+            let text = "416 Range Not Satisfiable\n".to_string();
+            out.extend_from_slice(text.trim_end().as_bytes());
+            ("text/plain; charset=utf-8", Some(text.len() as u64), Some(text))
+        }
+        (Response::Content(_), Selection::NotModified) => {
+            out.extend_from_slice(b"304 Not Modified");
+            (framing.content_type, None, None)
+        }
+        (Response::Content(_), Selection::Partial { start, end }) => {
+            out.extend_from_slice(b"206 Partial Content");
+            (framing.content_type, Some(end - start), None)
+        }
+        (Response::Content(body), Selection::Full) => {
+            out.extend_from_slice(b"200 OK");
+            (framing.content_type, Some(body.len()), None)
         }
     };
     out.extend_from_slice(b"\r\nServer: fileserver\r\nDate: ");
     NOW.with(|memo| memo.append(SystemTime::now(), out));
     out.extend_from_slice(b"\r\nContent-Type: ");
     out.extend_from_slice(content_type.as_bytes());
-    out.extend_from_slice(b"\r\nContent-Length: ");
-    append_decimal(length, out);
     out.extend_from_slice(b"\r\n");
-    if let Some(modified) = match response {
-        Response::Content(body) => body.modified(),
-        Response::Refused(_) => None,
-    } {
-        out.extend_from_slice(b"Last-Modified: ");
-        MODIFIED.with(|memo| memo.append(modified, out));
+    if let Some(length) = length {
+        out.extend_from_slice(b"Content-Length: ");
+        append_decimal(length, out);
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(body) = body {
+        if let Selection::Partial { start, end } = selection {
+            out.extend_from_slice(b"Content-Range: bytes ");
+            append_decimal(start, out);
+            out.push(b'-');
+            append_decimal(end - 1, out);
+            out.push(b'/');
+            append_decimal(body.len(), out);
+            out.extend_from_slice(b"\r\n");
+        } else if selection == Selection::Unsatisfiable {
+            out.extend_from_slice(b"Content-Range: bytes */");
+            append_decimal(body.len(), out);
+            out.extend_from_slice(b"\r\n");
+        }
+        // Files (content with a modification time) have validators and ranges.
+        if let Some(modified) = body.modified() {
+            out.extend_from_slice(b"Last-Modified: ");
+            MODIFIED.with(|memo| memo.append(modified, out));
+            out.extend_from_slice(b"\r\nETag: ");
+            out.extend_from_slice(entity_tag(body.len(), modified).as_bytes());
+            out.extend_from_slice(b"\r\nAccept-Ranges: bytes\r\n");
+        }
     }
     if matches!(response, Response::Refused(Refusal::MethodNotAllowed)) {
         out.extend_from_slice(b"Allow: GET, HEAD\r\n");
@@ -230,9 +286,15 @@ mod tests {
 
     #[test]
     fn heads_are_well_formed() {
-        let framing = HttpFraming { http11: true, keep_alive: false, head_only: false, content_type: "text/plain" };
+        let framing = HttpFraming {
+            http11: true,
+            keep_alive: false,
+            head_only: false,
+            content_type: "text/plain",
+            conditions: Conditions::default(),
+        };
         let mut out = Vec::new();
-        encode_head(framing, &Response::Refused(Refusal::MethodNotAllowed), &mut out);
+        encode_head(framing, &Response::Refused(Refusal::MethodNotAllowed), Selection::Full, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 405 Method Not Allowed\r\nServer: fileserver\r\nDate: "), "{text}");
         assert!(text.contains("\r\nContent-Length: 23\r\nAllow: GET, HEAD\r\nConnection: close\r\n\r\n"), "{text}");

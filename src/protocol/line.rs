@@ -3,6 +3,7 @@
 
 use std::io::Write;
 
+use super::conditional::Selection;
 use super::{Framing, Malformed, ParseLimits, Parsed, Request, Response};
 use crate::refusal::Refusal;
 
@@ -27,8 +28,10 @@ pub(super) fn parse(pending: &[u8], limits: &ParseLimits) -> Option<Parsed> {
     Some(Parsed { request: Ok(Request { target: line.to_vec(), framing: Framing::Line }), consumed: newline + 1 })
 }
 
-/// Appends the head that precedes `response`'s body (if any) to `out`.
-pub fn encode_head(framing: Framing, response: &Response, out: &mut Vec<u8>) {
+/// Appends the head that precedes `response`'s body (if any) to `out`;
+/// `selection` is what an HTTP request's conditions chose (the line
+/// protocol has none: always [`Selection::Full`]).
+pub fn encode_head(framing: Framing, response: &Response, selection: Selection, out: &mut Vec<u8>) {
     match framing {
         Framing::Line => match response {
             Response::Content(body) => {
@@ -38,6 +41,6 @@ pub fn encode_head(framing: Framing, response: &Response, out: &mut Vec<u8>) {
                 let _ = writeln!(out, "ERR {} {}", refusal.code(), refusal);
             }
         },
-        Framing::Http(http) => super::http::encode_head(http, response, out),
+        Framing::Http(http) => super::http::encode_head(http, response, selection, out),
     }
 }

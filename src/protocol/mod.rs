@@ -9,6 +9,7 @@
 //! request's worth of unparsed bytes plus one read, so every model, blocking
 //! or event-driven, uses the same parser.
 
+pub mod conditional;
 pub mod http;
 mod line;
 #[cfg(test)]
@@ -55,12 +56,20 @@ pub struct HttpFraming {
     pub head_only: bool,
     /// `Content-Type` of a successful response.
     pub content_type: &'static str,
+    /// Conditional and range headers, weighed when the response is queued.
+    pub conditions: conditional::Conditions,
 }
 
 impl HttpFraming {
     /// For a request too broken to read: HTTP/1.1, then close.
     pub fn closing() -> HttpFraming {
-        HttpFraming { http11: true, keep_alive: false, head_only: false, content_type: "" }
+        HttpFraming {
+            http11: true,
+            keep_alive: false,
+            head_only: false,
+            content_type: "",
+            conditions: conditional::Conditions::default(),
+        }
     }
 }
 

@@ -81,8 +81,13 @@ fn cases() -> Vec<Case> {
         raw(b"GET http://evil/secret HTTP/1.1\r\n\r\n", 400),
         raw(b"GET /test.txt HTTP/1.1\r\nBad Header\r\n\r\n", 400),
         raw(b"GET /test.txt HTTP/9.9\r\n\r\n", 400),
-        raw(b"POST /test.txt HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", 405),
-        raw(b"OPTIONS * HTTP/1.1\r\n\r\n", 405),
+        raw(b"POST /test.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello", 405),
+        raw(b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n", 405),
+        // RFC 9112: framing that cannot be trusted, and a 1.1 request without one Host.
+        raw(b"GET /test.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\n", 400),
+        raw(b"GET /test.txt HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n", 400),
+        raw(b"GET /test.txt HTTP/1.1\r\n\r\n", 400),
+        raw(b"GET /test.txt HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
         raw(b"GET /test.txt HTTP/1.1\r\nHost: a\r\nHost: b\r\nX: \x01\r\n\r\n", 400),
     ]
 }

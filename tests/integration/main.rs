@@ -8,6 +8,7 @@ mod async_reads;
 mod client;
 mod hostile;
 mod http;
+mod http_files;
 mod limits;
 mod models;
 mod processes;

@@ -1,0 +1,276 @@
+//! Conditional and range requests (RFC 9110 sections 13 and 14), as a
+//! static file server answers them: `ETag` and `Last-Modified` as
+//! validators, `If-None-Match` and `If-Modified-Since` answered with 304,
+//! one byte range answered with 206 (`If-Range` honoured), an unsatisfiable
+//! one with 416.
+//!
+//! The request's conditions are parsed into a small `Copy` value that
+//! travels with the request's framing (even while its file is being read
+//! elsewhere); they are weighed against the file's size and modification
+//! time only when the response is queued, by [`Conditions::select`].
+//!
+//! The entity tag is nginx's: `"<mtime in hex>-<size in hex>"`, strong. A
+//! request validator in any other form cannot match ours, so it is kept as
+//! "never matches" rather than as text.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Most entity tags of one `If-None-Match` header kept; a longer list is
+/// treated as "any of these may match" only for the first ones.
+const MAX_TAGS: usize = 4;
+
+/// What a request asks beyond "the whole file".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Conditions {
+    if_none_match: Option<TagList>,
+    if_modified_since: Option<u64>,
+    range: Option<RangeSpec>,
+    if_range: Option<Validator>,
+    /// GET (a range applies) rather than HEAD (it does not).
+    is_get: bool,
+}
+
+/// An entity tag in our own format, weak or strong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct EntityTag {
+    mtime: u64,
+    size: u64,
+    weak: bool,
+}
+
+/// `If-None-Match`: `*`, or the tags that could be ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TagList {
+    Any,
+    Tags([Option<EntityTag>; MAX_TAGS]),
+}
+
+/// `If-Range`: a date, a tag, or something that can never match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Validator {
+    Date(u64),
+    Tag(EntityTag),
+    Never,
+}
+
+/// One byte range, as the client wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeSpec {
+    /// `bytes=a-b`
+    FromTo(u64, u64),
+    /// `bytes=a-`
+    From(u64),
+    /// `bytes=-n`: the last n bytes.
+    Suffix(u64),
+}
+
+/// Which response a conditional or range request gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    /// 200: the whole content.
+    Full,
+    /// 304: the client's copy is current; no body.
+    NotModified,
+    /// 206: bytes `start..end` (end exclusive) of the content.
+    Partial {
+        /// First byte sent.
+        start: u64,
+        /// One past the last byte sent.
+        end: u64,
+    },
+    /// 416: the range lies beyond the content.
+    Unsatisfiable,
+}
+
+impl Conditions {
+    /// Reads the conditional and range headers of a GET or HEAD request.
+    /// Headers that cannot be parsed are ignored, as the RFC allows.
+    pub fn parse<'h>(is_get: bool, header: impl Fn(&str) -> Option<&'h [u8]>) -> Conditions {
+        let text = |name| header(name).and_then(|value| std::str::from_utf8(value).ok()).map(str::trim);
+        Conditions {
+            if_none_match: text("if-none-match").map(parse_tag_list),
+            if_modified_since: text("if-modified-since").and_then(parse_date),
+            range: text("range").and_then(parse_range),
+            if_range: text("if-range").map(parse_validator),
+            is_get,
+        }
+    }
+
+    /// Weighs the conditions against content of `len` bytes last modified
+    /// at `modified` (`None` for computed content, which has no validators
+    /// and is always sent whole).
+    pub fn select(&self, len: u64, modified: Option<SystemTime>) -> Selection {
+        let Some(mtime) = modified.map(unix_seconds) else { return Selection::Full };
+        let ours = EntityTag { mtime, size: len, weak: false };
+        // If-None-Match, when present, overrides If-Modified-Since.
+        match self.if_none_match {
+            Some(TagList::Any) => return Selection::NotModified,
+            Some(TagList::Tags(tags)) => {
+                if tags.iter().flatten().any(|tag| tag.mtime == ours.mtime && tag.size == ours.size) {
+                    return Selection::NotModified;
+                }
+            }
+            None => {
+                if self.if_modified_since.is_some_and(|since| mtime <= since) {
+                    return Selection::NotModified;
+                }
+            }
+        }
+        let Some(range) = self.range.filter(|_| self.is_get) else { return Selection::Full };
+        let range_still_valid = match self.if_range {
+            None => true,
+            Some(Validator::Date(date)) => mtime == date,
+            Some(Validator::Tag(tag)) => !tag.weak && tag == ours,
+            Some(Validator::Never) => false,
+        };
+        if !range_still_valid {
+            return Selection::Full;
+        }
+        let (start, end) = match range {
+            RangeSpec::FromTo(first, last) => (first, last.saturating_add(1).min(len)),
+            RangeSpec::From(first) => (first, len),
+            RangeSpec::Suffix(count) => (len.saturating_sub(count), len),
+        };
+        let empty_suffix = matches!(range, RangeSpec::Suffix(0));
+        if start >= len || empty_suffix {
+            Selection::Unsatisfiable
+        } else {
+            Selection::Partial { start, end }
+        }
+    }
+}
+
+/// The entity tag of content of `len` bytes modified at `modified`, quoted.
+pub fn entity_tag(len: u64, modified: SystemTime) -> String {
+    format!("\"{:x}-{:x}\"", unix_seconds(modified), len)
+}
+
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn parse_date(text: &str) -> Option<u64> {
+    httpdate::parse_http_date(text).ok().map(unix_seconds)
+}
+
+fn parse_tag(text: &str) -> Option<EntityTag> {
+    let (weak, quoted) = match text.strip_prefix("W/") {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
+    let (mtime, size) = inner.split_once('-')?;
+    Some(EntityTag { mtime: u64::from_str_radix(mtime, 16).ok()?, size: u64::from_str_radix(size, 16).ok()?, weak })
+}
+
+fn parse_tag_list(text: &str) -> TagList {
+    if text == "*" {
+        return TagList::Any;
+    }
+    let mut tags = [None; MAX_TAGS];
+    for (slot, tag) in tags.iter_mut().zip(text.split(',').filter_map(|t| parse_tag(t.trim()))) {
+        *slot = Some(tag);
+    }
+    TagList::Tags(tags)
+}
+
+fn parse_validator(text: &str) -> Validator {
+    if text.starts_with('"') || text.starts_with("W/") {
+        parse_tag(text).map_or(Validator::Never, Validator::Tag)
+    } else {
+        parse_date(text).map_or(Validator::Never, Validator::Date)
+    }
+}
+
+/// `bytes=a-b`, `bytes=a-` or `bytes=-n`. Several ranges, other units and
+/// malformed specs give `None`: the whole content is sent (200), which
+/// RFC 9110 allows a server to do for any range request.
+fn parse_range(text: &str) -> Option<RangeSpec> {
+    let spec = text.strip_prefix("bytes=")?.trim();
+    if spec.contains(',') {
+        return None;
+    }
+    let (first, last) = spec.split_once('-')?;
+    let number = |digits: &str| digits.trim().parse::<u64>().ok();
+    match (first.trim().is_empty(), last.trim().is_empty()) {
+        (true, false) => Some(RangeSpec::Suffix(number(last)?)),
+        (false, true) => Some(RangeSpec::From(number(first)?)),
+        (false, false) => {
+            let (first, last) = (number(first)?, number(last)?);
+            (first <= last).then_some(RangeSpec::FromTo(first, last))
+        }
+        (true, true) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn conditions(headers: &[(&str, &str)]) -> Conditions {
+        Conditions::parse(true, |name| {
+            headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_bytes())
+        })
+    }
+
+    const LEN: u64 = 1000;
+
+    fn modified() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
+    fn select(headers: &[(&str, &str)]) -> Selection {
+        conditions(headers).select(LEN, Some(modified()))
+    }
+
+    #[test]
+    fn ranges_select_the_bytes_nginx_would() {
+        let partial = |start, end| Selection::Partial { start, end };
+        assert_eq!(select(&[]), Selection::Full);
+        assert_eq!(select(&[("Range", "bytes=0-99")]), partial(0, 100));
+        assert_eq!(select(&[("Range", "bytes=990-5000")]), partial(990, 1000), "the end is clamped");
+        assert_eq!(select(&[("Range", "bytes=500-")]), partial(500, 1000));
+        assert_eq!(select(&[("Range", "bytes=-100")]), partial(900, 1000));
+        assert_eq!(select(&[("Range", "bytes=-5000")]), partial(0, 1000), "a suffix longer than the file");
+        assert_eq!(select(&[("Range", "bytes=1000-")]), Selection::Unsatisfiable);
+        assert_eq!(select(&[("Range", "bytes=-0")]), Selection::Unsatisfiable);
+        for whole in ["bytes=0-1,5-6", "lines=1-2", "bytes=5-1", "bytes=-", "bytes=x-"] {
+            assert_eq!(select(&[("Range", whole)]), Selection::Full, "{whole}");
+        }
+        let head = Conditions::parse(false, |name| (name == "range").then_some(&b"bytes=0-1"[..]));
+        assert_eq!(head.select(LEN, Some(modified())), Selection::Full, "HEAD ignores Range");
+    }
+
+    #[test]
+    fn validators_give_304_for_a_current_copy() {
+        let tag = entity_tag(LEN, modified());
+        assert_eq!(tag, "\"6553f100-3e8\"");
+        let date = httpdate::fmt_http_date(modified());
+        let older = httpdate::fmt_http_date(modified() - Duration::from_secs(1));
+        assert_eq!(select(&[("If-None-Match", &tag)]), Selection::NotModified);
+        assert_eq!(select(&[("If-None-Match", &format!("\"x\", W/{tag}"))]), Selection::NotModified, "weak match");
+        assert_eq!(select(&[("If-None-Match", "*")]), Selection::NotModified);
+        assert_eq!(select(&[("If-None-Match", "\"6553f100-3e9\"")]), Selection::Full, "another size");
+        assert_eq!(select(&[("If-Modified-Since", &date)]), Selection::NotModified);
+        assert_eq!(select(&[("If-Modified-Since", &older)]), Selection::Full);
+        assert_eq!(
+            select(&[("If-None-Match", "\"other\""), ("If-Modified-Since", &date)]),
+            Selection::Full,
+            "If-None-Match overrides If-Modified-Since"
+        );
+        assert_eq!(conditions(&[("If-None-Match", "*")]).select(LEN, None), Selection::Full, "computed content");
+    }
+
+    #[test]
+    fn if_range_keeps_a_range_only_for_the_same_content() {
+        let tag = entity_tag(LEN, modified());
+        let date = httpdate::fmt_http_date(modified());
+        let partial = Selection::Partial { start: 0, end: 10 };
+        assert_eq!(select(&[("Range", "bytes=0-9"), ("If-Range", &tag)]), partial);
+        assert_eq!(select(&[("Range", "bytes=0-9"), ("If-Range", &date)]), partial);
+        assert_eq!(select(&[("Range", "bytes=0-9"), ("If-Range", "\"6553f100-1\"")]), Selection::Full);
+        assert_eq!(select(&[("Range", "bytes=0-9"), ("If-Range", &format!("W/{tag}"))]), Selection::Full, "weak");
+        assert_eq!(select(&[("Range", "bytes=0-9"), ("If-Range", "yesterday")]), Selection::Full);
+    }
+}
