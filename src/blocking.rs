@@ -42,9 +42,10 @@ impl<'a> StoppableAcceptor<'a> {
         let live = Arc::new(LiveConnections::default());
         let stopping = Arc::clone(&live);
         signals::spawn_watcher(Arc::clone(&server.service), move || {
-            stopping.stop();
+            let in_flight = stopping.stop();
             // accept() blocks; a connection to ourselves makes it return.
             let _ = TcpStream::connect(wake);
+            in_flight
         })
         .map_err(ServerError::io("cannot install signal handlers"))?;
         Ok(StoppableAcceptor { listener: &server.listener, service: &server.service, live })
@@ -124,12 +125,15 @@ impl LiveConnections {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    /// Stops reading from every live connection (see the module docs).
-    pub fn stop(&self) {
+    /// Stops reading from every live connection (see the module docs);
+    /// returns how many there are.
+    pub fn stop(&self) -> usize {
         self.stopping.store(true, Ordering::SeqCst);
-        for stream in self.lock().values() {
+        let streams = self.lock();
+        for stream in streams.values() {
             let _ = stream.shutdown(Shutdown::Read);
         }
+        streams.len()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<TcpStream>>> {

@@ -142,9 +142,18 @@ impl<S: Sink + Read> Clients<S> {
         self.stop_deadline.is_some()
     }
 
-    /// Whether the loop should exit: stopping, and everyone served or out of time.
+    /// Whether the loop should exit: stopping, and everyone served or out
+    /// of time (then it says how many connections it drops unfinished).
     pub fn should_exit(&self) -> bool {
-        self.stop_deadline.is_some_and(|deadline| self.open.is_empty() || Instant::now() >= deadline)
+        let Some(deadline) = self.stop_deadline else { return false };
+        if self.open.is_empty() {
+            return true;
+        }
+        let out_of_time = Instant::now() >= deadline;
+        if out_of_time {
+            info!("stop grace period over: closing {} connections unfinished", self.open.len());
+        }
+        out_of_time
     }
 
     /// Whether the loop should wait for new connections now.

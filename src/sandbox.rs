@@ -38,6 +38,14 @@ pub enum RootError {
         /// What the kernel said.
         source: io::Error,
     },
+    /// The root does not exist (relative paths are taken from the working directory).
+    #[error("root {path} does not exist in {cwd} (run from the directory that holds it, or give a full path: --root /path/to/dir)")]
+    Missing {
+        /// The directory given with `--root`.
+        path: PathBuf,
+        /// The working directory a relative root was looked for in.
+        cwd: String,
+    },
     /// The root exists but is not a directory.
     #[error("root {0} is not a directory (give --root a directory, e.g. --root fixtures)")]
     NotADirectory(PathBuf),
@@ -90,6 +98,11 @@ impl Root {
         let dir = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(
             |errno| match errno {
                 rustix::io::Errno::NOTDIR => RootError::NotADirectory(path.to_owned()),
+                rustix::io::Errno::NOENT => RootError::Missing {
+                    path: path.to_owned(),
+                    cwd: std::env::current_dir()
+                        .map_or_else(|_| "the working directory".into(), |d| d.display().to_string()),
+                },
                 errno => RootError::Open { path: path.to_owned(), source: errno.into() },
             },
         )?;
@@ -294,7 +307,8 @@ mod tests {
         let file = tempfile::NamedTempFile::new().unwrap();
         let err = Root::open(file.path(), false).unwrap_err();
         assert!(err.to_string().contains("is not a directory"), "{err}");
-        let err = Root::open(Path::new("/no/such/dir"), false).unwrap_err();
-        assert!(err.to_string().starts_with("cannot open root /no/such/dir"), "{err}");
+        let err = Root::open(Path::new("no/such/dir"), false).unwrap_err();
+        assert!(err.to_string().starts_with("root no/such/dir does not exist in /"), "{err}");
+        assert!(err.to_string().contains("--root /path/to/dir"), "{err}");
     }
 }

@@ -55,7 +55,8 @@ pub fn clear_cache(service: &Service) {
 
 /// Logs that a stop has begun.
 pub fn log_stopping(in_flight: usize) {
-    info!("stopping: finishing {in_flight} connections (at most {}s)", STOP_GRACE.as_secs());
+    let connections = if in_flight == 1 { "connection" } else { "connections" };
+    info!("stopping: finishing {in_flight} {connections} (at most {}s)", STOP_GRACE.as_secs());
 }
 
 /// The self-pipe for loops that wait with `select(2)` or `poll(2)`: one pipe
@@ -110,9 +111,10 @@ fn drain(stream: &mut UnixStream) -> bool {
 }
 
 /// For blocking models: a thread that clears the cache on `SIGHUP` and, on
-/// `SIGINT`/`SIGTERM`, calls `on_stop` then exits the process after
-/// [`STOP_GRACE`] if the model has not finished by itself.
-pub fn spawn_watcher(service: Arc<Service>, on_stop: impl FnOnce() + Send + 'static) -> io::Result<()> {
+/// `SIGINT`/`SIGTERM`, calls `on_stop` (which returns how many connections
+/// are still being served) then exits the process after [`STOP_GRACE`] if
+/// the model has not finished by itself.
+pub fn spawn_watcher(service: Arc<Service>, on_stop: impl FnOnce() -> usize + Send + 'static) -> io::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new(HANDLED)?;
     std::thread::Builder::new().name("signals".into()).spawn(move || {
         let mut on_stop = Some(on_stop);
@@ -121,11 +123,10 @@ pub fn spawn_watcher(service: Arc<Service>, on_stop: impl FnOnce() + Send + 'sta
                 Some(SignalAction::ClearCache) => clear_cache(&service),
                 Some(SignalAction::Stop) => {
                     if let Some(stop) = on_stop.take() {
-                        log_stopping(0);
-                        stop();
+                        log_stopping(stop());
                         std::thread::spawn(|| {
                             std::thread::sleep(STOP_GRACE);
-                            info!("stop grace period over: exiting");
+                            info!("stop grace period over: exiting with connections unfinished");
                             std::process::exit(0);
                         });
                     }

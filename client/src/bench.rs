@@ -85,6 +85,19 @@ pub struct Report {
 }
 
 impl Report {
+    /// A report of `ok` correct responses in one second, for tests.
+    #[cfg(test)]
+    pub(crate) fn with_count(ok: u64) -> Report {
+        Report {
+            ok,
+            errors: 0,
+            error_samples: Vec::new(),
+            body_bytes: 0,
+            elapsed: Duration::from_secs(1),
+            latency_us: new_histogram(),
+        }
+    }
+
     /// Correct responses per second.
     pub fn requests_per_sec(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -163,8 +176,10 @@ impl Report {
 
     /// This report as one JSON object.
     pub fn json(&self) -> String {
-        let fields: Vec<String> =
+        let mut fields: Vec<String> =
             Report::FIELD_NAMES.iter().zip(self.values()).map(|(name, value)| format!("\"{name}\":{value}")).collect();
+        let samples: Vec<String> = self.error_samples.iter().map(|sample| json_string(sample)).collect();
+        fields.push(format!("\"error_samples\":[{}]", samples.join(",")));
         format!("{{{}}}", fields.join(","))
     }
 }
@@ -503,6 +518,21 @@ fn encode_request(plan: &LoadPlan, path: &str) -> Vec<u8> {
     }
 }
 
+/// `text` as a JSON string literal.
+fn json_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// A complete, correct response.
 #[derive(Debug)]
 struct Done {
@@ -616,6 +646,14 @@ impl ResponseReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_samples_are_valid_json_strings() {
+        assert_eq!(json_string("response \"ERR 404\"\n\\"), "\"response \\\"ERR 404\\\"\\u000a\\\\\"");
+        let mut report = Report::with_count(0);
+        report.error_samples.push("HTTP 404".into());
+        assert!(report.json().ends_with(",\"error_samples\":[\"HTTP 404\"]}"), "{}", report.json());
+    }
 
     #[test]
     fn line_responses_are_read_across_arbitrary_splits() {

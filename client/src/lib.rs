@@ -8,4 +8,5 @@ pub mod chart;
 pub mod fetch;
 pub mod peers;
 pub mod suite;
+pub mod verdict;
 pub mod versus;

@@ -160,6 +160,10 @@ fn run_bench(cli: BenchCli) -> anyhow::Result<bool> {
     let report = bench::run(&plan)?;
     if cli.json {
         println!("{}", report.json());
+        // stdout is for the JSON; a person still sees what went wrong.
+        for sample in &report.error_samples {
+            eprintln!("client bench: error: {sample}");
+        }
     } else {
         print!("{}", report.summary());
     }

@@ -304,6 +304,8 @@ pub fn homework(server_bin: &Path, root: &BenchRoot, requests: usize) -> Result<
 
 /// One row of the table.
 pub struct Row {
+    /// Which workload.
+    pub kind: WorkloadKind,
     /// Workload label.
     pub workload: String,
     /// Model name.

@@ -12,11 +12,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use client::bench::{self, Until};
 use client::chart::{self, Series};
 use client::peers;
 use client::suite::{self, BenchRoot, Row, WorkloadKind, STORAGE_DELAY_MS, SWEEP_CONNS};
+use fileserver::config::defaults::READERS;
 
 /// Measures the kit's server models against each other (and nginx).
 #[derive(Debug, Parser)]
@@ -31,19 +32,27 @@ struct Args {
     /// Only the goal table against nginx (needs nginx and wrk installed).
     #[arg(long, conflicts_with = "full")]
     vs_nginx: bool,
-    /// Concurrent clients (and requests) in the homework's two lines.
-    #[arg(long, default_value_t = 3)]
-    requests: usize,
-    /// The server binary to measure.
-    #[arg(long, default_value = "target/release/server")]
-    server: PathBuf,
+    /// Only the homework's two lines, with this many concurrent clients
+    /// (and requests); without it, the lines use 3 and the table follows.
+    #[arg(long, value_name = "N")]
+    requests: Option<usize>,
+    /// The server binary to measure [default: `server` next to this program].
+    #[arg(long, value_name = "PATH")]
+    server: Option<PathBuf>,
     /// Where --full writes its results (a dated directory inside).
     #[arg(long, default_value = "results")]
     results: PathBuf,
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    // ./benchmark.sh names itself, so --help and usage errors say what the user typed.
+    let name = std::env::var("BENCHMARK_COMMAND").unwrap_or_else(|_| "benchmark".into());
+    let matches = Args::command().bin_name(name).get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(err) => err.exit(),
+    };
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("benchmark: FAILED: {err:#}");
@@ -52,38 +61,63 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<()> {
+/// The server binary: `--server`, or `server` in this program's own
+/// directory (so the benchmark works from any working directory).
+fn server_binary(args: &Args) -> Result<PathBuf> {
+    let server = match &args.server {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("cannot find this program's path")?.with_file_name("server"),
+    };
+    anyhow::ensure!(
+        server.exists(),
+        "{} is missing: build it with cargo build --release (or name it with --server PATH)",
+        server.display()
+    );
+    Ok(server)
+}
+
+fn run(mut args: Args) -> Result<()> {
     suite::kill_children_on_signal()?;
     bench::raise_fd_limit(20_000);
-    anyhow::ensure!(args.server.exists(), "{} is missing: build it with cargo build --release", args.server.display());
-    anyhow::ensure!((1..=1000).contains(&args.requests), "--requests takes 1 to 1000");
-    let root = BenchRoot::create(args.requests.max(64))?;
+    let server = server_binary(&args)?;
+    args.server = Some(server.clone());
+    let requests = args.requests.unwrap_or(3);
+    anyhow::ensure!((1..=1000).contains(&requests), "--requests takes 1 to 1000");
+    let root = BenchRoot::create(requests.max(64))?;
     if args.vs_nginx {
-        return client::versus::run(&args.server, &root);
+        return client::versus::run(&server, &root);
     }
 
-    let (async_s, sync_s) = suite::homework(&args.server, &root, args.requests)?;
-    println!("Async I/O {} requests, time (seconds): {async_s:.6}", args.requests);
-    println!("Sync I/O {} requests, time (seconds): {sync_s:.6}", args.requests);
     println!(
-        "({} concurrent clients, each asking for a different uncached 4 KiB file; storage delay {STORAGE_DELAY_MS} ms \
-         per read; async/sync time ratio {:.2}, async is {:.1}x faster)\n",
-        args.requests,
-        async_s / sync_s,
+        "The homework's two lines: Async = event-async (file reads on {READERS} reader threads), \
+         Sync = event (reads block its only thread)."
+    );
+    let (async_s, sync_s) = suite::homework(&server, &root, requests)?;
+    println!("Async I/O {requests} requests, time (seconds): {async_s:.6}");
+    println!("Sync I/O {requests} requests, time (seconds): {sync_s:.6}");
+    println!(
+        "({requests} concurrent clients, each asking for a different uncached 4 KiB file; storage delay \
+         {STORAGE_DELAY_MS} ms per read: async is {:.1}x faster)",
         sync_s / async_s
     );
+    if args.requests.is_some() && !(args.full || args.smoke) {
+        return Ok(());
+    }
+    println!();
 
     let seconds = if args.smoke { 0.2 } else { 1.0 };
     let mut rows = Vec::new();
     for workload in suite::workloads(&root) {
         for model in suite::models() {
             let until = Until::Elapsed(Duration::from_secs_f64(seconds));
-            let report = suite::measure(&args.server, &root, model, &workload, workload.conns, until)?;
-            rows.push(Row { workload: workload.label.clone(), model: model.into(), report });
+            let report = suite::measure(&server, &root, model, &workload, workload.conns, until)?;
+            rows.push(Row { kind: workload.kind, workload: workload.label.clone(), model: model.into(), report });
         }
     }
     print!("{}", suite::table(&rows));
     println!("(each cell: {seconds} s of closed-loop load from `client bench`, every response checked)");
+    let conns: Vec<_> = suite::workloads(&root).iter().map(|w| (w.kind, w.conns)).collect();
+    print!("{}", client::verdict::verdict(&rows, READERS, &conns));
 
     if args.full || args.smoke {
         sweep(&args, &root)?;
@@ -119,7 +153,14 @@ fn sweep(args: &Args, root: &BenchRoot) -> Result<()> {
                     continue;
                 }
                 let until = Until::Elapsed(Duration::from_secs_f64(seconds));
-                let report = suite::measure(&args.server, root, model, workload, conns, until)?;
+                let report = suite::measure(
+                    args.server.as_deref().expect("resolved in run"),
+                    root,
+                    model,
+                    workload,
+                    conns,
+                    until,
+                )?;
                 writeln!(csv, "{model},{conns},{}", report.csv_fields())?;
                 rate_points.push((conns as f64, report.requests_per_sec()));
                 p99_points.push((conns as f64, report.latency_ms(0.99)));
@@ -155,7 +196,14 @@ fn versus_nginx(args: &Args, root: &BenchRoot) -> Result<()> {
     let ours_on_nginx = bench::run(&plan)?;
     drop(nginx);
     let cached = &suite::workload(root, WorkloadKind::Cached);
-    let event = suite::measure(&args.server, root, "event", cached, 50, Until::Elapsed(Duration::from_secs(3)))?;
+    let event = suite::measure(
+        args.server.as_deref().expect("resolved in run"),
+        root,
+        "event",
+        cached,
+        50,
+        Until::Elapsed(Duration::from_secs(3)),
+    )?;
     println!("\ncached 1 KiB, 50 keep-alive connections, 3 s each:");
     println!("  nginx (1 worker, HTTP) driven by wrk:           {wrk:>10.0} req/s");
     println!(

@@ -1,0 +1,114 @@
+//! The benchmark's answer, computed from the run's own numbers: when was
+//! the asynchronous design worth it, by how much, and what limits each
+//! model. Printed after the table, so nobody has to read the answer out of
+//! forty rows (or out of a document written on another machine).
+
+use crate::suite::{Row, WorkloadKind, STORAGE_DELAY_MS};
+
+/// req/s of `model` on `kind` in this run, if measured.
+fn rate(rows: &[Row], kind: WorkloadKind, model: &str) -> Option<f64> {
+    rows.iter().find(|row| row.kind == kind && row.model == model).map(|row| row.report.requests_per_sec())
+}
+
+/// The fastest of `models` on `kind`: (model, req/s).
+fn best<'a>(rows: &[Row], kind: WorkloadKind, models: &[&'a str]) -> Option<(&'a str, f64)> {
+    models.iter().filter_map(|&m| Some((m, rate(rows, kind, m)?))).max_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// The verdict paragraph. `readers` is the reader pool of `event-async`,
+/// `conns` the connections of each workload, as (kind, conns).
+pub fn verdict(rows: &[Row], readers: usize, conns: &[(WorkloadKind, usize)]) -> String {
+    let conns_of = |kind| conns.iter().find(|(k, _)| *k == kind).map_or(0, |(_, c)| *c);
+    let mut out =
+        String::from("\nVerdict (from this run; absolute numbers move with the machine, ratios are the result):\n");
+    let async_models = ["event-async", "event-aio", "uring"];
+    let blocking = ["fork", "prefork", "threads", "pool"];
+
+    if let (Some(event), Some(event_async)) =
+        (rate(rows, WorkloadKind::Uncached, "event"), rate(rows, WorkloadKind::Uncached, "event-async"))
+    {
+        let conns = conns_of(WorkloadKind::Uncached);
+        let ideal = conns as f64 * 1000.0 / STORAGE_DELAY_MS as f64;
+        let pool_ceiling = readers as f64 * 1000.0 / STORAGE_DELAY_MS as f64;
+        out.push_str(&format!(
+            "* Slow storage ({STORAGE_DELAY_MS} ms per read, {conns} clients): worth it. event-async serves {:.1}x \
+             what event does ({event_async:.0} vs {event:.0} req/s): event waits out every read in its only thread \
+             (about 1000/{STORAGE_DELAY_MS} = {:.0} req/s at most).\n",
+            event_async / event,
+            1000.0 / STORAGE_DELAY_MS as f64
+        ));
+        out.push_str(&format!(
+            "  event-async is capped by its {readers} reader threads ({readers} x 1000/{STORAGE_DELAY_MS} = \
+             {pool_ceiling:.0} req/s; the ideal for {conns} clients is {ideal:.0}). "
+        ));
+        if let Some((model, best_rate)) = best(rows, WorkloadKind::Uncached, &async_models[1..]) {
+            out.push_str(&format!(
+                "The kernel-driven models have no such cap: {model} reaches {best_rate:.0} ({:.0}% of the ideal).\n",
+                100.0 * best_rate / ideal
+            ));
+        }
+        if let Some((model, best_rate)) = best(rows, WorkloadKind::Uncached, &blocking) {
+            out.push_str(&format!(
+                "  A thread or process per client gets there too ({model}: {best_rate:.0}), paying a stack or a \
+                 process per connection instead of a state machine.\n"
+            ));
+        }
+    }
+    if let Some(event) = rate(rows, WorkloadKind::Cached, "event") {
+        let ratios: Vec<String> = async_models
+            .iter()
+            .filter_map(|&m| Some(format!("{m} {:.2}x", rate(rows, WorkloadKind::Cached, m)? / event)))
+            .collect();
+        out.push_str(&format!(
+            "* Cached files: no gain. Nothing blocks, so every design is bounded by the same syscalls and the \
+             two cores; against event: {}. (The order of the models moves between runs.)\n",
+            ratios.join(", ")
+        ));
+    }
+    if let (Some(event), Some(event_async)) =
+        (rate(rows, WorkloadKind::Large, "event"), rate(rows, WorkloadKind::Large, "event-async"))
+    {
+        out.push_str(&format!(
+            "* Large files: no gain ({:.2}x). sendfile never blocks on a cached page; copying bytes is the limit.\n",
+            event_async / event
+        ));
+    }
+    if let (Some(event), Some(event_async)) =
+        (rate(rows, WorkloadKind::Fib, "event"), rate(rows, WorkloadKind::Fib, "event-async"))
+    {
+        out.push_str(&format!(
+            "* CPU-bound work (fib): {:.2}x. Moving the work off the loop keeps the loop responsive, but the gain \
+             is bounded by the cores, not by the design.\n",
+            event_async / event
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::Report;
+
+    fn row(kind: WorkloadKind, model: &str, ok: u64) -> Row {
+        Row { kind, workload: kind.name().into(), model: model.into(), report: Report::with_count(ok) }
+    }
+
+    #[test]
+    fn the_verdict_quotes_this_runs_ratios() {
+        let rows = [
+            row(WorkloadKind::Uncached, "event", 100),
+            row(WorkloadKind::Uncached, "event-async", 1600),
+            row(WorkloadKind::Uncached, "uring", 3000),
+            row(WorkloadKind::Uncached, "threads", 3100),
+            row(WorkloadKind::Cached, "event", 1000),
+            row(WorkloadKind::Cached, "event-async", 800),
+        ];
+        let text = verdict(&rows, 16, &[(WorkloadKind::Uncached, 32)]);
+        assert!(text.contains("event-async serves 16.0x what event does"), "{text}");
+        assert!(text.contains("16 x 1000/10 = 1600 req/s; the ideal for 32 clients is 3200"), "{text}");
+        assert!(text.contains("uring reaches 3000 (94% of the ideal)"), "{text}");
+        assert!(text.contains("event-async 0.80x"), "{text}");
+        assert!(!text.contains("Large files"), "nothing is said of what was not measured");
+    }
+}
