@@ -2,18 +2,24 @@
 //! and serving one connection start to finish in the calling thread.
 //!
 //! A thread blocked in `accept` or `read` cannot be told to stop, so a
-//! graceful stop does two things from the signal-watcher thread: it
-//! connects to the server itself, which makes the blocked `accept` return,
-//! and it shuts down the *reading* side of every live connection, so a
-//! blocked read returns end-of-stream, the response in flight is still
-//! written, and the serving thread returns on its own.
+//! graceful stop does two things from the signal-watcher thread. It writes
+//! to a pipe that the accepting thread waits on beside the listener (with
+//! `poll`), so waiting for a client ends. (Connecting to the server itself
+//! would also wake a blocked `accept`, but with `prefork` a *sibling*
+//! worker can take that connection, and the sleeper sleeps on.) And it
+//! shuts down the *reading* side of every live connection, so a blocked
+//! read returns end-of-stream, the response in flight is still written, and
+//! the serving thread returns on its own.
 
 use std::collections::HashMap;
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{self, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
 
 use crate::conn::{refuse, Conn, Inline, Limits, Status, SWEEP_INTERVAL};
 use crate::error::ServerError;
@@ -32,23 +38,29 @@ pub struct StoppableAcceptor<'a> {
     listener: &'a TcpListener,
     service: &'a Arc<Service>,
     live: Arc<LiveConnections>,
+    /// Readable once a stop has begun.
+    stop_pipe: UnixStream,
 }
 
 impl<'a> StoppableAcceptor<'a> {
     /// Starts the signal-watcher thread for `server`'s listener.
     pub fn install(server: &'a Server) -> Result<StoppableAcceptor<'a>, ServerError> {
-        let local = server.listener.local_addr().map_err(ServerError::io("cannot read the bound address"))?;
-        let wake = wake_address(local);
+        let set_up = || -> io::Result<(UnixStream, UnixStream)> {
+            // Waited on with poll, then accepted without blocking: another
+            // thread or process sharing the listener may win the race.
+            server.listener.set_nonblocking(true)?;
+            UnixStream::pair()
+        };
+        let (stop_pipe, mut stop_writer) = set_up().map_err(ServerError::io("cannot set up the listener"))?;
         let live = Arc::new(LiveConnections::default());
         let stopping = Arc::clone(&live);
         signals::spawn_watcher(Arc::clone(&server.service), move || {
             let in_flight = stopping.stop();
-            // accept() blocks; a connection to ourselves makes it return.
-            let _ = TcpStream::connect(wake);
+            let _ = stop_writer.write_all(b"x");
             in_flight
         })
         .map_err(ServerError::io("cannot install signal handlers"))?;
-        Ok(StoppableAcceptor { listener: &server.listener, service: &server.service, live })
+        Ok(StoppableAcceptor { listener: &server.listener, service: &server.service, live, stop_pipe })
     }
 
     /// Blocks until a client connects and returns it, admitted among at
@@ -57,16 +69,29 @@ impl<'a> StoppableAcceptor<'a> {
     /// accepting briefly and tries again.
     pub fn accept(&self, max_open: usize) -> Option<LiveConnection> {
         while !self.live.is_stopping() {
-            let accepted = self.listener.accept();
+            let mut wait_for = [PollFd::new(self.listener, PollFlags::IN), PollFd::new(&self.stop_pipe, PollFlags::IN)];
+            if let Err(errno) = rustix::event::poll(&mut wait_for, None) {
+                if errno != rustix::io::Errno::INTR {
+                    info!("poll: {errno}");
+                    std::thread::sleep(FD_EXHAUSTION_PAUSE);
+                }
+                continue;
+            }
             if self.live.is_stopping() {
                 return None;
             }
-            match accepted {
+            match self.listener.accept() {
                 Ok((stream, _peer)) => {
+                    // Served with blocking calls (on some systems an
+                    // accepted socket inherits the listener's O_NONBLOCK).
+                    if stream.set_nonblocking(false).is_err() {
+                        continue;
+                    }
                     if let Some(admitted) = self.live.admit(stream, max_open) {
                         return Some(admitted);
                     }
                 }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {} // a sibling took it
                 Err(err) if is_fd_exhaustion(&err) => {
                     info!("accept: {err}; pausing accepts");
                     std::thread::sleep(FD_EXHAUSTION_PAUSE);
@@ -201,14 +226,4 @@ pub fn dispatch_connections(
     }
     acceptor.wait_until_idle();
     Ok(())
-}
-
-/// An address that reaches `local`: a wildcard bind is reached via loopback.
-fn wake_address(local: SocketAddr) -> SocketAddr {
-    let ip = match local.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, local.port())
 }

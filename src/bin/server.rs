@@ -26,7 +26,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1")]
     addr: IpAddr,
     /// Port to listen on; 0 picks a free one (read it from the `listening on` line).
-    #[arg(long, default_value_t = defaults::PORT)]
+    #[arg(long, env = "SERVER_PORT", default_value_t = defaults::PORT)]
     port: u16,
     /// Directory to serve files from; nothing outside it is ever sent.
     #[arg(long, default_value = ".", value_name = "DIR")]

@@ -29,7 +29,7 @@ use crate::error::ServerError;
 use crate::log::{always, info};
 use crate::process::{self, ParentSignals};
 use crate::server::Server;
-use crate::signals::{self, SignalAction};
+use crate::signals::SignalAction;
 
 /// Forks the workers and supervises them until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
@@ -42,7 +42,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
     loop {
         let arrived = parent_signals.wait(None);
         if arrived.actions.contains(&SignalAction::Stop) {
-            signals::log_stopping(children.len());
+            info!("stopping: {} workers finish their connections", children.len());
             process::signal_all(&children, Signal::SIGTERM);
             process::wait_for_children(&mut parent_signals, &mut children);
             return Ok(());

@@ -6,6 +6,7 @@ mod support;
 
 mod async_reads;
 mod client;
+mod docs;
 mod hostile;
 mod http;
 mod http_files;

@@ -44,6 +44,22 @@ fn sigterm_leaves_no_child_behind() {
 }
 
 #[test]
+fn idle_blocking_models_stop_at_once_not_after_the_grace_period() {
+    // A blocked accept() must hear SIGTERM. Waking it by connecting to
+    // ourselves failed for prefork: a sibling worker took the connection,
+    // and the sleeper slept on until the 5 s grace period killed it.
+    for model in ["prefork", "iterative", "threads", "pool"] {
+        let server = Server::start(&["--model", model, "--workers", "4", "--root", fixtures().to_str().unwrap()]);
+        assert_eq!(server.connect().get(b"tiny.txt").body(), b"hi\n");
+        let asked = std::time::Instant::now();
+        server.signal(Signal::TERM);
+        assert_eq!(server.wait_exit(), Some(0), "{model}");
+        let took = asked.elapsed();
+        assert!(took < std::time::Duration::from_secs(3), "{model} took {took:?} to stop with nothing in flight");
+    }
+}
+
+#[test]
 fn children_die_with_a_killed_parent() {
     for model in ["fork", "prefork"] {
         let server = Server::start(&["--model", model, "--root", fixtures().to_str().unwrap()]);

@@ -286,7 +286,7 @@ pub fn client_bin() -> PathBuf {
             let server = Path::new(env!("CARGO_BIN_EXE_server"));
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
             let mut build = Command::new(cargo);
-            build.args(["build", "--quiet", "-p", "client", "--bin", "client"]).current_dir(env!("CARGO_MANIFEST_DIR"));
+            build.args(["build", "--quiet", "-p", "client", "--bins"]).current_dir(env!("CARGO_MANIFEST_DIR"));
             if server.parent().and_then(Path::file_name) == Some("release".as_ref()) {
                 build.arg("--release");
             }

@@ -1,0 +1,212 @@
+//! Every command the README and the guide show runs as written, in order,
+//! so the docs cannot drift from the programs.
+//!
+//! Each file's `sh` blocks run in one bash, as a reader would paste them
+//! into one terminal, in a scratch directory holding a copy of `fixtures/`
+//! (chapter 6 edits a fixture) and `target/release/` linked to the binaries
+//! under test. Ports are the kernel's: the docs' 7070, 7071, 7072 and 8080
+//! are replaced by free ports, and `SERVER_PORT`/`SERVER_ADDR` point the
+//! flag-less `server` and `client` at the first. The only thing added to
+//! the commands is a wait for each background server to listen (a person
+//! types slower than bash runs). Skipped: the two set-up commands the CI
+//! runs itself (`cargo ...`, `./benchmark.sh ...`) and lines whose program
+//! is not installed (wrk, nginx), each with a note.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::client_bin;
+
+/// Longest one file's commands may take (chapter 3's 10,000 connections,
+/// chapter 1's clients that sleep 3 s).
+const FILE_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Output that means a command did not run as written.
+const FAILURE_SIGNS: &[&str] = &[
+    "command not found",
+    "address in use",
+    "cannot connect",
+    "Connection refused",
+    "panicked",
+    "error: ",
+    "Usage:",
+    "nothing listening on",
+    "No such file or directory",
+];
+
+/// The documents whose commands are checked, in reading order.
+fn documents() -> Vec<PathBuf> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut chapters: Vec<PathBuf> = std::fs::read_dir(repo.join("docs/guide"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "md"))
+        .collect();
+    chapters.sort(); // README.md sorts after the numbered chapters: put it first
+    chapters.sort_by_key(|path| path.file_name().unwrap() != "README.md");
+    [vec![repo.join("README.md")], chapters].concat()
+}
+
+/// The `sh` blocks of a Markdown file, in order.
+fn shell_blocks(markdown: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in markdown.lines() {
+        match (&mut current, line.trim_end()) {
+            (None, "```sh") => current = Some(String::new()),
+            (Some(block), "```") => {
+                blocks.push(std::mem::take(block));
+                current = None;
+            }
+            (Some(block), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn is_installed(program: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {program}")]).stdout(Stdio::null()).status().unwrap().success()
+}
+
+/// The script bash runs for one document.
+fn script(blocks: &[String], ports: &[(u16, u16)]) -> String {
+    let default_port = ports[0].1;
+    let mut script = format!(
+        "set -u\nexport SERVER_PORT={default_port} SERVER_ADDR=127.0.0.1:{default_port}\n\
+         wait_listening() {{ for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; \
+         sleep 0.05; done; echo \"doc check: nothing listening on $1\" >&2; }}\n"
+    );
+    for block in blocks {
+        let mut block = block.clone();
+        for (documented, free) in ports {
+            block = block.replace(&documented.to_string(), &free.to_string());
+        }
+        for line in block.lines() {
+            let command = line.split(" #").next().unwrap_or("").trim();
+            let program = command.split_whitespace().next().unwrap_or("");
+            let program_name = program.rsplit('/').next().unwrap_or("");
+            if program == "cargo" || program == "./benchmark.sh" {
+                script.push_str(&format!(": skipped, the CI runs it itself: {command}\n"));
+                continue;
+            }
+            if ["wrk", "nginx", "curl"].contains(&program) && !is_installed(program) {
+                script.push_str(&format!("echo 'doc check: skipped ({program} is not installed): {command}'\n"));
+                continue;
+            }
+            script.push_str(line);
+            script.push('\n');
+            if program_name == "server" && command.ends_with('&') {
+                let port = command
+                    .split_whitespace()
+                    .skip_while(|word| *word != "--port")
+                    .nth(1)
+                    .map_or(default_port, |port| port.parse().unwrap());
+                script.push_str(&format!("wait_listening {port}\n"));
+            }
+        }
+    }
+    // Whatever a document leaves running is stopped here (and the process
+    // group is killed after, in case bash itself is stuck).
+    script.push_str("kill $(jobs -p) 2>/dev/null; wait\n");
+    script
+}
+
+/// A scratch directory laid out like the repository for the commands.
+fn scratch() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let copied = Command::new("cp").arg("-r").arg(repo.join("fixtures")).arg(dir.path()).status().unwrap();
+    assert!(copied.success(), "cannot copy the fixtures");
+    let release = dir.path().join("target/release");
+    std::fs::create_dir_all(&release).unwrap();
+    let client = client_bin(); // builds client and benchmark
+    for binary in [PathBuf::from(env!("CARGO_BIN_EXE_server")), client.clone(), client.with_file_name("benchmark")] {
+        std::os::unix::fs::symlink(&binary, release.join(binary.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// Runs `script` in `dir`; returns its combined output, or why it failed.
+fn run(script: &str, dir: &Path) -> Result<String, String> {
+    let log = dir.join("doc-check.log");
+    // One open file for both streams, so their lines interleave as on a terminal.
+    let output = std::fs::File::create(&log).unwrap();
+    let mut bash = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .env("PATH", format!("{}:{}", dir.join("target/release").display(), std::env::var("PATH").unwrap()))
+        .stdin(Stdio::null())
+        .stdout(output.try_clone().unwrap())
+        .stderr(output)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + FILE_DEADLINE;
+    let finished = loop {
+        if bash.try_wait().unwrap().is_some() {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Nothing a document started outlives it.
+    let group = rustix::process::Pid::from_raw(bash.id() as i32).unwrap();
+    let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    let _ = bash.wait();
+    let mut output = String::new();
+    std::fs::File::open(&log).unwrap().read_to_string(&mut output).unwrap();
+    if !finished {
+        return Err(format!("did not finish within {FILE_DEADLINE:?}\n{output}"));
+    }
+    match FAILURE_SIGNS.iter().find(|sign| output.contains(*sign)) {
+        Some(sign) => Err(format!("printed {sign:?}\n{output}")),
+        None => Ok(output),
+    }
+}
+
+#[test]
+fn every_command_in_the_readme_and_the_guide_runs_as_written() {
+    let dir = scratch();
+    let ports: Vec<(u16, u16)> = [7070, 7071, 7072, 8080].into_iter().map(|port| (port, free_port())).collect();
+    let mut checked = 0;
+    for document in documents() {
+        let blocks = shell_blocks(&std::fs::read_to_string(&document).unwrap());
+        if blocks.is_empty() {
+            continue;
+        }
+        let script = script(&blocks, &ports);
+        match run(&script, dir.path()) {
+            // Shown with --nocapture: what a reader would see.
+            Ok(output) => eprintln!("=== {}\n{output}", document.display()),
+            Err(why) => {
+                panic!("the commands of {} do not run as written: {why}\n--- script ---\n{script}", document.display())
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 9, "the README and eight chapters have commands; checked {checked}");
+}
+
+#[test]
+fn the_runner_notices_a_command_that_does_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = script(&["no-such-program --flag\n".to_string()], &[(7070, free_port())]);
+    assert!(run(&broken, dir.path()).is_err(), "a missing program must fail the check");
+    let fine = script(&["echo fine\n".to_string()], &[(7070, free_port())]);
+    assert_eq!(run(&fine, dir.path()).unwrap(), "fine\n");
+}
