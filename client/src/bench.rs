@@ -178,7 +178,7 @@ impl Report {
     pub fn json(&self) -> String {
         let mut fields: Vec<String> =
             Report::FIELD_NAMES.iter().zip(self.values()).map(|(name, value)| format!("\"{name}\":{value}")).collect();
-        let samples: Vec<String> = self.error_samples.iter().map(|sample| json_string(sample)).collect();
+        let samples: Vec<String> = self.error_samples.iter().map(|sample| crate::json::string(sample)).collect();
         fields.push(format!("\"error_samples\":[{}]", samples.join(",")));
         format!("{{{}}}", fields.join(","))
     }
@@ -518,21 +518,6 @@ fn encode_request(plan: &LoadPlan, path: &str) -> Vec<u8> {
     }
 }
 
-/// `text` as a JSON string literal.
-fn json_string(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// A complete, correct response.
 #[derive(Debug)]
 struct Done {
@@ -649,7 +634,7 @@ mod tests {
 
     #[test]
     fn error_samples_are_valid_json_strings() {
-        assert_eq!(json_string("response \"ERR 404\"\n\\"), "\"response \\\"ERR 404\\\"\\u000a\\\\\"");
+        assert_eq!(crate::json::string("response \"ERR 404\"\n\\"), "\"response \\\"ERR 404\\\"\\u000a\\\\\"");
         let mut report = Report::with_count(0);
         report.error_samples.push("HTTP 404".into());
         assert!(report.json().ends_with(",\"error_samples\":[\"HTTP 404\"]}"), "{}", report.json());

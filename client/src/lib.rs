@@ -1,11 +1,14 @@
 //! The kit's client side: the OSTEP-style [`fetch`] client, the [`bench`](mod@bench)
-//! load generator, and the [`suite`] behind `./benchmark.sh`.
+//! load generator, the [`grade`] black-box grader, and the [`suite`] behind
+//! `./benchmark.sh`.
 
 #![deny(missing_docs)]
 
 pub mod bench;
 pub mod chart;
 pub mod fetch;
+pub mod grade;
+pub mod json;
 pub mod peers;
 pub mod suite;
 pub mod verdict;

@@ -6,6 +6,8 @@
 //!   Exit status: 0 if everything was served, 1 if any request was refused,
 //!   2 on usage or connection errors.
 //! * `client bench ...`: the load generator; exit 1 if any response was wrong.
+//! * `client grade ... -- SERVER COMMAND`: the black-box grader; exit 1 if
+//!   any test failed.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
@@ -98,6 +100,74 @@ struct BenchCli {
     json: bool,
 }
 
+/// Scores a server against the assignment (docs/assignment.md), stage by
+/// stage, from the outside: it starts the server itself from the command
+/// after `--`, filling in {port}, {root}, {delay} (and {service}, or else
+/// `--service time|file` is appended), in a root it fills with test files.
+#[derive(Debug, Parser)]
+#[command(
+    name = "client grade",
+    max_term_width = 100,
+    after_help = "\
+Examples:
+  client grade --stage 3 -- ./my-server --port {port} --root {root} --read-delay-ms {delay}
+  client grade --stage 6 -- ./target/release/server --model event-async --port {port} --root {root} --read-delay-ms {delay}
+  client grade --stage 5 --json -- python3 server.py --port {port} --root {root} --read-delay-ms {delay}
+  client grade --addr 127.0.0.1:7070 --root /srv/files --stage 3     # a server already running
+
+Exit status: 0 if every test passed, 1 if any failed, 2 if grading could not run."
+)]
+struct GradeCli {
+    /// Grade stages 1 to N (1 time, 2 concurrency, 3 files, 4 async reads, 5 cache and signals, 6 measurement).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u8).range(1..=6), conflicts_with = "stages")]
+    stage: u8,
+    /// Grade exactly these stages (comma-separated, e.g. 1,3,5).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=6))]
+    stages: Option<Vec<u8>>,
+    /// Grade a server that is already running here (signal and fd tests are skipped).
+    #[arg(long, requires = "root")]
+    addr: Option<SocketAddr>,
+    /// With --addr: the directory that server serves; the grader puts its test files there.
+    #[arg(long)]
+    root: Option<std::path::PathBuf>,
+    /// With --addr: what that server serves.
+    #[arg(long, default_value = "file", value_parser = ["file", "time"])]
+    service: String,
+    /// With --addr: the --read-delay-ms that server was started with.
+    #[arg(long, default_value_t = 0)]
+    delay: u64,
+    /// An instructor's TOML config: stages, points, stretch, repeat, stop_after_failures.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Multiply every deadline by this (slow machines); overrides the config.
+    #[arg(long)]
+    stretch: Option<f64>,
+    /// Run each test N times; it passes only if all pass (catches flaky servers).
+    #[arg(long)]
+    repeat: Option<u32>,
+    /// Stop after K failed tests.
+    #[arg(long)]
+    stop_after: Option<u32>,
+    /// Print the report as JSON: {"score", "max", "tests": [...]}.
+    #[arg(long)]
+    json: bool,
+    /// Write a log file per failing test (the exchange, the server's output) here.
+    #[arg(long, default_value = "grade-logs")]
+    logs: std::path::PathBuf,
+    /// Append `LABEL,score,max,failed tests` to this CSV file (grading a class).
+    #[arg(long, requires = "label")]
+    csv: Option<std::path::PathBuf>,
+    /// The submission's name in the CSV row.
+    #[arg(long)]
+    label: Option<String>,
+    /// List the tests (stage, points, name, what each proves) and exit.
+    #[arg(long)]
+    list: bool,
+    /// The server command, after `--`, with {port}, {root}, {delay} placeholders.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     text.parse::<f64>()
         .ok()
@@ -106,10 +176,15 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    if std::env::args_os().nth(1).is_some_and(|arg| arg == "bench") {
+    let subcommand = std::env::args_os().nth(1);
+    if subcommand.as_ref().is_some_and(|arg| arg == "bench") {
         // "client bench" stands in for argv[0], so usage lines name the subcommand.
         let args = std::iter::once("client bench".into()).chain(std::env::args_os().skip(2));
         return bench_main(BenchCli::parse_from(args));
+    }
+    if subcommand.as_ref().is_some_and(|arg| arg == "grade") {
+        let args = std::iter::once("client grade".into()).chain(std::env::args_os().skip(2));
+        return grade_main(GradeCli::parse_from(args));
     }
     let cli = Cli::parse();
     std::thread::sleep(cli.delay);
@@ -181,4 +256,67 @@ fn run_bench(cli: BenchCli) -> anyhow::Result<bool> {
         writeln!(file, "{},{}", plan.conns, report.csv_fields())?;
     }
     Ok(report.errors == 0)
+}
+
+fn grade_main(cli: GradeCli) -> ExitCode {
+    match run_grade(cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("client grade: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Grades; `Ok(false)` when some test failed.
+fn run_grade(cli: GradeCli) -> anyhow::Result<bool> {
+    use client::grade::{self, target::Setup, Config, Plan};
+    if cli.list {
+        for check in grade::checks::catalog() {
+            println!("{}  {:>2}  {:<28} {}", check.stage, check.points, check.name, check.description);
+        }
+        return Ok(true);
+    }
+    let config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if cli.addr.is_none() && cli.command.is_empty() {
+        anyhow::bail!(
+            "give the server command after `--`, e.g. client grade -- ./my-server --port {{port}} --root {{root}} \
+             --read-delay-ms {{delay}} (or --addr HOST:PORT --root DIR for a server already running)"
+        );
+    }
+    let stages = cli.stages.or(config.stages).unwrap_or_else(|| (1..=cli.stage).collect());
+    let setup = match cli.service.as_str() {
+        "time" => Setup::Time,
+        _ => Setup::Files { delay_ms: cli.delay },
+    };
+    let reference = std::env::current_exe().ok().map(|exe| exe.with_file_name("server")).filter(|p| p.exists());
+    let plan = Plan {
+        command: cli.command,
+        addr: cli.addr.map(|addr| (addr, setup)),
+        root: cli.root,
+        stages,
+        stretch: cli.stretch.or(config.stretch).unwrap_or(1.0).max(0.1),
+        repeat: cli.repeat.or(config.repeat).unwrap_or(1),
+        stop_after_failures: cli.stop_after.or(config.stop_after_failures),
+        points: config.points,
+        reference,
+    };
+    let report = grade::grade(&plan)?;
+    if cli.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.text());
+    }
+    let logged = report.write_logs(&cli.logs)?;
+    if logged > 0 {
+        eprintln!("client grade: {logged} failing exchanges logged in {}", cli.logs.display());
+    }
+    if let (Some(csv), Some(label)) = (&cli.csv, &cli.label) {
+        report.append_csv(csv, label)?;
+    }
+    Ok(report.failed().is_empty())
 }

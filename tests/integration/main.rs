@@ -7,6 +7,7 @@ mod support;
 mod async_reads;
 mod client;
 mod docs;
+mod grader;
 mod hostile;
 mod http;
 mod http_files;

@@ -1,0 +1,133 @@
+//! The root the grader serves from, filled by the grader itself: the files
+//! each test asks for, and the traps the sandbox must refuse.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// Content only ever stored outside the root: no response may contain it.
+pub const SECRET: &[u8] = b"SECRET-OUTSIDE-THE-ROOT-7f3a9c\n";
+
+/// Files read concurrently by the stage-4 tests, one per client.
+pub const SLOW_FILES: usize = 8;
+
+/// The served root and, beside it, `outside/` (never served). Either both
+/// live in a temporary directory, or (grading a server someone else runs)
+/// the files are put into that server's root and removed again on drop.
+#[derive(Debug)]
+pub struct Fixture {
+    dir: tempfile::TempDir,
+    root: PathBuf,
+    /// Top-level entries made in a root that is not ours, to remove on drop.
+    placed: Vec<PathBuf>,
+}
+
+/// The bytes of a deterministic test file of `len` bytes.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| ((i * 31 + seed as usize * 7) % 251) as u8).collect()
+}
+
+impl Fixture {
+    /// Creates the tree in a temporary directory (about 65 MiB, most of it one file).
+    pub fn create() -> Result<Fixture> {
+        let dir = tempfile::Builder::new().prefix("grade-").tempdir().context("cannot create a temporary root")?;
+        let root = dir.path().join("root");
+        Fixture::fill(dir, root, false)
+    }
+
+    /// Puts the files into `root`, the root of a server the grader did not
+    /// start; the secret goes to a temporary directory outside it.
+    pub fn create_in(root: &Path) -> Result<Fixture> {
+        anyhow::ensure!(root.is_dir(), "--root {} is not a directory", root.display());
+        let dir = tempfile::Builder::new().prefix("grade-").tempdir().context("cannot create a temporary directory")?;
+        Fixture::fill(dir, root.to_path_buf(), true)
+    }
+
+    fn fill(dir: tempfile::TempDir, root: PathBuf, borrowed_root: bool) -> Result<Fixture> {
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("dir/sub")).with_context(|| format!("cannot fill {}", root.display()))?;
+        std::fs::create_dir_all(root.join("slow"))?;
+        std::fs::create_dir_all(&outside)?;
+        std::fs::write(outside.join("secret.txt"), SECRET)?;
+        let files: [(&str, Vec<u8>); 9] = [
+            ("small.txt", b"small file, served whole\n".to_vec()),
+            ("empty.txt", Vec::new()),
+            ("1m.bin", pattern(1 << 20, 1)),
+            ("64m.bin", pattern(64 << 20, 2)),
+            ("a..b.txt", b"two dots inside a name are not an escape\n".to_vec()),
+            ("name with spaces.txt", b"spaces are part of the name\n".to_vec()),
+            ("dir/sub/nested.txt", b"nested\n".to_vec()),
+            (".hidden", SECRET.to_vec()),
+            ("mutable.txt", b"version one\n".to_vec()),
+        ];
+        for (name, content) in files {
+            std::fs::write(root.join(name), content).with_context(|| format!("cannot write {name}"))?;
+        }
+        for i in 0..SLOW_FILES {
+            std::fs::write(root.join(format!("slow/{i}.txt")), pattern(4096, i as u8 + 10))?;
+        }
+        symlink(outside.join("secret.txt"), root.join("out-link"))?;
+        symlink(&outside, root.join("out-dir"))?;
+        symlink("../../outside/secret.txt", root.join("dir/up-link"))?;
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .context("cannot create a FIFO")?;
+        let placed = if borrowed_root { TOP_LEVEL.iter().map(|name| root.join(name)).collect() } else { Vec::new() };
+        Ok(Fixture { dir, root, placed })
+    }
+
+    /// The directory passed as `{root}`.
+    pub fn root(&self) -> PathBuf {
+        self.root.clone()
+    }
+
+    /// The secret's absolute path.
+    pub fn secret_path(&self) -> PathBuf {
+        self.dir.path().join("outside/secret.txt")
+    }
+
+    /// The content the grader expects for `name` under the root.
+    pub fn content(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.root().join(name)).unwrap_or_default()
+    }
+
+    /// Rewrites `name` (the cache tests edit a file behind the server's back).
+    pub fn rewrite(&self, name: &str, content: &[u8]) -> Result<()> {
+        std::fs::write(self.root().join(name), content).with_context(|| format!("cannot rewrite {name}"))
+    }
+}
+
+/// Every top-level entry the fixture makes in the root.
+const TOP_LEVEL: [&str; 13] = [
+    "small.txt",
+    "empty.txt",
+    "1m.bin",
+    "64m.bin",
+    "a..b.txt",
+    "name with spaces.txt",
+    "dir",
+    ".hidden",
+    "mutable.txt",
+    "slow",
+    "out-link",
+    "out-dir",
+    "fifo",
+];
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for path in &self.placed {
+            let _ = if path.is_dir() && !path.is_symlink() {
+                std::fs::remove_dir_all(path)
+            } else {
+                std::fs::remove_file(path)
+            };
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! `client grade`: scores a server, stage by stage, from the outside.
+//!
+//! The server under test is started by the grader from a command template
+//! (`{port}`, `{root}`, `{delay}`, `{service}` are filled in), in its own
+//! process group, on a port the kernel picks, serving a root the grader
+//! fills itself ([`fixture`]). Each test ([`checks`]) proves one property
+//! of the contract in `docs/assignment.md` with a deadline, and on failure
+//! says what was sent, what was expected, what came back, and where to
+//! look. Nothing the server does can hang or crash the grader, and nothing
+//! it started outlives it ([`target`]).
+
+pub mod checks;
+pub mod fixture;
+pub mod report;
+pub mod target;
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use checks::{Check, Ctx, Failure, Outcome};
+use fixture::Fixture;
+use report::{Report, Status, TestResult};
+use target::{Setup, Target};
+
+/// An instructor's settings (`--config FILE`, TOML). Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Stages to grade (default: 1 to `--stage`).
+    pub stages: Option<Vec<u8>>,
+    /// Deadlines are multiplied by this, for slow machines (default 1).
+    pub stretch: Option<f64>,
+    /// Run each test this many times; it passes only if every run passes (default 1).
+    pub repeat: Option<u32>,
+    /// Stop after this many failed tests (default: never).
+    pub stop_after_failures: Option<u32>,
+    /// Points per test name, replacing the defaults.
+    #[serde(default)]
+    pub points: BTreeMap<String, u32>,
+}
+
+impl Config {
+    /// Reads a config file, naming what is wrong with it.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let config: Config =
+            toml::from_str(&text).with_context(|| format!("{} is not a valid config", path.display()))?;
+        let names: Vec<&str> = checks::catalog().iter().map(|c| c.name).collect();
+        for name in config.points.keys() {
+            anyhow::ensure!(names.contains(&name.as_str()), "{}: no test is named {name:?}", path.display());
+        }
+        Ok(config)
+    }
+}
+
+/// What to grade and how.
+#[derive(Debug)]
+pub struct Plan {
+    /// The server command template; empty with `addr`.
+    pub command: Vec<String>,
+    /// A server someone else runs: its address, service and delay.
+    pub addr: Option<(SocketAddr, Setup)>,
+    /// With `addr`: the root that server serves (the grader puts its files there).
+    pub root: Option<PathBuf>,
+    /// The stages to run.
+    pub stages: Vec<u8>,
+    /// Deadline multiplier.
+    pub stretch: f64,
+    /// Runs per test.
+    pub repeat: u32,
+    /// Stop after this many failures.
+    pub stop_after_failures: Option<u32>,
+    /// Points replacing the defaults.
+    pub points: BTreeMap<String, u32>,
+    /// The kit's reference server, for stage 6.
+    pub reference: Option<PathBuf>,
+}
+
+/// Runs the plan and returns the report.
+pub fn grade(plan: &Plan) -> Result<Report> {
+    let fixture = match (&plan.addr, &plan.root) {
+        (Some(_), Some(root)) => Fixture::create_in(root)?,
+        (Some(_), None) => {
+            bail!("with --addr, give --root: the directory that server serves (the grader puts its test files there)")
+        }
+        (None, _) => Fixture::create()?,
+    };
+    let checks: Vec<Check> = checks::catalog().into_iter().filter(|c| plan.stages.contains(&c.stage)).collect();
+    let mut results = Vec::new();
+    let mut session = Session::default();
+    let mut failures = 0;
+    for check in &checks {
+        let max = plan.points.get(check.name).copied().unwrap_or(check.points);
+        let stopped = plan.stop_after_failures.is_some_and(|limit| failures >= limit);
+        let outcome = if stopped {
+            Outcome::Skip(format!("not run: stopped after {failures} failed tests"))
+        } else {
+            run_check(plan, check, &fixture, &mut session)
+        };
+        let result = TestResult::new(check, max, outcome);
+        if result.status == Status::Failed {
+            failures += 1;
+        }
+        results.push(result);
+    }
+    let server_log = session.current.as_ref().map(Target::log).unwrap_or_default();
+    Ok(Report { results, remote: plan.addr.is_some(), server_log })
+}
+
+/// The server of the moment, and the set-ups that would not start (tried
+/// once: a server that never starts must not cost a timeout per test).
+#[derive(Default)]
+struct Session {
+    current: Option<Target>,
+    failed_starts: Vec<(Setup, Failure)>,
+}
+
+/// Runs `check` `repeat` times (each on a ready server); it passes only
+/// if every run passes.
+fn run_check(plan: &Plan, check: &Check, fixture: &Fixture, session: &mut Session) -> Outcome {
+    let mut last = Outcome::Skip("not run".into());
+    for _ in 0..plan.repeat.max(1) {
+        if let Err(outcome) = ready(plan, check, fixture, session) {
+            return outcome;
+        }
+        let target = session.current.as_mut().expect("readied above");
+        let mut ctx = Ctx { target, fixture, stretch: plan.stretch, reference: plan.reference.clone() };
+        last = (check.run)(&mut ctx);
+        if !matches!(last, Outcome::Pass(_)) {
+            break;
+        }
+    }
+    last
+}
+
+/// Makes `current` a running server set up as `check` needs: the one
+/// already running if it fits, else a new one (the old one is stopped
+/// first). With `--addr`, tests that need another set-up are skipped.
+fn ready(plan: &Plan, check: &Check, fixture: &Fixture, session: &mut Session) -> Result<(), Outcome> {
+    let current = &mut session.current;
+    if let Some((addr, setup)) = plan.addr {
+        if check.needs_local {
+            return Err(Outcome::Skip("needs a server the grader starts (signals, its fds): not with --addr".into()));
+        }
+        if setup != check.setup {
+            return Err(Outcome::Skip(format!(
+                "needs a server started as {:?}; the one at --addr is {setup:?}",
+                check.setup
+            )));
+        }
+        current.get_or_insert_with(|| Target::remote(addr, setup));
+        return Ok(());
+    }
+    if current.as_mut().is_some_and(|t| t.setup == check.setup && t.is_running()) {
+        return Ok(());
+    }
+    *current = None; // stops the previous server first: its port and its files
+    if let Some((_, failure)) = session.failed_starts.iter().find(|(setup, _)| *setup == check.setup) {
+        return Err(Outcome::Fail(failure.clone()));
+    }
+    let patience = Duration::from_secs_f64(10.0 * plan.stretch);
+    match Target::start(&plan.command, &fixture.root(), check.setup, patience) {
+        Ok(target) => {
+            *current = Some(target);
+            Ok(())
+        }
+        Err(err) => {
+            let failure = Failure {
+                sent: format!("(start, as {:?}) {}", check.setup, plan.command.join(" ")),
+                expected: "a server accepting connections on {port}".into(),
+                got: format!("{err:#}"),
+                hint: "run the command by hand with a free port: does it start, and listen on 127.0.0.1?",
+            };
+            session.failed_starts.push((check.setup, failure.clone()));
+            Err(Outcome::Fail(failure))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_shown_in_docs_grading_md_loads() {
+        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/grading.md")).unwrap();
+        let start = docs.find("```toml\n").expect("a toml example") + "```toml\n".len();
+        let example = &docs[start..start + docs[start..].find("```").unwrap()];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("course.toml");
+        std::fs::write(&path, example).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!((config.repeat, config.stop_after_failures), (Some(3), Some(10)));
+        assert_eq!(config.points.get("sandbox.dotdot"), Some(&10));
+        std::fs::write(&path, "[points]\n\"no.such.test\" = 1\n").unwrap();
+        let err = Config::load(&path).unwrap_err();
+        assert!(format!("{err:#}").contains("no test is named"), "{err:#}");
+    }
+}

@@ -1,0 +1,241 @@
+//! The server under test: started from the student's command template in
+//! its own process group, watched, signalled, and stopped with everything
+//! it started; or, with `--addr`, a server someone else runs.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rustix::process::{Pid, Signal};
+
+/// Most bytes of the server's stderr kept: a server that floods its output
+/// cannot exhaust the grader's memory.
+const MAX_LOG_BYTES: usize = 256 * 1024;
+
+/// What a test needs the server to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Setup {
+    /// `--service time`.
+    Time,
+    /// `--service file` with a simulated storage delay.
+    Files {
+        /// `--read-delay-ms`.
+        delay_ms: u64,
+    },
+}
+
+/// A running server under test.
+#[derive(Debug)]
+pub struct Target {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// How it was started.
+    pub setup: Setup,
+    process: Option<Process>,
+}
+
+/// A server the grader started.
+#[derive(Debug)]
+struct Process {
+    child: Child,
+    group: Pid,
+    output: Arc<Mutex<Output>>,
+}
+
+/// Fills the placeholders of the command template.
+fn expand(template: &[String], port: u16, root: &Path, setup: Setup) -> Vec<String> {
+    let (service, delay) = match setup {
+        Setup::Time => ("time", 0),
+        Setup::Files { delay_ms } => ("file", delay_ms),
+    };
+    let mut args: Vec<String> = template
+        .iter()
+        .map(|arg| {
+            arg.replace("{port}", &port.to_string())
+                .replace("{root}", &root.display().to_string())
+                .replace("{delay}", &delay.to_string())
+                .replace("{service}", service)
+        })
+        .collect();
+    // The service is a flag of its own unless the template places it.
+    if !template.iter().any(|arg| arg.contains("{service}")) {
+        args.extend(["--service".to_string(), service.to_string()]);
+    }
+    args
+}
+
+/// What the server printed: the last [`MAX_LOG_BYTES`], and how many
+/// `cache cleared` lines it wrote in all (a flood of output cannot hide them).
+#[derive(Debug, Default)]
+struct Output {
+    tail: String,
+    cache_clears: usize,
+}
+
+/// Drains a stream of the server's into `output`, so the server never
+/// blocks on a full pipe, keeping only the tail.
+fn collect(stream: impl Read + Send + 'static, output: Arc<Mutex<Output>>) {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut line = Vec::new();
+        // Lines are cut at 64 KiB: a server writing without newlines still
+        // gets read.
+        while matches!(reader.by_ref().take(64 * 1024).read_until(b'\n', &mut line), Ok(n) if n > 0) {
+            let text = String::from_utf8_lossy(&line);
+            let mut output = output.lock().unwrap_or_else(|p| p.into_inner());
+            output.cache_clears += usize::from(text.contains("cache cleared"));
+            output.tail.push_str(&text);
+            if output.tail.len() > MAX_LOG_BYTES {
+                let cut = output.tail.len() - MAX_LOG_BYTES / 2;
+                let cut = (cut..output.tail.len()).find(|&i| output.tail.is_char_boundary(i)).unwrap_or(0);
+                output.tail.drain(..cut);
+            }
+            line.clear();
+        }
+    });
+}
+
+impl Target {
+    /// Starts the server from `template` on a port the kernel picks, and
+    /// waits (retrying connect, up to `patience`) until it accepts.
+    pub fn start(template: &[String], root: &Path, setup: Setup, patience: Duration) -> Result<Target> {
+        // The kernel names a free port; the server binds it a moment later.
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let args = expand(template, port, root, setup);
+        let (program, rest) = args.split_first().context("the server command is empty")?;
+        let mut child = Command::new(program)
+            .args(rest)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {program:?} (is the path right? is it executable?)"))?;
+        let group = Pid::from_child(&child);
+        let output = Arc::new(Mutex::new(Output::default()));
+        collect(child.stdout.take().expect("piped"), Arc::clone(&output));
+        collect(child.stderr.take().expect("piped"), Arc::clone(&output));
+        let mut process = Process { child, group, output };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(status) = process.child.try_wait()? {
+                let log = process.log_text();
+                bail!("the server exited ({status}) before accepting connections; it said:\n{log}");
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                // That probe connection was the server's first client: for
+                // the time service it is answered and closed; no harm.
+                return Ok(Target { addr, setup, process: Some(process) });
+            }
+            if Instant::now() > deadline {
+                let log = process.log_text();
+                process.stop();
+                bail!(
+                    "the server did not accept connections on {addr} within {patience:?} \
+                     (does it take --port {port}?); it said:\n{log}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A server someone else started (`--addr`): no signals, no pid.
+    pub fn remote(addr: SocketAddr, setup: Setup) -> Target {
+        Target { addr, setup, process: None }
+    }
+
+    /// Whether the grader started it (and so can signal it and read its fds).
+    pub fn is_local(&self) -> bool {
+        self.process.is_some()
+    }
+
+    /// Its pid, if the grader started it.
+    pub fn pid(&self) -> Option<i32> {
+        self.process.as_ref().map(|p| p.group.as_raw_nonzero().get())
+    }
+
+    /// Sends `signal` to the server process (not its group: a forking
+    /// server forwards signals to its children itself).
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        let process = self.process.as_ref().context("the server was not started by the grader")?;
+        rustix::process::kill_process(process.group, signal).context("cannot signal the server")
+    }
+
+    /// The end of what the server wrote (stdout and stderr).
+    pub fn log(&self) -> String {
+        self.process.as_ref().map(Process::log_text).unwrap_or_default()
+    }
+
+    /// How many `cache cleared` lines the server has written.
+    pub fn cache_clears(&self) -> usize {
+        self.process.as_ref().map_or(0, |p| p.output.lock().unwrap_or_else(|e| e.into_inner()).cache_clears)
+    }
+
+    /// Whether it is still running (a remote server is assumed to be).
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.process {
+            Some(process) => matches!(process.child.try_wait(), Ok(None)),
+            None => true,
+        }
+    }
+
+    /// Waits up to `patience` for the server to exit; its exit code.
+    pub fn wait_exit(&mut self, patience: Duration) -> Option<Option<i32>> {
+        let process = self.process.as_mut()?;
+        let deadline = Instant::now() + patience;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = process.child.try_wait() {
+                return Some(status.code());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Process {
+    fn log_text(&self) -> String {
+        self.output.lock().unwrap_or_else(|p| p.into_inner()).tail.clone()
+    }
+
+    /// SIGTERM to the whole group, a moment's grace, then SIGKILL: nothing
+    /// the server started outlives the grader.
+    fn stop(&mut self) {
+        let _ = rustix::process::kill_process_group(self.group, Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = rustix::process::kill_process_group(self.group, Signal::KILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(process) = &mut self.process {
+            process.stop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_filled_and_the_service_is_added_when_not_placed() {
+        let template: Vec<String> =
+            ["./srv", "--port", "{port}", "--root", "{root}", "--read-delay-ms", "{delay}"].map(String::from).into();
+        let args = expand(&template, 4242, Path::new("/tmp/r"), Setup::Files { delay_ms: 300 });
+        assert_eq!(args.join(" "), "./srv --port 4242 --root /tmp/r --read-delay-ms 300 --service file");
+        let placed: Vec<String> = ["./srv", "-s", "{service}", "-p", "{port}"].map(String::from).into();
+        assert_eq!(expand(&placed, 1, Path::new("/"), Setup::Time).join(" "), "./srv -s time -p 1");
+    }
+}
