@@ -76,10 +76,7 @@ impl Service {
     /// read no request (time): the bytes, after which the server closes.
     pub fn greeting(&self) -> Option<Vec<u8>> {
         match self.kind {
-            ServiceKind::Time => {
-                let now = humantime::format_rfc3339_seconds(SystemTime::now());
-                Some(format!("{now}\n").into_bytes())
-            }
+            ServiceKind::Time => Some(time_of_day(SystemTime::now())),
             ServiceKind::File | ServiceKind::Fib => None,
         }
     }
@@ -184,6 +181,12 @@ impl FileRead {
             Err(_) => Response::Refused(Refusal::Internal),
         }
     }
+}
+
+/// The time service's answer: `now` in RFC 3339, UTC, to the second, and a newline.
+// handout: stage 1: format `now` as 2026-11-27T12:00:00Z plus a newline (humantime::format_rfc3339_seconds); read docs/guide/01-iterative.md
+fn time_of_day(now: SystemTime) -> Vec<u8> {
+    format!("{}\n", humantime::format_rfc3339_seconds(now)).into_bytes()
 }
 
 fn parse_fib(target: &[u8]) -> Option<u32> {

@@ -25,6 +25,7 @@ use crate::error::ServerError;
 use crate::server::Server;
 
 /// Serves one connection at a time until stopped.
+// handout: stage 1: install a StoppableAcceptor, announce the server, then loop: accept(1) a connection, serve() it, repeat; read docs/guide/01-iterative.md
 pub fn run(server: Server) -> Result<(), ServerError> {
     let acceptor = StoppableAcceptor::install(&server)?;
     server.announce()?;

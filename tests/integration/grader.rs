@@ -12,13 +12,13 @@ use std::process::{Command, Output};
 use crate::support::client_bin;
 
 /// A grader run: its report and what it left.
-struct Graded {
-    output: Output,
-    text: String,
+pub struct Graded {
+    pub output: Output,
+    pub text: String,
 }
 
 impl Graded {
-    fn failed(&self) -> Vec<String> {
+    pub fn failed(&self) -> Vec<String> {
         self.text
             .lines()
             .filter_map(|line| line.trim_start().strip_prefix("[FAIL] "))
@@ -26,7 +26,7 @@ impl Graded {
             .collect()
     }
 
-    fn score(&self) -> (u32, u32) {
+    pub fn score(&self) -> (u32, u32) {
         let line = self.text.lines().find_map(|l| l.strip_prefix("score: ")).unwrap_or_else(|| panic!("{}", self.text));
         let (score, rest) = line.split_once('/').unwrap();
         (score.parse().unwrap(), rest.split_whitespace().next().unwrap().parse().unwrap())
@@ -36,7 +36,7 @@ impl Graded {
 /// Runs `client grade ARGS -- COMMAND` with its own TMPDIR and log folder,
 /// and checks it left nothing behind: no file in that TMPDIR, and no
 /// process whose command line names it (the servers' `--root` lies in it).
-fn grade(args: &[&str], command: &[&str]) -> Graded {
+pub fn grade(args: &[&str], command: &[&str]) -> Graded {
     let scratch = tempfile::tempdir().unwrap();
     let tmp = scratch.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();

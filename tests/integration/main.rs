@@ -8,6 +8,7 @@ mod async_reads;
 mod client;
 mod docs;
 mod grader;
+mod handouts;
 mod hostile;
 mod http;
 mod http_files;

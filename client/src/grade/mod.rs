@@ -132,11 +132,31 @@ fn run_check(plan: &Plan, check: &Check, fixture: &Fixture, session: &mut Sessio
         let target = session.current.as_mut().expect("readied above");
         let mut ctx = Ctx { target, fixture, stretch: plan.stretch, reference: plan.reference.clone() };
         last = (check.run)(&mut ctx);
+        if let Outcome::Fail(failure) = &mut last {
+            // A crash explains itself better than any symptom: a Rust
+            // panic (a handout's todo!() among them), or any last words.
+            if let Some(words) = last_words(&ctx.target.log()) {
+                failure.got.push_str(&format!(" (the server said: {words})"));
+            }
+        }
         if !matches!(last, Outcome::Pass(_)) {
             break;
         }
     }
     last
+}
+
+/// The last panic in a server's output (Rust prints `panicked at FILE:LINE:`
+/// and the message on the next line), in one line.
+fn last_words(log: &str) -> Option<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    let at = lines.iter().rposition(|line| line.contains("panicked at"))?;
+    let mut words = lines[at].trim().to_string();
+    if let Some(next) = lines.get(at + 1).filter(|l| !l.trim().is_empty() && !l.starts_with("note:")) {
+        words.push(' ');
+        words.push_str(next.trim());
+    }
+    Some(words)
 }
 
 /// Makes `current` a running server set up as `check` needs: the one
@@ -186,6 +206,17 @@ fn ready(plan: &Plan, check: &Check, fixture: &Fixture, session: &mut Session) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_in_the_servers_output_is_quoted_in_one_line() {
+        let log = "listening on 127.0.0.1:1\n\nthread 'main' panicked at src/models/select.rs:37:5:\n\
+                   not yet implemented: stage 2: loop\nnote: run with `RUST_BACKTRACE=1`\n";
+        assert_eq!(
+            last_words(log).unwrap(),
+            "thread 'main' panicked at src/models/select.rs:37:5: not yet implemented: stage 2: loop"
+        );
+        assert_eq!(last_words("all is well\n"), None);
+    }
 
     #[test]
     fn the_config_shown_in_docs_grading_md_loads() {
