@@ -210,3 +210,42 @@ fn the_runner_notices_a_command_that_does_not_run() {
     let fine = script(&["echo fine\n".to_string()], &[(7070, free_port())]);
     assert_eq!(run(&fine, dir.path()).unwrap(), "fine\n");
 }
+
+/// The `rust` blocks of a Markdown file that quote a source file: their
+/// first line names it (`// src/models/event.rs`).
+fn quoted_excerpts(markdown: &str) -> Vec<(String, Vec<String>)> {
+    let mut excerpts = Vec::new();
+    let mut current: Option<Vec<String>> = None;
+    for line in markdown.lines() {
+        match (&mut current, line.trim_end()) {
+            (None, "```rust") => current = Some(Vec::new()),
+            (Some(lines), "```") => {
+                if let Some(file) = lines.first().and_then(|first| first.strip_prefix("// ")) {
+                    if file.ends_with(".rs") {
+                        excerpts.push((file.to_string(), lines[1..].to_vec()));
+                    }
+                }
+                current = None;
+            }
+            (Some(lines), _) => lines.push(line.to_string()),
+            (None, _) => {}
+        }
+    }
+    excerpts
+}
+
+#[test]
+fn every_code_excerpt_in_the_guide_is_quoted_from_the_source_as_it_is() {
+    let mut checked = 0;
+    for document in documents() {
+        for (file, lines) in quoted_excerpts(&std::fs::read_to_string(&document).unwrap()) {
+            let source = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(&file))
+                .unwrap_or_else(|_| panic!("{}: quotes {file}, which does not exist", document.display()));
+            let source: Vec<&str> = source.lines().collect();
+            let found = source.windows(lines.len()).any(|window| window.iter().zip(&lines).all(|(a, b)| a == b));
+            assert!(found, "{}: this excerpt is no longer in {file}:\n{}", document.display(), lines.join("\n"));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 7, "the chapters quote their code ({checked} excerpts)");
+}
