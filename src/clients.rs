@@ -10,12 +10,10 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use rustix::net::SocketFlags;
-
 use crate::conn::{refuse, Conn, ConnId, Executor, Limits, Status, SWEEP_INTERVAL};
 use crate::error::ServerError;
 use crate::log::info;
-use crate::net::{is_fd_exhaustion, FD_EXHAUSTION_PAUSE};
+use crate::net::{accept_nonblocking, is_fd_exhaustion, FD_EXHAUSTION_PAUSE};
 use crate::output::Sink;
 use crate::protocol::Response;
 use crate::refusal::Refusal;
@@ -234,12 +232,8 @@ impl Clients<TcpStream> {
         let mut admitted = Vec::new();
         self.accept_paused_until = None;
         loop {
-            // accept4(SOCK_NONBLOCK): the socket is born non-blocking, which
-            // saves the ioctl std's accept + set_nonblocking would cost (one
-            // syscall in seven for a connection that makes one request).
-            let accepted = rustix::net::accept_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC);
-            let stream = match accepted.map_err(io::Error::from) {
-                Ok(fd) => TcpStream::from(fd),
+            let stream = match accept_nonblocking(listener) {
+                Ok(stream) => stream,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) if is_fd_exhaustion(&err) => {

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
 use crate::protocol::conditional::Selection;
@@ -148,12 +148,12 @@ impl Output {
                         self.nodelay_set = true;
                     }
                     let want = (*len - *offset).min(SENDFILE_CHUNK_BYTES as u64) as usize;
-                    match rustix::fs::sendfile(sink.as_fd(), &*file, Some(offset), want) {
+                    match send_file(sink.as_fd(), file, offset, want) {
                         // The file shrank after it was opened: the promised
                         // length can no longer be met, so the stream is broken.
                         Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while sending")),
                         Ok(n) => {
-                            // sendfile advanced `offset` itself.
+                            // send_file advanced `offset` itself.
                             self.queued_bytes -= n as u64;
                             if *offset >= *len {
                                 self.pieces.pop_front();
@@ -200,5 +200,28 @@ impl Output {
             n -= remaining;
             self.pieces.pop_front();
         }
+    }
+}
+
+/// Sends up to `want` bytes of `file` from `offset` to `socket` and
+/// advances `offset`. Linux's `sendfile` moves them inside the kernel; other
+/// systems' `sendfile`s differ in every detail, so there the bytes go
+/// through a buffer: `pread`, then one `write` (a short write simply leaves
+/// the rest to be read again next time).
+fn send_file(socket: BorrowedFd<'_>, file: &File, offset: &mut u64, want: usize) -> rustix::io::Result<usize> {
+    #[cfg(target_os = "linux")]
+    return rustix::fs::sendfile(socket, file, Some(offset), want);
+    #[cfg(not(target_os = "linux"))]
+    {
+        thread_local! {
+            static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 64 * 1024]);
+        }
+        BUFFER.with_borrow_mut(|buffer| {
+            let chunk = want.min(buffer.len());
+            let read = rustix::io::pread(file, &mut buffer[..chunk], *offset)?;
+            let written = rustix::io::write(socket, &buffer[..read])?;
+            *offset += written as u64;
+            Ok(written)
+        })
     }
 }

@@ -1,25 +1,37 @@
 //! What the process-based models (`fork`, `prefork`) share: a parent that
 //! receives signals without handlers, forks children, and reaps them.
 //!
-//! **Why no signal handlers in the parent.** A child created by `fork`
+//! **Why the parent's signals need care.** A child created by `fork`
 //! inherits its parent's signal handlers and every fd the handlers write to.
 //! With the self-pipe of `signal-hook`, a signal sent to a child would be
 //! written into the *parent's* pipe: forward a `SIGHUP` to a worker and it
-//! comes back to the parent as a new `SIGHUP`, forever. So the parent
-//! blocks its signals and reads them from a `signalfd` (Linux): no handler
-//! exists to be inherited, the parent stays single-threaded (so `fork` is
-//! safe), and a child starts with a clean slate and unblocks what it wants.
+//! comes back to the parent as a new `SIGHUP`, forever.
+//!
+//! * On Linux the parent blocks its signals and reads them from a
+//!   `signalfd`: no handler exists to be inherited, and a child starts with
+//!   a clean slate and unblocks what it wants.
+//! * Elsewhere (macOS, FreeBSD: no `signalfd`) the parent installs
+//!   `signal-hook` handlers that set a flag and write to a pipe, and a new
+//!   child unregisters them ([`forget_parent_handlers`]) before it installs
+//!   its own. The signals stay blocked across the `fork`, so none can reach
+//!   an inherited handler in between.
+//!
+//! Either way the parent stays single-threaded, so `fork` is safe.
 
 use std::collections::HashSet;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 
 use crate::error::ServerError;
-use crate::signals::{self, SignalAction};
+use crate::signals::SignalAction;
+
+#[cfg(not(target_os = "linux"))]
+pub use handlers::{forget_parent_handlers, ParentSignals};
+#[cfg(target_os = "linux")]
+pub use signalfd::ParentSignals;
 
 /// Every signal the parent blocks: pass it to [`fork_child`] to keep them
 /// all blocked until the child has its own handlers, then [`unblock_all`].
@@ -44,42 +56,136 @@ pub struct Arrived {
     pub child_exited: bool,
 }
 
-/// The parent's signals, blocked and readable from an fd.
-#[derive(Debug)]
-pub struct ParentSignals {
-    fd: SignalFd,
+/// Reads the parent's signals from a `signalfd` (Linux).
+#[cfg(target_os = "linux")]
+mod signalfd {
+    use std::os::fd::{AsFd, BorrowedFd};
+
+    use nix::sys::signal::Signal;
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+    use super::{parent_signals, Arrived};
+    use crate::error::ServerError;
+    use crate::signals;
+
+    /// The parent's signals, blocked and readable from an fd.
+    #[derive(Debug)]
+    pub struct ParentSignals {
+        fd: SignalFd,
+    }
+
+    impl ParentSignals {
+        /// Blocks the signals and opens the signalfd. Call it while the
+        /// process is single-threaded: a thread started earlier would keep
+        /// the signals unblocked and receive them instead.
+        pub fn block() -> Result<ParentSignals, ServerError> {
+            let io = |what: &'static str| move |errno: nix::Error| ServerError::io(what)(errno.into());
+            parent_signals().thread_block().map_err(io("cannot block signals"))?;
+            let fd = SignalFd::with_flags(&parent_signals(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+                .map_err(io("cannot open a signalfd"))?;
+            Ok(ParentSignals { fd })
+        }
+
+        /// Reads every signal that has arrived, without waiting.
+        pub fn take(&mut self) -> Arrived {
+            let mut arrived = Arrived::default();
+            while let Ok(Some(info)) = self.fd.read_signal() {
+                match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(Signal::SIGCHLD) => arrived.child_exited = true,
+                    Ok(signal) => arrived.actions.extend(signals::action_for(signal as i32)),
+                    Err(_) => {}
+                }
+            }
+            arrived
+        }
+    }
+
+    impl AsFd for ParentSignals {
+        fn as_fd(&self) -> BorrowedFd<'_> {
+            self.fd.as_fd()
+        }
+    }
+}
+
+/// Catches the parent's signals with handlers that set flags and wake a
+/// pipe (systems without `signalfd`).
+#[cfg(not(target_os = "linux"))]
+mod handlers {
+    use std::io::Read;
+    use std::os::fd::{AsFd, BorrowedFd};
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use signal_hook::SigId;
+
+    use super::{Arrived, ALL_BLOCKED};
+    use crate::error::ServerError;
+    use crate::signals;
+
+    /// The handlers' ids: a forked child unregisters them.
+    static PARENT_HANDLERS: Mutex<Vec<SigId>> = Mutex::new(Vec::new());
+
+    /// The parent's signals: a flag each, and a pipe that wakes `poll`.
+    #[derive(Debug)]
+    pub struct ParentSignals {
+        wake: UnixStream,
+        flags: Vec<(i32, Arc<AtomicBool>)>,
+    }
+
+    impl ParentSignals {
+        /// Installs the handlers.
+        pub fn block() -> Result<ParentSignals, ServerError> {
+            let io = ServerError::io("cannot install signal handlers");
+            let (wake, writer) = UnixStream::pair().map_err(&io)?;
+            wake.set_nonblocking(true).map_err(&io)?;
+            writer.set_nonblocking(true).map_err(&io)?;
+            let mut ids = PARENT_HANDLERS.lock().unwrap_or_else(|p| p.into_inner());
+            let mut flags = Vec::new();
+            for signal in ALL_BLOCKED {
+                let flag = Arc::new(AtomicBool::new(false));
+                ids.push(signal_hook::flag::register(signal as i32, Arc::clone(&flag)).map_err(&io)?);
+                let pipe = writer.try_clone().map_err(&io)?;
+                ids.push(signal_hook::low_level::pipe::register(signal as i32, pipe).map_err(&io)?);
+                flags.push((signal as i32, flag));
+            }
+            Ok(ParentSignals { wake, flags })
+        }
+
+        /// Reads every signal that has arrived, without waiting.
+        pub fn take(&mut self) -> Arrived {
+            let mut drained = [0u8; 64];
+            while matches!((&self.wake).read(&mut drained), Ok(n) if n > 0) {}
+            let mut arrived = Arrived::default();
+            for (signal, flag) in &self.flags {
+                if flag.swap(false, Ordering::SeqCst) {
+                    if *signal == signal_hook::consts::SIGCHLD {
+                        arrived.child_exited = true;
+                    } else {
+                        arrived.actions.extend(signals::action_for(*signal));
+                    }
+                }
+            }
+            arrived
+        }
+    }
+
+    impl AsFd for ParentSignals {
+        fn as_fd(&self) -> BorrowedFd<'_> {
+            self.wake.as_fd()
+        }
+    }
+
+    /// In a freshly forked child: drops the handlers inherited from the
+    /// parent (they would write into the parent's pipe).
+    pub fn forget_parent_handlers() {
+        for id in PARENT_HANDLERS.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
 }
 
 impl ParentSignals {
-    /// Blocks the signals and opens the signalfd. Call it while the process
-    /// is single-threaded: a thread started earlier would keep the signals
-    /// unblocked and receive them instead.
-    pub fn block() -> Result<ParentSignals, ServerError> {
-        let io = |what: &'static str| move |errno: nix::Error| ServerError::io(what)(errno.into());
-        parent_signals().thread_block().map_err(io("cannot block signals"))?;
-        let fd = SignalFd::with_flags(&parent_signals(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(io("cannot open a signalfd"))?;
-        Ok(ParentSignals { fd })
-    }
-
-    /// The fd to wait on for readability.
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-
-    /// Reads every signal that has arrived, without waiting.
-    pub fn take(&mut self) -> Arrived {
-        let mut arrived = Arrived::default();
-        while let Ok(Some(info)) = self.fd.read_signal() {
-            match Signal::try_from(info.ssi_signo as i32) {
-                Ok(Signal::SIGCHLD) => arrived.child_exited = true,
-                Ok(signal) => arrived.actions.extend(signals::action_for(signal as i32)),
-                Err(_) => {}
-            }
-        }
-        arrived
-    }
-
     /// Waits up to `timeout` (forever if `None`) for a signal.
     pub fn wait(&mut self, timeout: Option<std::time::Duration>) -> Arrived {
         let mut fds = [rustix::event::PollFd::from_borrowed_fd(self.as_fd(), rustix::event::PollFlags::IN)];
@@ -96,20 +202,32 @@ impl ParentSignals {
 /// normal process.
 pub fn fork_child(keep_blocked: &[Signal], child: impl FnOnce()) -> Result<Pid, ServerError> {
     let parent = nix::unistd::getpid();
+    // Where the parent catches signals with handlers, none may run in the
+    // child before the child has replaced them: blocked across the fork.
+    #[cfg(not(target_os = "linux"))]
+    let _ = parent_signals().thread_block();
     // SAFETY: the parent is single-threaded (see ParentSignals::block), so
     // the child is a complete copy with no lock held by a vanished thread;
     // it runs ordinary Rust code and leaves through exit.
-    match unsafe { nix::unistd::fork() } {
+    let forked = unsafe { nix::unistd::fork() };
+    #[cfg(not(target_os = "linux"))]
+    if matches!(forked, Ok(ForkResult::Parent { .. }) | Err(_)) {
+        let _ = parent_signals().thread_unblock();
+    }
+    match forked {
         Ok(ForkResult::Parent { child }) => Ok(child),
         Ok(ForkResult::Child) => {
             // If the parent is killed outright (SIGKILL leaves it no chance
             // to stop its children), the kernel sends this child SIGTERM:
             // no orphan keeps serving on the parent's port. The parent may
             // already be gone before the request was made: check.
+            #[cfg(target_os = "linux")]
             let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
             if nix::unistd::getppid() != parent {
                 std::process::exit(0);
             }
+            #[cfg(not(target_os = "linux"))]
+            forget_parent_handlers();
             let mut unblock = parent_signals();
             for &signal in keep_blocked {
                 unblock.remove(signal);

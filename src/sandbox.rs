@@ -6,11 +6,14 @@
 //! 1. **Lexical** ([`Root::normalize`]), before any syscall: absolute paths,
 //!    `..` anywhere, NUL and control bytes, and (unless allowed) hidden
 //!    components are refused; `.` and repeated `/` are skipped.
-//! 2. **Kernel** ([`Root::open_file`]): `openat2(RESOLVE_BENEATH |
-//!    RESOLVE_NO_MAGICLINKS)` relative to the root's directory fd, so a
-//!    symlink may wander inside the root but never out of it. Where `openat2`
-//!    is missing, the path is walked one component at a time with
-//!    `O_NOFOLLOW`, refusing every symlink.
+//! 2. **Kernel** ([`Root::open_file`]): the path is resolved *beneath* the
+//!    root's directory fd, so a symlink may wander inside the root but never
+//!    out of it. On Linux 5.6+ the kernel does it (`openat2(RESOLVE_BENEATH
+//!    | RESOLVE_NO_MAGICLINKS)`); everywhere else (macOS, FreeBSD, older
+//!    Linux, valgrind) [`open_walking`] does the same by hand: one component
+//!    at a time with `O_NOFOLLOW`, reading each symlink it meets and
+//!    following it only while it stays beneath the root. Both follow the
+//!    same rules, and the tests run the same table against both.
 //!
 //! Files are opened `O_NONBLOCK` (opening a FIFO must not hang the server)
 //! and then `fstat`ed: only regular files are served, and their size at that
@@ -23,7 +26,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{Mode, OFlags};
 
 use crate::refusal::Refusal;
 
@@ -54,11 +57,11 @@ pub enum RootError {
 /// How files are opened beneath the root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolver {
-    /// `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS` (Linux 5.6+):
-    /// symlinks inside the root are followed, escaping ones refused.
+    /// `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS` (Linux 5.6+).
     Openat2,
-    /// Component by component with `O_NOFOLLOW`: every symlink is refused.
-    NoFollowWalk,
+    /// Component by component with `O_NOFOLLOW`, symlinks followed by hand
+    /// while they stay beneath the root (every other system).
+    BeneathWalk,
 }
 
 /// The directory files are served from, opened once.
@@ -86,8 +89,8 @@ impl Root {
     /// Opens `path` as the root, choosing `openat2` when the kernel has it.
     pub fn open(path: &Path, allow_hidden: bool) -> Result<Root, RootError> {
         let mut root = Root::open_with(path, allow_hidden, Resolver::Openat2)?;
-        if open_beneath(&root.dir, OsStr::new("."), OFlags::DIRECTORY).is_err() {
-            root.resolver = Resolver::NoFollowWalk;
+        if !openat2::works(&root.dir) {
+            root.resolver = Resolver::BeneathWalk;
         }
         Ok(root)
     }
@@ -107,12 +110,6 @@ impl Root {
             },
         )?;
         Ok(Root { dir, allow_hidden, resolver })
-    }
-
-    /// The resolver in use.
-    #[cfg(test)]
-    fn resolver(&self) -> Resolver {
-        self.resolver
     }
 
     /// The lexical check: returns the normalized relative path (components
@@ -150,8 +147,8 @@ impl Root {
     pub fn open_file(&self, normalized: &[u8]) -> Result<OpenFile, Refusal> {
         let path = if normalized.is_empty() { OsStr::new(".") } else { OsStr::from_bytes(normalized) };
         let fd = match self.resolver {
-            Resolver::Openat2 => open_beneath(&self.dir, path, OFlags::empty()),
-            Resolver::NoFollowWalk => open_walking(&self.dir, normalized),
+            Resolver::Openat2 => openat2::open_beneath(&self.dir, path, read_flags()),
+            Resolver::BeneathWalk => open_walking(&self.dir, normalized),
         }
         .map_err(|errno| Refusal::from(&io::Error::from(errno)))?;
         let file = File::from(fd);
@@ -175,53 +172,120 @@ fn read_flags() -> OFlags {
     OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY
 }
 
-fn open_beneath(dir: &OwnedFd, path: &OsStr, extra: OFlags) -> rustix::io::Result<OwnedFd> {
-    rustix::fs::openat2(
-        dir,
-        path,
-        read_flags() | extra,
-        Mode::empty(),
-        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
-    )
+/// The kernel's own resolution beneath a directory (Linux 5.6+).
+#[cfg(target_os = "linux")]
+mod openat2 {
+    use std::ffi::OsStr;
+    use std::os::fd::OwnedFd;
+
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+    /// Opens `path` beneath `dir`; an escape fails with `EXDEV` (403).
+    pub fn open_beneath(dir: &OwnedFd, path: &OsStr, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+        rustix::fs::openat2(dir, path, flags, Mode::empty(), ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS)
+    }
+
+    /// Whether this kernel (or sandbox, or valgrind) accepts `openat2`.
+    pub fn works(dir: &OwnedFd) -> bool {
+        open_beneath(dir, OsStr::new("."), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC).is_ok()
+    }
 }
 
-/// The fallback: each directory opened with `O_NOFOLLOW | O_DIRECTORY`, the
-/// last component with `O_NOFOLLOW`, so any symlink fails with `ELOOP` (403).
-fn open_walking(root: &OwnedFd, normalized: &[u8]) -> rustix::io::Result<OwnedFd> {
-    if normalized.is_empty() {
-        return rustix::fs::openat(root, ".", read_flags(), Mode::empty());
+/// Other systems have no `openat2`: [`open_walking`] resolves instead.
+#[cfg(not(target_os = "linux"))]
+mod openat2 {
+    use std::ffi::OsStr;
+    use std::os::fd::OwnedFd;
+
+    use rustix::fs::OFlags;
+
+    pub fn open_beneath(_dir: &OwnedFd, _path: &OsStr, _flags: OFlags) -> rustix::io::Result<OwnedFd> {
+        Err(rustix::io::Errno::NOSYS)
     }
+
+    pub fn works(_dir: &OwnedFd) -> bool {
+        false
+    }
+}
+
+/// Most symlinks followed in one resolution, as the kernel's own limit
+/// (`ELOOP` past it).
+const MAX_SYMLINKS: usize = 40;
+
+/// Resolves `normalized` beneath `root` by hand, with the rules of
+/// `RESOLVE_BENEATH`: every component is opened with `O_NOFOLLOW`; a
+/// symlink is read and its target resolved in its place, relative to the
+/// directory holding it; `..` (which only a symlink's target can contain
+/// here) goes up a directory, and going above the root is an escape; an
+/// absolute target is an escape. Escapes fail with `EXDEV` (403), like
+/// `openat2`'s.
+fn open_walking(root: &OwnedFd, normalized: &[u8]) -> rustix::io::Result<OwnedFd> {
+    use rustix::io::Errno;
     // A trailing slash insists on a directory (which is then refused as one).
-    let (normalized, must_be_dir) = match normalized.strip_suffix(b"/") {
+    let (path, must_be_dir) = match normalized.strip_suffix(b"/") {
         Some(stripped) => (stripped, OFlags::DIRECTORY),
         None => (normalized, OFlags::empty()),
     };
-    let mut components = normalized.split(|&b| b == b'/').peekable();
-    let mut current: Option<OwnedFd> = None;
-    while let Some(component) = components.next() {
-        let at = current.as_ref().unwrap_or(root);
-        let name = OsStr::from_bytes(component);
-        let flags = if components.peek().is_some() {
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
-        } else {
-            read_flags() | OFlags::NOFOLLOW | must_be_dir
-        };
-        let opened = rustix::fs::openat(at, name, flags, Mode::empty()).map_err(|errno| {
-            // O_DIRECTORY on a symlink reports ENOTDIR, not ELOOP: tell the
-            // two apart so a symlinked directory is refused (403), not missing.
-            let is_symlink = || {
-                rustix::fs::statat(at, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-                    .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink)
-            };
-            if errno == rustix::io::Errno::NOTDIR && is_symlink() {
-                rustix::io::Errno::LOOP
-            } else {
-                errno
+    // Components still to resolve, next first; the directories walked so far.
+    let mut todo: Vec<Vec<u8>> = path.split(|&b| b == b'/').rev().map(<[u8]>::to_vec).collect();
+    let mut dirs: Vec<OwnedFd> = Vec::new();
+    let mut links = 0;
+    while let Some(component) = todo.pop() {
+        let at = dirs.last().unwrap_or(root);
+        match component.as_slice() {
+            b"" | b"." => {
+                if todo.is_empty() {
+                    // The path ends at a directory: open it (to be refused as one).
+                    return rustix::fs::openat(at, ".", read_flags() | must_be_dir, Mode::empty());
+                }
+                continue;
             }
-        })?;
-        current = Some(opened);
+            b".." => {
+                if dirs.pop().is_none() {
+                    return Err(Errno::XDEV); // above the root
+                }
+                if todo.is_empty() {
+                    let at = dirs.last().unwrap_or(root);
+                    return rustix::fs::openat(at, ".", read_flags() | must_be_dir, Mode::empty());
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let name = OsStr::from_bytes(&component);
+        let last = todo.is_empty();
+        let flags = if last {
+            read_flags() | OFlags::NOFOLLOW | must_be_dir
+        } else {
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+        };
+        match rustix::fs::openat(at, name, flags, Mode::empty()) {
+            Ok(fd) if last => return Ok(fd),
+            Ok(fd) => dirs.push(fd),
+            // O_NOFOLLOW refuses a symlink with ELOOP (or, with
+            // O_DIRECTORY, ENOTDIR): read it and resolve its target instead.
+            Err(errno @ (Errno::LOOP | Errno::NOTDIR | Errno::MLINK)) => {
+                let target = match rustix::fs::readlinkat(at, name, Vec::new()) {
+                    Ok(target) => target.into_bytes(),
+                    Err(_) => return Err(errno), // not a symlink after all
+                };
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(Errno::LOOP);
+                }
+                if target.first() == Some(&b'/') {
+                    return Err(Errno::XDEV); // absolute: refused, as RESOLVE_BENEATH does
+                }
+                if last && !must_be_dir.is_empty() {
+                    todo.push(Vec::new()); // keep insisting on a directory
+                }
+                todo.extend(target.split(|&b| b == b'/').rev().map(<[u8]>::to_vec));
+            }
+            Err(errno) => return Err(errno),
+        }
     }
-    Ok(current.expect("a non-empty path has a component"))
+    // An empty path names the root itself.
+    rustix::fs::openat(root, ".", read_flags() | must_be_dir, Mode::empty())
 }
 
 #[cfg(test)]
@@ -239,14 +303,7 @@ mod tests {
         symlink("sub/file.txt", root.path().join("inner-link")).unwrap();
         symlink(outside.path().join("secret"), root.path().join("outer-link")).unwrap();
         symlink("../../", root.path().join("sub/up")).unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            root.path().join("fifo"),
-            rustix::fs::FileType::Fifo,
-            Mode::from_raw_mode(0o644),
-            0,
-        )
-        .unwrap();
+        nix::unistd::mkfifo(&root.path().join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
         (root, outside)
     }
 
@@ -272,35 +329,57 @@ mod tests {
         assert_eq!(permissive.resolve(b".hidden").unwrap().len, 1);
     }
 
-    #[test]
-    fn openat2_follows_inner_symlinks_and_refuses_outer_ones() {
-        let (dir, _outside) = tree();
-        let root = Root::open(dir.path(), false).unwrap();
-        assert_eq!(root.resolver(), Resolver::Openat2, "this kernel has openat2");
-        let file = root.resolve(b"inner-link").unwrap();
-        assert_eq!((file.len, file.key.as_slice()), (5, &b"inner-link"[..]));
-        assert_eq!(refusal(&root, "outer-link"), Some(Refusal::Forbidden));
-        assert_eq!(refusal(&root, "sub/up/etc/passwd"), Some(Refusal::Forbidden));
-        assert_eq!(refusal(&root, "fifo"), Some(Refusal::Forbidden));
-        assert_eq!(refusal(&root, "sub"), Some(Refusal::Forbidden));
-        assert_eq!(refusal(&root, ""), Some(Refusal::Forbidden));
-        assert_eq!(refusal(&root, "missing"), Some(Refusal::NotFound));
-        assert_eq!(refusal(&root, "sub/file.txt/x"), Some(Refusal::NotFound));
+    /// The same rules, whichever resolver: checked against both.
+    fn resolvers() -> Vec<Resolver> {
+        let probe = tempfile::tempdir().unwrap();
+        let has_openat2 = openat2::works(&Root::open_with(probe.path(), false, Resolver::Openat2).unwrap().dir);
+        if has_openat2 {
+            vec![Resolver::Openat2, Resolver::BeneathWalk]
+        } else {
+            vec![Resolver::BeneathWalk]
+        }
     }
 
     #[test]
-    fn the_fallback_walk_refuses_every_symlink() {
+    fn both_resolvers_follow_links_inside_the_root_and_refuse_links_out() {
         let (dir, _outside) = tree();
-        let root = Root::open_with(dir.path(), false, Resolver::NoFollowWalk).unwrap();
-        assert_eq!(root.resolve(b"sub/file.txt").unwrap().len, 5);
-        assert_eq!(refusal(&root, "inner-link"), Some(Refusal::Forbidden));
-        assert_eq!(refusal(&root, "outer-link"), Some(Refusal::Forbidden));
-        assert_eq!(refusal(&root, "sub/up/etc/passwd"), Some(Refusal::Forbidden));
-        assert_eq!(refusal(&root, "fifo"), Some(Refusal::Forbidden));
-        assert_eq!(refusal(&root, "sub"), Some(Refusal::Forbidden));
-        assert_eq!(refusal(&root, "missing"), Some(Refusal::NotFound));
-        assert_eq!(refusal(&root, "sub/file.txt/"), Some(Refusal::NotFound));
-        assert_eq!(refusal(&root, "sub/"), Some(Refusal::Forbidden));
+        // Links that wander inside the root, and some that leave it late.
+        symlink("../sub/file.txt", dir.path().join("sub/sibling-link")).unwrap();
+        symlink("sub", dir.path().join("dir-link")).unwrap();
+        symlink("loop-b", dir.path().join("loop-a")).unwrap();
+        symlink("loop-a", dir.path().join("loop-b")).unwrap();
+        symlink("sub/../../", dir.path().join("late-escape")).unwrap();
+        symlink("/etc", dir.path().join("absolute-link")).unwrap();
+        if cfg!(target_os = "linux") {
+            assert_eq!(resolvers()[0], Resolver::Openat2, "this kernel has openat2");
+        }
+        for resolver in resolvers() {
+            let root = Root::open_with(dir.path(), false, resolver).unwrap();
+            let served = |path: &str| root.resolve(path.as_bytes()).map(|f| (f.len, f.key));
+            assert_eq!(served("sub/file.txt"), Ok((5, b"sub/file.txt".to_vec())), "{resolver:?}");
+            assert_eq!(served("inner-link"), Ok((5, b"inner-link".to_vec())), "{resolver:?}");
+            assert_eq!(served("sub/sibling-link"), Ok((5, b"sub/sibling-link".to_vec())), "{resolver:?}");
+            assert_eq!(served("dir-link/file.txt"), Ok((5, b"dir-link/file.txt".to_vec())), "{resolver:?}");
+            for (path, expected) in [
+                ("outer-link", Refusal::Forbidden),
+                ("sub/up/etc/passwd", Refusal::Forbidden),
+                ("late-escape/etc/passwd", Refusal::Forbidden),
+                ("absolute-link/passwd", Refusal::Forbidden),
+                ("loop-a", Refusal::Forbidden),
+                ("fifo", Refusal::Forbidden),
+                ("sub", Refusal::Forbidden),
+                ("dir-link", Refusal::Forbidden),
+                ("dir-link/", Refusal::Forbidden),
+                ("", Refusal::Forbidden),
+                ("sub/", Refusal::Forbidden),
+                ("missing", Refusal::NotFound),
+                ("sub/file.txt/x", Refusal::NotFound),
+                ("sub/file.txt/", Refusal::NotFound),
+                ("inner-link/", Refusal::NotFound),
+            ] {
+                assert_eq!(refusal(&root, path), Some(expected), "{resolver:?}: {path:?}");
+            }
+        }
     }
 
     #[test]

@@ -22,6 +22,12 @@ pub trait KernelReads: Sized {
     /// Starts reading the unfilled part of `read`. On failure the read is
     /// handed back with the error, to be answered with 500.
     fn submit(&mut self, read: PendingRead) -> Result<(), (PendingRead, io::Error)>;
+    /// When the loop must look for finished reads even if nothing wakes
+    /// it (an interface that cannot announce completions); `None` if its
+    /// notification always does.
+    fn next_check(&self) -> Option<Instant> {
+        None
+    }
     /// Collects reads the kernel has finished (fully or in part) since the
     /// last call, each with the byte count or error it reported.
     fn reap(&mut self, finished: &mut Vec<(PendingRead, io::Result<usize>)>);
@@ -147,6 +153,6 @@ impl<K: KernelReads> Backend for KernelBackend<K> {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.delayed.next_deadline()
+        [self.delayed.next_deadline(), self.kernel.next_check()].into_iter().flatten().min()
     }
 }

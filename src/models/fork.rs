@@ -21,6 +21,7 @@
 
 use std::collections::HashSet;
 use std::io;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use nix::sys::signal::Signal;

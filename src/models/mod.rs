@@ -14,6 +14,7 @@ pub mod pool;
 pub mod prefork;
 pub mod select;
 pub mod threads;
+#[cfg(target_os = "linux")]
 pub mod uring;
 
 use crate::config::{Config, Model};
@@ -24,7 +25,7 @@ use crate::server::Server;
 pub fn run(config: Config) -> Result<(), ServerError> {
     crate::log::set_quiet(config.quiet);
     if config.model == Model::Uring {
-        drop(uring::new_ring()?); // refuse before binding, not after announcing
+        uring_available()?; // refuse before binding, not after announcing
     }
     let server = Server::bind(config)?;
     match server.model() {
@@ -38,6 +39,22 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         Model::Event => event::run(server),
         Model::EventAsync => event_async::run(server),
         Model::EventAio => event_aio::run(server),
+        #[cfg(target_os = "linux")]
         Model::Uring => uring::run(server),
+        #[cfg(not(target_os = "linux"))]
+        Model::Uring => unreachable!("refused by uring_available"),
     }
+}
+
+/// Whether io_uring can be used here: a kernel that allows it (Linux), or
+/// an error that names the model to use instead.
+fn uring_available() -> Result<(), ServerError> {
+    #[cfg(target_os = "linux")]
+    return uring::new_ring().map(drop);
+    #[cfg(not(target_os = "linux"))]
+    return Err(ServerError::Unavailable {
+        model: "uring",
+        reason: "io_uring is a Linux interface".into(),
+        instead: "event-async",
+    });
 }

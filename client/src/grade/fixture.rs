@@ -70,14 +70,7 @@ impl Fixture {
         symlink(outside.join("secret.txt"), root.join("out-link"))?;
         symlink(&outside, root.join("out-dir"))?;
         symlink("../../outside/secret.txt", root.join("dir/up-link"))?;
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            root.join("fifo"),
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o644),
-            0,
-        )
-        .context("cannot create a FIFO")?;
+        make_fifo(&root.join("fifo"))?;
         let placed = if borrowed_root { TOP_LEVEL.iter().map(|name| root.join(name)).collect() } else { Vec::new() };
         Ok(Fixture { dir, root, placed })
     }
@@ -101,6 +94,27 @@ impl Fixture {
     pub fn rewrite(&self, name: &str, content: &[u8]) -> Result<()> {
         std::fs::write(self.root().join(name), content).with_context(|| format!("cannot rewrite {name}"))
     }
+}
+
+/// Makes a FIFO (a named pipe): a file the server must refuse without
+/// blocking on it.
+fn make_fifo(path: &Path) -> Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "freebsd"))]
+    let made = rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .map_err(std::io::Error::from);
+    // rustix has no mknod for macOS; its mkfifo(1) does the same.
+    #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+    let made = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .and_then(|status| status.success().then_some(()).ok_or_else(|| std::io::Error::other("mkfifo failed")));
+    made.with_context(|| format!("cannot create the FIFO {}", path.display()))
 }
 
 /// Every top-level entry the fixture makes in the root.
