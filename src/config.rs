@@ -23,8 +23,10 @@ pub mod defaults {
     pub const CACHE_MAX_FILE_BYTES: u64 = 1 << 20;
     /// Connections served at once.
     pub const MAX_CONNS: usize = 10_000;
-    /// Reader threads of the asynchronous models.
-    pub const READERS: usize = 16;
+    /// Most reader threads of the asynchronous models (started on demand),
+    /// as Tokio's blocking pool: enough that storage, not the pool, is the
+    /// limit for any load the kit measures.
+    pub const READERS: usize = 512;
     /// Longest request line accepted.
     pub const MAX_LINE_BYTES: usize = 4096;
     /// Longest HTTP head accepted.
@@ -193,7 +195,8 @@ pub struct Config {
     /// Connections served at once (`--max-conns`); more are refused with 503.
     /// The server may lower it to what the open-file limit allows.
     pub max_conns: usize,
-    /// Reader threads of `event-async` (and of the other async models' fib work).
+    /// Most reader threads of `event-async` (and of the other async models'
+    /// fib work); they start on demand and stop when idle.
     pub readers: usize,
     /// `--workers N`: event loops, worker processes or pool threads, as
     /// [`Model::workers`] says; `None` takes the model's default.

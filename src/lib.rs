@@ -53,6 +53,7 @@ mod cache;
 mod clients;
 pub mod config;
 mod conn;
+mod elastic_pool;
 mod error;
 mod fan_out;
 mod log;

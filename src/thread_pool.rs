@@ -2,8 +2,9 @@
 //! chapter: a channel of jobs, N workers taking from it, and a shutdown that
 //! closes the channel and joins every worker.
 //!
-//! `event-async` runs its file reads (and fib) here; the `pool` model runs
-//! whole connections here.
+//! The `pool` model runs whole connections here. (`event-async`'s readers
+//! are an [`ElasticPool`](crate::elastic_pool::ElasticPool) instead: they
+//! grow with demand.)
 
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};

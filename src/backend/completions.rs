@@ -30,9 +30,17 @@ impl Completions {
 
     /// Called by a worker thread: queue the response and wake the loop.
     pub fn post(&self, conn: ConnId, response: Response) {
-        self.lock().push((conn, response));
-        // If the wake fails the loop is gone (shutting down): nothing to do.
-        let _ = self.shared.waker.wake();
+        let mut finished = self.lock();
+        finished.push((conn, response));
+        // Only the first post into an empty queue wakes the loop: until the
+        // loop takes the queue, that wake-up is still pending and covers
+        // every later post (one eventfd write per batch, not per read).
+        let first = finished.len() == 1;
+        drop(finished);
+        if first {
+            // If the wake fails the loop is gone (shutting down): nothing to do.
+            let _ = self.shared.waker.wake();
+        }
     }
 
     /// Called by the loop: move everything posted so far into `done`.

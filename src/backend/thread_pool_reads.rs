@@ -1,23 +1,28 @@
 //! `event-async`'s backend: blocking work on a pool of reader threads.
 
 use std::io;
+use std::time::Duration;
 
 use mio::{Registry, Token};
 
 use super::completions::Completions;
 use super::Backend;
 use crate::conn::{ConnId, Executor};
+use crate::elastic_pool::ElasticPool;
 use crate::protocol::Response;
 use crate::server::Server;
 use crate::service::Work;
-use crate::thread_pool::ThreadPool;
 
-/// Runs every piece of blocking work on a thread pool, posting each result
-/// to [`Completions`]: the whole of `event-async`, and the fib half of the
+/// How long a reader thread waits for work before it exits.
+const READER_KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// Runs every piece of blocking work on a pool of reader threads that
+/// grows with demand (up to `--readers`), posting each result to
+/// [`Completions`]: the whole of `event-async`, and the fib half of the
 /// kernel-driven backends.
 #[derive(Debug)]
 pub struct ThreadPoolReads {
-    pool: ThreadPool,
+    pool: ElasticPool,
     completions: Completions,
 }
 
@@ -31,10 +36,10 @@ impl Executor for ThreadPoolReads {
 }
 
 impl Backend for ThreadPoolReads {
-    /// `--readers` threads whose results wake the loop polling `registry`
-    /// with `token`.
+    /// Up to `--readers` threads, started as reads arrive, whose results
+    /// wake the loop polling `registry` with `token`.
     fn open(server: &Server, registry: &Registry, token: Token) -> io::Result<ThreadPoolReads> {
-        let pool = ThreadPool::new("reader", server.readers)?;
+        let pool = ElasticPool::new("reader", server.readers, READER_KEEP_ALIVE);
         Ok(ThreadPoolReads { pool, completions: Completions::new(registry, token)? })
     }
 

@@ -46,7 +46,8 @@ struct Args {
     /// Most connections served at once; more are refused with 503.
     #[arg(long, default_value_t = defaults::MAX_CONNS, value_name = "N")]
     max_conns: usize,
-    /// Reader threads for the asynchronous models' file reads and fib.
+    /// Most reader threads for the asynchronous models' file reads and fib
+    /// (started on demand, stopped after 10 s idle).
     #[arg(long, default_value_t = defaults::READERS, value_name = "N")]
     readers: usize,
     /// Event models: event loops on SO_REUSEPORT listeners (default 1).

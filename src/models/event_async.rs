@@ -2,7 +2,7 @@
 //!
 //! **What it teaches.** The `event` loop stalls every client while one
 //! file is read. Here the loop never reads a file: it hands the read to a
-//! fixed pool of reader threads and goes straight back to serving everyone
+//! pool of reader threads and goes straight back to serving everyone
 //! else. When a reader finishes it posts the response to a queue and wakes
 //! the loop through a [`mio::Waker`] (an eventfd in the epoll set); the loop
 //! resumes that connection exactly where it left off. Misses on the same
@@ -14,7 +14,8 @@
 //! or a kernel interface (`event-aio`, `uring`).
 //!
 //! **How it waits.** epoll, for sockets and for the waker.
-//! **Where blocking work runs.** On `--readers` threads (default 16), via
+//! **Where blocking work runs.** On reader threads started as reads arrive
+//! and stopped when idle (at most `--readers`, default 512), via
 //! [`ThreadPoolReads`]. **Cost.** The reader threads' stacks; per miss a channel
 //! send, a wake and a mutex; a cache hit is served in the loop as in `event`.
 //!

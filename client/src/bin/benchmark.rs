@@ -89,7 +89,7 @@ fn run(mut args: Args) -> Result<()> {
     }
 
     println!(
-        "The homework's two lines: Async = event-async (file reads on {READERS} reader threads), \
+        "The homework's two lines: Async = event-async (file reads on reader threads, up to {READERS}), \
          Sync = event (reads block its only thread)."
     );
     let (async_s, sync_s) = suite::homework(&server, &root, requests)?;
