@@ -95,15 +95,25 @@ impl Drop for Nginx {
     }
 }
 
-/// Runs wrk and returns its Requests/sec.
+/// Runs wrk (2 threads) and returns its Requests/sec.
 pub fn wrk(url: &str, conns: usize, seconds: u64) -> Result<f64> {
-    wrk_with(url, conns, seconds, false)
+    wrk_with(url, conns, seconds, false, 2)
 }
 
-/// Runs wrk, with `Connection: close` on every request if `close`.
-pub fn wrk_with(url: &str, conns: usize, seconds: u64, close: bool) -> Result<f64> {
+/// Runs wrk with `threads` threads, with `Connection: close` on every
+/// request if `close`.
+pub fn wrk_with(url: &str, conns: usize, seconds: u64, close: bool, threads: usize) -> Result<f64> {
     let mut command = Command::new("wrk");
-    command.args(["-t2", &format!("-c{conns}"), &format!("-d{seconds}s"), url]);
+    // A 64 MiB response can take longer than wrk's default 2 s timeout.
+    let timeout = format!("{}s", seconds.max(10));
+    command.args([
+        &format!("-t{threads}"),
+        &format!("-c{}", conns.max(threads)),
+        &format!("-d{seconds}s"),
+        "--timeout",
+        &timeout,
+        url,
+    ]);
     if close {
         command.args(["-H", "Connection: close"]);
     }

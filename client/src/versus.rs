@@ -22,6 +22,19 @@ pub const ROUNDS: usize = 3;
 pub const SECONDS: u64 = 2;
 /// Idle keep-alive connections held for the memory row.
 pub const IDLE_CONNS: usize = 10_000;
+/// The load generator's shapes: wrk with one thread (the server has a core
+/// to itself) and with two (the load generator takes both cores in turn).
+pub const SHAPES: [usize; 2] = [1, 2];
+
+/// What the "limit" column measures for a row: the `bare` server doing
+/// only the necessary syscalls.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    /// A fixed 1 KiB response from one epoll loop.
+    Fixed,
+    /// Blocking `sendfile` of the file, a thread per connection.
+    Sendfile,
+}
 
 /// One throughput row of the goal table.
 struct Row {
@@ -31,63 +44,144 @@ struct Row {
     conns: usize,
     path: &'static str,
     close: bool,
+    limit: Limit,
 }
 
-const ROWS: [Row; 5] = [
+const ROWS: [Row; 6] = [
     Row {
-        what: "1 KiB cached, keep-alive, 50 conns, 1 loop vs 1 worker",
+        what: "1 KiB keep-alive, 50 conns, 1 loop",
         goal: 1.5,
         workers: 1,
         conns: 50,
         path: "1k.bin",
         close: false,
+        limit: Limit::Fixed,
     },
     Row {
-        what: "1 KiB cached, keep-alive, 500 conns, 1 loop vs 1 worker",
+        what: "1 KiB keep-alive, 500 conns, 1 loop",
         goal: 1.5,
         workers: 1,
         conns: 500,
         path: "1k.bin",
         close: false,
+        limit: Limit::Fixed,
     },
     Row {
-        what: "1 KiB cached, keep-alive, 50 conns, 2 loops vs 2 workers",
+        what: "1 KiB keep-alive, 50 conns, 2 loops/workers",
         goal: 1.2,
         workers: 2,
         conns: 50,
         path: "1k.bin",
         close: false,
+        limit: Limit::Fixed,
     },
-    Row { what: "1 KiB, Connection: close, 50 conns", goal: 1.2, workers: 1, conns: 50, path: "1k.bin", close: true },
-    Row { what: "1 MiB cached, keep-alive, 50 conns", goal: 1.0, workers: 1, conns: 50, path: "1m.bin", close: false },
+    Row {
+        what: "1 KiB Connection: close, 50 conns",
+        goal: 1.0,
+        workers: 1,
+        conns: 50,
+        path: "1k.bin",
+        close: true,
+        limit: Limit::Fixed,
+    },
+    Row {
+        what: "1 MiB keep-alive, 50 conns",
+        goal: 1.0,
+        workers: 1,
+        conns: 50,
+        path: "1m.bin",
+        close: false,
+        limit: Limit::Sendfile,
+    },
+    Row {
+        what: "64 MiB keep-alive, 8 conns",
+        goal: 1.0,
+        workers: 1,
+        conns: 8,
+        path: "64m.bin",
+        close: false,
+        limit: Limit::Sendfile,
+    },
 ];
+
+/// The machine the table was measured on.
+fn machine_facts() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_else(|_| "?".into());
+    format!("{cores} cores, kernel {}, memcpy {:.1} GB/s on one core", kernel.trim(), memcpy_gb_per_sec())
+}
+
+/// How fast one core copies memory: the ceiling of any server that copies.
+fn memcpy_gb_per_sec() -> f64 {
+    let from = vec![7u8; 256 << 20];
+    let mut to = vec![0u8; 256 << 20];
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        to.copy_from_slice(std::hint::black_box(&from));
+        std::hint::black_box(&to);
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    (256 << 20) as f64 / best / 1e9
+}
 
 /// Runs the comparison and prints the goal table. Needs `nginx` and `wrk`.
 pub fn run(server_bin: &Path, root: &BenchRoot) -> Result<()> {
     if !(peers::installed("nginx") && peers::installed("wrk")) {
         bail!("--vs-nginx needs nginx and wrk on the PATH (Debian: apt-get install nginx-light wrk); it installs nothing itself");
     }
-    println!("ours (event model, HTTP) vs nginx (sendfile on, access log off), wrk -t2, {SECONDS} s per run, median of {ROUNDS} interleaved rounds\n");
-    println!("{:<58} {:>11} {:>11} {:>7} {:>6}  ", "workload", "nginx req/s", "ours req/s", "ratio", "goal");
+    let large = root.path().join("64m.bin");
+    std::fs::write(&large, (0..64usize << 20).map(|i| (i % 249) as u8).collect::<Vec<_>>())?;
+    let bare = server_bin.with_file_name("bare");
+    println!("machine: {}", machine_facts());
+    println!(
+        "ours (event model, HTTP) vs nginx (sendfile on, access log off) vs the limit (`bare`: only the \
+         necessary syscalls);\nwrk -tN, {SECONDS} s per run, median of {ROUNDS} interleaved rounds\n"
+    );
+    println!(
+        "{:<44} {:>5} {:>11} {:>11} {:>11} {:>8} {:>8} {:>5}  ",
+        "workload", "wrk", "nginx", "ours", "limit", "ours/ng", "lim/ng", "goal"
+    );
     for row in &ROWS {
         let nginx = Nginx::start(root.path(), row.workers)?;
         let ours = start_ours(server_bin, root, row.workers)?;
-        let (mut theirs, mut mine) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            theirs.push(wrk(nginx.addr, row)?);
-            mine.push(wrk(ours.addr, row)?);
+        let limit_args: Vec<String> = match row.limit {
+            Limit::Fixed => vec!["fixed".into()],
+            Limit::Sendfile => vec!["sendfile".into(), "--root".into(), root.path().display().to_string()],
+        };
+        let limit = ServerProcess::start(&bare, &limit_args)
+            .with_context(|| format!("cannot start {} (built beside the benchmark)", bare.display()))?;
+        for threads in SHAPES {
+            let (mut theirs, mut mine, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..ROUNDS {
+                theirs.push(wrk(nginx.addr, row, threads)?);
+                mine.push(wrk(ours.addr, row, threads)?);
+                floor.push(wrk(limit.addr, row, threads)?);
+            }
+            let ratio = median(mine.iter().zip(&theirs).map(|(m, t)| m / t).collect());
+            let limit_ratio = median(floor.iter().zip(&theirs).map(|(l, t)| l / t).collect());
+            let (nginx_rate, our_rate) = (median(theirs), median(mine));
+            let size = std::fs::metadata(root.path().join(row.path))?.len() as f64;
+            let rate = |per_sec: f64| {
+                if size >= (1 << 20) as f64 {
+                    format!("{:.2}GB/s", per_sec * size / 1e9)
+                } else {
+                    format!("{per_sec:.0}")
+                }
+            };
+            println!(
+                "{:<44} {:>5} {:>11} {:>11} {:>11} {:>7.2}x {:>7.2}x {:>4.1}x  {}",
+                row.what,
+                format!("-t{threads}"),
+                rate(nginx_rate),
+                rate(our_rate),
+                rate(median(floor)),
+                ratio,
+                limit_ratio,
+                row.goal,
+                if ratio >= row.goal { "met" } else { "not met" }
+            );
         }
-        let ratios: Vec<f64> = mine.iter().zip(&theirs).map(|(m, t)| m / t).collect();
-        let ratio = median(ratios);
-        println!(
-            "{:<58} {:>11.0} {:>11.0} {:>6.2}x {:>5.1}x  {}",
-            row.what,
-            median(theirs),
-            median(mine),
-            ratio,
-            row.goal,
-            if ratio >= row.goal { "met" } else { "not met" }
-        );
     }
     idle_memory(server_bin, root)?;
     generator_vs_wrk(server_bin, root)
@@ -101,9 +195,9 @@ fn start_ours(server_bin: &Path, root: &BenchRoot, loops: usize) -> Result<Serve
     ServerProcess::start(server_bin, &args)
 }
 
-fn wrk(addr: SocketAddr, row: &Row) -> Result<f64> {
+fn wrk(addr: SocketAddr, row: &Row, threads: usize) -> Result<f64> {
     let url = format!("http://{addr}/{}", row.path);
-    peers::wrk_with(&url, row.conns, SECONDS, row.close)
+    peers::wrk_with(&url, row.conns, SECONDS, row.close, threads)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -163,15 +257,14 @@ fn idle_memory(server_bin: &Path, root: &BenchRoot) -> Result<()> {
     drop(held);
     let (n, o) = (nginx_rss as f64 / 1024.0, ours_rss as f64 / 1024.0);
     println!(
-        "{:<58} {:>8.1} MiB {:>7.1} MiB {:>+6.1} MiB {:>5}  {}",
-        format!(
-            "{IDLE_CONNS} idle keep-alive conns, RSS (idle: {:.1} / {:.1} MiB)",
-            nginx_before as f64 / 1024.0,
-            ours_before as f64 / 1024.0
-        ),
+        "{:<44} {:>5} {:>7.1} MiB {:>7.1} MiB {:>11} {:>+5.1}MiB {:>8} {:>5}  {}",
+        format!("{IDLE_CONNS} idle keep-alive conns, RSS"),
+        "",
         n,
         o,
+        format!("(idle {:.1}/{:.1})", nginx_before as f64 / 1024.0, ours_before as f64 / 1024.0),
         o - n,
+        "",
         "+20",
         if o <= n + 20.0 { "met" } else { "not met" }
     );
@@ -183,7 +276,7 @@ fn generator_vs_wrk(server_bin: &Path, root: &BenchRoot) -> Result<()> {
     let row = &ROWS[0];
     let (mut by_wrk, mut by_bench) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        by_wrk.push(wrk(ours.addr, row)?);
+        by_wrk.push(wrk(ours.addr, row, 2)?);
         let until = Until::Elapsed(Duration::from_secs(SECONDS));
         let plan = LoadPlan::keepalive(ours.addr, row.conns, until, vec![format!("/{}", row.path)], true);
         let report = bench::run(&plan)?;
@@ -194,11 +287,14 @@ fn generator_vs_wrk(server_bin: &Path, root: &BenchRoot) -> Result<()> {
     }
     let (w, b) = (median(by_wrk), median(by_bench));
     println!(
-        "{:<58} {:>11.0} {:>11.0} {:>6.2}x {:>5.1}x  {}",
-        "load generator on our server: wrk vs client bench",
+        "{:<44} {:>5} {:>11.0} {:>11.0} {:>11} {:>7.2}x {:>8} {:>4.1}x  {}",
+        "load generator on our server: wrk vs bench",
+        "-t2",
         w,
         b,
+        "",
         b / w,
+        "",
         1.0,
         if b >= w { "met" } else { "not met" }
     );

@@ -6,7 +6,7 @@
 //! O(connections). mio's epoll is edge-triggered: an event says "something
 //! changed", so the handler must read and write until `WouldBlock` (which
 //! [`Conn::advance`](crate::conn::Conn::advance) does) or it will never hear
-//! of that socket again. WRITABLE is asked for only while output is owed.
+//! of that socket again. WRITABLE is asked for once output is first owed.
 //!
 //! **Where blocking work runs.** In the loop thread: file reads (and fib)
 //! block every other client while they run. That is deliberate: it is the
@@ -161,14 +161,17 @@ fn interest(client: &Client<TcpStream>) -> Interest {
     }
 }
 
-/// Asks for WRITABLE only while output is owed: with edge-triggered epoll an
-/// always-on WRITABLE would wake the loop after every write for nothing.
+/// Asks for WRITABLE the first time output is owed, and keeps it. With
+/// edge-triggered epoll a writable event comes only when a full send
+/// buffer drains, so a connection whose responses fit in one write never
+/// hears of it, and one that streams large files saves two `epoll_ctl`
+/// calls per response (on, then off again).
 fn update_interest(registry: &Registry, clients: &mut Clients<TcpStream>, id: ConnId) {
     let Some(client) = clients.get_mut(id) else { return };
-    if client.conn.wants_write() == client.writable_registered {
+    if client.writable_registered || !client.conn.wants_write() {
         return;
     }
-    client.writable_registered = client.conn.wants_write();
+    client.writable_registered = true;
     let fd = client.socket.as_raw_fd();
     if registry.reregister(&mut SourceFd(&fd), Token(id.to_usize()), interest(client)).is_err() {
         clients.remove(id);

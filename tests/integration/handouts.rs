@@ -17,9 +17,8 @@ fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-/// Writes the stage's handout into `dir/handout` and builds its server;
-/// returns the handout and a copy of its server binary.
-fn build_handout(stage: u8, dir: &Path) -> (PathBuf, PathBuf) {
+/// Writes the stage's handout into `dir/handout` with `cargo xtask`.
+fn make_handout(stage: u8, dir: &Path) -> PathBuf {
     let handout = dir.join("handout");
     let made = cargo()
         .args(["run", "--quiet", "--package", "xtask", "--", "handout", "--stage", &stage.to_string(), "--out"])
@@ -30,6 +29,13 @@ fn build_handout(stage: u8, dir: &Path) -> (PathBuf, PathBuf) {
     assert!(made.status.success(), "xtask handout --stage {stage}: {}", String::from_utf8_lossy(&made.stderr));
     let listed = String::from_utf8_lossy(&made.stdout);
     assert!(listed.contains(&format!("stage {stage} handout")), "the exercises are listed:\n{listed}");
+    handout
+}
+
+/// Writes the stage's handout into `dir/handout` and builds its server;
+/// returns the handout and a copy of its server binary.
+fn build_handout(stage: u8, dir: &Path) -> (PathBuf, PathBuf) {
+    let handout = make_handout(stage, dir);
     let built = cargo()
         .args(["build", "--quiet", "--package", "fileserver", "--bin", "server"])
         .env("CARGO_TARGET_DIR", repo().join("target/handouts"))
@@ -124,14 +130,7 @@ fn each_stage_handout_builds_and_fails_exactly_the_tests_of_its_missing_parts() 
 #[test]
 fn the_stage_6_handout_leaves_the_verdict_to_write_and_its_test_says_so() {
     let scratch = tempfile::tempdir().unwrap();
-    let handout = scratch.path().join("handout");
-    let made = cargo()
-        .args(["run", "--quiet", "--package", "xtask", "--", "handout", "--stage", "6", "--out"])
-        .arg(&handout)
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let handout = make_handout(6, scratch.path());
     let tested = cargo()
         .args(["test", "--quiet", "--package", "client", "--lib", "verdict"])
         .env("CARGO_TARGET_DIR", repo().join("target/handouts"))

@@ -1,0 +1,190 @@
+//! `bare`: the least an HTTP server can do, written for the benchmark's
+//! "limit" column (`./benchmark.sh --vs-nginx`). It is not the kit's
+//! server and not a model to learn from: it shows how close the kit and
+//! nginx come to the cost of the necessary syscalls alone.
+//!
+//! * `bare fixed`: one epoll loop (mio) that answers every request with the
+//!   same 1 KiB response, honouring `Connection: close`: no parsing beyond
+//!   finding the end of the head, no file, no cache.
+//! * `bare sendfile --root DIR`: a thread per connection that sends the
+//!   head (`MSG_MORE`) and then the whole file with blocking `sendfile`.
+//!
+//! Both print `listening on <addr>` like the kit's server.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use mio::net::TcpListener as MioListener;
+use mio::{Events, Interest, Poll, Token};
+
+/// The least an HTTP server can do, for the benchmark's limit column.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Port; 0 picks a free one.
+    #[arg(long, global = true, default_value_t = 0)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, global = true, default_value = "127.0.0.1")]
+    addr: std::net::IpAddr,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// One epoll loop answering every request with a fixed 1 KiB response.
+    Fixed,
+    /// A thread per connection sending files with blocking sendfile.
+    Sendfile {
+        /// Directory the files are served from.
+        #[arg(long)]
+        root: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let listener = TcpListener::bind(SocketAddr::new(args.addr, args.port)).context("cannot bind")?;
+    println!("listening on {}", listener.local_addr()?);
+    io::stdout().flush()?;
+    match args.mode {
+        Mode::Fixed => fixed(listener),
+        Mode::Sendfile { root } => {
+            for stream in listener.incoming().flatten() {
+                let root = root.clone();
+                std::thread::spawn(move || serve_files(stream, &root));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The fixed response: a head and 1 KiB of body, for keep-alive or close.
+fn responses() -> (Vec<u8>, Vec<u8>) {
+    let body = vec![b'x'; 1024];
+    let head = |connection: &str| format!("HTTP/1.1 200 OK\r\nContent-Length: 1024\r\n{connection}\r\n").into_bytes();
+    let keep = [head(""), body.clone()].concat();
+    let close = [head("Connection: close\r\n"), body].concat();
+    (keep, close)
+}
+
+fn fixed(listener: TcpListener) -> Result<()> {
+    listener.set_nonblocking(true)?;
+    let mut listener = MioListener::from_std(listener);
+    let mut poll = Poll::new()?;
+    poll.registry().register(&mut listener, Token(usize::MAX), Interest::READABLE)?;
+    let (keep, close) = responses();
+    let mut conns: Vec<Option<mio::net::TcpStream>> = Vec::new();
+    let mut events = Events::with_capacity(1024);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        poll.poll(&mut events, None)?;
+        for event in &events {
+            if event.token() == Token(usize::MAX) {
+                while let Ok((mut stream, _)) = listener.accept() {
+                    let _ = stream.set_nodelay(true);
+                    let slot = conns.iter().position(Option::is_none).unwrap_or_else(|| {
+                        conns.push(None);
+                        conns.len() - 1
+                    });
+                    poll.registry().register(&mut stream, Token(slot), Interest::READABLE)?;
+                    conns[slot] = Some(stream);
+                }
+                continue;
+            }
+            let Some(stream) = conns.get_mut(event.token().0).and_then(Option::as_mut) else { continue };
+            let mut done = false;
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) => {
+                        done = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        // One response per request head in what arrived
+                        // (wrk sends one at a time); a short write ends it.
+                        let request = &buf[..n];
+                        let heads = request.windows(4).filter(|w| w == b"\r\n\r\n").count();
+                        let wants_close = request.windows(17).any(|w| w.eq_ignore_ascii_case(b"connection: close"));
+                        for _ in 0..heads {
+                            let response = if wants_close { &close } else { &keep };
+                            if stream.write_all(response).is_err() {
+                                done = true;
+                            }
+                        }
+                        if wants_close {
+                            done = true;
+                            break;
+                        }
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        done = true;
+                        break;
+                    }
+                }
+            }
+            if done {
+                if let Some(mut stream) = conns[event.token().0].take() {
+                    let _ = poll.registry().deregister(&mut stream);
+                }
+            }
+        }
+    }
+}
+
+/// Serves `GET /name` requests on one connection with blocking sendfile.
+fn serve_files(mut stream: TcpStream, root: &Path) {
+    let _ = stream.set_nodelay(true);
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+            }
+            continue;
+        };
+        let head: Vec<u8> = pending.drain(..end + 4).collect();
+        let path = head.split(|&b| b == b' ').nth(1).unwrap_or_default();
+        let name = String::from_utf8_lossy(path.strip_prefix(b"/").unwrap_or(path)).into_owned();
+        let Ok(file) = std::fs::File::open(root.join(name)) else { return };
+        let Ok(len) = file.metadata().map(|m| m.len()) else { return };
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+        if send_head_and_file(&stream, head.as_bytes(), &file, len).is_err() {
+            return;
+        }
+    }
+}
+
+/// The head with `MSG_MORE` (so it leaves with the first bytes of the
+/// file), then the file with blocking `sendfile`.
+#[cfg(target_os = "linux")]
+fn send_head_and_file(stream: &TcpStream, head: &[u8], file: &std::fs::File, len: u64) -> io::Result<()> {
+    use rustix::net::{send, SendFlags};
+    let mut sent = 0;
+    while sent < head.len() {
+        sent += send(stream, &head[sent..], SendFlags::MORE)?;
+    }
+    let mut offset = 0u64;
+    while offset < len {
+        let left = (len - offset) as usize;
+        let n = rustix::fs::sendfile(stream, file, Some(&mut offset), left)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(())
+}
+
+/// Elsewhere: the head, then the file copied through a buffer.
+#[cfg(not(target_os = "linux"))]
+fn send_head_and_file(mut stream: &TcpStream, head: &[u8], file: &std::fs::File, _len: u64) -> io::Result<()> {
+    stream.write_all(head)?;
+    io::copy(&mut &*file, &mut stream).map(drop)
+}
