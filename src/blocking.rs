@@ -82,9 +82,10 @@ impl<'a> StoppableAcceptor<'a> {
             }
             match self.listener.accept() {
                 Ok((stream, _peer)) => {
-                    // Served with blocking calls (on some systems an
-                    // accepted socket inherits the listener's O_NONBLOCK).
-                    if stream.set_nonblocking(false).is_err() {
+                    // Served with blocking calls. On the BSDs and macOS an
+                    // accepted socket inherits the listener's O_NONBLOCK;
+                    // on Linux it never does, and the call would be wasted.
+                    if cfg!(not(target_os = "linux")) && stream.set_nonblocking(false).is_err() {
                         continue;
                     }
                     if let Some(admitted) = self.live.admit(stream, max_open) {
