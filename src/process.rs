@@ -12,7 +12,7 @@
 //!   a clean slate and unblocks what it wants.
 //! * Elsewhere (macOS, FreeBSD: no `signalfd`) the parent installs
 //!   `signal-hook` handlers that set a flag and write to a pipe, and a new
-//!   child unregisters them ([`forget_parent_handlers`]) before it installs
+//!   child unregisters them (`forget_parent_handlers`) before it installs
 //!   its own. The signals stay blocked across the `fork`, so none can reach
 //!   an inherited handler in between.
 //!
