@@ -147,3 +147,56 @@ fn curl_and_wget_resume_a_cut_download_byte_exactly() {
         assert!(std::fs::read(&file).unwrap() == large, "{program} did not resume byte-exactly");
     }
 }
+
+/// A request to send to both servers: method, target, headers.
+type Exchange<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+
+#[test]
+fn conditional_and_range_requests_are_answered_as_nginx_answers_them() {
+    let root = site();
+    let Some(nginx) = crate::support::Nginx::start(&format!(
+        "server {{ listen {{listen}}; root {}; etag on; }}",
+        root.path().display()
+    )) else {
+        return;
+    };
+    let ours = start("event", root.path());
+    let ask = |addr, method: &str, target: &str, headers: &[(&str, &str)]| {
+        let mut http = HttpClient::connect(addr);
+        request(&mut http, method, target, headers)
+    };
+    // The validators are the same for the same file: nginx's ETag format.
+    let theirs = ask(nginx.addr, "HEAD", "/small.txt", &[]);
+    let mine = ask(ours.addr, "HEAD", "/small.txt", &[]);
+    let etag = theirs.header("etag").expect("nginx sends an ETag").to_string();
+    assert_eq!(mine.header("etag"), Some(etag.as_str()), "the same ETag as nginx");
+    assert_eq!(mine.header("last-modified"), theirs.header("last-modified"));
+    let modified = theirs.header("last-modified").unwrap().to_string();
+    let cases: Vec<Exchange> = vec![
+        ("GET", "/small.txt", vec![("Range", "bytes=0-4")]),
+        ("GET", "/small.txt", vec![("Range", "bytes=5-")]),
+        ("GET", "/small.txt", vec![("Range", "bytes=-3")]),
+        ("GET", "/small.txt", vec![("Range", "bytes=2-999999")]),
+        ("GET", "/small.txt", vec![("Range", "bytes=20-")]),
+        ("GET", "/large.bin", vec![("Range", "bytes=100000-100099")]),
+        ("GET", "/small.txt", vec![("If-None-Match", etag.as_str())]),
+        ("HEAD", "/small.txt", vec![("If-None-Match", etag.as_str())]),
+        ("GET", "/small.txt", vec![("If-None-Match", "\"0-0\"")]),
+        ("GET", "/small.txt", vec![("If-Modified-Since", modified.as_str())]),
+        ("GET", "/small.txt", vec![("Range", "bytes=0-1"), ("If-Range", etag.as_str())]),
+        ("GET", "/small.txt", vec![("Range", "bytes=0-1"), ("If-Range", "\"0-0\"")]),
+        ("GET", "/", vec![]),
+        ("GET", "/docs/", vec![]),
+    ];
+    for (method, target, headers) in &cases {
+        let theirs = ask(nginx.addr, method, target, headers);
+        let mine = ask(ours.addr, method, target, headers);
+        let what = format!("{method} {target} {headers:?}");
+        assert_eq!(mine.status, theirs.status, "{what}");
+        assert_eq!(mine.header("content-range"), theirs.header("content-range"), "{what}");
+        if theirs.status != 416 {
+            // nginx's 416 carries an HTML page; ours a line of text.
+            assert_eq!(mine.body, theirs.body, "{what}");
+        }
+    }
+}

@@ -297,3 +297,57 @@ pub fn client_bin() -> PathBuf {
         })
         .clone()
 }
+
+/// An nginx for side-by-side tests, with its own temporary config and
+/// paths, one process (`master_process off`), on a port from the kernel;
+/// killed on drop. `None` (and a note) when nginx is not installed.
+pub struct Nginx {
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Nginx {
+    /// Starts nginx with `http_body` inside its `http { }` block;
+    /// `{listen}` in it stands for the address to listen on.
+    pub fn start(http_body: &str) -> Option<Nginx> {
+        if Command::new("nginx").arg("-v").stderr(Stdio::null()).status().is_err() {
+            eprintln!("skipped: nginx is not installed (apt-get install nginx-light)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        // nginx cannot report a port it picked: ask the kernel for a free one.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let body = http_body.replace("{listen}", &format!("127.0.0.1:{port}"));
+        let config = format!(
+            "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{ access_log off; client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f;\n\
+               uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n{body} }}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), config).unwrap();
+        let child = Command::new("nginx")
+            .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string(), "-e", &format!("{d}/error.log")])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let nginx = Nginx { child, _dir: dir, addr };
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(nginx)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // One process (master_process off): nothing else to stop.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
