@@ -123,8 +123,42 @@ fn copy(repo: &Path, from: &Path, to: &Path, stage: u8) -> Result<usize> {
         std::fs::write(to, handout)?;
         return Ok(cut);
     }
+    if from.extension().is_some_and(|ext| ext == "md") {
+        let text = std::fs::read_to_string(from).with_context(|| format!("cannot read {}", from.display()))?;
+        std::fs::write(to, hide_solutions(&text, stage))?;
+        return Ok(0);
+    }
     std::fs::copy(from, to).with_context(|| format!("cannot copy {}", from.display()))?;
     Ok(0)
+}
+
+/// The guide quotes the reference's code; where a quoted block is the
+/// answer to the handout's own exercise, it is marked with
+/// `<!-- handout: stage N solution -->` on the line before, and the
+/// stage-N handout shows a note in its place.
+pub fn hide_solutions(markdown: &str, stage: u8) -> String {
+    let marker = format!("<!-- handout: stage {stage} solution -->");
+    let mut out = String::new();
+    let mut lines = markdown.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() != marker {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        // Skip the fenced block that follows the marker.
+        let mut fences = 0;
+        for skipped in lines.by_ref() {
+            if skipped.trim_start().starts_with("```") {
+                fences += 1;
+                if fences == 2 {
+                    break;
+                }
+            }
+        }
+        out.push_str(&format!("> In the stage-{stage} handout this code is yours to write: see its `todo!`.\n"));
+    }
+    out
 }
 
 /// A `// handout: stage N: message` line.
@@ -292,6 +326,15 @@ impl S {
         assert!(handout.contains("vec![1, 2]"), "other stages are untouched");
         syn::parse_file(&handout).expect("the handout still parses");
         assert_eq!(cut_stage(SOURCE, 5).unwrap(), (SOURCE.to_string(), 0));
+    }
+
+    #[test]
+    fn the_stages_own_solution_is_left_out_of_its_guide() {
+        let guide = "Intro\n<!-- handout: stage 1 solution -->\n```rust\nanswer();\n```\nAfter\n";
+        let handout = hide_solutions(guide, 1);
+        assert!(!handout.contains("answer()"), "{handout}");
+        assert!(handout.contains("yours to write") && handout.contains("After"), "{handout}");
+        assert_eq!(hide_solutions(guide, 2), guide, "other stages keep the excerpt");
     }
 
     #[test]
