@@ -36,7 +36,6 @@ use crate::signals;
 #[derive(Debug)]
 pub struct StoppableAcceptor<'a> {
     listener: &'a TcpListener,
-    service: &'a Arc<Service>,
     live: Arc<LiveConnections>,
     /// Readable once a stop has begun.
     stop_pipe: UnixStream,
@@ -60,7 +59,7 @@ impl<'a> StoppableAcceptor<'a> {
             in_flight
         })
         .map_err(ServerError::io("cannot install signal handlers"))?;
-        Ok(StoppableAcceptor { listener: &server.listener, service: &server.service, live, stop_pipe })
+        Ok(StoppableAcceptor { listener: &server.listener, live, stop_pipe })
     }
 
     /// Blocks until a client connects and returns it, admitted among at
@@ -111,11 +110,6 @@ impl<'a> StoppableAcceptor<'a> {
         while !self.live.is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-
-    /// The shared service, for the threads that serve connections.
-    pub fn service(&self) -> &Arc<Service> {
-        self.service
     }
 }
 
@@ -222,7 +216,7 @@ pub fn dispatch_connections(
     let acceptor = StoppableAcceptor::install(server)?;
     server.announce()?;
     while let Some(connection) = acceptor.accept(server.max_open_conns) {
-        let (service, limits) = (Arc::clone(acceptor.service()), server.limits);
+        let (service, limits) = (Arc::clone(&server.service), server.limits);
         dispatch(Box::new(move || connection.serve(&service, limits)));
     }
     acceptor.wait_until_idle();

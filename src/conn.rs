@@ -303,7 +303,7 @@ impl Conn {
 
     /// Whether the loop should want readable events for this connection.
     pub fn wants_read(&self) -> bool {
-        self.phase == Phase::Serving && self.output.queued_bytes() < MAX_QUEUED_OUTPUT_BYTES
+        self.phase == Phase::Serving && self.may_start_request()
     }
 
     /// Whether the loop should want writable events: only while output is owed.

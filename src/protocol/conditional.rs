@@ -140,9 +140,19 @@ impl Conditions {
     }
 }
 
-/// The entity tag of content of `len` bytes modified at `modified`, quoted.
-pub fn entity_tag(len: u64, modified: SystemTime) -> String {
-    format!("\"{:x}-{:x}\"", unix_seconds(modified), len)
+/// Appends the entity tag of content of `len` bytes modified at
+/// `modified`, quoted, to `out` (no allocation: this runs per response).
+pub fn append_entity_tag(len: u64, modified: SystemTime, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let _ = write!(out, "\"{:x}-{:x}\"", unix_seconds(modified), len);
+}
+
+/// The entity tag as a string, for tests.
+#[cfg(test)]
+fn entity_tag(len: u64, modified: SystemTime) -> String {
+    let mut out = Vec::new();
+    append_entity_tag(len, modified, &mut out);
+    String::from_utf8(out).unwrap()
 }
 
 fn unix_seconds(time: SystemTime) -> u64 {

@@ -11,7 +11,7 @@
 
 use std::time::SystemTime;
 
-use super::conditional::{entity_tag, Conditions, Selection};
+use super::conditional::{append_entity_tag, Conditions, Selection};
 use super::{Framing, HttpFraming, Malformed, ParseLimits, Parsed, Request, Response};
 use crate::refusal::Refusal;
 
@@ -238,7 +238,7 @@ pub fn encode_head(framing: HttpFraming, response: &Response, selection: Selecti
             out.extend_from_slice(b"Last-Modified: ");
             MODIFIED.with(|memo| memo.append(modified, out));
             out.extend_from_slice(b"\r\nETag: ");
-            out.extend_from_slice(entity_tag(body.len(), modified).as_bytes());
+            append_entity_tag(body.len(), modified, out);
             out.extend_from_slice(b"\r\nAccept-Ranges: bytes\r\n");
         }
     }
