@@ -51,25 +51,29 @@ fn documents() -> Vec<PathBuf> {
     [vec![repo.join("README.md")], chapters].concat()
 }
 
-/// The `sh` blocks of a Markdown file, in order.
-fn shell_blocks(markdown: &str) -> Vec<String> {
+/// The fenced blocks of a Markdown file opened with "```" + `lang`, in
+/// order, each as its lines.
+fn fenced_blocks(markdown: &str, lang: &str) -> Vec<Vec<String>> {
+    let opening = format!("```{lang}");
     let mut blocks = Vec::new();
-    let mut current: Option<String> = None;
+    let mut current: Option<Vec<String>> = None;
     for line in markdown.lines() {
         match (&mut current, line.trim_end()) {
-            (None, "```sh") => current = Some(String::new()),
+            (None, fence) if fence == opening => current = Some(Vec::new()),
             (Some(block), "```") => {
                 blocks.push(std::mem::take(block));
                 current = None;
             }
-            (Some(block), _) => {
-                block.push_str(line);
-                block.push('\n');
-            }
+            (Some(block), _) => block.push(line.to_string()),
             (None, _) => {}
         }
     }
     blocks
+}
+
+/// The `sh` blocks of a Markdown file, in order.
+fn shell_blocks(markdown: &str) -> Vec<String> {
+    fenced_blocks(markdown, "sh").into_iter().map(|lines| lines.iter().map(|l| format!("{l}\n")).collect()).collect()
 }
 
 fn free_port() -> u16 {
@@ -214,24 +218,13 @@ fn the_runner_notices_a_command_that_does_not_run() {
 /// The `rust` blocks of a Markdown file that quote a source file: their
 /// first line names it (`// src/models/event.rs`).
 fn quoted_excerpts(markdown: &str) -> Vec<(String, Vec<String>)> {
-    let mut excerpts = Vec::new();
-    let mut current: Option<Vec<String>> = None;
-    for line in markdown.lines() {
-        match (&mut current, line.trim_end()) {
-            (None, "```rust") => current = Some(Vec::new()),
-            (Some(lines), "```") => {
-                if let Some(file) = lines.first().and_then(|first| first.strip_prefix("// ")) {
-                    if file.ends_with(".rs") {
-                        excerpts.push((file.to_string(), lines[1..].to_vec()));
-                    }
-                }
-                current = None;
-            }
-            (Some(lines), _) => lines.push(line.to_string()),
-            (None, _) => {}
-        }
-    }
-    excerpts
+    fenced_blocks(markdown, "rust")
+        .into_iter()
+        .filter_map(|lines| {
+            let file = lines.first()?.strip_prefix("// ").filter(|file| file.ends_with(".rs"))?.to_string();
+            Some((file, lines[1..].to_vec()))
+        })
+        .collect()
 }
 
 #[test]

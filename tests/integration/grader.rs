@@ -80,8 +80,21 @@ fn student_server() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/grader/student_server.py")
 }
 
-fn has_python() -> bool {
-    Command::new("python3").arg("--version").output().is_ok_and(|o| o.status.success())
+/// The command that runs the Python student server (with `--bug BUG`),
+/// or `None`, with a note, where python3 is not installed.
+fn python_server(bug: Option<&str>) -> Option<Vec<String>> {
+    if !Command::new("python3").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: python3 is not installed");
+        return None;
+    }
+    let mut command = vec!["python3".to_string(), student_server().display().to_string()];
+    command.extend(bug.map(|bug| ["--bug".to_string(), bug.to_string()]).into_iter().flatten());
+    command.extend(PLACEHOLDERS.map(String::from));
+    Some(command)
+}
+
+fn strs(command: &[String]) -> Vec<&str> {
+    command.iter().map(String::as_str).collect()
 }
 
 const PLACEHOLDERS: [&str; 6] = ["--port", "{port}", "--root", "{root}", "--read-delay-ms", "{delay}"];
@@ -135,25 +148,17 @@ fn the_reference_event_async_model_gets_full_marks_at_stage_6() {
 
 #[test]
 fn a_python_server_that_follows_the_assignment_gets_full_marks() {
-    if !has_python() {
-        eprintln!("skipped: python3 is not installed");
-        return;
-    }
-    let script = student_server().display().to_string();
-    let mut command = vec!["python3", script.as_str()];
-    command.extend(PLACEHOLDERS);
-    let graded = grade(&["--stages", "1,2,3,4,5"], &command);
+    let Some(command) = python_server(None) else { return };
+    let graded = grade(&["--stages", "1,2,3,4,5"], &strs(&command));
     let (score, max) = graded.score();
     assert_eq!((score, max), (70, 70), "every test of stages 1 to 5 runs and passes:\n{}", graded.text);
 }
 
 #[test]
 fn each_broken_server_loses_exactly_the_points_of_its_bug() {
-    if !has_python() {
-        eprintln!("skipped: python3 is not installed");
+    if python_server(None).is_none() {
         return;
     }
-    let script = student_server().display().to_string();
     let cases: [(&str, &[&str]); 9] = [
         ("dotdot", &["sandbox.dotdot"]),
         ("symlinks", &["sandbox.symlinks"]),
@@ -169,9 +174,8 @@ fn each_broken_server_loses_exactly_the_points_of_its_bug() {
         ("misframes", &["protocol.pipelined"]),
     ];
     for (bug, lost) in cases {
-        let mut command = vec!["python3", script.as_str(), "--bug", bug];
-        command.extend(PLACEHOLDERS);
-        let graded = grade(&["--stages", "1,2,3,4,5"], &command);
+        let command = python_server(Some(bug)).expect("python3 was found");
+        let graded = grade(&["--stages", "1,2,3,4,5"], &strs(&command));
         assert_eq!(graded.failed(), lost, "--bug {bug}:\n{}", graded.text);
         assert_eq!(graded.output.status.code(), Some(1), "--bug {bug}: a failed test exits 1");
         for name in lost {
@@ -183,20 +187,17 @@ fn each_broken_server_loses_exactly_the_points_of_its_bug() {
 
 #[test]
 fn the_grader_survives_servers_that_never_start_die_hang_or_flood() {
-    if !has_python() {
-        eprintln!("skipped: python3 is not installed");
+    if python_server(None).is_none() {
         return;
     }
-    let script = student_server().display().to_string();
     for (bug, args) in [
         ("never-starts", &["--stages", "1,2,3"][..]),
         ("exits-midway", &["--stages", "1,2,3"][..]),
         ("hangs", &["--stages", "1", "--stop-after", "2"][..]),
         ("floods", &["--stages", "1,5"][..]),
     ] {
-        let mut command = vec!["python3", script.as_str(), "--bug", bug];
-        command.extend(PLACEHOLDERS);
-        let graded = grade(args, &command);
+        let command = python_server(Some(bug)).expect("python3 was found");
+        let graded = grade(args, &strs(&command));
         let (score, max) = graded.score();
         match bug {
             "never-starts" => {

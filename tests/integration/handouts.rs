@@ -32,16 +32,16 @@ fn make_handout(stage: u8, dir: &Path) -> PathBuf {
     handout
 }
 
+/// Runs cargo in a handout, with the handouts' shared target directory.
+fn cargo_in(handout: &Path, args: &[&str]) -> std::process::Output {
+    cargo().args(args).env("CARGO_TARGET_DIR", repo().join("target/handouts")).current_dir(handout).output().unwrap()
+}
+
 /// Writes the stage's handout into `dir/handout` and builds its server;
 /// returns the handout and a copy of its server binary.
 fn build_handout(stage: u8, dir: &Path) -> (PathBuf, PathBuf) {
     let handout = make_handout(stage, dir);
-    let built = cargo()
-        .args(["build", "--quiet", "--package", "fileserver", "--bin", "server"])
-        .env("CARGO_TARGET_DIR", repo().join("target/handouts"))
-        .current_dir(&handout)
-        .output()
-        .unwrap();
+    let built = cargo_in(&handout, &["build", "--quiet", "--package", "fileserver", "--bin", "server"]);
     assert!(
         built.status.success(),
         "stage {stage} handout does not build:\n{}",
@@ -131,12 +131,7 @@ fn each_stage_handout_builds_and_fails_exactly_the_tests_of_its_missing_parts() 
 fn the_stage_6_handout_leaves_the_verdict_to_write_and_its_test_says_so() {
     let scratch = tempfile::tempdir().unwrap();
     let handout = make_handout(6, scratch.path());
-    let tested = cargo()
-        .args(["test", "--quiet", "--package", "client", "--lib", "verdict"])
-        .env("CARGO_TARGET_DIR", repo().join("target/handouts"))
-        .current_dir(&handout)
-        .output()
-        .unwrap();
+    let tested = cargo_in(&handout, &["test", "--quiet", "--package", "client", "--lib", "verdict"]);
     let output = format!("{}{}", String::from_utf8_lossy(&tested.stdout), String::from_utf8_lossy(&tested.stderr));
     assert!(!tested.status.success(), "the verdict's test fails in the handout:\n{output}");
     assert!(output.contains("not yet implemented: stage 6: "), "{output}");

@@ -45,6 +45,9 @@ impl Fixture {
     }
 
     fn fill(dir: tempfile::TempDir, root: PathBuf, borrowed_root: bool) -> Result<Fixture> {
+        // In a root that is not ours, what the fixture adds is what is new
+        // afterwards: removed again on drop, whatever the fixture holds.
+        let before: Vec<PathBuf> = if borrowed_root { entries(&root)? } else { Vec::new() };
         let outside = dir.path().join("outside");
         std::fs::create_dir_all(root.join("dir/sub")).with_context(|| format!("cannot fill {}", root.display()))?;
         std::fs::create_dir_all(root.join("slow"))?;
@@ -71,7 +74,11 @@ impl Fixture {
         symlink(&outside, root.join("out-dir"))?;
         symlink("../../outside/secret.txt", root.join("dir/up-link"))?;
         make_fifo(&root.join("fifo"))?;
-        let placed = if borrowed_root { TOP_LEVEL.iter().map(|name| root.join(name)).collect() } else { Vec::new() };
+        let placed = if borrowed_root {
+            entries(&root)?.into_iter().filter(|entry| !before.contains(entry)).collect()
+        } else {
+            Vec::new()
+        };
         Ok(Fixture { dir, root, placed })
     }
 
@@ -117,22 +124,11 @@ fn make_fifo(path: &Path) -> Result<()> {
     made.with_context(|| format!("cannot create the FIFO {}", path.display()))
 }
 
-/// Every top-level entry the fixture makes in the root.
-const TOP_LEVEL: [&str; 13] = [
-    "small.txt",
-    "empty.txt",
-    "1m.bin",
-    "64m.bin",
-    "a..b.txt",
-    "name with spaces.txt",
-    "dir",
-    ".hidden",
-    "mutable.txt",
-    "slow",
-    "out-link",
-    "out-dir",
-    "fifo",
-];
+/// The top-level entries of `dir`.
+fn entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let listed = std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    Ok(listed.filter_map(|entry| Some(entry.ok()?.path())).collect())
+}
 
 impl Drop for Fixture {
     fn drop(&mut self) {
