@@ -74,9 +74,19 @@ impl FileCache {
         self.lock().lru.get(key).cloned()
     }
 
-    /// Whether a file of `len` bytes may be cached at all; larger ones are streamed.
+    /// Whether a file of `len` bytes is small: read whole into memory and
+    /// sent from there (and cached if the budget allows), rather than
+    /// streamed from the open file. With the cache off (`--cache-size 0`)
+    /// small files are still read whole, so the reading happens where the
+    /// model puts reads (a reader thread, the kernel), not in the loop's
+    /// `sendfile`.
+    pub fn is_small(&self, len: u64) -> bool {
+        len <= self.max_file_bytes
+    }
+
+    /// Whether a file of `len` bytes may be cached at all.
     pub fn admits(&self, len: u64) -> bool {
-        len <= self.max_file_bytes && len <= self.budget_bytes
+        self.is_small(len) && len <= self.budget_bytes
     }
 
     /// The current generation: read it *before* opening a file, pass it to
@@ -164,6 +174,9 @@ mod tests {
         let off = FileCache::new(0, 10);
         assert!(!off.insert(b"small".to_vec(), 0, content(1)));
         assert!(off.get(b"small").is_none());
+        // With the cache off a small file is still read whole (by whatever
+        // does the model's reads), only not kept.
+        assert!(off.is_small(10) && !off.admits(10) && !off.is_small(11));
     }
 
     #[test]

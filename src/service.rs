@@ -143,9 +143,16 @@ impl Work {
 }
 
 impl FileRead {
-    /// Whether the whole file is read into memory (and cached); larger files
-    /// are streamed from the open file instead.
+    /// Whether the whole file is read into memory (and cached if the
+    /// budget allows); larger files are streamed from the open file instead.
     pub fn reads_into_memory(&self) -> bool {
+        self.cache.is_small(self.file.len)
+    }
+
+    /// Whether the content may be kept and shared between requests (by the
+    /// cache, or by [`Coalescing`](crate::backend::Coalescing) among reads
+    /// in flight). With the cache off nothing is shared: every request reads.
+    pub fn is_cacheable(&self) -> bool {
         self.cache.admits(self.file.len)
     }
 

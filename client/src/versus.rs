@@ -3,7 +3,13 @@
 //!
 //! These machines are noisy and the load generator shares the cores with
 //! the server, so every row is measured in [`ROUNDS`] interleaved rounds
-//! (nginx, ours, nginx, ours, ...) and the median ratio is reported.
+//! (nginx, ours, limit, nginx, ours, limit, ...) and the median ratio is
+//! reported, with the lowest and highest round beside it: a ratio whose
+//! range straddles the goal is noise, not a result.
+//!
+//! The table ends with slow storage, which needs no nginx: the
+//! asynchronous models against the ideal rate (connections / delay), with
+//! default flags apart from the simulated storage.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -14,10 +20,11 @@ use anyhow::{bail, Context, Result};
 
 use crate::bench::{self, LoadPlan, Until};
 use crate::peers::{self, Nginx};
-use crate::suite::{BenchRoot, ServerProcess};
+use crate::suite::{BenchRoot, ServerProcess, STORAGE_DELAY_MS};
 
-/// Rounds per row; the median ratio is reported.
-pub const ROUNDS: usize = 3;
+/// Rounds per row; the median ratio is reported. Five, because a single
+/// 2 s run of the 1 MiB row moves by 20% from one run to the next here.
+pub const ROUNDS: usize = 5;
 /// Seconds of wrk load per measurement.
 pub const SECONDS: u64 = 2;
 /// Idle keep-alive connections held for the memory row.
@@ -139,8 +146,8 @@ pub fn run(server_bin: &Path, root: &BenchRoot) -> Result<()> {
          necessary syscalls);\nwrk -tN, {SECONDS} s per run, median of {ROUNDS} interleaved rounds\n"
     );
     println!(
-        "{:<44} {:>5} {:>11} {:>11} {:>11} {:>8} {:>8} {:>5}  ",
-        "workload", "wrk", "nginx", "ours", "limit", "ours/ng", "lim/ng", "goal"
+        "{:<44} {:>4} {:>9} {:>9} {:>9} {:>16} {:>8} {:>5}  ",
+        "workload", "wrk", "nginx", "ours", "limit", "ours/ng (range)", "ours/lim", "goal"
     );
     for row in &ROWS {
         let nginx = Nginx::start(root.path(), row.workers)?;
@@ -158,8 +165,11 @@ pub fn run(server_bin: &Path, root: &BenchRoot) -> Result<()> {
                 mine.push(wrk(ours.addr, row, threads)?);
                 floor.push(wrk(limit.addr, row, threads)?);
             }
-            let ratio = median(mine.iter().zip(&theirs).map(|(m, t)| m / t).collect());
-            let limit_ratio = median(floor.iter().zip(&theirs).map(|(l, t)| l / t).collect());
+            let ratios: Vec<f64> = mine.iter().zip(&theirs).map(|(m, t)| m / t).collect();
+            let (low, high) =
+                (ratios.iter().copied().fold(f64::MAX, f64::min), ratios.iter().copied().fold(0.0, f64::max));
+            let ratio = median(ratios);
+            let of_limit = median(mine.iter().zip(&floor).map(|(m, l)| m / l).collect());
             let (nginx_rate, our_rate) = (median(theirs), median(mine));
             let size = std::fs::metadata(root.path().join(row.path))?.len() as f64;
             let rate = |per_sec: f64| {
@@ -170,21 +180,82 @@ pub fn run(server_bin: &Path, root: &BenchRoot) -> Result<()> {
                 }
             };
             println!(
-                "{:<44} {:>5} {:>11} {:>11} {:>11} {:>7.2}x {:>7.2}x {:>4.1}x  {}",
+                "{:<44} {:>4} {:>9} {:>9} {:>9} {:>16} {:>7.2}x {:>4.1}x  {}",
                 row.what,
                 format!("-t{threads}"),
                 rate(nginx_rate),
                 rate(our_rate),
                 rate(median(floor)),
-                ratio,
-                limit_ratio,
+                format!("{ratio:.2}x ({low:.2}-{high:.2})"),
+                of_limit,
                 row.goal,
-                if ratio >= row.goal { "met" } else { "not met" }
+                verdict(ratio, row.goal, of_limit)
             );
         }
     }
     idle_memory(server_bin, root)?;
-    generator_vs_wrk(server_bin, root)
+    generator_vs_wrk(server_bin, root)?;
+    slow_storage(server_bin, root)
+}
+
+/// "met" at or above the goal; below it, whether we are nonetheless at
+/// the limit (within 5% of the minimal server), where nginx is too.
+fn verdict(ratio: f64, goal: f64, of_limit: f64) -> &'static str {
+    if ratio >= goal {
+        "met"
+    } else if of_limit >= 0.95 {
+        "not met (at the limit)"
+    } else {
+        "not met"
+    }
+}
+
+/// The asynchronous models are worth it where storage is slow: each should
+/// come within 10% of the ideal rate (every connection waiting only for its
+/// own read), at 32 connections and at 256.
+fn slow_storage(server_bin: &Path, root: &BenchRoot) -> Result<()> {
+    println!(
+        "\nslow storage: uncached 4 KiB files, {STORAGE_DELAY_MS} ms per read (`--cache-size 0 --read-delay-ms \
+         {STORAGE_DELAY_MS}`, other flags default), `client bench`, median of 3 rounds\n"
+    );
+    println!("{:<14} {:>6} {:>10} {:>10} {:>8} {:>8}  ", "model", "conns", "req/s", "ideal", "of ideal", "goal");
+    let models: &[&str] =
+        if cfg!(target_os = "linux") { &["event-async", "event-aio", "uring"] } else { &["event-async", "event-aio"] };
+    for model in models {
+        let delay = STORAGE_DELAY_MS.to_string();
+        let args: Vec<String> = ["--quiet", "--model", model, "--cache-size", "0", "--read-delay-ms", &delay, "--root"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([root.path().display().to_string()])
+            .collect();
+        let server = ServerProcess::start(server_bin, &args)?;
+        for conns in [32, 256] {
+            anyhow::ensure!(
+                root.small.len() >= conns,
+                "the bench root has {} small files, {conns} needed",
+                root.small.len()
+            );
+            let mut rates = Vec::new();
+            for _ in 0..3 {
+                let until = Until::Elapsed(Duration::from_secs(SECONDS));
+                let plan = LoadPlan::keepalive(server.addr, conns, until, root.small[..conns].to_vec(), false);
+                let report = bench::run(&plan)?;
+                if report.errors > 0 {
+                    bail!("{model}: client bench saw {} errors: {:?}", report.errors, report.error_samples);
+                }
+                rates.push(report.requests_per_sec());
+            }
+            let ideal = conns as f64 * 1000.0 / STORAGE_DELAY_MS as f64;
+            let rate = median(rates);
+            println!(
+                "{model:<14} {conns:>6} {rate:>10.0} {ideal:>10.0} {:>7.0}% {:>7}  {}",
+                100.0 * rate / ideal,
+                ">=90%",
+                if rate >= 0.9 * ideal { "met" } else { "not met" }
+            );
+        }
+    }
+    Ok(())
 }
 
 fn start_ours(server_bin: &Path, root: &BenchRoot, loops: usize) -> Result<ServerProcess> {

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use mio::{Registry, Token};
 
+use super::alarm::Alarm;
 use super::delay_queue::DelayQueue;
 use super::{Backend, ThreadPoolReads};
 use crate::conn::{ConnId, Executor};
@@ -87,6 +88,8 @@ impl PendingRead {
 pub struct KernelBackend<K> {
     kernel: K,
     delayed: DelayQueue<(ConnId, FileRead)>,
+    /// Wakes the loop when the earliest delayed read is due.
+    alarm: Alarm,
     compute: ThreadPoolReads,
 }
 
@@ -100,6 +103,13 @@ impl<K: KernelReads> KernelBackend<K> {
             return Some(read.finish(Ok(Vec::new())));
         }
         self.continue_read(PendingRead::new(conn, read)).map(|(_, response)| response)
+    }
+
+    /// Sets the alarm for the earliest delayed read. Should the timer fail
+    /// (it cannot, short of a kernel bug), the loop's own timeout, which
+    /// `next_deadline` reports, still ends every delay, a little late.
+    fn set_alarm(&mut self) {
+        let _ = self.alarm.set(self.delayed.next_deadline());
     }
 
     /// Hands (the rest of) a read to the kernel. An empty file, or a submit
@@ -122,6 +132,7 @@ impl<K: KernelReads> Executor for KernelBackend<K> {
             // every miss, whether the file is then read or streamed.
             Work::Read(read) if !read.delay.is_zero() => {
                 self.delayed.push(read.delay, (conn, read));
+                self.set_alarm();
                 None
             }
             Work::Read(read) => self.start(conn, read),
@@ -134,13 +145,15 @@ impl<K: KernelReads> Backend for KernelBackend<K> {
     fn open(server: &Server, registry: &Registry, token: Token) -> io::Result<Self> {
         let kernel = K::open(registry, token)?;
         let compute = ThreadPoolReads::open(server, registry, token)?;
-        Ok(KernelBackend { kernel, delayed: DelayQueue::default(), compute })
+        let alarm = Alarm::new(registry, token)?;
+        Ok(KernelBackend { kernel, delayed: DelayQueue::default(), alarm, compute })
     }
 
     fn completed(&mut self, done: &mut Vec<(ConnId, Response)>) {
         for (conn, read) in self.delayed.pop_due() {
             done.extend(self.start(conn, read).map(|response| (conn, response)));
         }
+        self.set_alarm();
         let mut reaped = Vec::new();
         self.kernel.reap(&mut reaped);
         for (pending, result) in reaped {

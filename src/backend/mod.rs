@@ -15,6 +15,7 @@
 //! [`DelayQueue`](delay_queue::DelayQueue) simulates slow storage (`--read-delay-ms`) for reads the
 //! kernel performs, without blocking any thread.
 
+mod alarm;
 mod coalescing;
 mod completions;
 mod delay_queue;

@@ -83,7 +83,7 @@ fn run(mut args: Args) -> Result<()> {
     args.server = Some(server.clone());
     let requests = args.requests.unwrap_or(3);
     anyhow::ensure!((1..=1000).contains(&requests), "--requests takes 1 to 1000");
-    let root = BenchRoot::create(requests.max(64))?;
+    let root = BenchRoot::create(requests.max(256))?;
     if args.vs_nginx {
         return client::versus::run(&server, &root);
     }
