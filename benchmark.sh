@@ -7,7 +7,8 @@
 #   ./benchmark.sh --requests 10   only the two lines, with 10 concurrent clients
 #   ./benchmark.sh --full          the sweep: results/<date>/*.csv and *.svg (< 10 min)
 #   ./benchmark.sh --smoke         every mode for a moment (what CI runs)
-#   ./benchmark.sh --vs-nginx      the performance goals against nginx (needs nginx, wrk)
+#   ./benchmark.sh --vs-nginx      the performance goals against nginx (about 8 min; needs nginx
+#                                  and wrk, without them only the slow-storage table)
 #
 # Servers run on free loopback ports (--port 0) and are stopped on exit,
 # on failure and on Ctrl-C. Any wrong response fails the run (exit 1).

@@ -165,7 +165,7 @@ impl BenchRoot {
             })
             .collect::<Result<_>>()?;
         std::fs::write(dir.path().join("1k.bin"), vec![b'k'; 1024])?;
-        // Exactly the default --cache-max-file: the largest file cached.
+        // Above the default --cache-max-file (128 KiB): streamed with sendfile.
         std::fs::write(dir.path().join("1m.bin"), (0..1 << 20).map(|i| (i % 253) as u8).collect::<Vec<_>>())?;
         std::fs::write(dir.path().join("large.bin"), (0..LARGE_BYTES).map(|i| (i % 251) as u8).collect::<Vec<_>>())?;
         Ok(BenchRoot { dir, small })

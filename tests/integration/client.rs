@@ -95,3 +95,30 @@ fn client_bench_holds_many_connections_and_writes_csv() {
     assert!(lines.next().unwrap().starts_with("conns,requests,errors,"));
     assert!(lines.next().unwrap().starts_with("1500,3000,0,"));
 }
+
+/// `--vs-nginx` (here with `--smoke`: one short round) on a machine without
+/// nginx and wrk still prints the table that needs neither: the
+/// asynchronous models against the ideal rate.
+#[test]
+fn vs_nginx_without_nginx_prints_the_slow_storage_table() {
+    let benchmark = client_bin().with_file_name("benchmark");
+    let no_programs = tempfile::tempdir().unwrap();
+    let out =
+        Command::new(&benchmark).args(["--vs-nginx", "--smoke"]).env("PATH", no_programs.path()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("nginx or wrk is not on the PATH"), "{stdout}");
+    let models: &[&str] =
+        if cfg!(target_os = "linux") { &["event-async", "event-aio", "uring"] } else { &["event-async", "event-aio"] };
+    for model in models {
+        for conns in [32, 256] {
+            let row = stdout
+                .lines()
+                .find(|line| line.split_whitespace().take(2).eq([*model, &conns.to_string()]))
+                .unwrap_or_else(|| panic!("no row for {model} at {conns} conns:\n{stdout}"));
+            let rate: f64 = row.split_whitespace().nth(2).unwrap().parse().unwrap();
+            assert!(rate > 0.0, "{row}");
+            assert!(row.contains("met"), "a verdict: {row}");
+        }
+    }
+}

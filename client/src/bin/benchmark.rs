@@ -4,7 +4,8 @@
 //! * `--full`: models x concurrency x workloads, CSV and SVG in `results/<date>/`,
 //!   and nginx side by side when `nginx` and `wrk` are installed;
 //! * `--smoke`: every mode for a moment (CI runs it so the script cannot rot);
-//! * `--vs-nginx`: the performance goal table against nginx (`docs/performance.md`).
+//! * `--vs-nginx`: the performance goal table against nginx (`docs/performance.md`),
+//!   then slow storage against the ideal rate (which needs no nginx).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -26,10 +27,12 @@ struct Args {
     /// Sweep models x concurrency x workloads; write CSV and SVG charts.
     #[arg(long, conflicts_with = "smoke")]
     full: bool,
-    /// A seconds-long run of every mode, to check that everything works.
-    #[arg(long, conflicts_with = "vs_nginx")]
+    /// A seconds-long run of every mode, to check that everything works
+    /// (with --vs-nginx: every row of that table, once, for a second).
+    #[arg(long)]
     smoke: bool,
-    /// Only the goal table against nginx (needs nginx and wrk installed).
+    /// Only the goal table against nginx (needs nginx and wrk installed),
+    /// then slow storage at 32 and 256 clients against the ideal rate.
     #[arg(long, conflicts_with = "full")]
     vs_nginx: bool,
     /// Only the homework's two lines, with this many concurrent clients
@@ -85,7 +88,8 @@ fn run(mut args: Args) -> Result<()> {
     anyhow::ensure!((1..=1000).contains(&requests), "--requests takes 1 to 1000");
     let root = BenchRoot::create(requests.max(256))?;
     if args.vs_nginx {
-        return client::versus::run(&server, &root);
+        let pace = if args.smoke { client::versus::Pace::SMOKE } else { client::versus::Pace::FULL };
+        return client::versus::run(&server, &root, pace);
     }
 
     println!(
