@@ -51,7 +51,8 @@ pub fn verdict(rows: &[Row], readers: usize, conns: &[(WorkloadKind, usize)]) ->
             ));
         }
         if let Some((model, best_rate)) = best(rows, WorkloadKind::Uncached, &async_models[1..]) {
-            let lead = if pool_ceiling < ideal { "have no such cap" } else { "need no reader threads at all" };
+            // (glibc's POSIX AIO is itself a thread pool; io_uring needs no threads.)
+            let lead = if pool_ceiling < ideal { "have no such cap" } else { "need no reader threads of ours" };
             out.push_str(&format!(
                 "The kernel-driven models {lead}: {model} reaches {best_rate:.0} ({:.0}% of the ideal).\n",
                 100.0 * best_rate / ideal
