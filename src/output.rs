@@ -282,7 +282,10 @@ mod tests {
         let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
         assert_eq!(write_before_file(&mut server, &[IoSlice::new(head)]).unwrap(), head.len());
         client.set_nonblocking(true).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
+        // On loopback a pushed segment is queued at the client during the
+        // sender's own call, so a short wait is plenty (and well under the
+        // 200 ms after which Linux sends corked bytes anyway).
+        std::thread::sleep(Duration::from_millis(10));
         let mut got = [0u8; 256];
         let early = client.read(&mut got);
         assert!(
