@@ -216,7 +216,7 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
 }
 
 /// "met" at or above the goal; below it, whether we are nonetheless at
-/// the limit (within 5% of the minimal server), where nginx is too.
+/// the limit (within 5% of the minimal server's rate).
 fn verdict(ratio: f64, goal: f64, of_limit: f64) -> &'static str {
     // Judged as printed (two decimals): a row shown as 1.00x meets 1.0x.
     if (ratio * 100.0).round() / 100.0 >= goal {
@@ -259,31 +259,15 @@ fn slow_storage(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
                 "the bench root has {} small files, {conns} needed",
                 root.small.len()
             );
-            let mut runs = Vec::new();
-            for _ in 0..rounds {
-                let until = Until::Elapsed(Duration::from_secs(pace.seconds));
-                let plan = LoadPlan::keepalive(server.addr, conns, until, root.small[..conns].to_vec(), false);
-                let cpu_before = [cpu_seconds(server.pid()), cpu_seconds(std::process::id())];
-                let report = bench::run(&plan)?;
-                let cpu_after = [cpu_seconds(server.pid()), cpu_seconds(std::process::id())];
-                if report.errors > 0 {
-                    bail!("{model}: client bench saw {} errors: {:?}", report.errors, report.error_samples);
-                }
-                let used = |i: usize| Some(cpu_after[i]? - cpu_before[i]?);
-                runs.push((
-                    report.requests_per_sec(),
-                    report.ok as f64,
-                    used(0),
-                    used(1),
-                    report.elapsed.as_secs_f64(),
-                ));
-            }
-            runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let (rate, requests, server_cpu, client_cpu, seconds) = runs[runs.len() / 2];
+            let mut runs = (0..rounds)
+                .map(|_| SlowStorageRun::measure(&server, &root.small[..conns], pace))
+                .collect::<Result<Vec<_>>>()
+                .with_context(|| format!("{model} at {conns} connections"))?;
+            runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+            let run = &runs[runs.len() / 2];
+            let rate = run.rate;
             let ideal = conns as f64 * 1000.0 / STORAGE_DELAY_MS as f64;
-            let per_request =
-                |cpu: Option<f64>| cpu.map_or("?".to_string(), |c| format!("{:.0} us/req", c / requests * 1e6));
-            let busy = server_cpu.zip(client_cpu).map(|(s, c)| (s + c) / seconds);
+            let busy = run.cores_busy();
             let verdict = match busy {
                 _ if rate >= 0.9 * ideal => "met".to_string(),
                 Some(busy) if busy >= 0.9 * cores => format!("not met (CPU-bound: {busy:.1} of {cores} cores)"),
@@ -292,14 +276,55 @@ fn slow_storage(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
             println!(
                 "{model:<14} {conns:>6} {rate:>8.0} {ideal:>8.0} {:>7.0}% {:>11} {:>11} {:>10} {:>6}  {verdict}",
                 100.0 * rate / ideal,
-                per_request(server_cpu),
-                per_request(client_cpu),
+                run.per_request(run.server_cpu),
+                run.per_request(run.client_cpu),
                 busy.map_or("?".to_string(), |b| format!("{b:.2}")),
                 ">=90%",
             );
         }
     }
     Ok(())
+}
+
+/// One round of the slow-storage table: the rate, and the CPU time the
+/// server and this process (the load generator) spent on it.
+struct SlowStorageRun {
+    rate: f64,
+    requests: f64,
+    seconds: f64,
+    /// CPU seconds; `None` where there is no `/proc`.
+    server_cpu: Option<f64>,
+    client_cpu: Option<f64>,
+}
+
+impl SlowStorageRun {
+    /// One connection per path, each asking for its own file over and over.
+    fn measure(server: &ServerProcess, paths: &[String], pace: Pace) -> Result<SlowStorageRun> {
+        let until = Until::Elapsed(Duration::from_secs(pace.seconds));
+        let plan = LoadPlan::keepalive(server.addr, paths.len(), until, paths.to_vec(), false);
+        let (server_before, client_before) = (cpu_seconds(server.pid()), cpu_seconds(std::process::id()));
+        let report = bench::run(&plan)?;
+        let (server_after, client_after) = (cpu_seconds(server.pid()), cpu_seconds(std::process::id()));
+        if report.errors > 0 {
+            bail!("client bench saw {} errors: {:?}", report.errors, report.error_samples);
+        }
+        Ok(SlowStorageRun {
+            rate: report.requests_per_sec(),
+            requests: report.ok as f64,
+            seconds: report.elapsed.as_secs_f64(),
+            server_cpu: server_after.zip(server_before).map(|(after, before)| after - before),
+            client_cpu: client_after.zip(client_before).map(|(after, before)| after - before),
+        })
+    }
+
+    /// Cores kept busy by the server and the load generator together.
+    fn cores_busy(&self) -> Option<f64> {
+        self.server_cpu.zip(self.client_cpu).map(|(server, client)| (server + client) / self.seconds)
+    }
+
+    fn per_request(&self, cpu: Option<f64>) -> String {
+        cpu.map_or("?".to_string(), |cpu| format!("{:.0} us/req", cpu / self.requests * 1e6))
+    }
 }
 
 fn start_ours(server_bin: &Path, root: &BenchRoot, loops: usize) -> Result<ServerProcess> {
