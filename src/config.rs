@@ -173,6 +173,12 @@ impl ServiceKind {
             ServiceKind::Fib => "fib",
         }
     }
+
+    /// Whether a connection starts with the client's request (file, fib)
+    /// rather than the server's answer (time).
+    pub fn client_speaks_first(self) -> bool {
+        self != ServiceKind::Time
+    }
 }
 
 /// The complete configuration of one server run.

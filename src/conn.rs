@@ -35,7 +35,7 @@ use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
 use crate::config::defaults;
-use crate::output::{Output, Sink};
+use crate::output::{Output, Sink, Then};
 use crate::protocol::{Framing, ParseLimits, Parser, Response};
 use crate::refusal::Refusal;
 use crate::service::{Plan, Service, Work};
@@ -195,7 +195,8 @@ impl Conn {
     ) -> io::Result<()> {
         loop {
             let queued = self.output.queued_bytes();
-            self.output.write_to(socket)?;
+            let then = if self.phase == Phase::Closing { Then::Close } else { Then::KeepOpen };
+            self.output.write_to(socket, then)?;
             if self.output.queued_bytes() < queued {
                 self.last_progress = Instant::now();
             }
@@ -338,7 +339,7 @@ impl Conn {
 pub fn refuse<S: Sink>(mut socket: S, refusal: Refusal) {
     let mut output = Output::default();
     output.push_response(Framing::Line, Response::Refused(refusal));
-    let _ = output.write_to(&mut socket);
+    let _ = output.write_to(&mut socket, Then::Close);
 }
 
 #[cfg(test)]
@@ -389,6 +390,14 @@ mod tests {
     impl AsFd for Choppy {
         fn as_fd(&self) -> BorrowedFd<'_> {
             self.inner.as_fd()
+        }
+    }
+
+    impl Sink for Choppy {
+        /// Held writes are chopped too (the socket pair cannot hold bytes
+        /// back anyway).
+        fn write_held(&mut self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.write_vectored(slices)
         }
     }
 

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 
 use crate::error::ServerError;
-use crate::net;
+use crate::net::{self, ListenOptions};
 use crate::server::Server;
 use crate::signals::{HANDLED, STOP_SIGNALS};
 
@@ -76,8 +76,9 @@ pub fn run_workers(
     one_loop: impl Fn(&Server, Seat<'_>) -> Result<(), ServerError> + Sync,
 ) -> Result<(), ServerError> {
     let local = server.listener.local_addr().map_err(ServerError::io("cannot read the bound address"))?;
-    let extra_listeners: Vec<TcpListener> =
-        (1..server.workers).map(|_| net::listen(local, true)).collect::<Result<_, _>>()?;
+    let extra_listeners: Vec<TcpListener> = (1..server.workers)
+        .map(|_| net::listen(local, ListenOptions { reuse_port: true, ..server.listen_options }))
+        .collect::<Result<_, _>>()?;
     let start = StartLine { ready: Barrier::new(server.workers), failed: AtomicBool::new(false) };
     let seat = |listener, is_first| Seat { listener, server, is_first, start: &start };
     std::thread::scope(|scope| {

@@ -74,3 +74,4 @@ pub use config::{Config, Model, ServiceKind};
 pub use error::ServerError;
 pub use log::write_line;
 pub use models::run;
+pub use net::{listen, ListenOptions};

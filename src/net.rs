@@ -14,22 +14,75 @@ use crate::error::ServerError;
 /// `net.core.somaxconn`): deep enough that a burst of connects is not dropped.
 pub const LISTEN_BACKLOG: i32 = 4096;
 
+/// How a listening socket is set up, beyond its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenOptions {
+    /// Let several loops each own a listener on the same port (the kernel
+    /// spreads connections among them).
+    pub reuse_port: bool,
+    /// The client speaks first (a request, not the time service's
+    /// greeting): hand over a connection only once its first bytes are in.
+    pub wait_for_request: bool,
+}
+
 /// Binds and listens on `addr`. `SO_REUSEADDR` lets a restarted server bind
-/// while old connections linger in `TIME_WAIT`; `reuse_port` lets several
-/// loops each own a listener on the same port (the kernel spreads connections).
-pub fn listen(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, ServerError> {
+/// while old connections linger in `TIME_WAIT`.
+pub fn listen(addr: SocketAddr, options: ListenOptions) -> Result<TcpListener, ServerError> {
     let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
     let bound = || -> rustix::io::Result<TcpListener> {
         let socket = tcp_socket(family)?;
         sockopt::set_socket_reuseaddr(&socket, true)?;
-        if reuse_port {
+        if options.reuse_port {
             sockopt::set_socket_reuseport(&socket, true)?;
         }
         rustix::net::bind(&socket, &addr)?;
         rustix::net::listen(&socket, LISTEN_BACKLOG)?;
+        if options.wait_for_request {
+            defer_accept_until_data(&socket)?;
+        }
         Ok(TcpListener::from(socket))
     };
     bound().map_err(|errno| ServerError::Bind { addr, source: errno.into() })
+}
+
+/// Longest a connection that sends nothing waits in the kernel before it
+/// is handed over anyway (then the request timeout applies).
+#[cfg(target_os = "linux")]
+const DEFER_ACCEPT_SECONDS: libc::c_int = 1;
+
+/// Linux's `TCP_DEFER_ACCEPT` (nginx's `listen ... deferred`): `accept`
+/// returns a connection only once its request has arrived, so the read
+/// right after `accept` finds it. Without it, a connection accepted before
+/// its request costs an `epoll_ctl`, a `read` that finds nothing and one
+/// more wake-up: a third of the syscalls of a one-request connection. A
+/// client that stays silent is handed over after about a second.
+/// Elsewhere (no such option; FreeBSD's accept filters need a kernel
+/// module) nothing changes.
+fn defer_accept_until_data(socket: &OwnedFd) -> rustix::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let seconds = DEFER_ACCEPT_SECONDS;
+        // SAFETY: `socket` is an open socket for the whole call, and the
+        // option value is a live c_int whose size is passed with it.
+        let status = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&seconds as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if status != 0 {
+            return Err(
+                rustix::io::Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(rustix::io::Errno::INVAL)
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = socket;
+    Ok(())
 }
 
 /// A TCP socket, close-on-exec from birth where the system can
@@ -105,4 +158,48 @@ pub const FD_EXHAUSTION_PAUSE: std::time::Duration = std::time::Duration::from_m
 /// should pause accepting and keep serving, not exit.
 pub fn is_fd_exhaustion(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM))
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Polls a non-blocking `listener` until a connection is handed over.
+    fn accept_within(listener: &TcpListener, limit: Duration) -> io::Result<TcpStream> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match listener.accept() {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                accepted => return accepted.map(|(stream, _)| stream),
+            }
+        }
+    }
+
+    #[test]
+    fn a_listener_waiting_for_requests_hands_a_connection_over_with_its_first_bytes() {
+        let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let waiting = listen(any_port, ListenOptions { reuse_port: false, wait_for_request: true }).unwrap();
+        waiting.set_nonblocking(true).unwrap();
+        let mut client = TcpStream::connect(waiting.local_addr().unwrap()).unwrap();
+        // On loopback the handshake is done when `connect` returns: without
+        // the option the connection would be waiting in the queue now.
+        std::thread::sleep(Duration::from_millis(20));
+        let early = waiting.accept();
+        assert!(matches!(&early, Err(err) if err.kind() == io::ErrorKind::WouldBlock), "{early:?}");
+        client.write_all(b"test.txt\n").unwrap();
+        let mut accepted = accept_within(&waiting, Duration::from_secs(5)).unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        let mut request = [0u8; 16];
+        assert_eq!(io::Read::read(&mut accepted, &mut request).unwrap(), 9, "the request came with it");
+
+        // The time service speaks first: its connections are handed over at once.
+        let greeting = listen(any_port, ListenOptions { reuse_port: false, wait_for_request: false }).unwrap();
+        greeting.set_nonblocking(true).unwrap();
+        let _silent = TcpStream::connect(greeting.local_addr().unwrap()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        greeting.accept().unwrap();
+    }
 }

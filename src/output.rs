@@ -22,9 +22,40 @@ const MAX_IOVECS: usize = 64;
 /// interleaves with other clients' responses instead of hogging the loop.
 const SENDFILE_CHUNK_BYTES: usize = 1 << 20;
 
-/// A socket the queue can write to: `write`/`writev`, plus an fd for `sendfile`.
-pub trait Sink: Write + AsFd {}
-impl<T: Write + AsFd> Sink for T {}
+/// A socket the queue can write to: `write`/`writev`, plus an fd for
+/// `sendfile`, plus writes whose bytes wait for what follows.
+pub trait Sink: Write + AsFd {
+    /// Writes `slices` but holds them in the socket until the next write
+    /// or the close adds to them, so that they leave together, in one
+    /// segment: on Linux `sendmsg` with `MSG_MORE` (macOS and FreeBSD spell
+    /// it `TCP_NOPUSH`, a socket option that would cost two `setsockopt`s
+    /// per response, so there it is a plain `writev`).
+    fn write_held(&mut self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::net::{sendmsg, SendAncillaryBuffer, SendFlags};
+            let flags = SendFlags::MORE | SendFlags::NOSIGNAL;
+            match sendmsg(self.as_fd(), slices, &mut SendAncillaryBuffer::default(), flags) {
+                // Not a socket (a test's pipe): write as to any other file.
+                Err(rustix::io::Errno::NOTSOCK) => self.write_vectored(slices),
+                sent => sent.map_err(io::Error::from),
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        self.write_vectored(slices)
+    }
+}
+impl Sink for std::net::TcpStream {}
+impl Sink for &std::net::TcpStream {}
+
+/// What becomes of the connection once the queue is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// More responses may follow.
+    KeepOpen,
+    /// Nothing follows: the socket is closed as soon as the queue is empty.
+    Close,
+}
 
 #[derive(Debug)]
 enum Piece {
@@ -137,7 +168,11 @@ impl Output {
     /// Writes as much as the socket takes: until the queue is empty or the
     /// socket would block. `Interrupted` is retried; other errors (the peer
     /// went away) are returned and the connection should be dropped.
-    pub fn write_to<S: Sink>(&mut self, sink: &mut S) -> io::Result<Flushed> {
+    ///
+    /// When `then` is [`Then::Close`], the last bytes are held back for the
+    /// close: the response and the FIN reach the client in one segment (one
+    /// wake-up, one `read`), as nginx's do.
+    pub fn write_to<S: Sink>(&mut self, sink: &mut S, then: Then) -> io::Result<Flushed> {
         while let Some(front) = self.pieces.front_mut() {
             let written = match front {
                 // Sends bytes `offset..len` of the file.
@@ -166,11 +201,17 @@ impl Output {
                         *slot = IoSlice::new(bytes);
                         count += 1;
                     }
-                    if matches!(self.pieces.get(count), Some(Piece::File { .. })) {
+                    let before_file = matches!(self.pieces.get(count), Some(Piece::File { .. }));
+                    let last_before_close = then == Then::Close && count == self.pieces.len();
+                    if before_file {
                         // Before the head: setting the option pushes out
                         // whatever the socket holds back.
                         set_nodelay_once(&mut self.nodelay_set, sink);
-                        write_before_file(sink, &slices[..count])
+                    }
+                    if before_file || last_before_close {
+                        // The head waits for the file's first bytes; the
+                        // last bytes wait for the FIN.
+                        sink.write_held(&slices[..count])
                     } else {
                         sink.write_vectored(&slices[..count])
                     }
@@ -213,28 +254,6 @@ fn set_nodelay_once<S: Sink>(nodelay_set: &mut bool, sink: &S) {
         let _ = rustix::net::sockopt::set_tcp_nodelay(sink.as_fd(), true);
         *nodelay_set = true;
     }
-}
-
-/// Writes the bytes that come before a streamed file (its head) so that
-/// they leave *with* the file's first bytes: on Linux, `sendmsg` with
-/// `MSG_MORE` holds them in the socket until `sendfile` adds the body, so
-/// the client gets one full segment instead of a lone head (one wake-up and
-/// one `read` less per response, which is what a busy client notices).
-/// Elsewhere a plain `writev` (macOS and FreeBSD spell this `TCP_NOPUSH`, a
-/// socket option, which would cost two `setsockopt`s per response).
-fn write_before_file<S: Sink>(sink: &mut S, slices: &[IoSlice<'_>]) -> io::Result<usize> {
-    #[cfg(target_os = "linux")]
-    {
-        use rustix::net::{sendmsg, SendAncillaryBuffer, SendFlags};
-        match sendmsg(sink.as_fd(), slices, &mut SendAncillaryBuffer::default(), SendFlags::MORE | SendFlags::NOSIGNAL)
-        {
-            // Not a socket (a test's pipe): write as to any other file.
-            Err(rustix::io::Errno::NOTSOCK) => sink.write_vectored(slices),
-            sent => sent.map_err(io::Error::from),
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    sink.write_vectored(slices)
 }
 
 /// Sends up to `want` bytes of `file` from `offset` to `socket` and
@@ -280,7 +299,7 @@ mod tests {
         assert!(rustix::net::sockopt::tcp_nodelay(&server).unwrap());
 
         let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
-        assert_eq!(write_before_file(&mut server, &[IoSlice::new(head)]).unwrap(), head.len());
+        assert_eq!(server.write_held(&[IoSlice::new(head)]).unwrap(), head.len());
         client.set_nonblocking(true).unwrap();
         // On loopback a pushed segment is queued at the client during the
         // sender's own call, so a short wait is plenty (and well under the
@@ -306,5 +325,41 @@ mod tests {
             response.extend_from_slice(&got[..n]);
         }
         assert_eq!(response, [&head[..], b"hello"].concat());
+    }
+
+    /// A connection's last response is held back for the close, so that it
+    /// and the FIN leave in one segment; a response on a connection that
+    /// stays open leaves at once.
+    #[test]
+    fn the_last_response_before_a_close_leaves_with_the_fin() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answer = b"OK 3\nbye";
+        for then in [Then::KeepOpen, Then::Close] {
+            let mut client = TcpStream::connect(addr).unwrap();
+            let (mut server, _) = listener.accept().unwrap();
+            let mut output = Output::default();
+            output.push_bytes(answer.to_vec());
+            assert!(matches!(output.write_to(&mut server, then).unwrap(), Flushed::All));
+            client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut got = [0u8; 64];
+            if then == Then::KeepOpen {
+                let n = client.read(&mut got).unwrap();
+                assert_eq!(&got[..n], answer, "sent at once, the socket still open");
+                continue;
+            }
+            client.set_nonblocking(true).unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+            let early = client.read(&mut got);
+            assert!(
+                matches!(&early, Err(err) if err.kind() == io::ErrorKind::WouldBlock),
+                "the response left before the close: {early:?}"
+            );
+            drop(server);
+            client.set_nonblocking(false).unwrap();
+            let mut received = Vec::new();
+            client.read_to_end(&mut received).unwrap();
+            assert_eq!(received, answer);
+        }
     }
 }

@@ -9,7 +9,7 @@ use crate::config::{Config, Model, ServiceKind, Workers};
 use crate::conn::Limits;
 use crate::error::ServerError;
 use crate::log::info;
-use crate::net;
+use crate::net::{self, ListenOptions};
 use crate::protocol::ParseLimits;
 use crate::sandbox::Root;
 use crate::service::Service;
@@ -19,6 +19,8 @@ use crate::service::Service;
 pub struct Server {
     /// The listening socket; [`Server::announce`] tells the world.
     pub listener: TcpListener,
+    /// How it was set up (other loops' listeners are set up the same way).
+    pub listen_options: ListenOptions,
     /// Protocol, sandbox and cache, shared by every thread.
     pub service: Arc<Service>,
     /// What each connection may take: sizes and times.
@@ -43,8 +45,11 @@ impl Server {
         let service = Arc::new(Service::new(config.service, root, cache, config.read_delay));
         let workers = config.workers();
         // Several event loops each bind their own listener to the same port.
-        let reuse_port = workers > 1 && config.model.workers() == Some(Workers::EventLoops);
-        let listener = net::listen(SocketAddr::new(config.addr, config.port), reuse_port)?;
+        let listen_options = ListenOptions {
+            reuse_port: workers > 1 && config.model.workers() == Some(Workers::EventLoops),
+            wait_for_request: config.service.client_speaks_first(),
+        };
+        let listener = net::listen(SocketAddr::new(config.addr, config.port), listen_options)?;
         let capacity = net::connection_capacity();
         if capacity < config.max_conns {
             info!(
@@ -54,6 +59,7 @@ impl Server {
         }
         Ok(Server {
             listener,
+            listen_options,
             service,
             limits: Limits {
                 parse: ParseLimits { max_line_bytes: config.max_line_bytes, max_head_bytes: config.max_head_bytes },

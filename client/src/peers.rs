@@ -37,6 +37,9 @@ impl Nginx {
         // a free one and hand it over (a short race, never a guess).
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let d = dir.path().display();
+        // Connections handed over with their request (`TCP_DEFER_ACCEPT`),
+        // as our server's listener does on Linux: a like-for-like setup.
+        let deferred = if cfg!(target_os = "linux") { " deferred" } else { "" };
         let config = format!(
             "daemon off; master_process on; worker_processes {workers}; worker_rlimit_nofile 30000;\n\
              user root; pid {d}/nginx.pid;\n\
@@ -45,7 +48,7 @@ impl Nginx {
              http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000000;\n\
                client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;\n\
                uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
-               server {{ listen 127.0.0.1:{port} reuseport backlog=4096; root {}; }} }}\n",
+               server {{ listen 127.0.0.1:{port} reuseport backlog=4096{deferred}; root {}; }} }}\n",
             root.display()
         );
         let conf = dir.path().join("nginx.conf");

@@ -239,8 +239,8 @@ fn slow_storage(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
         pace.seconds
     );
     println!(
-        "{:<14} {:>6} {:>8} {:>8} {:>8} {:>11} {:>11} {:>10} {:>6}  ",
-        "model", "conns", "req/s", "ideal", "of ideal", "server CPU", "client CPU", "cores busy", "goal"
+        "{:<14} {:>6} {:>8} {:>8} {:>8} {:>11} {:>11} {:>10} {:>11} {:>6}  ",
+        "model", "conns", "req/s", "ideal", "of ideal", "server CPU", "client CPU", "cores busy", "ideal needs", "goal"
     );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let models: &[&str] =
@@ -267,23 +267,36 @@ fn slow_storage(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
             let run = &runs[runs.len() / 2];
             let rate = run.rate;
             let ideal = conns as f64 * 1000.0 / STORAGE_DELAY_MS as f64;
-            let busy = run.cores_busy();
-            let verdict = match busy {
-                _ if rate >= 0.9 * ideal => "met".to_string(),
-                Some(busy) if busy >= 0.9 * cores => format!("not met (CPU-bound: {busy:.1} of {cores} cores)"),
-                _ => "not met".to_string(),
-            };
+            let needs = run.cores_needed_at(ideal);
+            let cores_text = |cores: Option<f64>| cores.map_or("?".to_string(), |c| format!("{c:.2}"));
             println!(
-                "{model:<14} {conns:>6} {rate:>8.0} {ideal:>8.0} {:>7.0}% {:>11} {:>11} {:>10} {:>6}  {verdict}",
+                "{model:<14} {conns:>6} {rate:>8.0} {ideal:>8.0} {:>7.0}% {:>11} {:>11} {:>10} {:>11} {:>6}  {}",
                 100.0 * rate / ideal,
                 run.per_request(run.server_cpu),
                 run.per_request(run.client_cpu),
-                busy.map_or("?".to_string(), |b| format!("{b:.2}")),
+                cores_text(run.cores_busy()),
+                cores_text(needs),
                 ">=90%",
+                storage_verdict(rate / ideal, needs, cores),
             );
         }
     }
     Ok(())
+}
+
+/// The slow-storage goal: within 10% of the ideal rate. When it is missed,
+/// says whether this machine could have met it at all: at the CPU each
+/// request costs (server and load generator, which share the cores), the
+/// ideal rate may need nearly every core, and then no scheduling of the
+/// waits reaches it here; it needs a cheaper model or more cores.
+fn storage_verdict(of_ideal: f64, cores_needed: Option<f64>, cores: f64) -> String {
+    match cores_needed {
+        _ if of_ideal >= 0.9 => "met".to_string(),
+        Some(needed) if needed >= 0.9 * cores => {
+            format!("not met (the ideal needs {needed:.1} of {cores} cores at this CPU per request)")
+        }
+        _ => "not met".to_string(),
+    }
 }
 
 /// One round of the slow-storage table: the rate, and the CPU time the
@@ -320,6 +333,12 @@ impl SlowStorageRun {
     /// Cores kept busy by the server and the load generator together.
     fn cores_busy(&self) -> Option<f64> {
         self.server_cpu.zip(self.client_cpu).map(|(server, client)| (server + client) / self.seconds)
+    }
+
+    /// Cores the server and the load generator would keep busy at `rate`
+    /// requests a second, at the CPU per request measured in this round.
+    fn cores_needed_at(&self, rate: f64) -> Option<f64> {
+        self.server_cpu.zip(self.client_cpu).map(|(server, client)| (server + client) / self.requests * rate)
     }
 
     fn per_request(&self, cpu: Option<f64>) -> String {
@@ -450,4 +469,36 @@ fn generator_vs_wrk(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<(
         if b >= w { "met" } else { "not met" }
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missed_storage_goal_says_when_the_ideal_needs_the_whole_machine() {
+        assert_eq!(storage_verdict(0.95, Some(1.99), 2.0), "met");
+        assert_eq!(storage_verdict(0.90, None, 2.0), "met");
+        assert_eq!(
+            storage_verdict(0.62, Some(2.33), 2.0),
+            "not met (the ideal needs 2.3 of 2 cores at this CPU per request)"
+        );
+        assert_eq!(storage_verdict(0.80, Some(1.2), 2.0), "not met", "the machine had room: the model is at fault");
+        assert_eq!(storage_verdict(0.80, None, 2.0), "not met", "no /proc: nothing to say about the cores");
+    }
+
+    #[test]
+    fn cores_needed_scales_the_measured_cost_per_request_to_the_ideal_rate() {
+        let run = SlowStorageRun {
+            rate: 20_000.0,
+            requests: 40_000.0,
+            seconds: 2.0,
+            server_cpu: Some(2.4),
+            client_cpu: Some(0.8),
+        };
+        // 80 us of CPU per request, at 25,600 requests a second.
+        let needed = run.cores_needed_at(25_600.0).unwrap();
+        assert!((needed - 2.048).abs() < 1e-9, "{needed}");
+        assert!((run.cores_busy().unwrap() - 1.6).abs() < 1e-9);
+    }
 }

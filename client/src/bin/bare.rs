@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use fileserver::ListenOptions;
 use mio::net::TcpListener as MioListener;
 use mio::{Events, Interest, Poll, Token};
 
@@ -47,7 +48,10 @@ enum Mode {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let listener = TcpListener::bind(SocketAddr::new(args.addr, args.port)).context("cannot bind")?;
+    // The kit's own listening socket: with its request-first hand-over
+    // (`TCP_DEFER_ACCEPT` on Linux), so that the limit is not beaten by it.
+    let options = ListenOptions { reuse_port: false, wait_for_request: true };
+    let listener = fileserver::listen(SocketAddr::new(args.addr, args.port), options).context("cannot bind")?;
     println!("listening on {}", listener.local_addr()?);
     io::stdout().flush()?;
     match args.mode {
@@ -76,16 +80,20 @@ fn fixed(listener: TcpListener) -> Result<()> {
     let mut listener = MioListener::from_std(listener);
     let mut poll = Poll::new()?;
     poll.registry().register(&mut listener, Token(usize::MAX), Interest::READABLE)?;
-    let (keep, close) = responses();
     let mut conns: Vec<Option<mio::net::TcpStream>> = Vec::new();
     let mut events = Events::with_capacity(1024);
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut answer = FixedAnswer::new();
     loop {
         poll.poll(&mut events, None)?;
         for event in &events {
             if event.token() == Token(usize::MAX) {
                 while let Ok((mut stream, _)) = listener.accept() {
                     let _ = stream.set_nodelay(true);
+                    // The request usually came with the connection: answer
+                    // it now, and watch the socket only if it stays open.
+                    if answer.serve(&mut stream) == Served::Closed {
+                        continue;
+                    }
                     let slot = conns.iter().position(Option::is_none).unwrap_or_else(|| {
                         conns.push(None);
                         conns.len() - 1
@@ -96,42 +104,58 @@ fn fixed(listener: TcpListener) -> Result<()> {
                 continue;
             }
             let Some(stream) = conns.get_mut(event.token().0).and_then(Option::as_mut) else { continue };
-            let mut done = false;
-            loop {
-                match stream.read(&mut buf) {
-                    Ok(0) => {
-                        done = true;
-                        break;
-                    }
-                    Ok(n) => {
-                        // One response per request head in what arrived
-                        // (wrk sends one at a time); a short write ends it.
-                        let request = &buf[..n];
-                        let heads = request.windows(4).filter(|w| w == b"\r\n\r\n").count();
-                        let wants_close = request.windows(17).any(|w| w.eq_ignore_ascii_case(b"connection: close"));
-                        for _ in 0..heads {
-                            let response = if wants_close { &close } else { &keep };
-                            if stream.write_all(response).is_err() {
-                                done = true;
-                            }
-                        }
-                        if wants_close {
-                            done = true;
-                            break;
-                        }
-                    }
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        done = true;
-                        break;
-                    }
-                }
-            }
-            if done {
+            if answer.serve(stream) == Served::Closed {
                 if let Some(mut stream) = conns[event.token().0].take() {
                     let _ = poll.registry().deregister(&mut stream);
                 }
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Served {
+    Open,
+    Closed,
+}
+
+/// The fixed responses and a read buffer.
+struct FixedAnswer {
+    keep: Vec<u8>,
+    close: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl FixedAnswer {
+    fn new() -> FixedAnswer {
+        let (keep, close) = responses();
+        FixedAnswer { keep, close, buf: vec![0u8; 16 * 1024] }
+    }
+
+    /// Reads until `WouldBlock`, answering one response per request head
+    /// in what arrived (wrk sends one at a time); a short write ends it.
+    fn serve(&mut self, stream: &mut mio::net::TcpStream) -> Served {
+        loop {
+            match stream.read(&mut self.buf) {
+                Ok(0) => return Served::Closed,
+                Ok(n) => {
+                    let request = &self.buf[..n];
+                    let heads = request.windows(4).filter(|w| w == b"\r\n\r\n").count();
+                    let wants_close = request.windows(17).any(|w| w.eq_ignore_ascii_case(b"connection: close"));
+                    if wants_close {
+                        // The answer waits for the FIN and leaves with it.
+                        let _ = send_held(stream, &self.close);
+                        return Served::Closed;
+                    }
+                    for _ in 0..heads {
+                        if stream.write_all(&self.keep).is_err() {
+                            return Served::Closed;
+                        }
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Served::Open,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Served::Closed,
             }
         }
     }
@@ -180,6 +204,18 @@ fn send_head_and_file(stream: &TcpStream, head: &[u8], file: &std::fs::File, len
         }
     }
     Ok(())
+}
+
+/// Sends `bytes` with `MSG_MORE`: held until the close adds the FIN.
+#[cfg(target_os = "linux")]
+fn send_held(stream: &mio::net::TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    Ok(rustix::net::send(stream, bytes, rustix::net::SendFlags::MORE)?)
+}
+
+/// Elsewhere a plain write.
+#[cfg(not(target_os = "linux"))]
+fn send_held(mut stream: &mio::net::TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    stream.write(bytes)
 }
 
 /// Elsewhere: the head, then the file copied through a buffer.
