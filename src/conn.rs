@@ -195,7 +195,8 @@ impl Conn {
     ) -> io::Result<()> {
         loop {
             let queued = self.output.queued_bytes();
-            let then = if self.phase == Phase::Closing { Then::Close } else { Then::KeepOpen };
+            let closes_clean = self.phase == Phase::Closing && self.parser.has_used_all_input();
+            let then = if closes_clean { Then::CloseClean } else { Then::SendNow };
             self.output.write_to(socket, then)?;
             if self.output.queued_bytes() < queued {
                 self.last_progress = Instant::now();
@@ -339,7 +340,9 @@ impl Conn {
 pub fn refuse<S: Sink>(mut socket: S, refusal: Refusal) {
     let mut output = Output::default();
     output.push_response(Framing::Line, Response::Refused(refusal));
-    let _ = output.write_to(&mut socket, Then::Close);
+    // The request (if any) is never read, so the close may reset the
+    // connection: nothing may be held back for it.
+    let _ = output.write_to(&mut socket, Then::SendNow);
 }
 
 #[cfg(test)]

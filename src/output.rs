@@ -51,10 +51,13 @@ impl Sink for &std::net::TcpStream {}
 /// What becomes of the connection once the queue is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Then {
-    /// More responses may follow.
-    KeepOpen,
-    /// Nothing follows: the socket is closed as soon as the queue is empty.
-    Close,
+    /// More responses may follow; or the socket closes with input still
+    /// unread, and such a close resets the connection (RST), which would
+    /// throw away bytes held back for it. Send everything now.
+    SendNow,
+    /// The socket is closed as soon as the queue is empty, and everything
+    /// the client sent has been read: the last bytes may wait for the FIN.
+    CloseClean,
 }
 
 #[derive(Debug)]
@@ -169,7 +172,7 @@ impl Output {
     /// socket would block. `Interrupted` is retried; other errors (the peer
     /// went away) are returned and the connection should be dropped.
     ///
-    /// When `then` is [`Then::Close`], the last bytes are held back for the
+    /// When `then` is [`Then::CloseClean`], the last bytes are held back for the
     /// close: the response and the FIN reach the client in one segment (one
     /// wake-up, one `read`), as nginx's do.
     pub fn write_to<S: Sink>(&mut self, sink: &mut S, then: Then) -> io::Result<Flushed> {
@@ -202,7 +205,7 @@ impl Output {
                         count += 1;
                     }
                     let before_file = matches!(self.pieces.get(count), Some(Piece::File { .. }));
-                    let last_before_close = then == Then::Close && count == self.pieces.len();
+                    let last_before_close = then == Then::CloseClean && count == self.pieces.len();
                     if before_file {
                         // Before the head: setting the option pushes out
                         // whatever the socket holds back.
@@ -335,7 +338,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let answer = b"OK 3\nbye";
-        for then in [Then::KeepOpen, Then::Close] {
+        for then in [Then::SendNow, Then::CloseClean] {
             let mut client = TcpStream::connect(addr).unwrap();
             let (mut server, _) = listener.accept().unwrap();
             let mut output = Output::default();
@@ -343,7 +346,7 @@ mod tests {
             assert!(matches!(output.write_to(&mut server, then).unwrap(), Flushed::All));
             client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let mut got = [0u8; 64];
-            if then == Then::KeepOpen {
+            if then == Then::SendNow {
                 let n = client.read(&mut got).unwrap();
                 assert_eq!(&got[..n], answer, "sent at once, the socket still open");
                 continue;

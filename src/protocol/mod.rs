@@ -187,12 +187,15 @@ pub struct Parser {
     limits: ParseLimits,
     /// Unknown until the first request's bytes arrive.
     protocol: Option<Protocol>,
+    /// Whether the last read came back short of its buffer: the peer's
+    /// bytes had all been taken in at that moment.
+    last_read_short: bool,
 }
 
 impl Parser {
     /// A parser enforcing `limits`.
     pub fn new(limits: ParseLimits) -> Parser {
-        Parser { buf: Vec::new(), start: 0, limits, protocol: None }
+        Parser { buf: Vec::new(), start: 0, limits, protocol: None, last_read_short: false }
     }
 
     /// Appends bytes received from the peer.
@@ -221,9 +224,17 @@ impl Parser {
         }
         SCRATCH.with_borrow_mut(|chunk| {
             let n = source.read(chunk)?;
+            self.last_read_short = n < chunk.len();
             self.feed(&chunk[..n]);
             Ok(n)
         })
+    }
+
+    /// Whether everything the peer sent has been read and parsed, as far as
+    /// the last read could tell: a socket closed now would not be reset for
+    /// unread input (which would throw away what was still to be sent).
+    pub fn has_used_all_input(&self) -> bool {
+        self.last_read_short && !self.has_partial_request()
     }
 
     /// True when bytes are buffered that do not yet form a whole request.
