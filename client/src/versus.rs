@@ -158,9 +158,11 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
     let bare = server_bin.with_file_name("bare");
     println!("machine: {}", machine_facts());
     println!(
-        "ours (event model, HTTP) vs nginx (sendfile on, access log off) vs the limit (`bare`: only the \
+        "ours (event model, HTTP) vs nginx (sendfile on, access log off{}) vs the limit (`bare`: only the \
          necessary syscalls);\nwrk -tN, {} s per run, median of {} interleaved rounds\n",
-        pace.seconds, pace.rounds
+        if cfg!(target_os = "linux") { ", listen deferred" } else { "" },
+        pace.seconds,
+        pace.rounds
     );
     println!(
         "{:<44} {:>4} {:>9} {:>9} {:>9} {:>16} {:>8} {:>5}  ",
