@@ -5,7 +5,10 @@
 //!
 //! * `bare fixed`: one epoll loop (mio) that answers every request with the
 //!   same 1 KiB response, honouring `Connection: close`: no parsing beyond
-//!   finding the end of the head, no file, no cache.
+//!   finding the end of the head, no file, no cache. It shares the kit's
+//!   two savings on new connections (the listener hands a connection over
+//!   with its request, answered at once; a closing answer leaves with the
+//!   FIN), so the kit cannot beat the limit by them.
 //! * `bare sendfile --root DIR`: a thread per connection that sends the
 //!   head (`MSG_MORE`) and then the whole file with blocking `sendfile`.
 //!
