@@ -17,6 +17,16 @@ use rustix::process::{Pid, Signal};
 /// cannot exhaust the grader's memory.
 const MAX_LOG_BYTES: usize = 256 * 1024;
 
+/// Ports tried before giving up when another program keeps taking the port
+/// chosen for the server (in the moment between the grader choosing it and
+/// the server binding it).
+const PORT_ATTEMPTS: usize = 3;
+
+/// How long a server that accepts connections but never prints its
+/// `listening on` line must stay up before the grader believes that it is
+/// the one accepting them.
+const UNANNOUNCED_GRACE: Duration = Duration::from_millis(500);
+
 /// What a test needs the server to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Setup {
@@ -75,6 +85,18 @@ fn expand(template: &[String], port: u16, root: &Path, setup: Setup) -> Vec<Stri
 struct Output {
     tail: String,
     cache_clears: usize,
+    /// The address of its first `listening on <ip>:<port>` line.
+    announced: Option<SocketAddr>,
+}
+
+/// The address in a `listening on <ip>:<port>` line; an unspecified IP
+/// (`0.0.0.0`) means loopback will do.
+fn announced_addr(line: &str) -> Option<SocketAddr> {
+    let mut addr: SocketAddr = line.trim().strip_prefix("listening on ")?.trim().parse().ok()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip([127, 0, 0, 1].into());
+    }
+    Some(addr)
 }
 
 /// Drains a stream of the server's into `output`, so the server never
@@ -89,6 +111,9 @@ fn collect(stream: impl Read + Send + 'static, output: Arc<Mutex<Output>>) {
             let text = String::from_utf8_lossy(&line);
             let mut output = output.lock().unwrap_or_else(|p| p.into_inner());
             output.cache_clears += usize::from(text.contains("cache cleared"));
+            if output.announced.is_none() {
+                output.announced = announced_addr(&text);
+            }
             output.tail.push_str(&text);
             if output.tail.len() > MAX_LOG_BYTES {
                 let cut = output.tail.len() - MAX_LOG_BYTES / 2;
@@ -102,10 +127,34 @@ fn collect(stream: impl Read + Send + 'static, output: Arc<Mutex<Output>>) {
 
 impl Target {
     /// Starts the server from `template` on a port the kernel picks, and
-    /// waits (retrying connect, up to `patience`) until it accepts.
+    /// waits (up to `patience`) until it is ready: it prints its
+    /// `listening on` line, or (a server that never prints one) it accepts
+    /// connections and stays up. If the server dies while something else
+    /// accepts on its port, another program took the port first: a new
+    /// port is tried.
     pub fn start(template: &[String], root: &Path, setup: Setup, patience: Duration) -> Result<Target> {
-        // The kernel names a free port; the server binds it a moment later.
+        for _ in 1..PORT_ATTEMPTS {
+            // The kernel names a free port; the server binds it a moment later.
+            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            if let Some(target) = Target::start_on(port, template, root, setup, patience)? {
+                return Ok(target);
+            }
+        }
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        Target::start_on(port, template, root, setup, patience)?.with_context(|| {
+            format!("{PORT_ATTEMPTS} times another program took the port chosen for the server first; try again")
+        })
+    }
+
+    /// One attempt on `port`: `None` if the server died while another
+    /// program was accepting on that port.
+    fn start_on(
+        port: u16,
+        template: &[String],
+        root: &Path,
+        setup: Setup,
+        patience: Duration,
+    ) -> Result<Option<Target>> {
         let args = expand(template, port, root, setup);
         let (program, rest) = args.split_first().context("the server command is empty")?;
         let mut child = Command::new(program)
@@ -123,15 +172,28 @@ impl Target {
         let mut process = Process { child, group, output };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + patience;
+        // When a connection to the port first succeeded: the server, or a
+        // program that took the port before the server could bind it.
+        let mut accepted_since: Option<Instant> = None;
         loop {
             if let Some(status) = process.child.try_wait()? {
+                if accepted_since.is_some() {
+                    process.stop();
+                    return Ok(None);
+                }
                 let log = process.log_text();
                 bail!("the server exited ({status}) before accepting connections; it said:\n{log}");
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                // That probe connection was the server's first client: for
-                // the time service it is answered and closed; no harm.
-                return Ok(Target { addr, setup, process: Some(process) });
+            if let Some(announced) = process.announced() {
+                return Ok(Some(Target { addr: announced, setup, process: Some(process) }));
+            }
+            // That probe connection is the server's first client: for the
+            // time service it is answered and closed; no harm.
+            if accepted_since.is_none() && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                accepted_since = Some(Instant::now());
+            }
+            if accepted_since.is_some_and(|since| since.elapsed() >= UNANNOUNCED_GRACE) {
+                return Ok(Some(Target { addr, setup, process: Some(process) }));
             }
             if Instant::now() > deadline {
                 let log = process.log_text();
@@ -204,6 +266,11 @@ impl Process {
         self.output.lock().unwrap_or_else(|p| p.into_inner()).tail.clone()
     }
 
+    /// Where its `listening on` line says it listens, once printed.
+    fn announced(&self) -> Option<SocketAddr> {
+        self.output.lock().unwrap_or_else(|p| p.into_inner()).announced
+    }
+
     /// SIGTERM to the whole group, a moment's grace, then SIGKILL: nothing
     /// the server started outlives the grader.
     fn stop(&mut self) {
@@ -237,5 +304,40 @@ mod tests {
         assert_eq!(args.join(" "), "./srv --port 4242 --root /tmp/r --read-delay-ms 300 --service file");
         let placed: Vec<String> = ["./srv", "-s", "{service}", "-p", "{port}"].map(String::from).into();
         assert_eq!(expand(&placed, 1, Path::new("/"), Setup::Time).join(" "), "./srv -s time -p 1");
+    }
+
+    #[test]
+    fn the_listening_line_names_the_address() {
+        assert_eq!(announced_addr("listening on 127.0.0.1:4242\n"), Some("127.0.0.1:4242".parse().unwrap()));
+        assert_eq!(announced_addr("listening on 0.0.0.0:80"), Some("127.0.0.1:80".parse().unwrap()));
+        assert_eq!(announced_addr("listening on [::1]:7"), Some("[::1]:7".parse().unwrap()));
+        assert_eq!(announced_addr("cache cleared"), None);
+        assert_eq!(announced_addr("listening on port 4242"), None);
+    }
+
+    fn shell(script: &str) -> Vec<String> {
+        vec!["sh".into(), "-c".into(), script.into(), "server".into()]
+    }
+
+    #[test]
+    fn a_server_that_loses_its_port_to_another_program_is_not_graded_as_that_program() {
+        // Another program holds the port before the server can bind it; the
+        // server (slow to start) then fails, as a real one would.
+        let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = squatter.local_addr().unwrap().port();
+        let failing = shell("sleep 0.2; echo 'cannot bind: address in use' >&2; exit 1");
+        let attempt = Target::start_on(port, &failing, Path::new("/"), Setup::Time, Duration::from_secs(5)).unwrap();
+        assert!(attempt.is_none(), "graded the program that took the port: {attempt:?}");
+    }
+
+    #[test]
+    fn a_server_is_found_where_its_listening_line_says() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = listener.local_addr().unwrap();
+        let announcing = shell(&format!("echo 'listening on {at}'; exec sleep 5"));
+        let target = Target::start_on(1, &announcing, Path::new("/"), Setup::Time, Duration::from_secs(5))
+            .unwrap()
+            .expect("started");
+        assert_eq!(target.addr, at);
     }
 }
