@@ -146,8 +146,8 @@ impl Target {
         })
     }
 
-    /// One attempt on `port`: `None` if the server died while another
-    /// program was accepting on that port.
+    /// One attempt on `port`: `None` if the server died and another
+    /// program still accepts on that port.
     fn start_on(
         port: u16,
         template: &[String],
@@ -176,16 +176,20 @@ impl Target {
         // program that took the port before the server could bind it.
         let mut accepted_since: Option<Instant> = None;
         loop {
+            // A server that announced itself and then died is graded as it
+            // is: the tests report its failures, with its log.
+            if let Some(announced) = process.announced() {
+                return Ok(Some(Target { addr: announced, setup, process: Some(process) }));
+            }
             if let Some(status) = process.child.try_wait()? {
-                if accepted_since.is_some() {
-                    process.stop();
+                // Its own listener closed with it (and with its group): if
+                // the port still accepts, another program holds it.
+                process.stop();
+                if accepted_since.is_some() && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                     return Ok(None);
                 }
                 let log = process.log_text();
-                bail!("the server exited ({status}) before accepting connections; it said:\n{log}");
-            }
-            if let Some(announced) = process.announced() {
-                return Ok(Some(Target { addr: announced, setup, process: Some(process) }));
+                bail!("the server exited ({status}) before it was ready; it said:\n{log}");
             }
             // That probe connection is the server's first client: for the
             // time service it is answered and closed; no harm.
@@ -328,6 +332,24 @@ mod tests {
         let failing = shell("sleep 0.2; echo 'cannot bind: address in use' >&2; exit 1");
         let attempt = Target::start_on(port, &failing, Path::new("/"), Setup::Time, Duration::from_secs(5)).unwrap();
         assert!(attempt.is_none(), "graded the program that took the port: {attempt:?}");
+    }
+
+    #[test]
+    fn a_server_that_binds_then_dies_is_reported_with_its_log() {
+        // The port accepts for a moment (the kernel completes handshakes
+        // on a listener nobody accepts from), then its listener goes away
+        // and the server dies: a handout whose `run` panics.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            drop(listener);
+        });
+        let dies = shell("sleep 0.3; echo 'not yet implemented: stage 1' >&2; exit 101");
+        let err = Target::start_on(port, &dies, Path::new("/"), Setup::Time, Duration::from_secs(5)).unwrap_err();
+        closer.join().unwrap();
+        let message = format!("{err:#}");
+        assert!(message.contains("exited") && message.contains("not yet implemented"), "{message}");
     }
 
     #[test]
