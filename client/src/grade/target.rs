@@ -129,21 +129,17 @@ impl Target {
     /// Starts the server from `template` on a port the kernel picks, and
     /// waits (up to `patience`) until it is ready: it prints its
     /// `listening on` line, or (a server that never prints one) it accepts
-    /// connections and stays up. If the server dies while something else
-    /// accepts on its port, another program took the port first: a new
-    /// port is tried.
+    /// connections and stays up. If the server dies and its port still
+    /// accepts, another program took the port first: a new port is tried.
     pub fn start(template: &[String], root: &Path, setup: Setup, patience: Duration) -> Result<Target> {
-        for _ in 1..PORT_ATTEMPTS {
+        for _ in 0..PORT_ATTEMPTS {
             // The kernel names a free port; the server binds it a moment later.
             let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
             if let Some(target) = Target::start_on(port, template, root, setup, patience)? {
                 return Ok(target);
             }
         }
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        Target::start_on(port, template, root, setup, patience)?.with_context(|| {
-            format!("{PORT_ATTEMPTS} times another program took the port chosen for the server first; try again")
-        })
+        bail!("{PORT_ATTEMPTS} times another program took the port chosen for the server first; try again")
     }
 
     /// One attempt on `port`: `None` if the server died and another
