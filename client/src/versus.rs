@@ -265,9 +265,9 @@ fn slow_storage(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
                 .map(|_| SlowStorageRun::measure(&server, &root.small[..conns], pace))
                 .collect::<Result<Vec<_>>>()
                 .with_context(|| format!("{model} at {conns} connections"))?;
-            runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+            runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
             let run = &runs[runs.len() / 2];
-            let rate = run.rate;
+            let rate = run.rate();
             let ideal = conns as f64 * 1000.0 / STORAGE_DELAY_MS as f64;
             let needs = run.cores_needed_at(ideal);
             let cores_text = |cores: Option<f64>| cores.map_or("?".to_string(), |c| format!("{c:.2}"));
@@ -304,7 +304,6 @@ fn storage_verdict(of_ideal: f64, cores_needed: Option<f64>, cores: f64) -> Stri
 /// One round of the slow-storage table: the rate, and the CPU time the
 /// server and this process (the load generator) spent on it.
 struct SlowStorageRun {
-    rate: f64,
     requests: f64,
     seconds: f64,
     /// CPU seconds; `None` where there is no `/proc`.
@@ -324,7 +323,6 @@ impl SlowStorageRun {
             bail!("client bench saw {} errors: {:?}", report.errors, report.error_samples);
         }
         Ok(SlowStorageRun {
-            rate: report.requests_per_sec(),
             requests: report.ok as f64,
             seconds: report.elapsed.as_secs_f64(),
             server_cpu: server_after.zip(server_before).map(|(after, before)| after - before),
@@ -332,15 +330,25 @@ impl SlowStorageRun {
         })
     }
 
+    /// Requests a second.
+    fn rate(&self) -> f64 {
+        self.requests / self.seconds.max(1e-9)
+    }
+
+    /// CPU seconds of the server and the load generator together.
+    fn cpu_in_all(&self) -> Option<f64> {
+        self.server_cpu.zip(self.client_cpu).map(|(server, client)| server + client)
+    }
+
     /// Cores kept busy by the server and the load generator together.
     fn cores_busy(&self) -> Option<f64> {
-        self.server_cpu.zip(self.client_cpu).map(|(server, client)| (server + client) / self.seconds)
+        self.cpu_in_all().map(|cpu| cpu / self.seconds)
     }
 
     /// Cores the server and the load generator would keep busy at `rate`
     /// requests a second, at the CPU per request measured in this round.
     fn cores_needed_at(&self, rate: f64) -> Option<f64> {
-        self.server_cpu.zip(self.client_cpu).map(|(server, client)| (server + client) / self.requests * rate)
+        self.cpu_in_all().map(|cpu| cpu / self.requests * rate)
     }
 
     fn per_request(&self, cpu: Option<f64>) -> String {
@@ -491,16 +499,11 @@ mod tests {
 
     #[test]
     fn cores_needed_scales_the_measured_cost_per_request_to_the_ideal_rate() {
-        let run = SlowStorageRun {
-            rate: 20_000.0,
-            requests: 40_000.0,
-            seconds: 2.0,
-            server_cpu: Some(2.4),
-            client_cpu: Some(0.8),
-        };
+        let run = SlowStorageRun { requests: 40_000.0, seconds: 2.0, server_cpu: Some(2.4), client_cpu: Some(0.8) };
         // 80 us of CPU per request, at 25,600 requests a second.
         let needed = run.cores_needed_at(25_600.0).unwrap();
         assert!((needed - 2.048).abs() < 1e-9, "{needed}");
         assert!((run.cores_busy().unwrap() - 1.6).abs() < 1e-9);
+        assert_eq!(run.rate(), 20_000.0);
     }
 }
