@@ -177,7 +177,10 @@ impl ServiceKind {
     /// Whether a connection starts with the client's request (file, fib)
     /// rather than the server's answer (time).
     pub fn client_speaks_first(self) -> bool {
-        self != ServiceKind::Time
+        match self {
+            ServiceKind::File | ServiceKind::Fib => true,
+            ServiceKind::Time => false,
+        }
     }
 }
 

@@ -35,11 +35,7 @@ pub trait Sink: Write + AsFd {
         {
             use rustix::net::{sendmsg, SendAncillaryBuffer, SendFlags};
             let flags = SendFlags::MORE | SendFlags::NOSIGNAL;
-            match sendmsg(self.as_fd(), slices, &mut SendAncillaryBuffer::default(), flags) {
-                // Not a socket (a test's pipe): write as to any other file.
-                Err(rustix::io::Errno::NOTSOCK) => self.write_vectored(slices),
-                sent => sent.map_err(io::Error::from),
-            }
+            sendmsg(self.as_fd(), slices, &mut SendAncillaryBuffer::default(), flags).map_err(io::Error::from)
         }
         #[cfg(not(target_os = "linux"))]
         self.write_vectored(slices)
