@@ -47,28 +47,18 @@
 // the private modules), so the crate docs link to private items on purpose.
 #![allow(rustdoc::private_intra_doc_links)]
 
-mod backend;
-mod blocking;
-mod cache;
-mod clients;
 pub mod config;
-mod conn;
-mod elastic_pool;
+mod core;
 mod error;
-mod fan_out;
 mod log;
 mod models;
-mod net;
-mod output;
-mod process;
-mod protocol;
-mod refusal;
-mod sandbox;
-mod server;
-mod service;
-mod signals;
-mod slab;
-mod thread_pool;
+mod shared;
+
+// The parts' modules by their short names, so every file says `crate::conn`
+// whichever folder it lives in.
+use self::core::{cache, conn, output, protocol, refusal, sandbox, service};
+use models::async_reads as backend;
+use shared::{blocking, clients, elastic_pool, fan_out, net, process, server, signals, slab, thread_pool};
 
 pub use config::{Config, Model, ServiceKind};
 pub use error::ServerError;
