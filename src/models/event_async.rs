@@ -1,4 +1,8 @@
-//! Stage 4a: the event loop with file reads on a thread pool ("Async I/O").
+//! Stage 4: the event loop with file reads on a thread pool ("Async I/O").
+//!
+//! It extends the `event` model: its one use of that model is
+//! [`event::run_loop`], built here with this file's backend,
+//! [`ThreadPoolReads`].
 //!
 //! **What it teaches.** The `event` loop stalls every client while one
 //! file is read. Here the loop never reads a file: it hands the read to a
@@ -23,12 +27,51 @@
 //! server --model event-async --root fixtures --read-delay-ms 100
 //! ```
 
-use crate::backend::{Coalescing, ThreadPoolReads};
+use std::io;
+
+use mio::{Registry, Token};
+
+use crate::backend::{Backend, Coalescing, Completions, READER_KEEP_ALIVE};
+use crate::conn::{ConnId, Executor};
+use crate::elastic_pool::ElasticPool;
 use crate::error::ServerError;
 use crate::models::event;
+use crate::protocol::Response;
 use crate::server::Server;
+use crate::service::Work;
 
 /// Runs the `event-async` model: the mio loop with reads on a thread pool.
 pub fn run(server: Server) -> Result<(), ServerError> {
     event::run_loop::<Coalescing<ThreadPoolReads>>(server)
+}
+
+/// Runs every piece of blocking work on a pool of reader threads that
+/// grows with demand (up to `--readers`), posting each result to
+/// [`Completions`], which wakes the loop.
+#[derive(Debug)]
+pub struct ThreadPoolReads {
+    pool: ElasticPool,
+    completions: Completions,
+}
+
+impl Executor for ThreadPoolReads {
+    // handout: stage 4: send the work to self.pool; on the reader thread run it (work.run_blocking()) and post the response to self.completions (which wakes the loop); return None; read docs/guide/05-asynchronous-reads.md
+    fn execute(&mut self, conn: ConnId, work: Work) -> Option<Response> {
+        let completions = self.completions.clone();
+        self.pool.execute(move || completions.post(conn, work.run_blocking()));
+        None
+    }
+}
+
+impl Backend for ThreadPoolReads {
+    /// Up to `--readers` threads, started as reads arrive, whose results
+    /// wake the loop polling `registry` with `token`.
+    fn open(server: &Server, registry: &Registry, token: Token) -> io::Result<ThreadPoolReads> {
+        let pool = ElasticPool::new("reader", server.readers, READER_KEEP_ALIVE);
+        Ok(ThreadPoolReads { pool, completions: Completions::new(registry, token)? })
+    }
+
+    fn completed(&mut self, done: &mut Vec<(ConnId, Response)>) {
+        self.completions.take_into(done);
+    }
 }

@@ -17,7 +17,9 @@
 //! server --model pool --threads 8 --root fixtures
 //! ```
 
-use crate::blocking::dispatch_connections;
+use std::sync::Arc;
+
+use crate::blocking::StoppableAcceptor;
 use crate::error::ServerError;
 use crate::server::Server;
 use crate::thread_pool::ThreadPool;
@@ -25,5 +27,15 @@ use crate::thread_pool::ThreadPool;
 /// Serves connections on a fixed pool of threads until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
     let pool = ThreadPool::new("conn", server.workers).map_err(ServerError::io("cannot start the thread pool"))?;
-    dispatch_connections(&server, |serve_connection| pool.execute(serve_connection))
+    let acceptor = StoppableAcceptor::install(&server)?;
+    server.announce()?;
+    // accept: wait for the next client; queued ones count against --max-conns.
+    while let Some(connection) = acceptor.accept(server.max_open_conns) {
+        // dispatch: queue the connection for the next free worker.
+        let (service, limits) = (Arc::clone(&server.service), server.limits);
+        pool.execute(move || connection.serve(&service, limits));
+    }
+    // stop: the live connections finish their responses, within a grace period.
+    acceptor.wait_until_idle();
+    Ok(())
 }

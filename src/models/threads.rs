@@ -17,17 +17,30 @@
 //! server --model threads --root fixtures
 //! ```
 
-use crate::blocking::dispatch_connections;
+use std::sync::Arc;
+
+use crate::blocking::StoppableAcceptor;
 use crate::error::ServerError;
 use crate::log::always;
 use crate::server::Server;
 
 /// Serves each connection on a new thread until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    dispatch_connections(&server, |serve_connection| {
-        if let Err(err) = std::thread::Builder::new().name("conn".into()).spawn(serve_connection) {
+    let acceptor = StoppableAcceptor::install(&server)?;
+    server.announce()?;
+    // accept: wait for the next client, admitted under --max-conns (past it: 503).
+    while let Some(connection) = acceptor.accept(server.max_open_conns) {
+        // dispatch: the new thread serves the connection to its end.
+        let (service, limits) = (Arc::clone(&server.service), server.limits);
+        let spawned = std::thread::Builder::new()
+            .name("conn".into())
+            .spawn(move || connection.serve(&service, limits));
+        if let Err(err) = spawned {
             // Out of threads: the connection is closed unserved.
             always!("cannot start a thread for a connection: {err}");
         }
-    })
+    }
+    // stop: the live connections finish their responses, within a grace period.
+    acceptor.wait_until_idle();
+    Ok(())
 }

@@ -204,21 +204,3 @@ impl LiveConnection {
         }
     }
 }
-
-/// For models that run each connection on another thread: accepts until
-/// stopped, admits each connection under `--max-conns` (past it: 503), and
-/// hands `dispatch` a job that serves it; after a stop, waits for the live
-/// connections to finish. `threads` and `pool` differ only in `dispatch`.
-pub fn dispatch_connections(
-    server: &Server,
-    mut dispatch: impl FnMut(Box<dyn FnOnce() + Send>),
-) -> Result<(), ServerError> {
-    let acceptor = StoppableAcceptor::install(server)?;
-    server.announce()?;
-    while let Some(connection) = acceptor.accept(server.max_open_conns) {
-        let (service, limits) = (Arc::clone(&server.service), server.limits);
-        dispatch(Box::new(move || connection.serve(&service, limits)));
-    }
-    acceptor.wait_until_idle();
-    Ok(())
-}

@@ -8,8 +8,10 @@ use mio::{Registry, Token};
 
 use super::alarm::Alarm;
 use super::delay_queue::DelayQueue;
-use super::{Backend, ThreadPoolReads};
+use super::completions::Completions;
+use super::Backend;
 use crate::conn::{ConnId, Executor};
+use crate::elastic_pool::ElasticPool;
 use crate::protocol::Response;
 use crate::server::Server;
 use crate::service::{FileRead, Work};
@@ -90,7 +92,9 @@ pub struct KernelBackend<K> {
     delayed: DelayQueue<(ConnId, FileRead)>,
     /// Wakes the loop when the earliest delayed read is due.
     alarm: Alarm,
-    compute: ThreadPoolReads,
+    /// Runs fib; its results come back through `computed`.
+    compute: ElasticPool,
+    computed: Completions,
 }
 
 impl<K: KernelReads> KernelBackend<K> {
@@ -136,7 +140,11 @@ impl<K: KernelReads> Executor for KernelBackend<K> {
                 None
             }
             Work::Read(read) => self.start(conn, read),
-            compute @ Work::Compute(_) => self.compute.execute(conn, compute),
+            compute @ Work::Compute(_) => {
+                let computed = self.computed.clone();
+                self.compute.execute(move || computed.post(conn, compute.run_blocking()));
+                None
+            }
         }
     }
 }
@@ -144,9 +152,10 @@ impl<K: KernelReads> Executor for KernelBackend<K> {
 impl<K: KernelReads> Backend for KernelBackend<K> {
     fn open(server: &Server, registry: &Registry, token: Token) -> io::Result<Self> {
         let kernel = K::open(registry, token)?;
-        let compute = ThreadPoolReads::open(server, registry, token)?;
+        let compute = ElasticPool::new("reader", server.readers, super::READER_KEEP_ALIVE);
+        let computed = Completions::new(registry, token)?;
         let alarm = Alarm::new(registry, token)?;
-        Ok(KernelBackend { kernel, delayed: DelayQueue::default(), alarm, compute })
+        Ok(KernelBackend { kernel, delayed: DelayQueue::default(), alarm, compute, computed })
     }
 
     fn completed(&mut self, done: &mut Vec<(ConnId, Response)>) {
@@ -162,7 +171,7 @@ impl<K: KernelReads> Backend for KernelBackend<K> {
                 Err(more) => done.extend(self.continue_read(more)),
             }
         }
-        self.compute.completed(done);
+        self.computed.take_into(done);
     }
 
     fn next_deadline(&self) -> Option<Instant> {

@@ -1,11 +1,13 @@
-//! Where a readiness loop's blocking work runs, and how its completions
-//! come back to the loop (`docs/design.md`, "the plan/execute seam").
+//! What the stage-4 models share: the seam where a readiness loop's
+//! blocking work runs, and how its completions come back to the loop
+//! (`docs/design.md`, "the plan/execute seam").
 //!
 //! The mio loop ([`crate::models::event::run_loop`]) is written once. What
 //! distinguishes `event`, `event-async`, `event-aio` and `uring` is the
-//! [`Backend`] it is built with: run the work inline, on a thread pool
-//! ([`ThreadPoolReads`]), with POSIX AIO or with io_uring
-//! ([`KernelBackend`] over a [`KernelReads`]). Every asynchronous backend
+//! [`Backend`] it is built with, each in its model's own file: run the work
+//! inline (`event`), on a thread pool (`event-async`'s `ThreadPoolReads`),
+//! with POSIX AIO or with io_uring (`event-aio`'s `PosixAio` and `uring`'s
+//! `Uring`, each a [`KernelReads`] that [`KernelBackend`] drives). Every asynchronous backend
 //! announces finished work by making a source in the loop's `Poll`
 //! readable (a [`mio::Waker`], a signal, an eventfd); the loop then asks it
 //! for [`Backend::completed`] work and resumes those connections.
@@ -20,16 +22,18 @@ mod coalescing;
 mod completions;
 mod delay_queue;
 mod kernel;
-mod thread_pool_reads;
 
 use std::io;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::{Registry, Token};
 
 pub use coalescing::Coalescing;
 pub use kernel::{KernelBackend, KernelReads, PendingRead};
-pub use thread_pool_reads::ThreadPoolReads;
+pub use completions::Completions;
+
+/// How long a reader thread (`--readers`) waits for work before it exits.
+pub const READER_KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 use crate::conn::{ConnId, Executor, Inline};
 use crate::protocol::Response;
