@@ -25,12 +25,14 @@ use crate::error::ServerError;
 use crate::server::Server;
 
 /// Serves one connection at a time until stopped.
-// handout: stage 1: install a StoppableAcceptor, announce the server, then loop: accept(1) a connection, serve() it, repeat; read docs/guide/01-iterative.md
+// handout: stage 1: install a StoppableAcceptor, announce the server, then while wait(): accept(1) a connection, serve() it; read docs/guide/01-iterative.md
 pub fn run(server: Server) -> Result<(), ServerError> {
     let acceptor = StoppableAcceptor::install(&server)?;
     server.announce()?;
-    // accept: wait for the next client (None once SIGINT/SIGTERM arrives).
-    while let Some(connection) = acceptor.accept(1) {
+    // wait: poll(2) until a client knocks (false once SIGINT/SIGTERM arrives).
+    while acceptor.wait() {
+        // accept: take it (None: it was gone, or accepting must pause).
+        let Some(connection) = acceptor.accept(1) else { continue };
         // serve: read requests and answer them until the client is done.
         connection.serve(&server.service, server.limits);
         // close: `connection` was consumed; its socket is closed.

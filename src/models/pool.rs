@@ -29,8 +29,10 @@ pub fn run(server: Server) -> Result<(), ServerError> {
     let pool = ThreadPool::new("conn", server.workers).map_err(ServerError::io("cannot start the thread pool"))?;
     let acceptor = StoppableAcceptor::install(&server)?;
     server.announce()?;
-    // accept: wait for the next client; queued ones count against --max-conns.
-    while let Some(connection) = acceptor.accept(server.max_open_conns) {
+    // wait: poll(2) until a client knocks (false once a stop begins).
+    while acceptor.wait() {
+        // accept: take it; queued ones count against --max-conns (past it: 503).
+        let Some(connection) = acceptor.accept(server.max_open_conns) else { continue };
         // dispatch: queue the connection for the next free worker.
         let (service, limits) = (Arc::clone(&server.service), server.limits);
         pool.execute(move || connection.serve(&service, limits));

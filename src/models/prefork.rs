@@ -67,8 +67,12 @@ fn spawn_worker(server: &Server) -> Result<Pid, ServerError> {
     process::fork_child(&process::ALL_BLOCKED, || match StoppableAcceptor::install(server) {
         Ok(acceptor) => {
             process::unblock_all();
-            while let Some(connection) = acceptor.accept(1) {
-                connection.serve(&server.service, server.limits);
+            // The iterative loop; every worker polls the one listener, and
+            // a worker that loses the race for a client polls again.
+            while acceptor.wait() {
+                if let Some(connection) = acceptor.accept(1) {
+                    connection.serve(&server.service, server.limits);
+                }
             }
         }
         Err(err) => always!("server: worker {}: {err}", std::process::id()),

@@ -28,8 +28,10 @@ use crate::server::Server;
 pub fn run(server: Server) -> Result<(), ServerError> {
     let acceptor = StoppableAcceptor::install(&server)?;
     server.announce()?;
-    // accept: wait for the next client, admitted under --max-conns (past it: 503).
-    while let Some(connection) = acceptor.accept(server.max_open_conns) {
+    // wait: poll(2) until a client knocks (false once a stop begins).
+    while acceptor.wait() {
+        // accept: take it, admitted under --max-conns (past it: 503).
+        let Some(connection) = acceptor.accept(server.max_open_conns) else { continue };
         // dispatch: the new thread serves the connection to its end.
         let (service, limits) = (Arc::clone(&server.service), server.limits);
         let spawned = std::thread::Builder::new()

@@ -62,45 +62,51 @@ impl<'a> StoppableAcceptor<'a> {
         Ok(StoppableAcceptor { listener: &server.listener, live, stop_pipe })
     }
 
-    /// Blocks until a client connects and returns it, admitted among at
-    /// most `max_open` live connections (clients past that are told 503 and
-    /// closed); `None` once a stop has begun. Out of fds, it pauses
-    /// accepting briefly and tries again.
-    pub fn accept(&self, max_open: usize) -> Option<LiveConnection> {
+    /// Blocks until a client may be waiting on the listener (`true`) or a
+    /// stop has begun (`false`): `poll(2)` on the listener and the stop pipe.
+    pub fn wait(&self) -> bool {
         while !self.live.is_stopping() {
             let mut wait_for = [PollFd::new(self.listener, PollFlags::IN), PollFd::new(&self.stop_pipe, PollFlags::IN)];
-            if let Err(errno) = rustix::event::poll(&mut wait_for, None) {
-                if errno != rustix::io::Errno::INTR {
+            match rustix::event::poll(&mut wait_for, None) {
+                Ok(_) => return !self.live.is_stopping(),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(errno) => {
                     info!("poll: {errno}");
                     std::thread::sleep(FD_EXHAUSTION_PAUSE);
                 }
-                continue;
-            }
-            if self.live.is_stopping() {
-                return None;
-            }
-            match self.listener.accept() {
-                Ok((stream, _peer)) => {
-                    // Served with blocking calls. On the BSDs and macOS an
-                    // accepted socket inherits the listener's O_NONBLOCK;
-                    // on Linux it never does, and the call would be wasted.
-                    if cfg!(not(target_os = "linux")) && stream.set_nonblocking(false).is_err() {
-                        continue;
-                    }
-                    if let Some(admitted) = self.live.admit(stream, max_open) {
-                        return Some(admitted);
-                    }
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {} // a sibling took it
-                Err(err) if is_fd_exhaustion(&err) => {
-                    info!("accept: {err}; pausing accepts");
-                    std::thread::sleep(FD_EXHAUSTION_PAUSE);
-                }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => info!("accept: {err}"),
             }
         }
-        None
+        false
+    }
+
+    /// Takes the waiting client without blocking, admitted among at most
+    /// `max_open` live connections. `None` if there was none (another
+    /// thread or process sharing the listener won it) or it was refused:
+    /// past `max_open` it is told 503 and closed; out of fds, accepting
+    /// pauses briefly.
+    pub fn accept(&self, max_open: usize) -> Option<LiveConnection> {
+        match self.listener.accept() {
+            Ok((stream, _peer)) => {
+                // Served with blocking calls. On the BSDs and macOS an
+                // accepted socket inherits the listener's O_NONBLOCK;
+                // on Linux it never does, and the call would be wasted.
+                if cfg!(not(target_os = "linux")) && stream.set_nonblocking(false).is_err() {
+                    return None;
+                }
+                self.live.admit(stream, max_open)
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => None, // a sibling took it
+            Err(err) if is_fd_exhaustion(&err) => {
+                info!("accept: {err}; pausing accepts");
+                std::thread::sleep(FD_EXHAUSTION_PAUSE);
+                None
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => None,
+            Err(err) => {
+                info!("accept: {err}");
+                None
+            }
+        }
     }
 
     /// After a stop: waits until every live connection has finished, or
