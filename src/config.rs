@@ -48,25 +48,25 @@ pub mod defaults {
 pub enum Model {
     /// Stage 1: one client at a time, blocking accept and reads.
     Iterative,
-    /// Stage 1b: a process per connection (fork after accept).
+    /// Stage 2: a process per connection (fork after accept).
     Fork,
-    /// Stage 1c: N processes forked at start-up share the listener (--workers N).
+    /// Stage 2: N processes forked at start-up share the listener (--workers N).
     Prefork,
-    /// Stage 1d: a thread per connection.
+    /// Stage 2: a thread per connection.
     Threads,
-    /// Stage 1e: N pre-spawned threads take connections from a queue (--workers N).
+    /// Stage 2: N pre-spawned threads take connections from a queue (--workers N).
     Pool,
     /// Stage 2: select(2) over non-blocking sockets (at most FD_SETSIZE fds).
     Select,
-    /// Stage 2b: poll(2): no fd ceiling, but O(n) per wait.
+    /// Stage 2: poll(2): no fd ceiling, but O(n) per wait.
     Poll,
-    /// Stage 3: mio (epoll); file reads block the loop thread ("Sync I/O").
+    /// Stage 2: mio (epoll); file reads block the loop thread ("Sync I/O").
     Event,
-    /// Stage 4a: mio; reads on a thread pool, completion via a waker ("Async I/O").
+    /// Stage 4: mio; reads on a thread pool, completion via a waker ("Async I/O").
     EventAsync,
-    /// Stage 4b: mio; POSIX aio_read, completion signalled to the loop.
+    /// Stage 4: mio; POSIX aio_read, completion signalled to the loop.
     EventAio,
-    /// Stage 4c: mio; file reads submitted to io_uring.
+    /// Stage 4: mio; file reads submitted to io_uring.
     Uring,
 }
 

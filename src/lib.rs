@@ -4,39 +4,33 @@
 //! an epoll event loop, so that each design can be read, run and measured
 //! side by side (OSTEP chapter 33, "Event-based Concurrency").
 //!
-//! | stage | model | waits with | blocking work runs | lesson |
-//! |---|---|---|---|---|
-//! | 1 | [`iterative`](models::iterative) | blocking `accept` | inline, one client at a time | the simplest server |
-//! | 1b | [`fork`](models::fork) | a process per connection | in the child | isolation; no shared cache |
-//! | 1c | [`prefork`](models::prefork) | N processes on one listener | in the worker | `fork` paid once |
-//! | 1d | [`threads`](models::threads) | a thread per connection | in its thread | concurrency without a loop |
-//! | 1e | [`pool`](models::pool) | N pre-spawned threads | on the worker | bounded threads |
-//! | 2 | [`select`](models::select) | `select(2)` | inline, in the loop | the book's event loop; FD_SETSIZE |
-//! | 2b | [`poll`](models::poll) | `poll(2)` | inline, in the loop | no fd ceiling, still O(n) |
-//! | 3 | [`event`](models::event) | mio (epoll) | inline, in the loop | O(ready); "Sync I/O" |
-//! | 4a | [`event-async`](models::event_async) | mio | a thread pool, woken via `mio::Waker` | "Async I/O" |
-//! | 4b | [`event-aio`](models::event_aio) | mio | POSIX `aio_read`, a realtime signal | the book's interface |
-//! | 4c | [`uring`](models::uring) | mio | io_uring, an eventfd | the kernel's own async reads |
+//! Stage N is the homework's question N (`docs/assignment.md`); models are
+//! named, and each belongs to the stage whose question it answers:
 //!
-//! Every model shares one core, so they differ only in where they wait and
-//! where the blocking part of a request runs:
+//! | stage | question | models |
+//! |---|---|---|
+//! | 1 | a one-at-a-time time server | [`iterative`](models::iterative) |
+//! | 2 | many clients at once | [`select`](models::select), [`poll`](models::poll), [`event`](models::event); with processes and threads: [`fork`](models::fork), [`prefork`](models::prefork), [`threads`](models::threads), [`pool`](models::pool) |
+//! | 3 | files from a sandboxed root | every model, through the shared [`core`] |
+//! | 4 | asynchronous reads | [`event-async`](models::event_async), [`event-aio`](models::event_aio), [`uring`](models::uring) |
+//! | 5 | signals and the cache | every model ([`signals`], [`cache`]) |
+//! | 6 | was it worth it | `./benchmark.sh` (the `client` crate) |
 //!
-//! * [`protocol`]: bytes to [`Request`](protocol::Request)s, responses to bytes;
-//! * [`sandbox`]: a requested path to an open regular file under the root, or a [`Refusal`](refusal::Refusal);
-//! * [`cache`]: the byte-budgeted LRU that `SIGHUP` clears;
-//! * [`service`]: a request to a [`Plan`](service::Plan): a ready response, or blocking work;
-//! * [`conn`]: the per-connection state machine every loop drives;
-//! * [`output`]: the bytes owed to a client, written with `writev` and `sendfile`;
-//! * [`server`]: what every model starts from (listener, service, limits);
-//! * [`clients`]: the connection table the readiness loops share ([`slab`]);
-//! * [`backend`]: where an event loop's blocking work runs, and how completions return;
-//! * [`fan_out`]: `--workers N` event loops on one port;
-//! * [`blocking`] and [`process`]: what the thread and process models share;
-//! * [`signals`]: `SIGHUP` and graceful stop, for every kind of model.
+//! Each model's module doc says what it teaches, how it waits and where its
+//! blocking work runs.
+//!
+//! The crate has a folder per part:
+//!
+//! * [`core`]: the per-connection core every model shares, written
+//!   once: [`protocol`], [`sandbox`], [`cache`], [`service`], [`conn`], [`output`];
+//! * [`shared`]: the machinery the models' loops share: [`server`], the
+//!   connection table ([`clients`]), [`fan_out`], [`signals`], the thread pools;
+//! * [`models`]: one file per model, each holding its own wait-and-dispatch
+//!   loop; [`backend`](models::async_reads) is what the stage-4 models share.
 //!
 //! `docs/design.md` draws how these layers depend on each other and follows
 //! one request through them; the guide in `docs/guide/` walks through the
-//! stages in order, one chapter each.
+//! stages in order, chapter N for stage N.
 //!
 //! The `server` binary turns flags into a [`Config`] and calls [`run`].
 //! Everything else is private to the crate: read it with

@@ -1,4 +1,4 @@
-//! Stage 3: the event loop on epoll, via mio ("Sync I/O" in the benchmark).
+//! Stage 2: the event loop on epoll, via mio ("Sync I/O" in the benchmark).
 //!
 //! **What it teaches.** The loop of `select`/`poll`, with the interest list
 //! kept *in the kernel*: each socket is registered once, and `epoll_wait`

@@ -1,5 +1,9 @@
-//! Stage 4b: the event loop with POSIX asynchronous I/O, the book's literal
+//! Stage 4: the event loop with POSIX asynchronous I/O, the book's literal
 //! interface (OSTEP 33.6).
+//!
+//! It extends the `event` model: its one use of that model is
+//! [`event::run_loop`], built here with this file's backend, [`PosixAio`]
+//! (driven by the stage-4 models' shared [`KernelBackend`]).
 //!
 //! **What it teaches.** `aio_read` takes a control block (`struct aiocb`:
 //! the fd, a buffer, a length, an offset) and returns at once; the read

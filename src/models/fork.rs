@@ -1,4 +1,4 @@
-//! The classic Unix server: a process per connection.
+//! Stage 2, with processes: the classic Unix server, a process per connection.
 //!
 //! **What it teaches.** `accept`, then `fork`: the child serves the client
 //! with plain blocking calls and exits; the parent closes its copy of the

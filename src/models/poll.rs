@@ -1,4 +1,4 @@
-//! Stage 2b: the same loop as `select`, waiting with `poll(2)`.
+//! Stage 2: the same loop as `select`, waiting with `poll(2)`.
 //!
 //! **What it teaches.** `poll` fixes `select`'s worst limit: it takes an
 //! array of `(fd, events)` records instead of fixed-size bitmaps, so any fd

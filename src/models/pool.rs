@@ -1,4 +1,5 @@
-//! A fixed pool of threads: the Rust book's final chapter as a server model.
+//! Stage 2, with threads: a fixed pool, the Rust book's final chapter as a
+//! server model.
 //!
 //! **What it teaches.** `threads` creates a thread per connection, without
 //! bound. Here `--threads N` workers (default: one per core) are started

@@ -1,4 +1,5 @@
-//! Apache's classic design: N processes, forked once, share the listener.
+//! Stage 2, with processes: Apache's classic design, N processes forked once
+//! sharing the listener.
 //!
 //! **What it teaches.** Forking per connection pays for a `fork` every
 //! time; prefork pays it N times at start-up. The parent binds, forks

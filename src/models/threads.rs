@@ -1,4 +1,5 @@
-//! A thread per connection: concurrency without an event loop.
+//! Stage 2, with threads: a thread per connection, concurrency without an
+//! event loop.
 //!
 //! **What it teaches.** Keep the iterative server's blocking, top-to-bottom
 //! code, and run each connection on its own thread: the kernel scheduler

@@ -1,4 +1,8 @@
-//! Stage 4c: the event loop with file reads submitted to io_uring.
+//! Stage 4: the event loop with file reads submitted to io_uring.
+//!
+//! It extends the `event` model: its one use of that model is
+//! [`event::run_loop`], built here with this file's backend, [`Uring`]
+//! (driven by the stage-4 models' shared [`KernelBackend`]).
 //!
 //! **What it teaches.** io_uring is the kernel's own asynchronous
 //! interface: two rings shared with the kernel, one where the program
