@@ -32,7 +32,7 @@ use crate::error::ServerError;
 use crate::server::Server;
 
 /// Serves every client from one thread with `select(2)` until stopped.
-// handout: stage 2: loop: fill FdSets with the signal pipes, the listener and each client's wants_read/wants_write, select(), then take signals, advance the ready clients, close_expired, accept_pending(FdSet::fits); read docs/guide/02-select-and-poll.md
+// handout: stage 2: loop: fill FdSets with the signal pipes, the listener and each client's wants_read/wants_write, select(), then take signals, advance the ready clients, close_expired, accept_pending(FdSet::fits); read docs/guide/02a-select-and-poll.md
 pub fn run(server: Server) -> Result<(), ServerError> {
     let (mut signal_pipe, mut clients) = Clients::start_readiness_loop(&server)?;
     let Server { listener, service, .. } = &server;

@@ -5,7 +5,7 @@
 //! directly above a function:
 //!
 //! ```text
-//! // handout: stage 2: wait with select(2) on the listener, ...; read docs/guide/02-select-and-poll.md
+//! // handout: stage 2: wait with select(2) on the listener, ...; read docs/guide/02a-select-and-poll.md
 //! pub fn run(server: Server) -> Result<(), ServerError> {
 //! ```
 //!

@@ -8,7 +8,7 @@ use super::{Framing, Malformed, ParseLimits, Parsed, Request, Response};
 use crate::refusal::Refusal;
 
 /// Finds one `\n`-terminated line at the front of `pending`.
-// handout: stage 3: find the \n, drop a \r before it, refuse an empty line (400) or one over max_line_bytes (414, even before its \n arrives), else return the Request and the bytes consumed; read docs/guide/04-serving-files-safely.md
+// handout: stage 3: find the \n, drop a \r before it, refuse an empty line (400) or one over max_line_bytes (414, even before its \n arrives), else return the Request and the bytes consumed; read docs/guide/03-serving-files-safely.md
 pub(super) fn parse(pending: &[u8], limits: &ParseLimits) -> Option<Parsed> {
     let refuse =
         |refusal, consumed| Some(Parsed { request: Err(Malformed { framing: Framing::Line, refusal }), consumed });
