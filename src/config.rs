@@ -30,7 +30,7 @@ pub mod defaults {
     /// Most reader threads of the asynchronous models (started on demand),
     /// as Tokio's blocking pool: enough that storage, not the pool, is the
     /// limit for any load the kit measures.
-    pub const READERS: usize = 512;
+    pub const READERS: usize = contract::DEFAULT_READERS;
     /// Longest request line accepted.
     pub const MAX_LINE_BYTES: usize = 4096;
     /// Longest HTTP head accepted.
@@ -326,6 +326,13 @@ impl fmt::Display for Seconds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_models_are_the_ones_the_contract_names() {
+        assert_eq!(Model::ALL.map(Model::name), contract::MODELS);
+        let one_at_a_time: Vec<_> = Model::ALL.into_iter().filter(|model| !model.is_concurrent()).map(Model::name).collect();
+        assert_eq!(one_at_a_time, contract::ONE_AT_A_TIME);
+    }
 
     fn size(text: &str) -> Result<u64, String> {
         text.parse::<ByteSize>().map(|size| size.0)

@@ -38,13 +38,13 @@ pub fn run(addr: &str, paths: &[String]) -> Result<Outcome> {
             .read_line(&mut head)
             .with_context(|| format!("reading the response to {path}"))?;
         let head = head.trim_end();
-        if let Some(size) = head.strip_prefix("OK ") {
+        if let Some(size) = head.strip_prefix(contract::OK).and_then(|rest| rest.strip_prefix(' ')) {
             let size: u64 = size.parse().with_context(|| format!("bad response head {head:?}"))?;
             let copied = io::copy(&mut (&mut reader).take(size), &mut stdout)?;
             if copied != size {
                 bail!("{path}: connection closed after {copied} of {size} bytes");
             }
-        } else if let Some(reason) = head.strip_prefix("ERR ") {
+        } else if let Some(reason) = head.strip_prefix(contract::ERR).and_then(|rest| rest.strip_prefix(' ')) {
             eprintln!("client: {path}: {reason}");
             outcome = Outcome::SomeRefused;
         } else if head.is_empty() {

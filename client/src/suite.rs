@@ -15,7 +15,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use fileserver::Model;
 
 use crate::bench::{self, LoadPlan, Report, Until};
 
@@ -25,7 +24,7 @@ pub const STORAGE_DELAY_MS: u64 = 10;
 /// `iterative`, which serves one connection at a time and so cannot take
 /// part in a concurrent keep-alive run.
 pub fn models() -> impl Iterator<Item = &'static str> {
-    Model::ALL.into_iter().filter(|model| model.is_concurrent()).map(Model::name)
+    contract::MODELS.into_iter().filter(|model| !contract::ONE_AT_A_TIME.contains(model))
 }
 
 /// Workers given to `prefork` and `pool`: one per keep-alive connection of
@@ -110,7 +109,7 @@ impl ServerProcess {
         });
         let mut server = ServerProcess { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)) };
         let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
-        match line.trim().strip_prefix("listening on ").and_then(|a| a.parse().ok()) {
+        match contract::parse_listening_line(&line) {
             Some(addr) => server.addr = addr,
             None => bail!("{} {} did not print 'listening on' (got {line:?})", program.display(), args.join(" ")),
         }

@@ -122,7 +122,7 @@ pub fn accept_nonblocking(listener: &TcpListener) -> io::Result<TcpStream> {
 pub fn announce(listener: &TcpListener) -> Result<SocketAddr, ServerError> {
     let local = listener.local_addr().map_err(ServerError::io("cannot read the bound address"))?;
     let mut stdout = io::stdout().lock();
-    writeln!(stdout, "listening on {local}")
+    writeln!(stdout, "{}", contract::listening_line(local))
         .and_then(|()| stdout.flush())
         .map_err(ServerError::io("cannot write to stdout"))?;
     Ok(local)

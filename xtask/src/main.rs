@@ -50,6 +50,7 @@ const INCLUDED: &[&str] = &[
     "README.md",
     "benchmark.sh",
     "client",
+    "contract",
     "docs",
     "fixtures",
     "rustfmt.toml",

@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use fileserver::ListenOptions;
 use mio::net::TcpListener as MioListener;
 use mio::{Events, Interest, Poll, Token};
 
@@ -51,11 +50,9 @@ enum Mode {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    // The kit's own listening socket: with its request-first hand-over
-    // (`TCP_DEFER_ACCEPT` on Linux), so that the limit is not beaten by it.
-    let options = ListenOptions { reuse_port: false, wait_for_request: true };
-    let listener = fileserver::listen(SocketAddr::new(args.addr, args.port), options).context("cannot bind")?;
-    println!("listening on {}", listener.local_addr()?);
+    let addr = SocketAddr::new(args.addr, args.port);
+    let listener = listen(addr).with_context(|| format!("cannot bind {addr} (try --port 0)"))?;
+    println!("{}", contract::listening_line(listener.local_addr()?));
     io::stdout().flush()?;
     match args.mode {
         Mode::Fixed => fixed(listener),
@@ -67,6 +64,41 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A listening socket set up as the kit's server sets up its own: with
+/// `SO_REUSEADDR`, and the request-first hand-over (`TCP_DEFER_ACCEPT` on
+/// Linux, nginx's `listen ... deferred`), so that the limit is not beaten by
+/// a socket option.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use rustix::net::{sockopt, AddressFamily, SocketType};
+    let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+    let socket = rustix::net::socket(family, SocketType::STREAM, None)?;
+    sockopt::set_socket_reuseaddr(&socket, true)?;
+    rustix::net::bind(&socket, &addr)?;
+    rustix::net::listen(&socket, 1024)?;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // rustix has no TCP_DEFER_ACCEPT: the one libc call. Seconds a
+        // silent connection waits before it is handed over anyway.
+        let seconds: libc::c_int = 1;
+        // SAFETY: `socket` is open for the whole call, and the option value
+        // is a live c_int whose size is passed with it.
+        let status = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&seconds as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if status != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(TcpListener::from(socket))
 }
 
 /// The fixed response: a head and 1 KiB of body, for keep-alive or close.

@@ -18,7 +18,7 @@ use client::bench::{self, Until};
 use client::chart::{self, Series};
 use client::peers;
 use client::suite::{self, BenchRoot, Row, WorkloadKind, STORAGE_DELAY_MS, SWEEP_CONNS};
-use fileserver::config::defaults::READERS;
+use contract::DEFAULT_READERS as READERS;
 
 /// Measures the kit's server models against each other (and nginx).
 #[derive(Debug, Parser)]
