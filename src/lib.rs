@@ -47,6 +47,7 @@ mod error;
 mod log;
 mod models;
 mod shared;
+mod sys;
 
 // The parts' modules by their short names, so every file says `crate::conn`
 // whichever folder it lives in.

@@ -303,7 +303,8 @@ mod tests {
         symlink("sub/file.txt", root.path().join("inner-link")).unwrap();
         symlink(outside.path().join("secret"), root.path().join("outer-link")).unwrap();
         symlink("../../", root.path().join("sub/up")).unwrap();
-        nix::unistd::mkfifo(&root.path().join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        rustix::fs::mkfifoat(rustix::fs::CWD, root.path().join("fifo"), rustix::fs::Mode::from_raw_mode(0o644))
+            .unwrap();
         (root, outside)
     }
 

@@ -24,7 +24,6 @@ use std::io;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use nix::sys::signal::Signal;
 use rustix::event::{PollFd, PollFlags};
 
 use crate::blocking::LiveConnections;
@@ -35,6 +34,7 @@ use crate::process::{self, ParentSignals};
 use crate::refusal::Refusal;
 use crate::server::Server;
 use crate::signals::{self, SignalAction};
+use crate::sys::Signal;
 
 /// Forks a process for every connection until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
@@ -55,11 +55,11 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         process::reap(&mut children);
         if arrived.actions.contains(&SignalAction::ClearCache) {
             signals::clear_cache(service);
-            process::signal_all(&children, Signal::SIGHUP);
+            process::signal_all(&children, Signal::HUP);
         }
         if arrived.actions.contains(&SignalAction::Stop) {
             signals::log_stopping(children.len());
-            process::signal_all(&children, Signal::SIGTERM);
+            process::signal_all(&children, Signal::TERM);
             process::wait_for_children(&mut parent_signals, &mut children);
             return Ok(());
         }

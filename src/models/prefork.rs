@@ -22,15 +22,13 @@
 
 use std::collections::HashSet;
 
-use nix::sys::signal::Signal;
-use nix::unistd::Pid;
-
 use crate::blocking::StoppableAcceptor;
 use crate::error::ServerError;
 use crate::log::{always, info};
 use crate::process::{self, ParentSignals};
 use crate::server::Server;
 use crate::signals::SignalAction;
+use crate::sys::{Pid, Signal};
 
 /// Forks the workers and supervises them until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
@@ -44,12 +42,12 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         let arrived = parent_signals.wait(None);
         if arrived.actions.contains(&SignalAction::Stop) {
             info!("stopping: {} workers finish their connections", children.len());
-            process::signal_all(&children, Signal::SIGTERM);
+            process::signal_all(&children, Signal::TERM);
             process::wait_for_children(&mut parent_signals, &mut children);
             return Ok(());
         }
         if arrived.actions.contains(&SignalAction::ClearCache) {
-            process::signal_all(&children, Signal::SIGHUP);
+            process::signal_all(&children, Signal::HUP);
         }
         if arrived.child_exited {
             for pid in process::reap(&mut children) {

@@ -21,12 +21,11 @@
 use std::collections::HashSet;
 use std::os::fd::AsFd;
 
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{ForkResult, Pid};
+use rustix::process::{waitpid, WaitOptions};
 
 use crate::error::ServerError;
 use crate::signals::SignalAction;
+use crate::sys::{self, Forked, Pid, Signal, SignalSet};
 
 #[cfg(not(target_os = "linux"))]
 pub use handlers::{forget_parent_handlers, ParentSignals};
@@ -35,16 +34,12 @@ pub use signalfd::ParentSignals;
 
 /// Every signal the parent blocks: pass it to [`fork_child`] to keep them
 /// all blocked until the child has its own handlers, then [`unblock_all`].
-pub const ALL_BLOCKED: [Signal; 4] = [Signal::SIGHUP, Signal::SIGINT, Signal::SIGTERM, Signal::SIGCHLD];
+pub const ALL_BLOCKED: [Signal; 4] = [Signal::HUP, Signal::INT, Signal::TERM, Signal::CHILD];
 
 /// The signals a process-model parent handles: the usual three, plus
 /// `SIGCHLD` to learn that a child has exited.
-fn parent_signals() -> SigSet {
-    let mut set = SigSet::empty();
-    for signal in ALL_BLOCKED {
-        set.add(signal);
-    }
-    set
+fn parent_signals() -> SignalSet {
+    SignalSet::of(&ALL_BLOCKED)
 }
 
 /// What the parent learned from the signals that arrived.
@@ -61,12 +56,10 @@ pub struct Arrived {
 mod signalfd {
     use std::os::fd::{AsFd, BorrowedFd};
 
-    use nix::sys::signal::Signal;
-    use nix::sys::signalfd::{SfdFlags, SignalFd};
-
     use super::{parent_signals, Arrived};
     use crate::error::ServerError;
     use crate::signals;
+    use crate::sys::{Signal, SignalFd};
 
     /// The parent's signals, blocked and readable from an fd.
     #[derive(Debug)]
@@ -79,21 +72,19 @@ mod signalfd {
         /// process is single-threaded: a thread started earlier would keep
         /// the signals unblocked and receive them instead.
         pub fn block() -> Result<ParentSignals, ServerError> {
-            let io = |what: &'static str| move |errno: nix::Error| ServerError::io(what)(errno.into());
-            parent_signals().thread_block().map_err(io("cannot block signals"))?;
-            let fd = SignalFd::with_flags(&parent_signals(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-                .map_err(io("cannot open a signalfd"))?;
+            parent_signals().block().map_err(ServerError::io("cannot block signals"))?;
+            let fd = SignalFd::open(&parent_signals()).map_err(ServerError::io("cannot open a signalfd"))?;
             Ok(ParentSignals { fd })
         }
 
         /// Reads every signal that has arrived, without waiting.
         pub fn take(&mut self) -> Arrived {
             let mut arrived = Arrived::default();
-            while let Ok(Some(info)) = self.fd.read_signal() {
-                match Signal::try_from(info.ssi_signo as i32) {
-                    Ok(Signal::SIGCHLD) => arrived.child_exited = true,
-                    Ok(signal) => arrived.actions.extend(signals::action_for(signal as i32)),
-                    Err(_) => {}
+            while let Some(number) = self.fd.read() {
+                if number == Signal::CHILD.as_raw() {
+                    arrived.child_exited = true;
+                } else {
+                    arrived.actions.extend(signals::action_for(number));
                 }
             }
             arrived
@@ -144,10 +135,10 @@ mod handlers {
             let mut flags = Vec::new();
             for signal in ALL_BLOCKED {
                 let flag = Arc::new(AtomicBool::new(false));
-                ids.push(signal_hook::flag::register(signal as i32, Arc::clone(&flag)).map_err(&io)?);
+                ids.push(signal_hook::flag::register(signal.as_raw(), Arc::clone(&flag)).map_err(&io)?);
                 let pipe = writer.try_clone().map_err(&io)?;
-                ids.push(signal_hook::low_level::pipe::register(signal as i32, pipe).map_err(&io)?);
-                flags.push((signal as i32, flag));
+                ids.push(signal_hook::low_level::pipe::register(signal.as_raw(), pipe).map_err(&io)?);
+                flags.push((signal.as_raw(), flag));
             }
             Ok(ParentSignals { wake, flags })
         }
@@ -201,64 +192,62 @@ impl ParentSignals {
 /// unblocked again (except those in `keep_blocked`), so it starts as a
 /// normal process.
 pub fn fork_child(keep_blocked: &[Signal], child: impl FnOnce()) -> Result<Pid, ServerError> {
-    let parent = nix::unistd::getpid();
+    let parent = rustix::process::getpid();
     // Where the parent catches signals with handlers, none may run in the
     // child before the child has replaced them: blocked across the fork.
     #[cfg(not(target_os = "linux"))]
-    let _ = parent_signals().thread_block();
+    let _ = parent_signals().block();
     // SAFETY: the parent is single-threaded (see ParentSignals::block), so
     // the child is a complete copy with no lock held by a vanished thread;
     // it runs ordinary Rust code and leaves through exit.
-    let forked = unsafe { nix::unistd::fork() };
+    let forked = unsafe { sys::fork() };
     #[cfg(not(target_os = "linux"))]
-    if matches!(forked, Ok(ForkResult::Parent { .. }) | Err(_)) {
-        let _ = parent_signals().thread_unblock();
+    if matches!(forked, Ok(Forked::Parent(_)) | Err(_)) {
+        let _ = parent_signals().unblock();
     }
     match forked {
-        Ok(ForkResult::Parent { child }) => Ok(child),
-        Ok(ForkResult::Child) => {
+        Ok(Forked::Parent(child)) => Ok(child),
+        Ok(Forked::Child) => {
             // If the parent is killed outright (SIGKILL leaves it no chance
             // to stop its children), the kernel sends this child SIGTERM:
             // no orphan keeps serving on the parent's port. The parent may
             // already be gone before the request was made: check.
             #[cfg(target_os = "linux")]
-            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
-            if nix::unistd::getppid() != parent {
+            let _ = rustix::process::set_parent_process_death_signal(Some(Signal::TERM));
+            if rustix::process::getppid() != Some(parent) {
                 std::process::exit(0);
             }
             #[cfg(not(target_os = "linux"))]
             forget_parent_handlers();
-            let mut unblock = parent_signals();
-            for &signal in keep_blocked {
-                unblock.remove(signal);
-            }
-            let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&unblock), None);
+            let unblock: Vec<Signal> =
+                ALL_BLOCKED.into_iter().filter(|signal| !keep_blocked.contains(signal)).collect();
+            let _ = SignalSet::of(&unblock).unblock();
             child();
             // Nothing of the parent's is left unflushed (stdout is flushed
             // right after the `listening on` line), so a plain exit is safe.
             std::process::exit(0)
         }
-        Err(errno) => Err(ServerError::io("fork")(errno.into())),
+        Err(err) => Err(ServerError::io("fork")(err)),
     }
 }
 
 /// Unblocks every signal the parent blocked (a worker calls this once its
 /// own handlers are installed).
 pub fn unblock_all() {
-    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&parent_signals()), None);
+    let _ = parent_signals().unblock();
 }
 
 /// Reaps every exited child among `children`, without waiting; returns their pids.
 pub fn reap(children: &mut HashSet<Pid>) -> Vec<Pid> {
     let mut reaped = Vec::new();
     loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, _)) | Ok(WaitStatus::Signaled(pid, _, _)) => {
+        match waitpid(None, WaitOptions::NOHANG) {
+            Ok(Some((pid, status))) if status.exited() || status.signaled() => {
                 children.remove(&pid);
                 reaped.push(pid);
             }
-            Ok(WaitStatus::StillAlive) | Err(_) => return reaped,
-            Ok(_) => {}
+            Ok(None) | Err(_) => return reaped,
+            Ok(Some(_)) => {} // stopped or continued: still alive
         }
     }
 }
@@ -266,7 +255,7 @@ pub fn reap(children: &mut HashSet<Pid>) -> Vec<Pid> {
 /// Sends `signal` to every child.
 pub fn signal_all(children: &HashSet<Pid>, signal: Signal) {
     for &pid in children {
-        let _ = nix::sys::signal::kill(pid, signal);
+        let _ = rustix::process::kill_process(pid, signal);
     }
 }
 
@@ -278,13 +267,13 @@ pub fn wait_for_children(signals: &mut ParentSignals, children: &mut HashSet<Pid
     while !children.is_empty() {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
-            signal_all(children, Signal::SIGKILL);
+            signal_all(children, Signal::KILL);
             while !children.is_empty() {
-                match waitpid(None, None) {
-                    Ok(status) => {
-                        status.pid().map(|pid| children.remove(&pid));
+                match waitpid(None, WaitOptions::empty()) {
+                    Ok(Some((pid, _))) => {
+                        children.remove(&pid);
                     }
-                    Err(_) => return,
+                    Ok(None) | Err(_) => return,
                 }
             }
             return;

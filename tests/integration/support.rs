@@ -268,7 +268,7 @@ pub fn hostile_tree() -> (tempfile::TempDir, tempfile::TempDir) {
     std::os::unix::fs::symlink(outside.path().join("secret"), r.join("out-link")).unwrap();
     std::os::unix::fs::symlink(outside.path(), r.join("out-dir")).unwrap();
     std::os::unix::fs::symlink("a/b/c.txt", r.join("in-link")).unwrap();
-    nix::unistd::mkfifo(&r.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    rustix::fs::mkfifoat(rustix::fs::CWD, r.join("fifo"), rustix::fs::Mode::from_raw_mode(0o644)).unwrap();
     (root, outside)
 }
 
