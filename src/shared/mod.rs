@@ -7,7 +7,7 @@
 //! pools ([`thread_pool`], [`elastic_pool`]).
 
 pub mod blocking;
-pub mod clients;
+pub mod connections;
 pub mod elastic_pool;
 pub mod fan_out;
 pub mod net;
