@@ -24,7 +24,7 @@
 //! * [`core`]: the per-connection core every model shares, written
 //!   once: [`protocol`], [`sandbox`], [`cache`], [`service`], [`conn`], [`output`];
 //! * [`shared`]: the machinery the models' loops share: [`server`], the
-//!   connection table ([`clients`]), [`fan_out`], [`signals`], the thread pools;
+//!   connection table ([`connections`]), [`fan_out`], [`signals`], the thread pools;
 //! * [`models`]: one file per model, each holding its own wait-and-dispatch
 //!   loop; [`backend`](models::async_reads) is what the stage-4 models share.
 //!
@@ -53,7 +53,7 @@ mod sys;
 // whichever folder it lives in.
 use self::core::{cache, conn, output, protocol, refusal, sandbox, service};
 use models::async_reads as backend;
-use shared::{blocking, connections as clients, elastic_pool, fan_out, net, process, server, signals, slab, thread_pool};
+use shared::{blocking, connections, elastic_pool, fan_out, net, process, server, signals, slab, thread_pool};
 
 pub use config::{Config, Model, ServiceKind};
 pub use error::ServerError;

@@ -35,8 +35,8 @@ use mio::{Events, Interest, Poll, Registry, Token};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::backend::Backend;
-use crate::clients::{Client, Clients};
 use crate::conn::{ConnId, Inline};
+use crate::connections::{Connection, Connections};
 use crate::error::ServerError;
 use crate::fan_out::{self, Seat};
 use crate::server::Server;
@@ -81,7 +81,7 @@ fn serve<B: Backend>(server: &Server, seat: Seat<'_>) -> Result<(), ServerError>
         return Ok(()); // another loop failed to start, and says why
     };
     let service = &server.service;
-    let mut clients = Clients::new(seat.max_open_conns(), server.limits);
+    let mut clients = Connections::new(seat.max_open_conns(), server.limits);
     let mut events = Events::with_capacity(EVENTS_PER_WAIT);
     let mut done = Vec::new();
     while !clients.should_exit() {
@@ -137,7 +137,7 @@ fn serve<B: Backend>(server: &Server, seat: Seat<'_>) -> Result<(), ServerError>
 
 fn accept(
     listener: &TcpListener,
-    clients: &mut Clients<TcpStream>,
+    clients: &mut Connections<TcpStream>,
     service: &Service,
     backend: &mut impl Backend,
     registry: &Registry,
@@ -153,7 +153,7 @@ fn accept(
     }
 }
 
-fn interest(client: &Client<TcpStream>) -> Interest {
+fn interest(client: &Connection<TcpStream>) -> Interest {
     if client.writable_registered {
         Interest::READABLE | Interest::WRITABLE
     } else {
@@ -166,7 +166,7 @@ fn interest(client: &Client<TcpStream>) -> Interest {
 /// buffer drains, so a connection whose responses fit in one write never
 /// hears of it, and one that streams large files saves two `epoll_ctl`
 /// calls per response (on, then off again).
-fn update_interest(registry: &Registry, clients: &mut Clients<TcpStream>, id: ConnId) {
+fn update_interest(registry: &Registry, clients: &mut Connections<TcpStream>, id: ConnId) {
     let Some(client) = clients.get_mut(id) else { return };
     if client.writable_registered || !client.conn.wants_write() {
         return;

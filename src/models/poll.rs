@@ -20,14 +20,14 @@ use std::io;
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 
-use crate::clients::Clients;
 use crate::conn::{ConnId, Inline};
+use crate::connections::Connections;
 use crate::error::ServerError;
 use crate::server::Server;
 
 /// Serves every client from one thread with `poll(2)` until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    let (mut signal_pipe, mut clients) = Clients::start_readiness_loop(&server)?;
+    let (mut signal_pipe, mut clients) = Connections::start_readiness_loop(&server)?;
     let Server { listener, service, .. } = &server;
 
     while !clients.should_exit() {

@@ -26,15 +26,15 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
-use crate::clients::Clients;
 use crate::conn::Inline;
+use crate::connections::Connections;
 use crate::error::ServerError;
 use crate::server::Server;
 
 /// Serves every client from one thread with `select(2)` until stopped.
 // handout: stage 2: loop: fill FdSets with the signal pipes, the listener and each client's wants_read/wants_write, select(), then take signals, advance the ready clients, close_expired, accept_pending(FdSet::fits); read docs/guide/02a-select-and-poll.md
 pub fn run(server: Server) -> Result<(), ServerError> {
-    let (mut signal_pipe, mut clients) = Clients::start_readiness_loop(&server)?;
+    let (mut signal_pipe, mut clients) = Connections::start_readiness_loop(&server)?;
     let Server { listener, service, .. } = &server;
     let listener_fd = listener.as_raw_fd();
 

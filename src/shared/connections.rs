@@ -24,7 +24,7 @@ use crate::slab::Slab;
 
 /// One open connection: its socket and its protocol state.
 #[derive(Debug)]
-pub struct Client<S> {
+pub struct Connection<S> {
     /// The socket.
     pub socket: S,
     /// The protocol state.
@@ -36,8 +36,8 @@ pub struct Client<S> {
 
 /// Every open connection of one loop, by id.
 #[derive(Debug)]
-pub struct Clients<S> {
-    open: Slab<Client<S>>,
+pub struct Connections<S> {
+    open: Slab<Connection<S>>,
     max_conns: usize,
     limits: Limits,
     /// When connections were last checked against their time limits.
@@ -48,10 +48,10 @@ pub struct Clients<S> {
     stop_deadline: Option<Instant>,
 }
 
-impl<S: Sink + Read> Clients<S> {
+impl<S: Sink + Read> Connections<S> {
     /// An empty table that admits at most `max_conns` connections.
-    pub fn new(max_conns: usize, limits: Limits) -> Clients<S> {
-        Clients {
+    pub fn new(max_conns: usize, limits: Limits) -> Connections<S> {
+        Connections {
             open: Slab::default(),
             max_conns,
             limits,
@@ -76,14 +76,14 @@ impl<S: Sink + Read> Clients<S> {
             return None;
         }
         let conn = Conn::new(service, self.limits);
-        let id = self.open.insert(Client { socket, conn, writable_registered: false });
+        let id = self.open.insert(Connection { socket, conn, writable_registered: false });
         self.advance(id, service, executor).map(|_| id)
     }
 
     /// Advances connection `id` after an event; drops it if it is done.
     /// Returns the client if it stays open. Unknown ids (a stale event for a
     /// connection already closed) are ignored.
-    pub fn advance(&mut self, id: ConnId, service: &Service, executor: &mut dyn Executor) -> Option<&Client<S>> {
+    pub fn advance(&mut self, id: ConnId, service: &Service, executor: &mut dyn Executor) -> Option<&Connection<S>> {
         let client = self.open.get_mut(id)?;
         if client.conn.advance(&mut client.socket, service, executor, id) == Status::Closed {
             self.open.remove(id);
@@ -99,7 +99,7 @@ impl<S: Sink + Read> Clients<S> {
         response: Response,
         service: &Service,
         executor: &mut dyn Executor,
-    ) -> Option<&Client<S>> {
+    ) -> Option<&Connection<S>> {
         self.open.get_mut(id)?.conn.complete(response);
         self.advance(id, service, executor)
     }
@@ -187,7 +187,7 @@ impl<S: Sink + Read> Clients<S> {
     }
 
     /// Mutable access to one client (to record registration changes).
-    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Client<S>> {
+    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Connection<S>> {
         self.open.get_mut(id)
     }
 
@@ -197,7 +197,7 @@ impl<S: Sink + Read> Clients<S> {
     }
 
     /// Every open connection.
-    pub fn iter(&self) -> impl Iterator<Item = (ConnId, &Client<S>)> {
+    pub fn iter(&self) -> impl Iterator<Item = (ConnId, &Connection<S>)> {
         self.open.iter()
     }
 
@@ -207,15 +207,15 @@ impl<S: Sink + Read> Clients<S> {
     }
 }
 
-impl Clients<TcpStream> {
+impl Connections<TcpStream> {
     /// What a hand-written readiness loop (`select`, `poll`) starts with:
     /// the signal self-pipe installed, then the server announced, the
     /// listener made non-blocking, and an empty table.
-    pub fn start_readiness_loop(server: &Server) -> Result<(SelfPipe, Clients<TcpStream>), ServerError> {
+    pub fn start_readiness_loop(server: &Server) -> Result<(SelfPipe, Connections<TcpStream>), ServerError> {
         let signal_pipe = SelfPipe::install().map_err(ServerError::io("cannot install signal handlers"))?;
         server.announce()?;
         server.listener.set_nonblocking(true).map_err(ServerError::io("cannot make the listener non-blocking"))?;
-        Ok((signal_pipe, Clients::new(server.max_open_conns, server.limits)))
+        Ok((signal_pipe, Connections::new(server.max_open_conns, server.limits)))
     }
 
     /// Accepts every pending connection on a non-blocking listener. `fits`

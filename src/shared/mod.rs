@@ -1,7 +1,7 @@
 //! The machinery the models' loops share, so that a model file holds only
 //! its own wait-and-dispatch loop: what every model starts from
 //! ([`server`], [`net`]), the connection table the readiness loops keep
-//! ([`clients`] over a [`slab`]), `--workers N` loops on one port
+//! ([`connections`] over a [`slab`]), `--workers N` loops on one port
 //! ([`fan_out`]), `SIGHUP` and graceful stop ([`signals`]), what the thread
 //! and process models share ([`blocking`], [`process`]), and the thread
 //! pools ([`thread_pool`], [`elastic_pool`]).
