@@ -33,12 +33,12 @@ use mio::{Registry, Token};
 
 use crate::backend::{Backend, Coalescing, Completions, READER_KEEP_ALIVE};
 use crate::conn::{ConnId, Executor};
-use crate::elastic_pool::ElasticPool;
 use crate::error::ServerError;
 use crate::models::event;
 use crate::protocol::Response;
 use crate::server::Server;
 use crate::service::Work;
+use crate::thread_pool::ThreadPool;
 
 /// Runs the `event-async` model: the mio loop with reads on a thread pool.
 pub fn run(server: Server) -> Result<(), ServerError> {
@@ -50,7 +50,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
 /// [`Completions`], which wakes the loop.
 #[derive(Debug)]
 pub struct ThreadPoolReads {
-    pool: ElasticPool,
+    pool: ThreadPool,
     completions: Completions,
 }
 
@@ -67,7 +67,7 @@ impl Backend for ThreadPoolReads {
     /// Up to `--readers` threads, started as reads arrive, whose results
     /// wake the loop polling `registry` with `token`.
     fn open(server: &Server, registry: &Registry, token: Token) -> io::Result<ThreadPoolReads> {
-        let pool = ElasticPool::new("reader", server.readers, READER_KEEP_ALIVE);
+        let pool = ThreadPool::elastic("reader", server.readers, READER_KEEP_ALIVE);
         Ok(ThreadPoolReads { pool, completions: Completions::new(registry, token)? })
     }
 

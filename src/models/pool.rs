@@ -27,7 +27,7 @@ use crate::thread_pool::ThreadPool;
 
 /// Serves connections on a fixed pool of threads until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    let pool = ThreadPool::new("conn", server.workers).map_err(ServerError::io("cannot start the thread pool"))?;
+    let pool = ThreadPool::fixed("conn", server.workers).map_err(ServerError::io("cannot start the thread pool"))?;
     let acceptor = StoppableAcceptor::install(&server)?;
     server.announce()?;
     // wait: poll(2) until a client knocks (false once a stop begins).

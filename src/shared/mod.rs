@@ -4,11 +4,10 @@
 //! ([`connections`] over a [`slab`]), `--workers N` loops on one port
 //! ([`fan_out`]), `SIGHUP` and graceful stop ([`signals`]), what the thread
 //! and process models share ([`blocking`], [`process`]), and the thread
-//! pools ([`thread_pool`], [`elastic_pool`]).
+//! pool ([`thread_pool`]).
 
 pub mod blocking;
 pub mod connections;
-pub mod elastic_pool;
 pub mod fan_out;
 pub mod net;
 pub mod process;

@@ -11,10 +11,10 @@ use super::completions::Completions;
 use super::delay_queue::DelayQueue;
 use super::Backend;
 use crate::conn::{ConnId, Executor};
-use crate::elastic_pool::ElasticPool;
 use crate::protocol::Response;
 use crate::server::Server;
 use crate::service::{FileRead, Work};
+use crate::thread_pool::ThreadPool;
 
 /// A kernel interface that reads files asynchronously (POSIX AIO, io_uring):
 /// all that distinguishes `event-aio` from `uring`.
@@ -93,7 +93,7 @@ pub struct KernelBackend<K> {
     /// Wakes the loop when the earliest delayed read is due.
     alarm: Alarm,
     /// Runs fib; its results come back through `computed`.
-    compute: ElasticPool,
+    compute: ThreadPool,
     computed: Completions,
 }
 
@@ -152,7 +152,7 @@ impl<K: KernelReads> Executor for KernelBackend<K> {
 impl<K: KernelReads> Backend for KernelBackend<K> {
     fn open(server: &Server, registry: &Registry, token: Token) -> io::Result<Self> {
         let kernel = K::open(registry, token)?;
-        let compute = ElasticPool::new("reader", server.readers, super::READER_KEEP_ALIVE);
+        let compute = ThreadPool::elastic("reader", server.readers, super::READER_KEEP_ALIVE);
         let computed = Completions::new(registry, token)?;
         let alarm = Alarm::new(registry, token)?;
         Ok(KernelBackend { kernel, delayed: DelayQueue::default(), alarm, compute, computed })
