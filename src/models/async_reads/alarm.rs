@@ -1,13 +1,11 @@
 //! A wake-up for the loop at an exact instant.
 //!
 //! The loop's own timer is the timeout of `epoll_wait`, which counts whole
-//! milliseconds: mio rounds a timeout up, so a simulated 10 ms read would
-//! end 10 to 11 ms after it began (half a millisecond late on average,
-//! 5% of every delayed read; measured: `event-aio` and `uring` at 90% of
-//! the ideal rate where `event-async`, whose readers sleep precisely, made
-//! 95%). On Linux a `timerfd` in the loop's `Poll` fires to the microsecond;
-//! elsewhere the alarm does nothing and the loop's timeout (which the
-//! backend still reports through `next_deadline`) is the timer.
+//! milliseconds (mio rounds up), so a simulated 10 ms read would end up to
+//! 1 ms late (`docs/performance.md` measures what that cost). On Linux a
+//! `timerfd` in the loop's `Poll` fires to the microsecond; elsewhere the
+//! alarm does nothing and the loop's timeout (which the backend still
+//! reports through `next_deadline`) is the timer.
 
 use std::io;
 use std::time::Instant;
