@@ -20,7 +20,6 @@
 //! ```
 
 use std::collections::HashSet;
-use std::io;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
@@ -29,7 +28,7 @@ use rustix::event::{PollFd, PollFlags};
 use crate::blocking::LiveConnections;
 use crate::conn::refuse;
 use crate::error::ServerError;
-use crate::net::{is_fd_exhaustion, FD_EXHAUSTION_PAUSE};
+use crate::net::{self, Accepted, FD_EXHAUSTION_PAUSE};
 use crate::process::{self, ParentSignals};
 use crate::refusal::Refusal;
 use crate::server::Server;
@@ -64,14 +63,14 @@ pub fn run(server: Server) -> Result<(), ServerError> {
             return Ok(());
         }
         loop {
-            let stream = match listener.accept() {
-                Ok((stream, _peer)) => stream,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                Err(err) if is_fd_exhaustion(&err) => {
+            let stream = match net::accept(listener, false) {
+                Accepted::Connection(stream) => stream,
+                Accepted::Drained => break,
+                Accepted::OutOfFds => {
                     std::thread::sleep(FD_EXHAUSTION_PAUSE);
                     break;
                 }
-                Err(_) => continue,
+                Accepted::Retry => continue,
             };
             if children.len() >= *max_open_conns {
                 refuse(stream, Refusal::Overloaded);

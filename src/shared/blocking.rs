@@ -24,7 +24,7 @@ use rustix::event::{PollFd, PollFlags};
 use crate::conn::{refuse, Conn, Inline, Limits, Status, SWEEP_INTERVAL};
 use crate::error::ServerError;
 use crate::log::info;
-use crate::net::{is_fd_exhaustion, FD_EXHAUSTION_PAUSE};
+use crate::net::{self, Accepted, FD_EXHAUSTION_PAUSE};
 use crate::refusal::Refusal;
 use crate::server::Server;
 use crate::service::Service;
@@ -85,8 +85,8 @@ impl<'a> StoppableAcceptor<'a> {
     /// past `max_open` it is told 503 and closed; out of fds, accepting
     /// pauses briefly.
     pub fn accept(&self, max_open: usize) -> Option<LiveConnection> {
-        match self.listener.accept() {
-            Ok((stream, _peer)) => {
+        match net::accept(self.listener, false) {
+            Accepted::Connection(stream) => {
                 // Served with blocking calls. On the BSDs and macOS an
                 // accepted socket inherits the listener's O_NONBLOCK;
                 // on Linux it never does, and the call would be wasted.
@@ -95,17 +95,11 @@ impl<'a> StoppableAcceptor<'a> {
                 }
                 self.live.admit(stream, max_open)
             }
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => None, // a sibling took it
-            Err(err) if is_fd_exhaustion(&err) => {
-                info!("accept: {err}; pausing accepts");
+            Accepted::OutOfFds => {
                 std::thread::sleep(FD_EXHAUSTION_PAUSE);
                 None
             }
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => None,
-            Err(err) => {
-                info!("accept: {err}");
-                None
-            }
+            Accepted::Drained | Accepted::Retry => None, // a sibling took it, or it failed alone
         }
     }
 

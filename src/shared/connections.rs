@@ -5,7 +5,7 @@
 //! (or refuse it when the server is full), advance it, deliver completed
 //! work, drop it when it is done, and drain everything on a graceful stop.
 
-use std::io::{self, Read};
+use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::conn::{refuse, Conn, ConnId, Executor, Limits, Status, SWEEP_INTERVAL};
 use crate::error::ServerError;
 use crate::log::info;
-use crate::net::{accept_nonblocking, is_fd_exhaustion, FD_EXHAUSTION_PAUSE};
+use crate::net::{self, Accepted, FD_EXHAUSTION_PAUSE};
 use crate::output::Sink;
 use crate::protocol::Response;
 use crate::refusal::Refusal;
@@ -232,19 +232,13 @@ impl Connections<TcpStream> {
         let mut admitted = Vec::new();
         self.accept_paused_until = None;
         loop {
-            let stream = match accept_nonblocking(listener) {
-                Ok(stream) => stream,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) if is_fd_exhaustion(&err) => {
-                    info!("accept: {err}; pausing accepts for {FD_EXHAUSTION_PAUSE:?}");
+            let stream = match net::accept(listener, true) {
+                Accepted::Connection(stream) => stream,
+                Accepted::Drained => break,
+                Accepted::Retry => continue,
+                Accepted::OutOfFds => {
                     self.accept_paused_until = Some(Instant::now() + FD_EXHAUSTION_PAUSE);
                     break;
-                }
-                // ECONNABORTED and the like concern only that one connection.
-                Err(err) => {
-                    info!("accept: {err}");
-                    continue;
                 }
             };
             if !fits(stream.as_raw_fd()) {

@@ -160,6 +160,41 @@ pub fn is_fd_exhaustion(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM))
 }
 
+/// What one `accept(2)` gave, its errors sorted once for every model.
+#[derive(Debug)]
+pub enum Accepted {
+    /// A new connection.
+    Connection(TcpStream),
+    /// No connection is waiting (`WouldBlock`): go back to waiting.
+    Drained,
+    /// The process is out of fds: pause accepting for [`FD_EXHAUSTION_PAUSE`]
+    /// and keep serving the connections already open.
+    OutOfFds,
+    /// This attempt failed for a reason of its own (`ECONNABORTED`, `EINTR`):
+    /// try again.
+    Retry,
+}
+
+/// Accepts one connection from `listener`: a non-blocking socket for the
+/// readiness loops ([`accept_nonblocking`]), a blocking one for the thread
+/// and process models. Logs what is worth a line.
+pub fn accept(listener: &TcpListener, nonblocking: bool) -> Accepted {
+    let accepted = if nonblocking { accept_nonblocking(listener) } else { listener.accept().map(|(stream, _)| stream) };
+    match accepted {
+        Ok(stream) => Accepted::Connection(stream),
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Accepted::Drained,
+        Err(err) if err.kind() == io::ErrorKind::Interrupted => Accepted::Retry,
+        Err(err) if is_fd_exhaustion(&err) => {
+            crate::log::info!("accept: {err}; pausing accepts for {FD_EXHAUSTION_PAUSE:?}");
+            Accepted::OutOfFds
+        }
+        Err(err) => {
+            crate::log::info!("accept: {err}");
+            Accepted::Retry
+        }
+    }
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
