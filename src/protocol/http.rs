@@ -126,26 +126,28 @@ fn hex_value(digit: u8) -> Option<u8> {
     (digit as char).to_digit(16).map(|v| v as u8)
 }
 
-/// The `Content-Type` for a path, by its extension; a directory's path
-/// (its `index.html` is served) is HTML.
+/// The `Content-Type` for a path, by its extension, from the table of the
+/// `mime_guess` crate (kept in step with the IANA registry and the types
+/// browsers insist on, such as `application/wasm` for
+/// `WebAssembly.instantiateStreaming`); unknown extensions are
+/// `application/octet-stream`, as nginx's `default_type`. A directory's path
+/// (its `index.html` is served) is HTML. Text that the kit's own files are
+/// written in is labelled UTF-8, so browsers do not guess.
 fn content_type(path: &[u8]) -> &'static str {
     let name = path.rsplit(|&b| b == b'/').next().unwrap_or_default();
     if name.is_empty() {
         return "text/html; charset=utf-8";
     }
     let extension = name.rsplit(|&b| b == b'.').next().filter(|ext| ext.len() < name.len()).unwrap_or_default();
-    match extension.to_ascii_lowercase().as_slice() {
-        b"html" | b"htm" => "text/html; charset=utf-8",
-        b"txt" | b"md" | b"rs" | b"toml" => "text/plain; charset=utf-8",
-        b"css" => "text/css",
-        b"js" => "text/javascript",
-        b"json" => "application/json",
-        b"svg" => "image/svg+xml",
-        b"png" => "image/png",
-        b"jpg" | b"jpeg" => "image/jpeg",
-        b"gif" => "image/gif",
-        b"pdf" => "application/pdf",
-        _ => "application/octet-stream",
+    let Ok(extension) = std::str::from_utf8(extension) else { return "application/octet-stream" };
+    let guessed = mime_guess::from_ext(extension).first_raw().unwrap_or("application/octet-stream");
+    match guessed {
+        "text/html" => "text/html; charset=utf-8",
+        "text/plain" => "text/plain; charset=utf-8",
+        "text/css" => "text/css; charset=utf-8",
+        "text/javascript" | "application/javascript" => "text/javascript; charset=utf-8",
+        "text/markdown" => "text/markdown; charset=utf-8",
+        other => other,
     }
 }
 
@@ -307,13 +309,40 @@ mod tests {
         }
     }
 
+    /// One file per family of the type table, and the edges of the
+    /// extension rule.
     #[test]
     fn content_types_follow_the_extension() {
-        assert_eq!(content_type(b"index.html"), "text/html; charset=utf-8");
-        assert_eq!(content_type(b"docs/a.TXT"), "text/plain; charset=utf-8");
-        assert_eq!(content_type(b"data/1k.bin"), "application/octet-stream");
-        assert_eq!(content_type(b"Makefile"), "application/octet-stream");
-        assert_eq!(content_type(b"dir.d/file"), "application/octet-stream");
+        for (path, expected) in [
+            ("index.html", "text/html; charset=utf-8"),
+            ("docs/a.TXT", "text/plain; charset=utf-8"),
+            ("style.css", "text/css; charset=utf-8"),
+            ("app.js", "text/javascript; charset=utf-8"),
+            ("app.mjs", "text/javascript; charset=utf-8"),
+            ("notes.md", "text/markdown; charset=utf-8"),
+            ("data.json", "application/json"),
+            ("feed.xml", "text/xml"),
+            ("m.wasm", "application/wasm"),
+            ("doc.pdf", "application/pdf"),
+            ("a.zip", "application/zip"),
+            ("a.gz", "application/gzip"),
+            ("logo.svg", "image/svg+xml"),
+            ("photo.JPEG", "image/jpeg"),
+            ("icon.png", "image/png"),
+            ("pic.webp", "image/webp"),
+            ("favicon.ico", "image/x-icon"),
+            ("clip.mp4", "video/mp4"),
+            ("clip.webm", "video/webm"),
+            ("song.mp3", "audio/mpeg"),
+            ("font.woff2", "font/woff2"),
+            ("data/1k.bin", "application/octet-stream"),
+            ("Makefile", "application/octet-stream"),
+            ("dir.d/file", "application/octet-stream"),
+            ("odd.\u{ff}", "application/octet-stream"),
+            ("sub/", "text/html; charset=utf-8"),
+        ] {
+            assert_eq!(content_type(path.as_bytes()), expected, "{path}");
+        }
     }
 
     #[test]
