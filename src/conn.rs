@@ -68,8 +68,10 @@ pub const LINGER_TIME: Duration = Duration::from_secs(3);
 pub const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A staged close ends once the client has sent this many more bytes: a
-/// client cannot keep a closing connection busy by streaming.
-pub const LINGER_MAX_BYTES: u64 = 1 << 20;
+/// client cannot keep a closing connection busy by streaming. Well above
+/// [`MAX_DISCARDED_BODY_BYTES`](crate::protocol::MAX_DISCARDED_BODY_BYTES),
+/// so that a body just too large to discard is still taken in whole.
+pub const LINGER_MAX_BYTES: u64 = 16 << 20;
 
 /// How often connections are checked against their time limits: the
 /// readiness loops sweep their table this often, and the blocking models'
@@ -734,7 +736,7 @@ mod tests {
         let mut sent = 0;
         let mut status = Status::Open;
         while status == Status::Open {
-            assert!(sent <= 2 * LINGER_MAX_BYTES, "still lingering after {sent} bytes");
+            assert!(sent <= LINGER_MAX_BYTES + (1 << 20), "still lingering after {sent} bytes");
             sent += (&client).write(&chunk).unwrap_or(0) as u64;
             status = conn.advance(&mut socket, &service, &mut Inline, id());
         }

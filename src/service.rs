@@ -115,7 +115,10 @@ impl Service {
             // client to `dir/` (nginx, Apache and lighttpd answer 301), so
             // that relative links in its index.html resolve under it.
             Plan::Ready(Response::Refused(Refusal::Forbidden))
-                if matches!(request.framing, Framing::Http(_)) && self.root.is_directory(&key) =>
+                if matches!(request.framing, Framing::Http(_))
+                    && !key.is_empty()
+                    && !key.ends_with(b"/")
+                    && self.root.is_directory(&key) =>
             {
                 Plan::Ready(Response::Moved(http::directory_location(&key, &request.query)))
             }

@@ -222,7 +222,8 @@ pub struct Parser {
     /// Unknown until the first request's bytes arrive.
     protocol: Option<Protocol>,
     /// Whether the last read came back short of its buffer: the peer's
-    /// bytes had all been taken in at that moment.
+    /// bytes had all been taken in at that moment (true before the first
+    /// read: nothing is known to have arrived).
     last_read_short: bool,
     /// Bytes of the last request's body still to arrive and be skipped.
     body_left: u64,
@@ -238,7 +239,7 @@ impl Parser {
             start: 0,
             limits,
             protocol: None,
-            last_read_short: false,
+            last_read_short: true,
             body_left: 0,
             body_unknown: false,
         }
