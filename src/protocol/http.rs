@@ -91,7 +91,7 @@ pub(super) fn parse(pending: &[u8], limits: &ParseLimits) -> Option<Parsed> {
         && if http11 { !has_token("connection", "close") } else { has_token("connection", "keep-alive") };
     let method = request.method.unwrap_or("");
     let target = request.path.unwrap_or("").as_bytes();
-    let conditions = Conditions::parse(method == "GET", &request.headers);
+    let conditions = Conditions::parse(method == "GET", request.headers);
     let mut framing = HttpFraming { http11, keep_alive, head_only: method == "HEAD", content_type: "", conditions };
     let refused = |framing: HttpFraming, refusal| {
         let framing = Framing::Http(framing);
