@@ -226,6 +226,12 @@ pub struct Config {
     pub write_timeout: Duration,
     /// Do not log per-event lines to stderr.
     pub quiet: bool,
+    /// `--defer-accept`: hand a connection to the server only once its
+    /// first bytes are in (Linux's `TCP_DEFER_ACCEPT`, nginx's `listen ...
+    /// deferred`). Off by default: with it, a client that connects and says
+    /// nothing stays invisible to the server for a second, and idle or
+    /// stalled clients are what the early stages are about.
+    pub defer_accept: bool,
 }
 
 impl Default for Config {
@@ -249,6 +255,7 @@ impl Default for Config {
             idle_timeout: defaults::IDLE_TIMEOUT,
             write_timeout: defaults::WRITE_TIMEOUT,
             quiet: false,
+            defer_accept: false,
         }
     }
 }

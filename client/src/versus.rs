@@ -160,7 +160,7 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
     println!(
         "ours (event model, HTTP) vs nginx (sendfile on, access log off{}) vs the limit (`bare`: only the \
          necessary syscalls);\nwrk -tN, {} s per run, median of {} interleaved rounds\n",
-        if cfg!(target_os = "linux") { ", listen deferred" } else { "" },
+        if cfg!(target_os = "linux") { "; both defer accepts: nginx listen deferred, ours --defer-accept" } else { "" },
         pace.seconds,
         pace.rounds
     );
@@ -357,10 +357,15 @@ impl SlowStorageRun {
 }
 
 fn start_ours(server_bin: &Path, root: &BenchRoot, loops: usize) -> Result<ServerProcess> {
-    let args: Vec<String> = ["--quiet", "--workers", &loops.to_string(), "--root", &root.path().display().to_string()]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    // nginx listens `deferred` here (peers.rs), so ours defers accepts too.
+    let mut args: Vec<String> =
+        ["--quiet", "--workers", &loops.to_string(), "--root", &root.path().display().to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    if cfg!(target_os = "linux") {
+        args.push("--defer-accept".into());
+    }
     ServerProcess::start(server_bin, &args)
 }
 

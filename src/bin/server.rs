@@ -72,6 +72,11 @@ struct Args {
     /// Log only warnings and cache clears.
     #[arg(long)]
     quiet: bool,
+    /// Hand a connection over only once its request has arrived (Linux
+    /// TCP_DEFER_ACCEPT, nginx's `listen ... deferred`): saves a wake-up per
+    /// connection, but a silent client stays invisible for about a second.
+    #[arg(long)]
+    defer_accept: bool,
 }
 
 const AFTER_HELP: &str = "\
@@ -111,6 +116,7 @@ impl From<Args> for Config {
             idle_timeout: args.idle_timeout.0,
             write_timeout: args.write_timeout.0,
             quiet: args.quiet,
+            defer_accept: args.defer_accept,
         }
     }
 }

@@ -16,7 +16,21 @@
 //!
 //!  any phase ── Connection: close, a refusal that closes, a stop ──▶ Closing
 //!  Closing ── output sent ──▶ done        (Waiting first resumes, then closes)
+//!  Closing ── output sent, input may follow ──▶ Lingering ── EOF, or a bound ──▶ done
 //! ```
+//!
+//! **Staged close** (RFC 9112 section 9.6; nginx's `lingering_close`). A
+//! socket closed while input is unread, or while input is still arriving,
+//! is *reset*: the kernel answers with RST, and the client's kernel throws
+//! away what it had not yet handed to the client (a large response cut
+//! short). So when the server closes and the client may still be sending
+//! (a body not read, bytes left unparsed, a refusal mid-stream, a last read
+//! that filled its buffer), the connection is closed in stages: `shutdown`
+//! of the write side (the FIN follows the response), then reading and
+//! discarding until the client's own FIN, for at most [`LINGER_TIME`] in
+//! all, [`LINGER_TIMEOUT`] without a byte, and [`LINGER_MAX_BYTES`]; then
+//! the close. In a readiness loop a lingering connection waits for readable
+//! like any other; a blocking model reads with its usual read timeout.
 //!
 //! Where the blocking work of a request runs is not the connection's
 //! business: it hands [`Work`] to an [`Executor`]. The `Inline` executor runs
@@ -44,6 +58,20 @@ use crate::service::{Plan, Service, Work};
 /// it (backpressure): a client that pipelines but never reads cannot make
 /// the server buffer without bound.
 pub const MAX_QUEUED_OUTPUT_BYTES: u64 = 1 << 20;
+
+/// A staged close lasts at most this long in all (nginx's `lingering_time`
+/// is 30 s; shorter here, since the one-at-a-time models linger inline).
+pub const LINGER_TIME: Duration = Duration::from_secs(3);
+
+/// A staged close ends when the client sends nothing for this long (nginx's
+/// `lingering_timeout`, 5 s).
+pub const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A staged close ends once the client has sent this many more bytes: a
+/// client cannot keep a closing connection busy by streaming. Well above
+/// [`MAX_DISCARDED_BODY_BYTES`](crate::protocol::MAX_DISCARDED_BODY_BYTES),
+/// so that a body just too large to discard is still taken in whole.
+pub const LINGER_MAX_BYTES: u64 = 16 << 20;
 
 /// How often connections are checked against their time limits: the
 /// readiness loops sweep their table this often, and the blocking models'
@@ -106,7 +134,7 @@ pub enum Status {
 }
 
 /// Where a connection is in its life (the module docs draw it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     /// Reading requests and answering them in order.
     Serving,
@@ -118,6 +146,16 @@ enum Phase {
     Waiting { framing: Framing, resume: Resume },
     /// No more requests: send what is owed, then close.
     Closing,
+    /// The write side is shut down; what the client still sends is read
+    /// and thrown away until its FIN or a bound (the module docs).
+    Lingering {
+        /// When the staged close began.
+        since: Instant,
+        /// Bytes discarded so far.
+        discarded: u64,
+    },
+    /// Nothing more to do: the socket may be closed.
+    Done,
 }
 
 /// The phase a [`Phase::Waiting`] connection goes back to.
@@ -149,6 +187,11 @@ pub struct Conn {
     last_progress: Instant,
     /// When the first byte of the request now being received arrived.
     request_started: Option<Instant>,
+    /// Whether the client speaks at all (not for the time service, which
+    /// reads nothing and so never lingers).
+    client_speaks: bool,
+    /// A refusal closes the connection while the client may be mid-stream.
+    refused_mid_stream: bool,
 }
 
 impl Conn {
@@ -162,9 +205,12 @@ impl Conn {
             limits,
             last_progress: Instant::now(),
             request_started: None,
+            client_speaks: true,
+            refused_mid_stream: false,
         };
         if let Some(greeting) = service.greeting() {
             conn.output.push_bytes(greeting);
+            conn.client_speaks = false;
             conn.close_when_done();
         }
         conn
@@ -195,11 +241,23 @@ impl Conn {
     ) -> io::Result<()> {
         loop {
             let queued = self.output.queued_bytes();
-            let closes_clean = self.phase == Phase::Closing && self.parser.has_used_all_input();
-            let then = if closes_clean { Then::CloseClean } else { Then::SendNow };
+            // The last bytes may wait for the FIN: sent by the close, or by
+            // the shutdown that begins a staged close.
+            let then =
+                if self.phase == Phase::Closing && self.client_speaks { Then::CloseClean } else { Then::SendNow };
             self.output.write_to(socket, then)?;
             if self.output.queued_bytes() < queued {
                 self.last_progress = Instant::now();
+            }
+            if self.phase == Phase::Closing && self.output.is_empty() {
+                if !self.input_may_follow() {
+                    self.phase = Phase::Done;
+                    return Ok(());
+                }
+                self.begin_lingering(socket)?;
+            }
+            if matches!(self.phase, Phase::Lingering { .. }) {
+                return self.discard_input(socket);
             }
             if self.serve_buffered(service, executor, id) {
                 continue; // new output: try to write it straight away
@@ -259,7 +317,49 @@ impl Conn {
         match &mut self.phase {
             Phase::Serving => self.phase = Phase::Draining,
             Phase::Waiting { resume: resume @ Resume::Serving, .. } => *resume = Resume::Draining,
-            Phase::Waiting { .. } | Phase::Draining | Phase::Closing => {}
+            Phase::Waiting { .. } | Phase::Draining | Phase::Closing | Phase::Lingering { .. } | Phase::Done => {}
+        }
+    }
+
+    /// Whether the client may still be sending when the server closes:
+    /// then a plain close could reset the connection (the module docs).
+    fn input_may_follow(&self) -> bool {
+        self.client_speaks && (self.refused_mid_stream || !self.parser.has_used_all_input())
+    }
+
+    /// Transition: the response is written; shut down the write side (the
+    /// client reads to the end, then sees the FIN) and linger.
+    fn begin_lingering<S: Sink>(&mut self, socket: &mut S) -> io::Result<()> {
+        rustix::net::shutdown(socket.as_fd(), rustix::net::Shutdown::Write)?;
+        let now = Instant::now();
+        self.last_progress = now;
+        self.phase = Phase::Lingering { since: now, discarded: 0 };
+        Ok(())
+    }
+
+    /// Reads and throws away what the client still sends, until its FIN
+    /// (then done), the socket would block (wait for readable), or
+    /// [`LINGER_MAX_BYTES`] (done: close, reset or not).
+    fn discard_input<S: Read>(&mut self, socket: &mut S) -> io::Result<()> {
+        loop {
+            let Phase::Lingering { discarded, .. } = &mut self.phase else { return Ok(()) };
+            if *discarded >= LINGER_MAX_BYTES {
+                self.phase = Phase::Done;
+                return Ok(());
+            }
+            match Parser::discard_from(socket) {
+                Ok(0) => {
+                    self.phase = Phase::Done;
+                    return Ok(());
+                }
+                Ok(n) => {
+                    *discarded += n as u64;
+                    self.last_progress = Instant::now();
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(err) => return Err(err),
+            }
         }
     }
 
@@ -268,7 +368,9 @@ impl Conn {
         let resume = match self.phase {
             Phase::Serving => Resume::Serving,
             Phase::Draining => Resume::Draining,
-            Phase::Waiting { .. } | Phase::Closing => unreachable!("a request started while none may start"),
+            Phase::Waiting { .. } | Phase::Closing | Phase::Lingering { .. } | Phase::Done => {
+                unreachable!("a request started while none may start")
+            }
         };
         self.phase = Phase::Waiting { framing, resume };
     }
@@ -276,8 +378,8 @@ impl Conn {
     /// Transition: the response to the request whose work was running
     /// elsewhere. The loop should call [`Conn::advance`] afterwards to send it.
     pub fn complete(&mut self, response: Response) {
-        let Phase::Waiting { framing, resume } = self.phase else { return };
-        self.phase = resume.into();
+        let Phase::Waiting { resume, .. } = self.phase else { return };
+        let Phase::Waiting { framing, .. } = std::mem::replace(&mut self.phase, resume.into()) else { return };
         self.respond(framing, response);
     }
 
@@ -287,12 +389,17 @@ impl Conn {
     pub fn close_when_done(&mut self) {
         match &mut self.phase {
             Phase::Waiting { resume, .. } => *resume = Resume::Closing,
+            Phase::Lingering { .. } | Phase::Done => {}
             phase => *phase = Phase::Closing,
         }
     }
 
     fn respond(&mut self, framing: Framing, response: Response) {
         let refusal_closes = matches!(&response, Response::Refused(refusal) if refusal.closes_connection());
+        if refusal_closes {
+            // The stream is out of step: the client may be sending still.
+            self.refused_mid_stream = true;
+        }
         if refusal_closes || framing.closes_after() {
             self.close_when_done();
         }
@@ -305,7 +412,7 @@ impl Conn {
 
     /// Whether the loop should want readable events for this connection.
     pub fn wants_read(&self) -> bool {
-        self.phase == Phase::Serving && self.may_start_request()
+        (self.phase == Phase::Serving && self.may_start_request()) || matches!(self.phase, Phase::Lingering { .. })
     }
 
     /// Whether the loop should want writable events: only while output is owed.
@@ -318,7 +425,9 @@ impl Conn {
     /// Work in flight has no deadline (it is the server's own doing).
     pub fn is_expired(&self, now: Instant) -> bool {
         let since = |at: Instant| now.saturating_duration_since(at);
-        if matches!(self.phase, Phase::Waiting { .. }) {
+        if let Phase::Lingering { since: began, .. } = self.phase {
+            since(began) > LINGER_TIME || since(self.last_progress) > LINGER_TIMEOUT
+        } else if matches!(self.phase, Phase::Waiting { .. }) {
             false
         } else if !self.output.is_empty() {
             since(self.last_progress) > self.limits.write_timeout
@@ -329,20 +438,34 @@ impl Conn {
         }
     }
 
-    /// Nothing owed, nothing in flight, and no more requests will be served.
+    /// Nothing owed, nothing in flight, no more requests will be served,
+    /// and no staged close under way.
     fn is_finished(&self) -> bool {
-        self.output.is_empty() && matches!(self.phase, Phase::Draining | Phase::Closing)
+        self.phase == Phase::Done || (self.output.is_empty() && self.phase == Phase::Draining)
     }
 }
 
 /// Tells a connection the server will not serve it, without waiting on it:
 /// one non-blocking write attempt, then close (the socket is dropped).
+///
+/// A staged close in miniature, for a server too full to linger: what the
+/// client has already sent is read and thrown away (without waiting), and
+/// the write side is shut down, so that the close is not a reset that would
+/// destroy the answer on its way (only bytes arriving later still can).
 pub fn refuse<S: Sink>(mut socket: S, refusal: Refusal) {
     let mut output = Output::default();
     output.push_response(Framing::Line, Response::Refused(refusal));
-    // The request (if any) is never read, so the close may reset the
-    // connection: nothing may be held back for it.
+    // Sent at once: the close may still be a reset, which would throw
+    // away bytes held back for it.
     let _ = output.write_to(&mut socket, Then::SendNow);
+    let mut scratch = [0u8; 4096];
+    for _ in 0..16 {
+        match rustix::net::recv(socket.as_fd(), &mut scratch[..], rustix::net::RecvFlags::DONTWAIT) {
+            Ok((n, _)) if n > 0 => {}
+            _ => break, // end of stream, nothing more yet, or an error
+        }
+    }
+    let _ = rustix::net::shutdown(socket.as_fd(), rustix::net::Shutdown::Write);
 }
 
 #[cfg(test)]
@@ -538,12 +661,16 @@ mod tests {
         // A stop while waiting: the answer still goes out, then the connection closes.
         conn.close_when_done();
         conn.complete(Response::Content(crate::protocol::Body::Bytes { bytes: b"hello"[..].into(), modified: None }));
-        assert_eq!(conn.advance(&mut socket, &service, &mut elsewhere, id()), Status::Closed);
+        // The second request was never read: a staged close, which ends
+        // when the client, having read to the end, closes its side.
+        assert_eq!(conn.advance(&mut socket, &service, &mut elsewhere, id()), Status::Open);
+        assert!(conn.wants_read() && !conn.wants_write(), "lingering: reading what still comes");
         assert_eq!(elsewhere.0, 1, "no new request after a stop");
-        drop(socket);
         let mut received = Vec::new();
         client.read_to_end(&mut received).unwrap();
         assert_eq!(received, expected(&["small"], dir.path()));
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(conn.advance(&mut socket, &service, &mut elsewhere, id()), Status::Closed);
     }
 
     #[test]
@@ -583,10 +710,36 @@ mod tests {
         let (mut socket, mut client) = pair(usize::MAX, usize::MAX);
         client.write_all(b"\nsmall\n").unwrap();
         let mut conn = Conn::new(&service, Limits::default());
-        assert_eq!(conn.advance(&mut socket, &service, &mut Inline, id()), Status::Closed);
-        drop(socket);
+        assert_eq!(conn.advance(&mut socket, &service, &mut Inline, id()), Status::Open, "a staged close");
         let mut received = Vec::new();
         client.read_to_end(&mut received).unwrap();
         assert_eq!(received, b"ERR 400 malformed request\n");
+        assert!(!conn.is_expired(Instant::now()));
+        assert!(conn.is_expired(Instant::now() + LINGER_TIMEOUT + Duration::from_millis(1)), "bounded in time");
+        // Whatever the client still sends is thrown away, up to its FIN.
+        client.write_all(&vec![b'x'; 100_000]).unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(conn.advance(&mut socket, &service, &mut Inline, id()), Status::Closed);
+    }
+
+    /// A client that keeps sending into a staged close is cut off at the
+    /// byte bound.
+    #[test]
+    fn a_staged_close_is_bounded_in_bytes() {
+        let (_dir, service) = service(0);
+        let (mut socket, client) = pair(usize::MAX, usize::MAX);
+        (&client).write_all(b"\n").unwrap();
+        let mut conn = Conn::new(&service, Limits::default());
+        assert_eq!(conn.advance(&mut socket, &service, &mut Inline, id()), Status::Open);
+        client.set_nonblocking(true).unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0;
+        let mut status = Status::Open;
+        while status == Status::Open {
+            assert!(sent <= LINGER_MAX_BYTES + (1 << 20), "still lingering after {sent} bytes");
+            sent += (&client).write(&chunk).unwrap_or(0) as u64;
+            status = conn.advance(&mut socket, &service, &mut Inline, id());
+        }
+        assert!(sent >= LINGER_MAX_BYTES);
     }
 }

@@ -125,9 +125,9 @@ impl Output {
         };
         // Room for an HTTP head (about 250 bytes) without reallocating.
         let mut head = Vec::with_capacity(320);
-        encode_head(framing, &response, selection, &mut head);
+        encode_head(&framing, &response, selection, &mut head);
         self.push_bytes(head);
-        let head_only = matches!(framing, Framing::Http(http) if http.head_only);
+        let head_only = matches!(&framing, Framing::Http(http) if http.head_only);
         let Response::Content(body) = response else { return };
         let (start, end) = match selection {
             _ if head_only => return,

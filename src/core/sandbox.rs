@@ -159,6 +159,17 @@ impl Root {
         Ok(OpenFile { file, len: meta.len(), key: normalized.to_vec(), modified: meta.modified().ok() })
     }
 
+    /// Whether an already normalized path names a directory beneath the
+    /// root (resolved by the same rules as [`Root::open_file`]).
+    pub fn is_directory(&self, normalized: &[u8]) -> bool {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        match self.resolver {
+            Resolver::Openat2 => openat2::open_beneath(&self.dir, OsStr::from_bytes(normalized), flags).is_ok(),
+            // A trailing slash makes the walk insist on a directory.
+            Resolver::BeneathWalk => open_walking(&self.dir, &[normalized, b"/"].concat()).is_ok(),
+        }
+    }
+
     /// Both checks: the requested path to an open regular file, or a refusal.
     #[cfg(test)]
     fn resolve(&self, requested: &[u8]) -> Result<OpenFile, Refusal> {

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::cache::{CachedFile, FileCache};
 use crate::config::ServiceKind;
-use crate::protocol::{Body, Request, Response};
+use crate::protocol::{http, Body, Framing, Request, Response};
 use crate::refusal::Refusal;
 use crate::sandbox::{OpenFile, Root};
 
@@ -85,7 +85,7 @@ impl Service {
     /// or computes anything slow, only looks at the cache and opens the file.
     pub fn plan(&self, request: &Request) -> Plan {
         match self.kind {
-            ServiceKind::File => self.plan_file(&request.target),
+            ServiceKind::File => self.plan_file(request),
             ServiceKind::Fib => match parse_fib(&request.target) {
                 Some(n) => Plan::Blocking(Work::Compute(n)),
                 None => Plan::Ready(Response::Refused(Refusal::BadRequest)),
@@ -95,8 +95,8 @@ impl Service {
         }
     }
 
-    fn plan_file(&self, target: &[u8]) -> Plan {
-        let key = match self.root.normalize(target) {
+    fn plan_file(&self, request: &Request) -> Plan {
+        let key = match self.root.normalize(&request.target) {
             Ok(key) => key,
             Err(refusal) => return Plan::Ready(Response::Refused(refusal)),
         };
@@ -105,22 +105,35 @@ impl Service {
         // always (no listings).
         if key.is_empty() || key.ends_with(b"/") {
             let index = [key.as_slice(), b"index.html"].concat();
-            match self.plan_normalized(index) {
+            match self.plan_normalized(&index) {
                 Plan::Ready(Response::Refused(Refusal::NotFound)) => {}
                 plan => return plan,
             }
         }
-        self.plan_normalized(key)
+        match self.plan_normalized(&key) {
+            // A directory named without its slash: over HTTP, send the
+            // client to `dir/` (nginx, Apache and lighttpd answer 301), so
+            // that relative links in its index.html resolve under it.
+            Plan::Ready(Response::Refused(Refusal::Forbidden))
+                if matches!(request.framing, Framing::Http(_))
+                    && !key.is_empty()
+                    && !key.ends_with(b"/")
+                    && self.root.is_directory(&key) =>
+            {
+                Plan::Ready(Response::Moved(http::directory_location(&key, &request.query)))
+            }
+            plan => plan,
+        }
     }
 
-    fn plan_normalized(&self, key: Vec<u8>) -> Plan {
-        if let Some(hit) = self.cache.get(&key) {
+    fn plan_normalized(&self, key: &[u8]) -> Plan {
+        if let Some(hit) = self.cache.get(key) {
             return Plan::Ready(Response::Content(Body::Bytes { bytes: hit.bytes, modified: hit.modified }));
         }
         // Read the generation before opening: a clear after this point makes
         // the insert a no-op rather than caching what may be stale content.
         let generation = self.cache.generation();
-        match self.root.open_file(&key) {
+        match self.root.open_file(key) {
             Ok(file) => Plan::Blocking(Work::Read(FileRead {
                 file,
                 generation,

@@ -7,13 +7,17 @@
 //! `poll`), so waiting for a client ends. (Connecting to the server itself
 //! would also wake a blocked `accept`, but with `prefork` a *sibling*
 //! worker can take that connection, and the sleeper sleeps on.) And it
-//! shuts down the *reading* side of every live connection, so a blocked
-//! read returns end-of-stream, the response in flight is still written, and
-//! the serving thread returns on its own.
+//! sets a flag that every serving thread looks at each time its read times
+//! out (every [`SWEEP_INTERVAL`]): the connection then finishes the
+//! response in flight, starts no other, and closes, staged if the client
+//! may still be sending (`conn.rs`). (Shutting down the reading side
+//! instead would wake the read at once, but it fakes the client's
+//! end-of-stream, and bytes the client sends after it would then make the
+//! close a reset.)
 
 use std::collections::HashMap;
 use std::io::{self, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -145,15 +149,11 @@ impl LiveConnections {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    /// Stops reading from every live connection (see the module docs);
-    /// returns how many there are.
+    /// Tells every live connection to finish and close (see the module
+    /// docs); returns how many there are.
     pub fn stop(&self) -> usize {
         self.stopping.store(true, Ordering::SeqCst);
-        let streams = self.lock();
-        for stream in streams.values() {
-            let _ = stream.shutdown(Shutdown::Read);
-        }
-        streams.len()
+        self.lock().len()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<TcpStream>>> {
@@ -174,10 +174,6 @@ impl LiveConnections {
         let stream = Arc::new(stream);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, Arc::clone(&stream));
-        // Checked after registering, so a stop cannot slip in between.
-        if self.is_stopping() {
-            let _ = stream.shutdown(Shutdown::Read);
-        }
         Some(LiveConnection { live: Arc::clone(self), id, stream })
     }
 }
@@ -200,6 +196,9 @@ impl LiveConnection {
         while conn.advance(&mut stream, service, &mut Inline, unused_id) == Status::Open {
             if conn.is_expired(Instant::now()) {
                 break;
+            }
+            if self.live.is_stopping() {
+                conn.close_when_done();
             }
         }
     }

@@ -20,8 +20,9 @@ pub struct ListenOptions {
     /// Let several loops each own a listener on the same port (the kernel
     /// spreads connections among them).
     pub reuse_port: bool,
-    /// The client speaks first (a request, not the time service's
-    /// greeting): hand over a connection only once its first bytes are in.
+    /// Hand over a connection only once its first bytes are in
+    /// (`--defer-accept`, for services where the client speaks first; off
+    /// by default, see [`Config::defer_accept`](crate::config::Config::defer_accept)).
     pub wait_for_request: bool,
 }
 

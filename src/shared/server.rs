@@ -47,7 +47,7 @@ impl Server {
         // Several event loops each bind their own listener to the same port.
         let listen_options = ListenOptions {
             reuse_port: workers > 1 && config.model.workers() == Some(Workers::EventLoops),
-            wait_for_request: config.service.client_speaks_first(),
+            wait_for_request: config.defer_accept && config.service.client_speaks_first(),
         };
         let listener = net::listen(SocketAddr::new(config.addr, config.port), listen_options)?;
         let capacity = net::connection_capacity();

@@ -110,7 +110,8 @@ fn a_directory_serves_its_index_html_and_without_one_stays_refused() {
         assert_eq!(home.header("content-type"), Some("text/html; charset=utf-8"));
         assert_eq!(request(&mut http, "GET", "/docs/", &[]).body, b"<h1>docs</h1>\n");
         assert_eq!(request(&mut http, "GET", "/empty/", &[]).status, 403, "no listing");
-        assert_eq!(request(&mut http, "GET", "/docs", &[]).status, 403, "a directory without its slash");
+        let moved = request(&mut http, "GET", "/docs", &[]);
+        assert_eq!((moved.status, moved.header("location")), (301, Some("/docs/")), "a directory without its slash");
         assert_eq!(request(&mut http, "GET", "/small.txt/", &[]).status, 404);
         assert_eq!(request(&mut http, "GET", "/missing/", &[]).status, 404);
     }

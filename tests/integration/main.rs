@@ -19,3 +19,4 @@ mod protocol;
 mod sandbox;
 mod scaling;
 mod signals;
+mod user_reports;

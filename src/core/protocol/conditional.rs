@@ -12,15 +12,18 @@
 //! The entity tag is nginx's: `"<mtime in hex>-<size in hex>"`, strong. A
 //! request validator in any other form cannot match ours, so it is kept as
 //! "never matches" rather than as text.
+//!
+//! List-valued headers (RFC 9110 section 5.3) are read whole: every member
+//! of `If-None-Match` is compared (section 13.1.2: any member matches),
+//! however many there are and however many lines they are split over, and
+//! a `Range` split over lines is several ranges. A header that allows one
+//! value (`If-Modified-Since`, `If-Range`) sent twice is invalid and
+//! ignored, as section 13.1.3 says of an invalid date.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Most entity tags of one `If-None-Match` header kept; a longer list is
-/// treated as "any of these may match" only for the first ones.
-const MAX_TAGS: usize = 4;
-
 /// What a request asks beyond "the whole file".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Conditions {
     if_none_match: Option<TagList>,
     if_modified_since: Option<u64>,
@@ -38,11 +41,12 @@ struct EntityTag {
     weak: bool,
 }
 
-/// `If-None-Match`: `*`, or the tags that could be ours.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `If-None-Match`: `*`, or the tags that could be ours (every one of
+/// them; empty, and unallocated, when none could be).
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum TagList {
     Any,
-    Tags([Option<EntityTag>; MAX_TAGS]),
+    Tags(Vec<EntityTag>),
 }
 
 /// `If-Range`: a date, a tag, or something that can never match.
@@ -83,15 +87,31 @@ pub enum Selection {
 }
 
 impl Conditions {
-    /// Reads the conditional and range headers of a GET or HEAD request.
-    /// Headers that cannot be parsed are ignored, as the RFC allows.
-    pub fn parse<'h>(is_get: bool, header: impl Fn(&str) -> Option<&'h [u8]>) -> Conditions {
-        let text = |name| header(name).and_then(|value| std::str::from_utf8(value).ok()).map(str::trim);
+    /// Reads the conditional and range headers of a GET or HEAD request
+    /// from all of its header lines. Headers that cannot be parsed are
+    /// ignored, as the RFC allows.
+    pub fn parse(is_get: bool, headers: &[httparse::Header<'_>]) -> Conditions {
+        let values = |name: &'static str| {
+            headers
+                .iter()
+                .filter(move |h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| std::str::from_utf8(h.value).map(str::trim).unwrap_or(""))
+        };
+        // A field that takes one value, sent on one line only.
+        let single = |name| {
+            let mut lines = values(name);
+            lines.next().filter(|_| lines.next().is_none())
+        };
+        let mut range = values("range");
+        let if_none_match = {
+            let mut lines = values("if-none-match").peekable();
+            lines.peek().is_some().then(|| parse_tag_list(lines))
+        };
         Conditions {
-            if_none_match: text("if-none-match").map(parse_tag_list),
-            if_modified_since: text("if-modified-since").and_then(parse_date),
-            range: text("range").and_then(parse_range),
-            if_range: text("if-range").map(parse_validator),
+            if_none_match,
+            if_modified_since: single("if-modified-since").and_then(parse_date),
+            range: range.next().filter(|_| range.next().is_none()).and_then(parse_range),
+            if_range: single("if-range").map(parse_validator),
             is_get,
         }
     }
@@ -103,10 +123,11 @@ impl Conditions {
         let Some(mtime) = modified.map(unix_seconds) else { return Selection::Full };
         let ours = EntityTag { mtime, size: len, weak: false };
         // If-None-Match, when present, overrides If-Modified-Since.
-        match self.if_none_match {
+        match &self.if_none_match {
             Some(TagList::Any) => return Selection::NotModified,
             Some(TagList::Tags(tags)) => {
-                if tags.iter().flatten().any(|tag| tag.mtime == ours.mtime && tag.size == ours.size) {
+                // Weak comparison (section 8.8.3.2): the weak flag is ignored.
+                if tags.iter().any(|tag| tag.mtime == ours.mtime && tag.size == ours.size) {
                     return Selection::NotModified;
                 }
             }
@@ -173,13 +194,16 @@ fn parse_tag(text: &str) -> Option<EntityTag> {
     Some(EntityTag { mtime: u64::from_str_radix(mtime, 16).ok()?, size: u64::from_str_radix(size, 16).ok()?, weak })
 }
 
-fn parse_tag_list(text: &str) -> TagList {
-    if text == "*" {
-        return TagList::Any;
-    }
-    let mut tags = [None; MAX_TAGS];
-    for (slot, tag) in tags.iter_mut().zip(text.split(',').filter_map(|t| parse_tag(t.trim()))) {
-        *slot = Some(tag);
+/// The members of every `If-None-Match` line. Members not in our format
+/// cannot match and are not kept. (A comma inside a quoted tag splits it,
+/// but no piece of it can then look like one of ours.)
+fn parse_tag_list<'a>(lines: impl Iterator<Item = &'a str>) -> TagList {
+    let mut tags = Vec::new();
+    for member in lines.flat_map(|line| line.split(',')).map(str::trim) {
+        if member == "*" {
+            return TagList::Any;
+        }
+        tags.extend(parse_tag(member));
     }
     TagList::Tags(tags)
 }
@@ -219,9 +243,13 @@ mod tests {
     use std::time::Duration;
 
     fn conditions(headers: &[(&str, &str)]) -> Conditions {
-        Conditions::parse(true, |name| {
-            headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_bytes())
-        })
+        parse(true, headers)
+    }
+
+    fn parse(is_get: bool, headers: &[(&str, &str)]) -> Conditions {
+        let lines: Vec<httparse::Header<'_>> =
+            headers.iter().map(|(name, value)| httparse::Header { name, value: value.as_bytes() }).collect();
+        Conditions::parse(is_get, &lines)
     }
 
     const LEN: u64 = 1000;
@@ -248,7 +276,7 @@ mod tests {
         for whole in ["bytes=0-1,5-6", "lines=1-2", "bytes=5-1", "bytes=-", "bytes=x-"] {
             assert_eq!(select(&[("Range", whole)]), Selection::Full, "{whole}");
         }
-        let head = Conditions::parse(false, |name| (name == "range").then_some(&b"bytes=0-1"[..]));
+        let head = parse(false, &[("Range", "bytes=0-1")]);
         assert_eq!(head.select(LEN, Some(modified())), Selection::Full, "HEAD ignores Range");
     }
 
@@ -270,6 +298,34 @@ mod tests {
             "If-None-Match overrides If-Modified-Since"
         );
         assert_eq!(conditions(&[("If-None-Match", "*")]).select(LEN, None), Selection::Full, "computed content");
+    }
+
+    /// RFC 9110 section 13.1.2: any member of the list matches, wherever
+    /// it stands and however the list is split over lines.
+    #[test]
+    fn every_member_of_a_tag_list_is_compared() {
+        let tag = entity_tag(LEN, modified());
+        let others: Vec<String> = (1..=9).map(|n| format!("\"{n:x}-{n:x}\"")).collect();
+        for before in 0..=others.len() {
+            let list = [&others[..before], std::slice::from_ref(&tag)].concat().join(", ");
+            assert_eq!(select(&[("If-None-Match", &list)]), Selection::NotModified, "{list}");
+        }
+        let five = format!("{}, {tag}", others[..4].join(","));
+        assert_eq!(select(&[("If-None-Match", &five)]), Selection::NotModified, "the fifth of five");
+        assert_eq!(select(&[("If-None-Match", &others.join(", "))]), Selection::Full, "no member matches");
+        assert_eq!(
+            select(&[("If-None-Match", &others[0]), ("If-None-Match", &format!("{}, {tag}", others[1]))]),
+            Selection::NotModified,
+            "a list over two lines"
+        );
+        assert_eq!(select(&[("If-None-Match", &others[0]), ("If-None-Match", "*")]), Selection::NotModified);
+        assert_eq!(select(&[("Range", "bytes=0-1"), ("Range", "bytes=5-6")]), Selection::Full, "two ranges");
+        let date = httpdate::fmt_http_date(modified());
+        assert_eq!(
+            select(&[("If-Modified-Since", &date), ("If-Modified-Since", &date)]),
+            Selection::Full,
+            "a single-valued header sent twice is invalid, so ignored"
+        );
     }
 
     #[test]

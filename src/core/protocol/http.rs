@@ -1,18 +1,29 @@
 //! The HTTP/1.1 subset (`docs/assignment.md`): GET and HEAD of static files, so
 //! `curl`, browsers, `wrk` and nginx's benchmarks work against every model.
 //!
-//! Heads are parsed with `httparse` (at most [`ParseLimits::max_head_bytes`]);
-//! the target is percent-decoded *before* the sandbox sees it (so `%2e%2e`
-//! is `..` and refused like it); a query string is ignored; `/` is the root
-//! (a directory is served its `index.html`, or 403: no listings). Keep-alive is the default on HTTP/1.1,
-//! `Connection: close` is honoured, HTTP/1.0 closes unless it asks for
-//! keep-alive. Request bodies are not supported: a request announcing one
-//! is answered, then the connection is closed.
+//! Heads are parsed with `httparse` (at most [`ParseLimits::max_head_bytes`]).
+//! The target may be in origin-form (`/a.txt`) or absolute-form
+//! (`http://host/a.txt`, which RFC 9112 section 3.2.2 says a server MUST
+//! accept; the host is not checked: one site per server); the
+//! authority-form and asterisk-form belong to CONNECT and OPTIONS, which
+//! are 405 anyway, and are 400 with GET. The path is percent-decoded
+//! *before* the sandbox sees it (so `%2e%2e` is `..` and refused like it);
+//! empty segments are skipped wherever they are (`//a.txt` is `/a.txt`, as
+//! nginx's `merge_slashes`); a query string is ignored, but kept for a
+//! redirect; `/` is the root (a directory is served its `index.html`, or
+//! 403: no listings; a directory named without its trailing slash is 301 to
+//! it). Keep-alive is the default on HTTP/1.1, `Connection: close` is
+//! honoured, HTTP/1.0 closes unless it asks for keep-alive. A request body
+//! is not used: one declared with `Content-Length` up to
+//! [`MAX_DISCARDED_BODY_BYTES`] is read and thrown away so the connection
+//! stays open; any other closes the connection after the response.
 
 use std::time::SystemTime;
 
 use super::conditional::{append_entity_tag, Conditions, Selection};
-use super::{Framing, HttpFraming, Malformed, ParseLimits, Parsed, Request, Response};
+use super::{
+    BodyFollows, Framing, HttpFraming, Malformed, ParseLimits, Parsed, Request, Response, MAX_DISCARDED_BODY_BYTES,
+};
 use crate::refusal::Refusal;
 
 /// Most header lines accepted; more is 431.
@@ -41,7 +52,7 @@ pub(super) fn looks_like_http(pending: &[u8]) -> bool {
 pub(super) fn parse(pending: &[u8], limits: &ParseLimits) -> Option<Parsed> {
     let refuse = |refusal, consumed| {
         let framing = Framing::Http(HttpFraming::closing());
-        Some(Parsed { request: Err(Malformed { framing, refusal }), consumed })
+        Some(Parsed { request: Err(Malformed { framing, refusal }), consumed, body: BodyFollows::Nothing })
     };
     let line_len = pending.iter().position(|&b| b == b'\n').unwrap_or(pending.len());
     if line_len > limits.max_line_bytes {
@@ -61,22 +72,30 @@ pub(super) fn parse(pending: &[u8], limits: &ParseLimits) -> Option<Parsed> {
     };
     let header = |name: &str| request.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
     let all = |name: &'static str| request.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name));
-    let has_token = |value: Option<&[u8]>, token: &str| {
-        value.is_some_and(|v| v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
+    // A list-valued field (RFC 9110 section 5.3): every line, every member.
+    let has_token = |name: &'static str, token: &str| {
+        all(name).any(|h| h.value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
     };
-    let connection = header("connection");
     let http11 = request.version == Some(1);
-    let has_body =
-        header("transfer-encoding").is_some() || header("content-length").is_some_and(|v| v.trim_ascii() != b"0");
-    let keep_alive =
-        !has_body && if http11 { !has_token(connection, "close") } else { has_token(connection, "keep-alive") };
+    // RFC 9112 section 6.3: Transfer-Encoding overrides Content-Length.
+    let declared_length = header("content-length").and_then(|v| std::str::from_utf8(v.trim_ascii()).ok()?.parse().ok());
+    let expects_continue = has_token("expect", "100-continue");
+    let body = match declared_length {
+        _ if header("transfer-encoding").is_some() => BodyFollows::Unknown,
+        None | Some(0) => BodyFollows::Nothing,
+        Some(_) if expects_continue => BodyFollows::Unknown,
+        Some(len) if len <= MAX_DISCARDED_BODY_BYTES => BodyFollows::Bytes(len),
+        Some(_) => BodyFollows::Unknown,
+    };
+    let keep_alive = body != BodyFollows::Unknown
+        && if http11 { !has_token("connection", "close") } else { has_token("connection", "keep-alive") };
     let method = request.method.unwrap_or("");
     let target = request.path.unwrap_or("").as_bytes();
-    let conditions = Conditions::parse(method == "GET", header);
+    let conditions = Conditions::parse(method == "GET", request.headers);
     let mut framing = HttpFraming { http11, keep_alive, head_only: method == "HEAD", content_type: "", conditions };
     let refused = |framing: HttpFraming, refusal| {
         let framing = Framing::Http(framing);
-        Some(Parsed { request: Err(Malformed { framing, refusal }), consumed: head_len })
+        Some(Parsed { request: Err(Malformed { framing, refusal }), consumed: head_len, body })
     };
     // RFC 9112 section 6.3: differing Content-Length values make the
     // framing unknowable; section 3.2: HTTP/1.1 requires exactly one Host.
@@ -94,22 +113,50 @@ pub(super) fn parse(pending: &[u8], limits: &ParseLimits) -> Option<Parsed> {
         framing.keep_alive = false;
         return refused(framing, Refusal::MethodNotAllowed);
     }
-    let Some(path) = decode_target(target) else {
+    let Some((path, query)) = split_target(target) else {
+        framing.keep_alive = false;
+        return refused(framing, Refusal::BadRequest);
+    };
+    let Some(path) = decode_path(path) else {
         framing.keep_alive = false;
         return refused(framing, Refusal::BadRequest);
     };
     framing.content_type = content_type(&path);
-    Some(Parsed { request: Ok(Request { target: path, framing: Framing::Http(framing) }), consumed: head_len })
+    let request = Request { target: path, framing: Framing::Http(framing), query: query.to_vec() };
+    Some(Parsed { request: Ok(request), consumed: head_len, body })
 }
 
-/// `/a%20b.txt?x=1` to `a b.txt`: origin-form only, query and fragment
-/// dropped, percent escapes decoded, the leading `/` removed (the sandbox
-/// takes paths relative to the root). `None` for a malformed target.
-pub fn decode_target(target: &[u8]) -> Option<Vec<u8>> {
-    let path = target.strip_prefix(b"/")?;
-    let end = path.iter().position(|&b| b == b'?' || b == b'#').unwrap_or(path.len());
-    let mut decoded = Vec::with_capacity(end);
-    let mut bytes = path[..end].iter();
+/// The path and the query (with its `?`, or empty) of a request target in
+/// origin-form (`/a?x`) or absolute-form (`http://host:port/a?x`; no path
+/// is `/`), RFC 9112 section 3.2; the fragment, which a client should not
+/// send, is dropped. `None` for any other form.
+fn split_target(target: &[u8]) -> Option<(&[u8], &[u8])> {
+    let path_and_query = if target.starts_with(b"/") {
+        target
+    } else {
+        let scheme_end = target.windows(3).position(|w| w == b"://")?;
+        let scheme = &target[..scheme_end];
+        if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
+            return None;
+        }
+        let rest = &target[scheme_end + 3..];
+        let authority_end = rest.iter().position(|&b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(rest.len());
+        if authority_end == 0 {
+            return None; // an http URI must name a host
+        }
+        &rest[authority_end..]
+    };
+    let end = path_and_query.iter().position(|&b| b == b'#').unwrap_or(path_and_query.len());
+    let (path, query) = path_and_query[..end].split_at(path_and_query.iter().position(|&b| b == b'?').unwrap_or(end));
+    Some((if path.is_empty() { b"/" } else { path }, query))
+}
+
+/// `/a%20b.txt` to `a b.txt`: percent escapes decoded, then the leading
+/// slashes removed (the sandbox takes paths relative to the root and skips
+/// the empty segments inside). `None` for a malformed escape.
+pub fn decode_path(path: &[u8]) -> Option<Vec<u8>> {
+    let mut decoded = Vec::with_capacity(path.len());
+    let mut bytes = path.iter();
     while let Some(&b) = bytes.next() {
         if b == b'%' {
             let hi = hex_value(*bytes.next()?)?;
@@ -119,33 +166,55 @@ pub fn decode_target(target: &[u8]) -> Option<Vec<u8>> {
             decoded.push(b);
         }
     }
+    let slashes = decoded.iter().take_while(|&&b| b == b'/').count();
+    decoded.drain(..slashes);
     Some(decoded)
+}
+
+/// The `Location` of a directory named without its trailing slash:
+/// `/<dir>/` with the query kept, the path percent-encoded where a URI
+/// requires (RFC 3986 section 2).
+pub fn directory_location(normalized: &[u8], query: &[u8]) -> Vec<u8> {
+    let mut location = Vec::with_capacity(normalized.len() + query.len() + 2);
+    location.push(b'/');
+    for &b in normalized {
+        if b.is_ascii_alphanumeric() || b"-._~/!$&'()*+,;=:@".contains(&b) {
+            location.push(b);
+        } else {
+            location.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    location.push(b'/');
+    location.extend_from_slice(query);
+    location
 }
 
 fn hex_value(digit: u8) -> Option<u8> {
     (digit as char).to_digit(16).map(|v| v as u8)
 }
 
-/// The `Content-Type` for a path, by its extension; a directory's path
-/// (its `index.html` is served) is HTML.
+/// The `Content-Type` for a path, by its extension, from the table of the
+/// `mime_guess` crate (kept in step with the IANA registry and the types
+/// browsers insist on, such as `application/wasm` for
+/// `WebAssembly.instantiateStreaming`); unknown extensions are
+/// `application/octet-stream`, as nginx's `default_type`. A directory's path
+/// (its `index.html` is served) is HTML. Text that the kit's own files are
+/// written in is labelled UTF-8, so browsers do not guess.
 fn content_type(path: &[u8]) -> &'static str {
     let name = path.rsplit(|&b| b == b'/').next().unwrap_or_default();
     if name.is_empty() {
         return "text/html; charset=utf-8";
     }
     let extension = name.rsplit(|&b| b == b'.').next().filter(|ext| ext.len() < name.len()).unwrap_or_default();
-    match extension.to_ascii_lowercase().as_slice() {
-        b"html" | b"htm" => "text/html; charset=utf-8",
-        b"txt" | b"md" | b"rs" | b"toml" => "text/plain; charset=utf-8",
-        b"css" => "text/css",
-        b"js" => "text/javascript",
-        b"json" => "application/json",
-        b"svg" => "image/svg+xml",
-        b"png" => "image/png",
-        b"jpg" | b"jpeg" => "image/jpeg",
-        b"gif" => "image/gif",
-        b"pdf" => "application/pdf",
-        _ => "application/octet-stream",
+    let Ok(extension) = std::str::from_utf8(extension) else { return "application/octet-stream" };
+    let guessed = mime_guess::from_ext(extension).first_raw().unwrap_or("application/octet-stream");
+    match guessed {
+        "text/html" => "text/html; charset=utf-8",
+        "text/plain" => "text/plain; charset=utf-8",
+        "text/css" => "text/css; charset=utf-8",
+        "text/javascript" | "application/javascript" => "text/javascript; charset=utf-8",
+        "text/markdown" => "text/markdown; charset=utf-8",
+        other => other,
     }
 }
 
@@ -179,13 +248,18 @@ thread_local! {
 /// conditions chose for a successful response ([`Conditions::select`]).
 /// Written piece by piece rather than with `write!`: this runs for every
 /// response.
-pub fn encode_head(framing: HttpFraming, response: &Response, selection: Selection, out: &mut Vec<u8>) {
+pub fn encode_head(framing: &HttpFraming, response: &Response, selection: Selection, out: &mut Vec<u8>) {
     out.extend_from_slice(if framing.http11 { b"HTTP/1.1 " } else { b"HTTP/1.0 " });
     let body = match response {
         Response::Content(body) => Some(body),
-        Response::Refused(_) => None,
+        Response::Refused(_) | Response::Moved(_) => None,
     };
     let (content_type, length, error_text) = match (response, selection) {
+        (Response::Moved(_), _) => {
+            let text = "301 Moved Permanently\n".to_string();
+            out.extend_from_slice(text.trim_end().as_bytes());
+            ("text/plain; charset=utf-8", Some(text.len() as u64), Some(text))
+        }
         (Response::Refused(refusal), _) => {
             let text = format!("{} {}\n", refusal.code(), refusal.http_reason());
             out.extend_from_slice(text.trim_end().as_bytes());
@@ -245,6 +319,11 @@ pub fn encode_head(framing: HttpFraming, response: &Response, selection: Selecti
     if matches!(response, Response::Refused(Refusal::MethodNotAllowed)) {
         out.extend_from_slice(b"Allow: GET, HEAD\r\n");
     }
+    if let Response::Moved(location) = response {
+        out.extend_from_slice(b"Location: ");
+        out.extend_from_slice(location);
+        out.extend_from_slice(b"\r\n");
+    }
     out.extend_from_slice(match (framing.keep_alive, framing.http11) {
         (false, _) => b"Connection: close\r\n\r\n",
         (true, false) => b"Connection: keep-alive\r\n\r\n",
@@ -275,13 +354,35 @@ mod tests {
 
     #[test]
     fn targets_are_decoded_and_stripped_of_queries() {
-        assert_eq!(decode_target(b"/a%20b.txt?x=1#f").unwrap(), b"a b.txt");
-        assert_eq!(decode_target(b"/%2e%2e/%2E%2E/etc/passwd").unwrap(), b"../../etc/passwd");
-        assert_eq!(decode_target(b"/").unwrap(), b"");
-        assert_eq!(decode_target(b"/a%00b").unwrap(), b"a\0b");
-        assert!(decode_target(b"/bad%2").is_none());
-        assert!(decode_target(b"/bad%zz").is_none());
-        assert!(decode_target(b"http://host/x").is_none(), "absolute-form is not served");
+        let decode_target = |target: &[u8]| {
+            let (path, query) = split_target(target)?;
+            Some((decode_path(path)?, query.to_vec()))
+        };
+        let path = |target: &[u8]| decode_target(target).map(|(path, _)| path);
+        assert_eq!(decode_target(b"/a%20b.txt?x=1#f").unwrap(), (b"a b.txt".to_vec(), b"?x=1".to_vec()));
+        assert_eq!(path(b"/%2e%2e/%2E%2E/etc/passwd").unwrap(), b"../../etc/passwd");
+        assert_eq!(path(b"/").unwrap(), b"");
+        assert_eq!(path(b"/a%00b").unwrap(), b"a\0b");
+        assert!(path(b"/bad%2").is_none());
+        assert!(path(b"/bad%zz").is_none());
+        // Empty segments at the front are skipped like those inside (the
+        // sandbox skips those), also when written as %2F.
+        assert_eq!(path(b"//test.txt").unwrap(), b"test.txt");
+        assert_eq!(path(b"///sub//index.html").unwrap(), b"sub//index.html");
+        assert_eq!(path(b"/%2F%2Fetc/passwd").unwrap(), b"etc/passwd");
+        // RFC 9112 section 3.2: the absolute-form is served, its host not checked.
+        assert_eq!(
+            decode_target(b"http://127.0.0.1:7070/test.txt?v=2").unwrap(),
+            (b"test.txt".to_vec(), b"?v=2".to_vec())
+        );
+        assert_eq!(path(b"HTTP://example.com").unwrap(), b"", "no path is the root");
+        assert_eq!(path(b"https://example.com?x").unwrap(), b"");
+        assert_eq!(path(b"http://h//a").unwrap(), b"a");
+        for other in [&b"*"[..], b"example.com:443", b"ftp://host/x", b"http:///x", b"x", b""] {
+            assert!(decode_target(other).is_none(), "{:?}", String::from_utf8_lossy(other));
+        }
+        assert_eq!(directory_location(b"sub", b"?x=1"), b"/sub/?x=1");
+        assert_eq!(directory_location(b"a b/c%", b""), b"/a%20b/c%25/");
     }
 
     #[test]
@@ -294,7 +395,7 @@ mod tests {
             conditions: Conditions::default(),
         };
         let mut out = Vec::new();
-        encode_head(framing, &Response::Refused(Refusal::MethodNotAllowed), Selection::Full, &mut out);
+        encode_head(&framing, &Response::Refused(Refusal::MethodNotAllowed), Selection::Full, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 405 Method Not Allowed\r\nServer: fileserver\r\nDate: "), "{text}");
         assert!(text.contains("\r\nContent-Length: 23\r\nAllow: GET, HEAD\r\nConnection: close\r\n\r\n"), "{text}");
@@ -307,13 +408,40 @@ mod tests {
         }
     }
 
+    /// One file per family of the type table, and the edges of the
+    /// extension rule.
     #[test]
     fn content_types_follow_the_extension() {
-        assert_eq!(content_type(b"index.html"), "text/html; charset=utf-8");
-        assert_eq!(content_type(b"docs/a.TXT"), "text/plain; charset=utf-8");
-        assert_eq!(content_type(b"data/1k.bin"), "application/octet-stream");
-        assert_eq!(content_type(b"Makefile"), "application/octet-stream");
-        assert_eq!(content_type(b"dir.d/file"), "application/octet-stream");
+        for (path, expected) in [
+            ("index.html", "text/html; charset=utf-8"),
+            ("docs/a.TXT", "text/plain; charset=utf-8"),
+            ("style.css", "text/css; charset=utf-8"),
+            ("app.js", "text/javascript; charset=utf-8"),
+            ("app.mjs", "text/javascript; charset=utf-8"),
+            ("notes.md", "text/markdown; charset=utf-8"),
+            ("data.json", "application/json"),
+            ("feed.xml", "text/xml"),
+            ("m.wasm", "application/wasm"),
+            ("doc.pdf", "application/pdf"),
+            ("a.zip", "application/zip"),
+            ("a.gz", "application/gzip"),
+            ("logo.svg", "image/svg+xml"),
+            ("photo.JPEG", "image/jpeg"),
+            ("icon.png", "image/png"),
+            ("pic.webp", "image/webp"),
+            ("favicon.ico", "image/x-icon"),
+            ("clip.mp4", "video/mp4"),
+            ("clip.webm", "video/webm"),
+            ("song.mp3", "audio/mpeg"),
+            ("font.woff2", "font/woff2"),
+            ("data/1k.bin", "application/octet-stream"),
+            ("Makefile", "application/octet-stream"),
+            ("dir.d/file", "application/octet-stream"),
+            ("odd.\u{ff}", "application/octet-stream"),
+            ("sub/", "text/html; charset=utf-8"),
+        ] {
+            assert_eq!(content_type(path.as_bytes()), expected, "{path}");
+        }
     }
 
     #[test]

@@ -4,14 +4,19 @@
 use std::io::Write;
 
 use super::conditional::Selection;
-use super::{Framing, Malformed, ParseLimits, Parsed, Request, Response};
+use super::{BodyFollows, Framing, Malformed, ParseLimits, Parsed, Request, Response};
 use crate::refusal::Refusal;
 
 /// Finds one `\n`-terminated line at the front of `pending`.
 // handout: stage 3: find the \n, drop a \r before it, refuse an empty line (400) or one over max_line_bytes (414, even before its \n arrives), else return the Request and the bytes consumed; read docs/guide/03-serving-files-safely.md
 pub(super) fn parse(pending: &[u8], limits: &ParseLimits) -> Option<Parsed> {
-    let refuse =
-        |refusal, consumed| Some(Parsed { request: Err(Malformed { framing: Framing::Line, refusal }), consumed });
+    let refuse = |refusal, consumed| {
+        Some(Parsed {
+            request: Err(Malformed { framing: Framing::Line, refusal }),
+            consumed,
+            body: BodyFollows::Nothing,
+        })
+    };
     let Some(newline) = pending.iter().position(|&b| b == b'\n') else {
         // No newline yet: wait for more, unless the line is already too long.
         return if pending.len() > limits.max_line_bytes { refuse(Refusal::LineTooLong, pending.len()) } else { None };
@@ -26,19 +31,24 @@ pub(super) fn parse(pending: &[u8], limits: &ParseLimits) -> Option<Parsed> {
     if line.is_empty() {
         return refuse(Refusal::BadRequest, newline + 1);
     }
-    Some(Parsed { request: Ok(Request { target: line.to_vec(), framing: Framing::Line }), consumed: newline + 1 })
+    Some(Parsed { request: Ok(Request::line(line.to_vec())), consumed: newline + 1, body: BodyFollows::Nothing })
 }
 
 /// Appends the head that precedes `response`'s body (if any) to `out`;
 /// `selection` is what an HTTP request's conditions chose (the line
 /// protocol has none: always [`Selection::Full`]).
-pub fn encode_head(framing: Framing, response: &Response, selection: Selection, out: &mut Vec<u8>) {
+pub fn encode_head(framing: &Framing, response: &Response, selection: Selection, out: &mut Vec<u8>) {
     match framing {
         Framing::Line => match response {
             Response::Content(body) => {
                 let _ = writeln!(out, "OK {}", body.len());
             }
             Response::Refused(refusal) => {
+                let _ = writeln!(out, "ERR {} {}", refusal.code(), refusal);
+            }
+            // The line protocol has no redirects: a directory is refused.
+            Response::Moved(_) => {
+                let refusal = Refusal::Forbidden;
                 let _ = writeln!(out, "ERR {} {}", refusal.code(), refusal);
             }
         },

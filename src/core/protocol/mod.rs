@@ -28,8 +28,28 @@ pub use line::encode_head;
 /// How many bytes one `read` asks the socket for.
 pub const READ_CHUNK_BYTES: usize = 16 * 1024;
 
-/// How a response must be framed: decided by the request it answers.
+/// Largest declared request body (`Content-Length`) read and thrown away so
+/// that the connection can stay open, as nginx discards the bodies of
+/// requests for static files. A larger body, or one of unknown length
+/// (`Transfer-Encoding`, or `Expect: 100-continue`, whose client may never
+/// send it), closes the connection after the response, with a staged close
+/// ([`Conn`](crate::conn::Conn)).
+pub const MAX_DISCARDED_BODY_BYTES: u64 = 1 << 20;
+
+/// What follows a request's head on the wire (RFC 9112 section 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyFollows {
+    /// Nothing: the next request starts right after the head.
+    Nothing,
+    /// This many bytes of body, to be skipped.
+    Bytes(u64),
+    /// A body whose end the parser will not look for: no request can be
+    /// found after it, so the connection must close.
+    Unknown,
+}
+
+/// How a response must be framed: decided by the request it answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Framing {
     /// `OK <size>\n<bytes>` / `ERR <code> <reason>\n`.
     Line,
@@ -40,13 +60,13 @@ pub enum Framing {
 impl Framing {
     /// Whether the connection closes after this response (beyond what the
     /// refusal itself demands): HTTP's `Connection: close`, HTTP/1.0.
-    pub fn closes_after(self) -> bool {
+    pub fn closes_after(&self) -> bool {
         matches!(self, Framing::Http(http) if !http.keep_alive)
     }
 }
 
 /// What an HTTP response must say, decided by its request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpFraming {
     /// HTTP/1.1 (else 1.0).
     pub http11: bool,
@@ -80,10 +100,20 @@ pub struct Request {
     pub target: Vec<u8>,
     /// How to frame the response.
     pub framing: Framing,
+    /// An HTTP target's query, with its `?` (empty if none): kept for a
+    /// redirect (`/dir?x` to `/dir/?x`), ignored otherwise.
+    pub query: Vec<u8>,
+}
+
+impl Request {
+    /// A line-protocol request for `target`.
+    pub fn line(target: Vec<u8>) -> Request {
+        Request { target, framing: Framing::Line, query: Vec::new() }
+    }
 }
 
 /// A request that could not be parsed; the connection answers it and closes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Malformed {
     /// How to frame the error.
     pub framing: Framing,
@@ -136,6 +166,9 @@ pub enum Response {
     Content(Body),
     /// Refused, with the reason.
     Refused(Refusal),
+    /// HTTP 301 to this `Location` (a directory named without its trailing
+    /// slash, so that relative links in its `index.html` resolve).
+    Moved(Vec<u8>),
 }
 
 impl Response {
@@ -149,6 +182,7 @@ impl Response {
             }
             Response::Content(Body::File { .. }) => None,
             Response::Refused(refusal) => Some(Response::Refused(*refusal)),
+            Response::Moved(location) => Some(Response::Moved(location.clone())),
         }
     }
 }
@@ -188,14 +222,27 @@ pub struct Parser {
     /// Unknown until the first request's bytes arrive.
     protocol: Option<Protocol>,
     /// Whether the last read came back short of its buffer: the peer's
-    /// bytes had all been taken in at that moment.
+    /// bytes had all been taken in at that moment (true before the first
+    /// read: nothing is known to have arrived).
     last_read_short: bool,
+    /// Bytes of the last request's body still to arrive and be skipped.
+    body_left: u64,
+    /// The last request announced a body whose end is not looked for.
+    body_unknown: bool,
 }
 
 impl Parser {
     /// A parser enforcing `limits`.
     pub fn new(limits: ParseLimits) -> Parser {
-        Parser { buf: Vec::new(), start: 0, limits, protocol: None, last_read_short: false }
+        Parser {
+            buf: Vec::new(),
+            start: 0,
+            limits,
+            protocol: None,
+            last_read_short: true,
+            body_left: 0,
+            body_unknown: false,
+        }
     }
 
     /// Appends bytes received from the peer.
@@ -219,9 +266,6 @@ impl Parser {
     /// of the server's instructions in a profile), and a per-connection
     /// buffer would cost 16 KiB for every idle connection.
     pub fn read_from<R: Read>(&mut self, source: &mut R) -> io::Result<usize> {
-        thread_local! {
-            static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK_BYTES]);
-        }
         SCRATCH.with_borrow_mut(|chunk| {
             let n = source.read(chunk)?;
             self.last_read_short = n < chunk.len();
@@ -230,22 +274,37 @@ impl Parser {
         })
     }
 
-    /// Whether everything the peer sent has been read and parsed, as far as
-    /// the last read could tell: a socket closed now would not be reset for
-    /// unread input (which would throw away what was still to be sent).
-    pub fn has_used_all_input(&self) -> bool {
-        self.last_read_short && !self.has_partial_request()
+    /// Performs one `read` from `source` and throws the bytes away (a
+    /// staged close reads what the peer still sends). Returns the byte
+    /// count, 0 at end of stream.
+    pub fn discard_from<R: Read>(source: &mut R) -> io::Result<usize> {
+        SCRATCH.with_borrow_mut(|chunk| source.read(chunk))
     }
 
-    /// True when bytes are buffered that do not yet form a whole request.
+    /// Whether everything the peer sent has been read and parsed, as far as
+    /// the last read could tell, and no announced body is still to come: a
+    /// socket closed now would not be reset for unread input (which would
+    /// throw away what was still to be sent).
+    pub fn has_used_all_input(&self) -> bool {
+        self.last_read_short && !self.has_partial_request() && !self.body_unknown
+    }
+
+    /// True when bytes are buffered that do not yet form a whole request,
+    /// or a request's body is still arriving.
     pub fn has_partial_request(&self) -> bool {
-        self.start < self.buf.len()
+        self.start < self.buf.len() || self.body_left > 0
     }
 
     /// Takes the next complete request out of the buffer, if there is one.
+    /// The body of the request before it, if any, is skipped first.
     pub fn next_request(&mut self) -> Option<Result<Request, Malformed>> {
+        if self.body_left > 0 {
+            let skipped = self.body_left.min((self.buf.len() - self.start) as u64);
+            self.body_left -= skipped;
+            self.consume(skipped as usize);
+        }
         let pending = &self.buf[self.start..];
-        if pending.is_empty() {
+        if pending.is_empty() || self.body_left > 0 || self.body_unknown {
             return None;
         }
         let protocol =
@@ -254,7 +313,18 @@ impl Parser {
             Protocol::Line => line::parse(pending, &self.limits)?,
             Protocol::Http => http::parse(pending, &self.limits)?,
         };
-        self.start += parsed.consumed;
+        self.consume(parsed.consumed);
+        match parsed.body {
+            BodyFollows::Nothing => {}
+            BodyFollows::Bytes(len) => self.body_left = len,
+            BodyFollows::Unknown => self.body_unknown = true,
+        }
+        Some(parsed.request)
+    }
+
+    /// Marks `n` buffered bytes as used.
+    fn consume(&mut self, n: usize) {
+        self.start += n;
         if self.start == self.buf.len() {
             // Release a large buffer left by a burst; keep a small one.
             if self.buf.capacity() > READ_CHUNK_BYTES {
@@ -264,14 +334,20 @@ impl Parser {
             }
             self.start = 0;
         }
-        Some(parsed.request)
     }
 }
 
-/// A request found at the front of a buffer, and how many bytes it used.
+thread_local! {
+    /// Where every read lands first (see [`Parser::read_from`]).
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK_BYTES]);
+}
+
+/// A request found at the front of a buffer, how many bytes it used, and
+/// what follows it.
 struct Parsed {
     request: Result<Request, Malformed>,
     consumed: usize,
+    body: BodyFollows,
 }
 
 #[cfg(test)]

@@ -57,6 +57,7 @@ proptest! {
         parser.feed(request.as_bytes());
         let parsed = parser.next_request().expect("complete").expect("valid");
         prop_assert!(matches!(parsed.framing, Framing::Http(_)));
-        prop_assert_eq!(parsed.target, path.into_bytes());
+        // Empty segments at the front are skipped (the sandbox skips the rest).
+        prop_assert_eq!(parsed.target, path.trim_start_matches('/').as_bytes());
     }
 }

@@ -94,7 +94,7 @@ mod tests {
     use super::*;
     use crate::cache::FileCache;
     use crate::config::ServiceKind;
-    use crate::protocol::{Body, Framing, Request};
+    use crate::protocol::{Body, Request};
     use crate::sandbox::Root;
     use crate::service::{Plan, Service};
 
@@ -123,7 +123,7 @@ mod tests {
     }
 
     fn read_of(service: &Service, path: &str) -> Work {
-        match service.plan(&Request { target: path.as_bytes().to_vec(), framing: Framing::Line }) {
+        match service.plan(&Request::line(path.as_bytes().to_vec())) {
             Plan::Blocking(work) => work,
             other => panic!("expected a read, got {other:?}"),
         }
