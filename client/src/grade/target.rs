@@ -153,7 +153,7 @@ impl Target {
     ) -> Result<Option<Target>> {
         let args = expand(template, port, root, setup);
         let (program, rest) = args.split_first().context("the server command is empty")?;
-        let mut child = Command::new(program)
+        let mut child = crate::child::die_with_parent(&mut Command::new(program))
             .args(rest)
             .process_group(0)
             .stdin(Stdio::null())
