@@ -53,6 +53,7 @@ pub fn die_with_parent(command: &mut Command) -> &mut Command {
 ///
 /// Dropping the watchdog stops it without killing the group: stop the
 /// group yourself first.
+#[derive(Debug)]
 pub struct GroupWatchdog {
     watchdog: Child,
     /// The write end; never written, only held open.
@@ -65,8 +66,9 @@ impl GroupWatchdog {
     pub fn watch(group: u32) -> io::Result<GroupWatchdog> {
         // `read` returns at end of file: when every writer is gone. The
         // pipe is close-on-exec, so no other child holds the write end.
+        // `kill -9 -PGID`: the form every `sh` takes (dash rejects `--`).
         let mut watchdog = Command::new("sh")
-            .args(["-c", r#"read -r _ignored; kill -KILL -- "-$0" 2>/dev/null"#, &group.to_string()])
+            .args(["-c", r#"read -r _ignored; kill -9 "-$0" 2>/dev/null"#, &group.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

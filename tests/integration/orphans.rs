@@ -1,8 +1,10 @@
-//! Nothing the benchmark starts outlives it, even when it is SIGKILLed
-//! (no destructor, no signal handler runs then): its servers die with it
-//! (`PR_SET_PDEATHSIG`), so none is left holding a port or its output pipe.
+//! Nothing the benchmark or the grader starts outlives it, even when it is
+//! SIGKILLed (no destructor, no signal handler runs then): its servers die
+//! with it (`PR_SET_PDEATHSIG`), and so do the children of a server that
+//! does not pass its own death on (the grader watches the server's group).
 
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::{client_bin, die_with_parent};
@@ -11,7 +13,7 @@ use crate::support::{client_bin, die_with_parent};
 struct Proc {
     pid: i32,
     parent: i32,
-    cmdline: Vec<String>,
+    cmdline: String,
 }
 
 /// Every process now running (those that vanish while read are skipped).
@@ -29,84 +31,90 @@ fn processes() -> Vec<Proc> {
         else {
             continue;
         };
-        let cmdline = cmdline.split(|&b| b == 0).filter(|arg| !arg.is_empty());
-        all.push(Proc { pid, parent, cmdline: cmdline.map(|arg| String::from_utf8_lossy(arg).into()).collect() });
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        all.push(Proc { pid, parent, cmdline });
     }
     all
+}
+
+/// Starts `command` with its own TMPDIR (every server it starts serves a
+/// root in there, so their command lines name it), waits until it has
+/// printed a line starting with `after_line` (any line, or none, for "")
+/// and a process of its own is serving from that TMPDIR, SIGKILLs it, and fails if any process naming
+/// the TMPDIR is still running 10 s later.
+fn sigkill_mid_run(command: &mut Command, after_line: &str) {
+    let scratch = tempfile::tempdir().unwrap();
+    let tag = scratch.path().display().to_string();
+    let mut child: Child = die_with_parent(command.env("TMPDIR", scratch.path()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut mid_run = after_line.is_empty();
+    loop {
+        mid_run = mid_run || rx.try_iter().any(|line| line.starts_with(after_line));
+        if mid_run && processes().iter().any(|p| p.parent == pid && p.cmdline.contains(&tag)) {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no server of its own running within 120 s (mid-run: {mid_run})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300)); // under load by now
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), rustix::process::Signal::KILL).unwrap();
+    child.wait().unwrap();
+
+    // The kernel signals at once; the dying (and a watchdog) take a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<_> = processes().into_iter().filter(|p| p.cmdline.contains(&tag)).collect();
+        if left.is_empty() {
+            return; // its temporary files stay behind: `scratch` removes them
+        }
+        if Instant::now() > deadline {
+            for p in &left {
+                let _ = rustix::process::kill_process(
+                    rustix::process::Pid::from_raw(p.pid).unwrap(),
+                    rustix::process::Signal::KILL,
+                );
+            }
+            let left: Vec<_> = left.iter().map(|p| format!("{} {}", p.pid, p.cmdline)).collect();
+            panic!("still running 10 s after SIGKILL:\n{}", left.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[cfg(target_os = "linux")]
 #[test]
 fn a_sigkilled_benchmark_leaves_no_server_running() {
-    let server = env!("CARGO_BIN_EXE_server");
-    let mut benchmark =
-        die_with_parent(Command::new(client_bin().with_file_name("benchmark")).args(["--server", server]))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-    let benchmark_pid = benchmark.id() as i32;
+    let mut benchmark = Command::new(client_bin().with_file_name("benchmark"));
+    benchmark.args(["--server", env!("CARGO_BIN_EXE_server")]);
     // Past the homework's lines, into the table: servers under load, not
     // one being stopped (a SIGTERMed server exits by itself).
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = benchmark.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !rx.recv_timeout(Duration::from_secs(1)).is_ok_and(|line| line.starts_with("Sync I/O")) {
-        if Instant::now() > deadline {
-            let _ = benchmark.kill();
-            let _ = benchmark.wait();
-            panic!("the benchmark printed no homework lines within 120 s");
-        }
-    }
-    // Then, once a server of its own is serving, find the temporary root
-    // it serves: every process started for this run names it.
-    let root = loop {
-        let running = processes();
-        let child =
-            running.iter().find(|p| p.parent == benchmark_pid && p.cmdline.first().is_some_and(|c| c == server));
-        if let Some(root) = child.and_then(|p| p.cmdline.iter().skip_while(|arg| *arg != "--root").nth(1)) {
-            break root.clone();
-        }
-        if Instant::now() > deadline {
-            let _ = benchmark.kill();
-            let _ = benchmark.wait();
-            panic!("the benchmark started no server within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    std::thread::sleep(Duration::from_millis(300)); // under load by now
-    let pid = rustix::process::Pid::from_raw(benchmark_pid).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
-    benchmark.wait().unwrap();
+    sigkill_mid_run(&mut benchmark, "Sync I/O");
+}
 
-    // The kernel delivers the death signal at once; allow the dying a moment.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left: Vec<_> = processes()
-            .into_iter()
-            .filter(|p| p.parent == benchmark_pid || p.cmdline.iter().any(|arg| arg.contains(&root)))
-            .map(|p| format!("{} {}", p.pid, p.cmdline.join(" ")))
-            .collect();
-        if left.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            for line in &left {
-                let pid = line.split(' ').next().unwrap().parse().unwrap();
-                let _ = rustix::process::kill_process(
-                    rustix::process::Pid::from_raw(pid).unwrap(),
-                    rustix::process::Signal::KILL,
-                );
-            }
-            panic!("still running 10 s after the benchmark was SIGKILLed:\n{}", left.join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // Its temporary files stay behind (nothing of it ran to remove them).
-    let _ = std::fs::remove_dir_all(&root);
+#[cfg(target_os = "linux")]
+#[test]
+fn a_sigkilled_grader_leaves_no_server_nor_its_children_running() {
+    // A "server" that does not pass its own death on: a shell running the
+    // real server as its child. The shell dies with the grader; the server
+    // only because the grader's watchdog kills the shell's process group.
+    let mut grader = Command::new(client_bin());
+    grader.args(["grade", "--stage", "3", "--", "sh", "-c", "\"$@\" & wait", "sh", env!("CARGO_BIN_EXE_server")]);
+    grader.args(["--model", "threads", "--port", "{port}", "--root", "{root}", "--read-delay-ms", "{delay}"]);
+    sigkill_mid_run(&mut grader, "");
 }
