@@ -13,6 +13,7 @@ use crate::support::{client_bin, die_with_parent};
 struct Proc {
     pid: i32,
     parent: i32,
+    group: i32,
     cmdline: String,
 }
 
@@ -26,13 +27,13 @@ fn processes() -> Vec<Proc> {
         else {
             continue;
         };
-        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-        let Some(parent) = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
-        else {
-            continue;
-        };
+        // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        let fields: Vec<i32> = stat.rsplit_once(')').map_or(Vec::new(), |(_, rest)| {
+            rest.split_whitespace().skip(1).take(2).filter_map(|field| field.parse().ok()).collect()
+        });
+        let [parent, group] = fields[..] else { continue };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        all.push(Proc { pid, parent, cmdline });
+        all.push(Proc { pid, parent, group, cmdline });
     }
     all
 }
@@ -40,9 +41,10 @@ fn processes() -> Vec<Proc> {
 /// Starts `command` with its own TMPDIR (every server it starts serves a
 /// root in there, so their command lines name it), waits until it has
 /// printed a line starting with `after_line` (any line, or none, for "")
-/// and a process of its own is serving from that TMPDIR, SIGKILLs it, and fails if any process naming
-/// the TMPDIR is still running 10 s later.
-fn sigkill_mid_run(command: &mut Command, after_line: &str) {
+/// and a child of its own named `serving` runs from that TMPDIR, SIGKILLs
+/// it, and fails if any process naming the TMPDIR, or in a process group
+/// led by one (nginx's workers), is still running 10 s later.
+fn sigkill_mid_run(command: &mut Command, after_line: &str, serving: &str) {
     let scratch = tempfile::tempdir().unwrap();
     let tag = scratch.path().display().to_string();
     let mut child: Child = die_with_parent(command.env("TMPDIR", scratch.path()))
@@ -62,7 +64,8 @@ fn sigkill_mid_run(command: &mut Command, after_line: &str) {
     let mut mid_run = after_line.is_empty();
     loop {
         mid_run = mid_run || rx.try_iter().any(|line| line.starts_with(after_line));
-        if mid_run && processes().iter().any(|p| p.parent == pid && p.cmdline.contains(&tag)) {
+        let started = |p: &Proc| p.parent == pid && p.cmdline.contains(&tag) && p.cmdline.contains(serving);
+        if mid_run && processes().iter().any(started) {
             break;
         }
         if Instant::now() > deadline {
@@ -73,13 +76,17 @@ fn sigkill_mid_run(command: &mut Command, after_line: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300)); // under load by now
+    let running = processes();
+    let groups: Vec<i32> =
+        running.iter().filter(|p| p.cmdline.contains(&tag) && p.group == p.pid).map(|p| p.pid).collect();
     rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), rustix::process::Signal::KILL).unwrap();
     child.wait().unwrap();
 
     // The kernel signals at once; the dying (and a watchdog) take a moment.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let left: Vec<_> = processes().into_iter().filter(|p| p.cmdline.contains(&tag)).collect();
+        let left: Vec<_> =
+            processes().into_iter().filter(|p| p.cmdline.contains(&tag) || groups.contains(&p.group)).collect();
         if left.is_empty() {
             return; // its temporary files stay behind: `scratch` removes them
         }
@@ -104,7 +111,7 @@ fn a_sigkilled_benchmark_leaves_no_server_running() {
     benchmark.args(["--server", env!("CARGO_BIN_EXE_server")]);
     // Past the homework's lines, into the table: servers under load, not
     // one being stopped (a SIGTERMed server exits by itself).
-    sigkill_mid_run(&mut benchmark, "Sync I/O");
+    sigkill_mid_run(&mut benchmark, "Sync I/O", env!("CARGO_BIN_EXE_server"));
 }
 
 #[cfg(target_os = "linux")]
@@ -116,5 +123,21 @@ fn a_sigkilled_grader_leaves_no_server_nor_its_children_running() {
     let mut grader = Command::new(client_bin());
     grader.args(["grade", "--stage", "3", "--", "sh", "-c", "\"$@\" & wait", "sh", env!("CARGO_BIN_EXE_server")]);
     grader.args(["--model", "threads", "--port", "{port}", "--root", "{root}", "--read-delay-ms", "{delay}"]);
-    sigkill_mid_run(&mut grader, "");
+    sigkill_mid_run(&mut grader, "", "");
+}
+
+/// nginx's workers do not follow a killed master: the benchmark runs
+/// nginx in a process group of its own, which its watchdog kills.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_sigkilled_benchmark_leaves_no_nginx_worker_running() {
+    let installed =
+        |program: &str| Command::new(program).arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    if !installed("nginx") || !installed("wrk") {
+        eprintln!("skipped: nginx or wrk is not installed (apt-get install nginx-light wrk)");
+        return;
+    }
+    let mut benchmark = Command::new(client_bin().with_file_name("benchmark"));
+    benchmark.args(["--vs-nginx", "--smoke", "--server", env!("CARGO_BIN_EXE_server")]);
+    sigkill_mid_run(&mut benchmark, "", "nginx");
 }
