@@ -275,6 +275,9 @@ enum Phase {
     Sending { written: usize },
     /// Request sent; reading the response.
     Receiving(ResponseReader),
+    /// Response complete and checked; the main loop starts the next
+    /// request on its next turn (see [`Worker::answered`]).
+    Answered,
 }
 
 /// One benchmark connection.
@@ -299,6 +302,12 @@ struct Worker<'a> {
     lengths: HashMap<usize, u64>,
     requests: Vec<Vec<u8>>,
     scratch: Vec<u8>,
+    /// Connections whose response just completed, in order. A finished
+    /// request hands its successor to the loop instead of starting it
+    /// with a nested call: a server that answers before we read again
+    /// would otherwise grow the stack by one call chain per response,
+    /// without bound (it overflowed once, against `threads`).
+    answered: Vec<usize>,
 }
 
 impl<'a> Worker<'a> {
@@ -329,6 +338,7 @@ impl<'a> Worker<'a> {
             lengths: HashMap::new(),
             requests,
             scratch: vec![0; READ_CHUNK_BYTES],
+            answered: Vec::new(),
         })
     }
 
@@ -342,9 +352,13 @@ impl<'a> Worker<'a> {
             if self.stop_starting_at.is_some_and(|at| Instant::now() >= at) {
                 break; // time is up: abandon what is in flight
             }
-            let wait = self.stop_starting_at.map_or(Duration::from_millis(50), |at| {
-                at.saturating_duration_since(Instant::now()).min(Duration::from_millis(50))
-            });
+            let wait = if !self.answered.is_empty() {
+                Duration::ZERO // work is waiting: only collect what else is ready
+            } else {
+                self.stop_starting_at.map_or(Duration::from_millis(50), |at| {
+                    at.saturating_duration_since(Instant::now()).min(Duration::from_millis(50))
+                })
+            };
             match self.poll.poll(&mut events, Some(wait)) {
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
@@ -352,6 +366,11 @@ impl<'a> Worker<'a> {
             }
             for event in events.iter() {
                 self.on_event(event.token().0);
+            }
+            // One new request per answered connection per turn: bounded
+            // stack, and a fast connection cannot starve the others.
+            for index in std::mem::take(&mut self.answered) {
+                self.start_request(index);
             }
             for index in 0..self.conns.len() {
                 if matches!(self.conns[index].phase, Phase::Retry) {
@@ -410,7 +429,7 @@ impl<'a> Worker<'a> {
     fn on_event(&mut self, index: usize) {
         loop {
             let outcome = match &mut self.conns[index].phase {
-                Phase::Finished | Phase::Retry => return,
+                Phase::Finished | Phase::Retry | Phase::Answered => return,
                 Phase::Sending { .. } => self.send(index),
                 Phase::Receiving(_) => self.receive(index),
             };
@@ -469,7 +488,9 @@ impl<'a> Worker<'a> {
         if self.plan.no_keepalive || done.server_closes {
             self.drop_stream(index);
         }
-        self.start_request(index);
+        // Handed to the loop, never started from here (see `answered`).
+        self.conns[index].phase = Phase::Answered;
+        self.answered.push(index);
         Ok(Progress::Blocked)
     }
 

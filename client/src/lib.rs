@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod chart;
+pub mod child;
 pub mod fetch;
 pub mod grade;
 pub mod json;

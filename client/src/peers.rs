@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use rustix::process::{Pid, Signal};
 
+use crate::child::{die_with_parent, GroupWatchdog};
 use crate::suite::CHILDREN;
 
 /// Whether `program` is on the PATH.
@@ -24,6 +25,8 @@ pub fn installed(program: &str) -> bool {
 /// log), with its own temporary config; stopped on drop.
 pub struct Nginx {
     child: Child,
+    /// Kills nginx's process group if this process dies before Drop.
+    watchdog: Option<GroupWatchdog>,
     _dir: tempfile::TempDir,
     /// Where it listens.
     pub addr: SocketAddr,
@@ -53,8 +56,10 @@ impl Nginx {
         );
         let conf = dir.path().join("nginx.conf");
         std::fs::write(&conf, config)?;
-        let child = Command::new("nginx")
-            // Its own process group, so that nothing of it can outlive Drop.
+        // The master dies with us; its workers do not follow a killed
+        // master, so they run in its process group, which the watchdog
+        // kills if we die before Drop stops it.
+        let child = die_with_parent(&mut Command::new("nginx"))
             .process_group(0)
             .args(["-c", &conf.display().to_string(), "-p", &d.to_string(), "-e", &format!("{d}/error.log")])
             .stdout(Stdio::null())
@@ -62,14 +67,16 @@ impl Nginx {
             .spawn()
             .context("cannot start nginx")?;
         CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).push(child.id());
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let watchdog = GroupWatchdog::watch(child.id());
+        let mut nginx = Nginx { child, watchdog: None, _dir: dir, addr: SocketAddr::from(([127, 0, 0, 1], port)) };
+        nginx.watchdog = Some(watchdog.context("cannot start the watchdog of nginx's process group (sh)")?);
         for _ in 0..200 {
-            if std::net::TcpStream::connect(addr).is_ok() {
-                return Ok(Nginx { child, _dir: dir, addr });
+            if std::net::TcpStream::connect(nginx.addr).is_ok() {
+                return Ok(nginx);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        bail!("nginx did not start listening on {addr}")
+        bail!("nginx did not start listening on {}", nginx.addr)
     }
 
     /// The master's pid (its workers are its children).
@@ -95,6 +102,8 @@ impl Drop for Nginx {
         }
         let _ = rustix::process::kill_process_group(group, Signal::KILL);
         let _ = self.child.wait();
+        // Only now: the group is gone, so the watchdog has nothing to do.
+        drop(self.watchdog.take());
     }
 }
 
@@ -107,6 +116,7 @@ pub fn wrk(url: &str, conns: usize, seconds: u64) -> Result<f64> {
 /// request if `close`.
 pub fn wrk_with(url: &str, conns: usize, seconds: u64, close: bool, threads: usize) -> Result<f64> {
     let mut command = Command::new("wrk");
+    die_with_parent(&mut command);
     // A 64 MiB response can take longer than wrk's default 2 s timeout.
     let timeout = format!("{}s", seconds.max(10));
     command.args([

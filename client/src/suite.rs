@@ -92,7 +92,8 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Runs `program ARGS --port 0` and waits for `listening on`.
     pub fn start(program: &Path, args: &[String]) -> Result<ServerProcess> {
-        let mut child = Command::new(program)
+        // Spawned from the main thread, which lives as long as the suite.
+        let mut child = crate::child::die_with_parent(&mut Command::new(program))
             .args(args)
             .args(["--port", "0", "--addr", "127.0.0.1"])
             .stdout(Stdio::piped())

@@ -14,6 +14,7 @@ mod http;
 mod http_files;
 mod limits;
 mod models;
+mod orphans;
 mod processes;
 mod protocol;
 mod sandbox;

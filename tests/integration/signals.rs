@@ -104,7 +104,8 @@ fn a_sighup_right_after_the_listening_line_is_handled_not_fatal() {
 fn a_closed_stderr_never_crashes_or_hangs_the_server() {
     use std::io::BufRead;
     for model in MODELS.iter() {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
+        // Tied to this thread: a failed assertion leaves no server behind.
+        let mut child = crate::support::die_with_parent(&mut std::process::Command::new(env!("CARGO_BIN_EXE_server")))
             .args(["--port", "0", "--model", model, "--root", crate::support::fixtures().to_str().unwrap()])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

@@ -29,6 +29,31 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
+/// Makes the child `command` starts die (`SIGKILL`) when the thread that
+/// starts it dies (`PR_SET_PDEATHSIG`, prctl(2)): a test run that aborts or
+/// is killed leaves no server behind. The client crate's `child` module,
+/// in small: tests start children from the test's own thread, which
+/// outlives them (each is dropped before the test returns).
+pub fn die_with_parent(command: &mut Command) -> &mut Command {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let parent = rustix::process::getpid();
+        // SAFETY: runs in the forked child before exec: two raw syscalls,
+        // no allocation (an `Errno` converts without one).
+        unsafe {
+            command.pre_exec(move || {
+                rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+                if rustix::process::getppid() != Some(parent) {
+                    return Err(rustix::io::Errno::SRCH.into()); // the parent is already gone
+                }
+                Ok(())
+            });
+        }
+    }
+    command
+}
+
 /// A running server; killed (and reaped) when dropped, so a failing
 /// assertion never leaves a server behind.
 pub struct Server {
@@ -49,7 +74,7 @@ impl Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
         command.args(["--port", "0"]).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         adjust(&mut command);
-        let mut child = command.spawn().expect("spawn server");
+        let mut child = die_with_parent(&mut command).spawn().expect("spawn server");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -328,7 +353,7 @@ impl Nginx {
                uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n{body} }}\n"
         );
         std::fs::write(dir.path().join("nginx.conf"), config).unwrap();
-        let child = Command::new("nginx")
+        let child = die_with_parent(&mut Command::new("nginx"))
             .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string(), "-e", &format!("{d}/error.log")])
             .stderr(Stdio::null())
             .spawn()

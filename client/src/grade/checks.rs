@@ -698,7 +698,11 @@ fn sigterm(ctx: &mut Ctx) -> Outcome {
     if let Err(err) = conn.send(b"64m.bin\n") {
         return fail(sent, "sent", err, hint);
     }
-    std::thread::sleep(Duration::from_millis(50));
+    // In flight once its first bytes arrive; a fixed pause was not enough
+    // on a loaded machine (the request was not read yet).
+    if let Err(err) = conn.await_reply_start() {
+        return fail(sent, "the first bytes of the reply", err, hint);
+    }
     if let Err(err) = ctx.target.signal(Signal::TERM) {
         return Outcome::Skip(err.to_string());
     }

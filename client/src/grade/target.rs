@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use rustix::process::{Pid, Signal};
 
+use crate::child::GroupWatchdog;
+
 /// Most bytes of the server's stderr kept: a server that floods its output
 /// cannot exhaust the grader's memory.
 const MAX_LOG_BYTES: usize = 256 * 1024;
@@ -55,6 +57,9 @@ struct Process {
     child: Child,
     group: Pid,
     output: Arc<Mutex<Output>>,
+    /// Kills the group (a forking server's children too) if the grader
+    /// dies first; a safety net only, so none if `sh` cannot start.
+    _watchdog: Option<GroupWatchdog>,
 }
 
 /// Fills the placeholders of the command template.
@@ -153,7 +158,7 @@ impl Target {
     ) -> Result<Option<Target>> {
         let args = expand(template, port, root, setup);
         let (program, rest) = args.split_first().context("the server command is empty")?;
-        let mut child = Command::new(program)
+        let mut child = crate::child::die_with_parent(&mut Command::new(program))
             .args(rest)
             .process_group(0)
             .stdin(Stdio::null())
@@ -165,7 +170,8 @@ impl Target {
         let output = Arc::new(Mutex::new(Output::default()));
         collect(child.stdout.take().expect("piped"), Arc::clone(&output));
         collect(child.stderr.take().expect("piped"), Arc::clone(&output));
-        let mut process = Process { child, group, output };
+        let watchdog = GroupWatchdog::watch(child.id()).ok();
+        let mut process = Process { child, group, output, _watchdog: watchdog };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + patience;
         // When a connection to the port first succeeded: the server, or a

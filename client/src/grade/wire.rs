@@ -93,6 +93,17 @@ impl Conn {
         }
     }
 
+    /// Waits until the next reply has begun (its first bytes are kept for
+    /// [`Conn::reply`]): the server is then answering the request.
+    pub fn await_reply_start(&mut self) -> WireResult<()> {
+        while self.buffered.is_empty() {
+            if self.fill(1)? == 0 {
+                return Err("the connection closed without a reply".into());
+            }
+        }
+        Ok(())
+    }
+
     /// Reads one reply; with `pause = (bytes, gap)` the body is read a few
     /// bytes at a time with a gap between reads: a slow reader.
     pub fn reply_slowly(&mut self, pause: Option<(usize, Duration)>) -> WireResult<Reply> {
