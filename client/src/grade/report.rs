@@ -39,6 +39,9 @@ pub struct TestResult {
     pub message: String,
     /// The whole failure, for the details and the log.
     pub failure: Option<Failure>,
+    /// What happened to the server during this test, if anything: it died
+    /// (and of what), or it stopped answering; either way it was restarted.
+    pub server_event: Option<String>,
 }
 
 impl TestResult {
@@ -58,6 +61,7 @@ impl TestResult {
             status,
             message,
             failure,
+            server_event: None,
         }
     }
 }
@@ -71,6 +75,16 @@ pub struct Report {
     pub remote: bool,
     /// What the last server wrote (truncated), for the logs.
     pub server_log: String,
+}
+
+/// `1 point`, `2 points`.
+pub fn plural(count: impl Into<u64>, noun: &str) -> String {
+    let count = count.into();
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
 }
 
 /// The stages' titles.
@@ -124,13 +138,19 @@ impl Report {
             if !result.message.is_empty() && result.status != Status::Failed {
                 let _ = writeln!(out, "         {}", result.message);
             }
+            if let Some(event) = &result.server_event {
+                let _ = writeln!(out, "         ! {event}");
+            }
         }
         for result in self.results.iter().filter(|r| r.status == Status::Failed) {
             let failure = result.failure.as_ref().expect("a failed test has a failure");
             let _ = writeln!(
                 out,
-                "\nFAILED {} (stage {}, {} points): {}",
-                result.name, result.stage, result.max, result.description
+                "\nFAILED {} (stage {}, {}): {}",
+                result.name,
+                result.stage,
+                plural(result.max, "point"),
+                result.description
             );
             let _ = writeln!(out, "  sent:     {}", failure.sent);
             let _ = writeln!(out, "  expected: {}", failure.expected);
@@ -140,7 +160,7 @@ impl Report {
         let skipped: u32 = self.results.iter().filter(|r| r.status == Status::Skipped).map(|r| r.max).sum();
         let _ = write!(out, "\nscore: {}/{}", self.score(), self.max());
         if skipped > 0 {
-            let _ = write!(out, " ({skipped} points not tested");
+            let _ = write!(out, " ({} not tested", plural(skipped, "point"));
             if self.remote {
                 out.push_str(": signal and fd tests need a server the grader starts");
             }
