@@ -22,7 +22,8 @@ use client::fetch;
 ///
 /// `client 0 ./test.txt` prints test.txt from a server rooted at fixtures/;
 /// `client 1` against `--service time` prints the time after one second.
-/// `client bench --help` describes the load generator.
+/// Subcommands: `client bench` (the load generator) and `client grade`
+/// (the grader); `client bench --help` and `client grade --help` describe them.
 #[derive(Debug, Parser)]
 #[command(
     version,
@@ -32,6 +33,10 @@ Examples:
   client 0 ./test.txt                      # print fixtures/test.txt (server rooted at fixtures/)
   client 0 a.txt b.txt --addr 127.0.0.1:7071
   client 1 & client 2 & client 3 &         # the homework's three delayed clients
+
+Subcommands (each has its own --help):
+  client bench ...                         # the load generator: requests/s, MB/s, latency percentiles
+  client grade ... -- SERVER COMMAND       # the grader: scores a server against docs/assignment.md
 
 Exit status: 0 if everything was served, 1 if any request was refused (the
 reasons go to stderr), 2 on a usage or connection error."
@@ -45,6 +50,9 @@ struct Cli {
     /// Server address.
     #[arg(long, env = "SERVER_ADDR", default_value = "127.0.0.1:7070")]
     addr: String,
+    /// Seconds to keep retrying a refused connection (a server still starting); 0: try once.
+    #[arg(long, value_parser = parse_seconds, default_value = "5")]
+    wait: Duration,
 }
 
 /// Drives load at a server and reports requests/s, MB/s and latency
@@ -98,6 +106,9 @@ struct BenchCli {
     /// Print the results as one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Seconds to wait for the server to accept a first connection (a server still starting); 0: do not wait.
+    #[arg(long, value_parser = parse_seconds, default_value = "5")]
+    wait: Duration,
 }
 
 /// Scores a server against the assignment (docs/assignment.md), stage by
@@ -188,7 +199,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     std::thread::sleep(cli.delay);
-    match fetch::run(&cli.addr, &cli.paths) {
+    match fetch::run(&cli.addr, &cli.paths, cli.wait) {
         Ok(fetch::Outcome::AllServed) => ExitCode::SUCCESS,
         Ok(fetch::Outcome::SomeRefused) => ExitCode::from(1),
         Err(err) => {
@@ -217,6 +228,9 @@ fn run_bench(cli: BenchCli) -> anyhow::Result<bool> {
         .with_context(|| format!("cannot resolve {}", cli.addr))?
         .next()
         .with_context(|| format!("{} resolves to no address", cli.addr))?;
+    // A server started a moment ago may not have bound its port yet: one
+    // connection that succeeds before the clock starts (it is then closed).
+    drop(fetch::connect(&cli.addr, cli.wait)?);
     let until = match (cli.duration, cli.requests) {
         (_, Some(n)) => Until::Requests(n),
         (Some(d), None) => Until::Elapsed(d),
@@ -313,7 +327,8 @@ fn run_grade(cli: GradeCli) -> anyhow::Result<bool> {
     }
     let logged = report.write_logs(&cli.logs)?;
     if logged > 0 {
-        eprintln!("client grade: {logged} failing exchanges logged in {}", cli.logs.display());
+        let exchanges = client::grade::report::plural(logged as u64, "failing exchange");
+        eprintln!("client grade: {exchanges} logged in {}", cli.logs.display());
     }
     if let (Some(csv), Some(label)) = (&cli.csv, &cli.label) {
         report.append_csv(csv, label)?;
