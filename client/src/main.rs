@@ -125,6 +125,8 @@ Examples:
   client grade --stage 6 -- ./target/release/server --model event-async --port {port} --root {root} --read-delay-ms {delay}
   client grade --stage 5 --json -- python3 server.py --port {port} --root {root} --read-delay-ms {delay}
   client grade --addr 127.0.0.1:7070 --root /srv/files --stage 3     # a server already running
+  client grade --stage 3 --format junit -- ./my-server --port {port} --root {root} > grade.xml
+  client grade --stages 1,2,3 --write-gradescope bundle -- ./server --port {port} --root {root} --read-delay-ms {delay}
 
 Exit status: 0 if every test passed, 1 if any failed, 2 if grading could not run."
 )]
@@ -159,9 +161,18 @@ struct GradeCli {
     /// Stop after K failed tests.
     #[arg(long)]
     stop_after: Option<u32>,
-    /// Print the report as JSON: {"score", "max", "tests": [...]}.
-    #[arg(long)]
+    /// Print the report as JSON: the same as --format json.
+    #[arg(long, conflicts_with = "format")]
     json: bool,
+    /// The report's format: text (a person's), json ({"score", "max", "tests"}), gradescope
+    /// (results.json), junit (XML for CI).
+    #[arg(long, value_parser = ["text", "json", "gradescope", "junit"])]
+    format: Option<String>,
+    /// Write a Gradescope autograder bundle (setup.sh, run_autograder, this client, course.toml) into
+    /// DIR for the chosen stages, --config and the command after `--` (run in the submission's
+    /// folder), then exit.
+    #[arg(long, value_name = "DIR")]
+    write_gradescope: Option<std::path::PathBuf>,
     /// Write a log file per failing test (the exchange, the server's output) here.
     #[arg(long, default_value = "grade-logs")]
     logs: std::path::PathBuf,
@@ -302,7 +313,15 @@ fn run_grade(cli: GradeCli) -> anyhow::Result<bool> {
              --read-delay-ms {{delay}} (or --addr HOST:PORT --root DIR for a server already running)"
         );
     }
-    let stages = cli.stages.or(config.stages).unwrap_or_else(|| (1..=cli.stage).collect());
+    let stages = cli.stages.or(config.stages.clone()).unwrap_or_else(|| (1..=cli.stage).collect());
+    if let Some(dir) = &cli.write_gradescope {
+        grade::bundle::write(dir, &stages, cli.config.as_deref(), &cli.command)?;
+        eprintln!(
+            "client grade: Gradescope autograder in {}: zip its files (not the folder) and upload them",
+            dir.display()
+        );
+        return Ok(true);
+    }
     let setup = match cli.service.as_str() {
         "time" => Setup::Time,
         _ => Setup::Files { delay_ms: cli.delay },
@@ -317,13 +336,16 @@ fn run_grade(cli: GradeCli) -> anyhow::Result<bool> {
         repeat: cli.repeat.or(config.repeat).unwrap_or(1),
         stop_after_failures: cli.stop_after.or(config.stop_after_failures),
         points: config.points,
+        visibility: config.visibility,
         reference,
     };
     let report = grade::grade(&plan)?;
-    if cli.json {
-        println!("{}", report.json());
-    } else {
-        print!("{}", report.text());
+    let format = if cli.json { "json" } else { cli.format.as_deref().unwrap_or("text") };
+    match format {
+        "json" => println!("{}", report.json()),
+        "gradescope" => println!("{}", report.gradescope()),
+        "junit" => print!("{}", report.junit()),
+        _ => print!("{}", report.text()),
     }
     let logged = report.write_logs(&cli.logs)?;
     if logged > 0 {

@@ -30,6 +30,12 @@ pub struct Failure {
     pub got: String,
     /// Where to look.
     pub hint: &'static str,
+    /// The bytes sent on one connection that show the failure, when one
+    /// connection does: the report turns them into a line to paste
+    /// ([`super::report::replay_line`]). `Some(empty)`: connect, send nothing.
+    pub request: Option<Box<[u8]>>,
+    /// [`Failure::request`] as a line to paste, once the address is known.
+    pub replay: Option<Box<str>>,
 }
 
 /// How one test ended.
@@ -87,7 +93,30 @@ pub struct Check {
 }
 
 fn fail(sent: impl Into<String>, expected: impl Into<String>, got: impl Into<String>, hint: &'static str) -> Outcome {
-    Outcome::Fail(Failure { sent: sent.into(), expected: expected.into(), got: got.into(), hint })
+    Outcome::Fail(Failure {
+        sent: sent.into(),
+        expected: expected.into(),
+        got: got.into(),
+        hint,
+        request: None,
+        replay: None,
+    })
+}
+
+/// `outcome`, with `request` as its replay if it failed without one.
+fn replaying(outcome: Outcome, request: &[u8]) -> Outcome {
+    match outcome {
+        Outcome::Fail(mut failure) => {
+            failure.request.get_or_insert_with(|| request.into());
+            Outcome::Fail(failure)
+        }
+        other => other,
+    }
+}
+
+/// The request line for `path`.
+fn line(path: &[u8]) -> Vec<u8> {
+    [path, b"\n"].concat()
 }
 
 const FILES: Setup = Setup::Files { delay_ms: 0 };
@@ -219,6 +248,10 @@ const HINT_START: &str = "does the server listen on 127.0.0.1 at --port, and kee
 const HINT_TIME: &str = "write the time on accept (no request is read), then close the connection";
 
 fn time_one_line(ctx: &mut Ctx) -> Outcome {
+    replaying(time_one_line_once(ctx), b"")
+}
+
+fn time_one_line_once(ctx: &mut Ctx) -> Outcome {
     let text = match time_line(ctx) {
         Ok(text) => text,
         Err(outcome) => return outcome,
@@ -241,6 +274,10 @@ fn time_one_line(ctx: &mut Ctx) -> Outcome {
 }
 
 fn time_many_clients(ctx: &mut Ctx) -> Outcome {
+    replaying(time_many_clients_once(ctx), b"")
+}
+
+fn time_many_clients_once(ctx: &mut Ctx) -> Outcome {
     for i in 0..5 {
         match time_line(ctx) {
             Ok(text) if text.ends_with('\n') && text.len() >= 20 => {}
@@ -335,7 +372,7 @@ fn file_exact(ctx: &mut Ctx, name: &str) -> Outcome {
     let budget = ctx.budget(if want.len() > (8 << 20) { 30.0 } else { 5.0 });
     match expect_ok(fetch(ctx.addr(), name.as_bytes(), budget), &want, name, HINT_FILES) {
         Ok(()) => Outcome::Pass(None),
-        Err(outcome) => outcome,
+        Err(outcome) => replaying(outcome, &line(name.as_bytes())),
     }
 }
 
@@ -347,7 +384,7 @@ fn file_as(ctx: &mut Ctx, cases: &[(&str, &str)]) -> Outcome {
         if let Err(outcome) =
             expect_ok(fetch(ctx.addr(), spelling.as_bytes(), ctx.budget(5.0)), &want, spelling, HINT_RULES)
         {
-            return outcome;
+            return replaying(outcome, &line(spelling.as_bytes()));
         }
     }
     Outcome::Pass(None)
@@ -373,7 +410,7 @@ fn crlf(ctx: &mut Ctx) -> Outcome {
     });
     match expect_ok(result, &want, "small.txt\\r\\n", HINT_RULES) {
         Ok(()) => Outcome::Pass(None),
-        Err(outcome) => outcome,
+        Err(outcome) => replaying(outcome, b"small.txt\r\n"),
     }
 }
 
@@ -402,7 +439,7 @@ fn line_limit(ctx: &mut Ctx) -> Outcome {
         conn.reply()
     });
     if let Err(outcome) = expect_ok(result, &want, sent, hint) {
-        return outcome;
+        return replaying(outcome, &longest);
     }
     let sent = "a 4097-byte line (./././... small.txt), then \\n";
     let mut over = padded_small_txt(4097);
@@ -411,11 +448,12 @@ fn line_limit(ctx: &mut Ctx) -> Outcome {
         conn.send(&over)?;
         conn.reply()
     });
-    match result {
+    let outcome = match result {
         Ok(Reply::Err(414)) => Outcome::Pass(None),
         Ok(other) => fail(sent, "ERR 414", other.describe(), hint),
         Err(err) => fail(sent, "ERR 414", err, hint),
-    }
+    };
+    replaying(outcome, &over)
 }
 
 /// Each path must be refused with one of `codes`, and no reply may carry
@@ -423,6 +461,16 @@ fn line_limit(ctx: &mut Ctx) -> Outcome {
 fn refused(ctx: &mut Ctx, paths: &[&[u8]], codes: &[u16]) -> Outcome {
     let expected = format!("ERR {}", codes.iter().map(u16::to_string).collect::<Vec<_>>().join(" or ERR "));
     for path in paths {
+        let outcome = refused_one(ctx, path, codes, &expected);
+        if !matches!(outcome, Outcome::Pass(_)) {
+            return replaying(outcome, &line(path));
+        }
+    }
+    Outcome::Pass(None)
+}
+
+fn refused_one(ctx: &mut Ctx, path: &[u8], codes: &[u16], expected: &str) -> Outcome {
+    {
         let sent = String::from_utf8_lossy(path).escape_debug().to_string();
         match fetch(ctx.addr(), path, ctx.budget(5.0)) {
             Ok(Reply::Err(code)) if codes.contains(&code) => {}
@@ -487,22 +535,28 @@ fn fifo(ctx: &mut Ctx) -> Outcome {
     let small = ctx.fixture.content("small.txt");
     match expect_ok(fetch(ctx.addr(), b"small.txt", ctx.budget(3.0)), &small, "small.txt, after fifo", HINT_FIFO) {
         Ok(()) => Outcome::Pass(None),
-        Err(outcome) => outcome,
+        Err(outcome) => replaying(outcome, b"small.txt\n"),
     }
 }
 
 const HINT_FIFO: &str = "open files with O_NONBLOCK (opening a FIFO blocks otherwise) and refuse non-regular files";
 
 fn overlong(ctx: &mut Ctx) -> Outcome {
-    let line = vec![b'a'; 5000];
-    match fetch(ctx.addr(), &line, ctx.budget(5.0)) {
+    let long = vec![b'a'; 5000];
+    let outcome = match fetch(ctx.addr(), &long, ctx.budget(5.0)) {
         Ok(Reply::Err(414)) => Outcome::Pass(None),
         Ok(other) => fail("a 5000-byte line", "ERR 414", other.describe(), "bound the line buffer at 4096 bytes"),
         Err(err) => fail("a 5000-byte line", "ERR 414", err, "bound the line buffer at 4096 bytes"),
-    }
+    };
+    replaying(outcome, &line(&long))
 }
 
 fn pipelined(ctx: &mut Ctx) -> Outcome {
+    let request = b"small.txt\n1m.bin\nno-such-file.txt\na..b.txt\nempty.txt\n";
+    replaying(pipelined_once(ctx), request)
+}
+
+fn pipelined_once(ctx: &mut Ctx) -> Outcome {
     let names = ["small.txt", "1m.bin", "no-such-file.txt", "a..b.txt", "empty.txt"];
     let sent = "small.txt\\n1m.bin\\nno-such-file.txt\\na..b.txt\\nempty.txt\\n in one write";
     let hint = "a read may hold several requests: answer every complete line in the buffer, in order";
@@ -542,7 +596,7 @@ fn dribbled(ctx: &mut Ctx) -> Outcome {
     });
     match expect_ok(result, &ctx.fixture.content(name), sent, HINT_PARTIAL) {
         Ok(()) => Outcome::Pass(None),
-        Err(outcome) => outcome,
+        Err(outcome) => replaying(outcome, &line(name.as_bytes())),
     }
 }
 
@@ -556,7 +610,7 @@ fn slow_reader(ctx: &mut Ctx) -> Outcome {
     });
     match expect_ok(result, &ctx.fixture.content("1m.bin"), sent, hint) {
         Ok(()) => Outcome::Pass(None),
-        Err(outcome) => outcome,
+        Err(outcome) => replaying(outcome, b"1m.bin\n"),
     }
 }
 

@@ -9,6 +9,7 @@
 //! look. Nothing the server does can hang or crash the grader, and nothing
 //! it started outlives it ([`target`]).
 
+pub mod bundle;
 pub mod checks;
 pub mod fixture;
 pub mod report;
@@ -43,6 +44,10 @@ pub struct Config {
     /// Points per test name, replacing the defaults.
     #[serde(default)]
     pub points: BTreeMap<String, u32>,
+    /// Who sees a test on Gradescope, per test name: `visible` (the
+    /// default), `hidden`, `after_due_date` or `after_published`.
+    #[serde(default)]
+    pub visibility: BTreeMap<String, String>,
 }
 
 impl Config {
@@ -52,12 +57,23 @@ impl Config {
         let config: Config =
             toml::from_str(&text).with_context(|| format!("{} is not a valid config", path.display()))?;
         let names: Vec<&str> = checks::catalog().iter().map(|c| c.name).collect();
-        for name in config.points.keys() {
+        for name in config.points.keys().chain(config.visibility.keys()) {
             anyhow::ensure!(names.contains(&name.as_str()), "{}: no test is named {name:?}", path.display());
+        }
+        for (name, visibility) in &config.visibility {
+            anyhow::ensure!(
+                VISIBILITIES.contains(&visibility.as_str()),
+                "{}: visibility of {name:?} is {visibility:?}; use one of {}",
+                path.display(),
+                VISIBILITIES.join(", ")
+            );
         }
         Ok(config)
     }
 }
+
+/// Gradescope's visibility values (its autograder specification).
+pub const VISIBILITIES: [&str; 4] = ["visible", "hidden", "after_due_date", "after_published"];
 
 /// What to grade and how.
 #[derive(Debug)]
@@ -78,6 +94,8 @@ pub struct Plan {
     pub stop_after_failures: Option<u32>,
     /// Points replacing the defaults.
     pub points: BTreeMap<String, u32>,
+    /// Visibility per test (Gradescope), replacing `visible`.
+    pub visibility: BTreeMap<String, String>,
     /// The kit's reference server, for stage 6.
     pub reference: Option<PathBuf>,
 }
@@ -108,6 +126,9 @@ pub fn grade(plan: &Plan) -> Result<Report> {
         }
         let mut result = TestResult::new(check, max, outcome);
         result.server_event = session.event.take();
+        if let Some(visibility) = plan.visibility.get(check.name) {
+            result.visibility = visibility.clone();
+        }
         if result.status == Status::Failed {
             failures += 1;
         }
@@ -147,6 +168,10 @@ fn run_check(plan: &Plan, check: &Check, fixture: &Fixture, session: &mut Sessio
             if let Some(words) = last_words(&ctx.target.log()) {
                 failure.got.push_str(&format!(" (the server said: {words})"));
             }
+        }
+        if let Outcome::Fail(failure) = &mut last {
+            let addr = ctx.target.addr;
+            failure.replay = failure.request.as_deref().map(|request| report::replay_line(request, addr).into());
         }
         session.event = after_check(plan, check, session);
         if let (Outcome::Fail(failure), Some(event)) = (&mut last, &session.event) {
@@ -286,6 +311,8 @@ fn ready(plan: &Plan, check: &Check, fixture: &Fixture, session: &mut Session) -
                     .into(),
                 got: format!("{err:#}"),
                 hint: "run the command by hand with a free port: does it start, and listen on 127.0.0.1?",
+                request: None,
+                replay: None,
             };
             session.failed_starts.push((check.setup, failure.clone()));
             Err(Outcome::Fail(failure))
