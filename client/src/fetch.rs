@@ -2,6 +2,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -16,11 +17,37 @@ pub enum Outcome {
     SomeRefused,
 }
 
-/// Connects to `addr`; with no paths prints everything until the server
-/// closes, else requests each path in turn on the one connection.
-pub fn run(addr: &str, paths: &[String]) -> Result<Outcome> {
-    let stream = TcpStream::connect(addr)
-        .with_context(|| format!("cannot connect to {addr} (is the server running? set --addr or $SERVER_ADDR)"))?;
+/// Connects to `addr`, retrying a refused connection for up to `patience`:
+/// a server started in the background a moment ago (`server &`) may not
+/// have bound its port yet. Any other error, or a refusal that lasts,
+/// is final.
+pub fn connect(addr: &str, patience: Duration) -> Result<TcpStream> {
+    let deadline = Instant::now() + patience;
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(stream) => return Ok(stream),
+            Err(err) if err.kind() == io::ErrorKind::ConnectionRefused && Instant::now() < deadline => {
+                std::thread::sleep(RETRY_GAP);
+            }
+            Err(err) => {
+                let waited =
+                    if patience.is_zero() { String::new() } else { format!(", after trying for {patience:?}") };
+                return Err(err).with_context(|| {
+                    format!("cannot connect to {addr}{waited} (is the server running? set --addr or $SERVER_ADDR)")
+                });
+            }
+        }
+    }
+}
+
+/// Pause between two connection attempts while a server is starting.
+const RETRY_GAP: Duration = Duration::from_millis(50);
+
+/// Connects to `addr` (waiting up to `patience` for a server that is
+/// starting); with no paths prints everything until the server closes,
+/// else requests each path in turn on the one connection.
+pub fn run(addr: &str, paths: &[String], patience: Duration) -> Result<Outcome> {
+    let stream = connect(addr, patience)?;
     let mut stdout = io::stdout().lock();
     if paths.is_empty() {
         io::copy(&mut &stream, &mut stdout).context("reading from the server")?;

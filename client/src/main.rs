@@ -22,7 +22,8 @@ use client::fetch;
 ///
 /// `client 0 ./test.txt` prints test.txt from a server rooted at fixtures/;
 /// `client 1` against `--service time` prints the time after one second.
-/// `client bench --help` describes the load generator.
+/// Subcommands: `client bench` (the load generator) and `client grade`
+/// (the grader); `client bench --help` and `client grade --help` describe them.
 #[derive(Debug, Parser)]
 #[command(
     version,
@@ -32,6 +33,10 @@ Examples:
   client 0 ./test.txt                      # print fixtures/test.txt (server rooted at fixtures/)
   client 0 a.txt b.txt --addr 127.0.0.1:7071
   client 1 & client 2 & client 3 &         # the homework's three delayed clients
+
+Subcommands (each has its own --help):
+  client bench ...                         # the load generator: requests/s, MB/s, latency percentiles
+  client grade ... -- SERVER COMMAND       # the grader: scores a server against docs/assignment.md
 
 Exit status: 0 if everything was served, 1 if any request was refused (the
 reasons go to stderr), 2 on a usage or connection error."
@@ -45,6 +50,9 @@ struct Cli {
     /// Server address.
     #[arg(long, env = "SERVER_ADDR", default_value = "127.0.0.1:7070")]
     addr: String,
+    /// Seconds to keep retrying a refused connection (a server still starting); 0: try once.
+    #[arg(long, value_parser = parse_seconds, default_value = "5")]
+    wait: Duration,
 }
 
 /// Drives load at a server and reports requests/s, MB/s and latency
@@ -98,6 +106,9 @@ struct BenchCli {
     /// Print the results as one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Seconds to wait for the server to accept a first connection (a server still starting); 0: do not wait.
+    #[arg(long, value_parser = parse_seconds, default_value = "5")]
+    wait: Duration,
 }
 
 /// Scores a server against the assignment (docs/assignment.md), stage by
@@ -114,6 +125,8 @@ Examples:
   client grade --stage 6 -- ./target/release/server --model event-async --port {port} --root {root} --read-delay-ms {delay}
   client grade --stage 5 --json -- python3 server.py --port {port} --root {root} --read-delay-ms {delay}
   client grade --addr 127.0.0.1:7070 --root /srv/files --stage 3     # a server already running
+  client grade --stage 3 --format junit -- ./my-server --port {port} --root {root} > grade.xml
+  client grade --stages 1,2,3 --write-gradescope bundle -- ./server --port {port} --root {root} --read-delay-ms {delay}
 
 Exit status: 0 if every test passed, 1 if any failed, 2 if grading could not run."
 )]
@@ -148,9 +161,18 @@ struct GradeCli {
     /// Stop after K failed tests.
     #[arg(long)]
     stop_after: Option<u32>,
-    /// Print the report as JSON: {"score", "max", "tests": [...]}.
-    #[arg(long)]
+    /// Print the report as JSON: the same as --format json.
+    #[arg(long, conflicts_with = "format")]
     json: bool,
+    /// The report's format: text (a person's), json ({"score", "max", "tests"}), gradescope
+    /// (results.json), junit (XML for CI).
+    #[arg(long, value_parser = ["text", "json", "gradescope", "junit"])]
+    format: Option<String>,
+    /// Write a Gradescope autograder bundle (setup.sh, run_autograder, this client, course.toml) into
+    /// DIR for the chosen stages, --config and the command after `--` (run in the submission's
+    /// folder), then exit.
+    #[arg(long, value_name = "DIR")]
+    write_gradescope: Option<std::path::PathBuf>,
     /// Write a log file per failing test (the exchange, the server's output) here.
     #[arg(long, default_value = "grade-logs")]
     logs: std::path::PathBuf,
@@ -188,7 +210,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     std::thread::sleep(cli.delay);
-    match fetch::run(&cli.addr, &cli.paths) {
+    match fetch::run(&cli.addr, &cli.paths, cli.wait) {
         Ok(fetch::Outcome::AllServed) => ExitCode::SUCCESS,
         Ok(fetch::Outcome::SomeRefused) => ExitCode::from(1),
         Err(err) => {
@@ -217,6 +239,9 @@ fn run_bench(cli: BenchCli) -> anyhow::Result<bool> {
         .with_context(|| format!("cannot resolve {}", cli.addr))?
         .next()
         .with_context(|| format!("{} resolves to no address", cli.addr))?;
+    // A server started a moment ago may not have bound its port yet: one
+    // connection that succeeds before the clock starts (it is then closed).
+    drop(fetch::connect(&cli.addr, cli.wait)?);
     let until = match (cli.duration, cli.requests) {
         (_, Some(n)) => Until::Requests(n),
         (Some(d), None) => Until::Elapsed(d),
@@ -288,7 +313,15 @@ fn run_grade(cli: GradeCli) -> anyhow::Result<bool> {
              --read-delay-ms {{delay}} (or --addr HOST:PORT --root DIR for a server already running)"
         );
     }
-    let stages = cli.stages.or(config.stages).unwrap_or_else(|| (1..=cli.stage).collect());
+    let stages = cli.stages.or(config.stages.clone()).unwrap_or_else(|| (1..=cli.stage).collect());
+    if let Some(dir) = &cli.write_gradescope {
+        grade::bundle::write(dir, &stages, cli.config.as_deref(), &cli.command)?;
+        eprintln!(
+            "client grade: Gradescope autograder in {}: zip its files (not the folder) and upload them",
+            dir.display()
+        );
+        return Ok(true);
+    }
     let setup = match cli.service.as_str() {
         "time" => Setup::Time,
         _ => Setup::Files { delay_ms: cli.delay },
@@ -303,17 +336,21 @@ fn run_grade(cli: GradeCli) -> anyhow::Result<bool> {
         repeat: cli.repeat.or(config.repeat).unwrap_or(1),
         stop_after_failures: cli.stop_after.or(config.stop_after_failures),
         points: config.points,
+        visibility: config.visibility,
         reference,
     };
     let report = grade::grade(&plan)?;
-    if cli.json {
-        println!("{}", report.json());
-    } else {
-        print!("{}", report.text());
+    let format = if cli.json { "json" } else { cli.format.as_deref().unwrap_or("text") };
+    match format {
+        "json" => println!("{}", report.json()),
+        "gradescope" => println!("{}", report.gradescope()),
+        "junit" => print!("{}", report.junit()),
+        _ => print!("{}", report.text()),
     }
     let logged = report.write_logs(&cli.logs)?;
     if logged > 0 {
-        eprintln!("client grade: {logged} failing exchanges logged in {}", cli.logs.display());
+        let exchanges = client::grade::report::plural(logged as u64, "failing exchange");
+        eprintln!("client grade: {exchanges} logged in {}", cli.logs.display());
     }
     if let (Some(csv), Some(label)) = (&cli.csv, &cli.label) {
         report.append_csv(csv, label)?;

@@ -44,6 +44,9 @@ BUGS = [
     "exits-midway",    # exits after ten requests
     "hangs",           # reads requests, never answers
     "floods",          # writes megabytes to stdout and stderr while serving
+    "blocking-fifo",   # opens files without O_NONBLOCK: a FIFO blocks its one loop
+    "aborts-on-control",  # abort()s on a control byte in a request
+    "one-request",     # answers one request, then reads and never answers again
 ]
 
 
@@ -61,6 +64,8 @@ class Refused(Exception):
 def open_beneath(root_fd, path, bug):
     """The sandbox: an open fd of a regular file under the root, or Refused."""
     if any(b < 0x20 or b == 0x7F for b in path):
+        if bug == "aborts-on-control":
+            os.abort()
         raise Refused(400, "malformed request")
     if path.startswith(b"/"):
         raise Refused(403, "forbidden")
@@ -72,15 +77,22 @@ def open_beneath(root_fd, path, bug):
             raise Refused(403, "forbidden")
     if not parts:
         raise Refused(403, "forbidden")
-    follow = bug == "symlinks"
+    if bug != "symlinks":
+        # Symlinks are followed only while they stay inside the root
+        # (racy against a tree that changes meanwhile; fine for a lab).
+        root = os.path.realpath(f"/proc/self/fd/{root_fd}")
+        joined = os.path.join(root, os.fsdecode(b"/".join(parts)))
+        real = os.path.realpath(joined)
+        escapes = not real.startswith(root + os.sep)
+        through_a_link = real != os.path.normpath(joined)
+        if escapes and (through_a_link or bug != "dotdot"):
+            raise Refused(403, "forbidden")
     current = os.dup(root_fd)
     try:
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
-            if not follow and stat.S_ISLNK(os.lstat(part, dir_fd=current).st_mode):
-                raise Refused(403, "forbidden")
-            flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
-            flags |= os.O_NONBLOCK if last else os.O_DIRECTORY
+            flags = os.O_RDONLY | os.O_CLOEXEC
+            flags |= (0 if bug == "blocking-fifo" else os.O_NONBLOCK) if last else os.O_DIRECTORY
             opened = os.open(part, flags, dir_fd=current)
             os.close(current)
             current = opened
@@ -279,7 +291,7 @@ class Server:
                     newline = conn.inbuf.find(b"\n")
                     if newline >= 0:
                         del conn.inbuf[newline + 1:]
-        while not conn.waiting and not conn.closing and self.bug != "hangs":
+        while not conn.waiting and not conn.closing and self.bug != "hangs" and not self.answered_enough():
             newline = conn.inbuf.find(b"\n")
             if newline < 0:
                 if len(conn.inbuf) > MAX_LINE:
@@ -304,6 +316,9 @@ class Server:
                 conn.out.popleft()
             else:
                 conn.out[0] = conn.out[0][sent:]
+
+    def answered_enough(self):
+        return self.bug == "one-request" and self.requests >= 1
 
     def request(self, conn, line):
         try:

@@ -52,9 +52,48 @@ fn client_exits_2_on_usage_and_connection_errors() {
     assert_eq!(bad_delay.status.code(), Some(2));
     // A port nothing listens on: bind one, note it, close it.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let out = Command::new(client_bin()).args(["0", "x", "--addr", &format!("127.0.0.1:{port}")]).output().unwrap();
+    let out = Command::new(client_bin())
+        .args(["0", "x", "--wait", "0", "--addr", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+}
+
+/// `server &` then `client 0 ./test.txt`, pasted together: the client
+/// retries a refused connection while the server is still starting.
+#[test]
+fn the_client_waits_for_a_server_that_is_starting() {
+    // A port the kernel names, free again: the "server" binds it later.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let client = Command::new(client_bin())
+        .args(["0", "tiny.txt", "--addr", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let late = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let (mut conn, _) = late.accept().unwrap();
+    let mut request = [0; 9];
+    std::io::Read::read_exact(&mut conn, &mut request).unwrap();
+    assert_eq!(&request, b"tiny.txt\n");
+    std::io::Write::write_all(&mut conn, b"OK 3\nhi\n").unwrap();
+    let out = client.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"hi\n");
+}
+
+/// A newcomer finds the subcommands from `client --help`.
+#[test]
+fn client_help_lists_its_subcommands() {
+    let out = Command::new(client_bin()).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    for subcommand in ["client bench", "client grade"] {
+        assert!(help.contains(subcommand), "`client --help` names {subcommand}:\n{help}");
+    }
+    assert!(help.contains("--wait"), "{help}");
 }
 
 #[test]

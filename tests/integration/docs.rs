@@ -6,9 +6,10 @@
 //! (chapter 6 edits a fixture) and `target/release/` linked to the binaries
 //! under test. Ports are the kernel's: the docs' 7070, 7071, 7072 and 8080
 //! are replaced by free ports, and `SERVER_PORT`/`SERVER_ADDR` point the
-//! flag-less `server` and `client` at the first. The only thing added to
-//! the commands is a wait for each background server to listen (a person
-//! types slower than bash runs). Skipped: the two set-up commands the CI
+//! flag-less `server` and `client` at the first. Nothing is added to the
+//! commands: no wait after a background server starts, as none is added
+//! when a person pastes a block (the client itself waits for a server that
+//! is starting; `client --wait`). Skipped: the two set-up commands the CI
 //! runs itself (`cargo ...`, `./benchmark.sh ...`) and lines whose program
 //! is not installed (wrk, nginx), each with a note.
 
@@ -34,7 +35,6 @@ const FAILURE_SIGNS: &[&str] = &[
     "panicked",
     "error: ",
     "Usage:",
-    "nothing listening on",
     "No such file or directory",
 ];
 
@@ -87,11 +87,7 @@ fn is_installed(program: &str) -> bool {
 /// The script bash runs for one document.
 fn script(blocks: &[String], ports: &[(u16, u16)]) -> String {
     let default_port = ports[0].1;
-    let mut script = format!(
-        "set -u\nexport SERVER_PORT={default_port} SERVER_ADDR=127.0.0.1:{default_port}\n\
-         wait_listening() {{ for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; \
-         sleep 0.05; done; echo \"doc check: nothing listening on $1\" >&2; }}\n"
-    );
+    let mut script = format!("set -u\nexport SERVER_PORT={default_port} SERVER_ADDR=127.0.0.1:{default_port}\n");
     for block in blocks {
         let mut block = block.clone();
         for (documented, free) in ports {
@@ -100,7 +96,6 @@ fn script(blocks: &[String], ports: &[(u16, u16)]) -> String {
         for line in block.lines() {
             let command = line.split(" #").next().unwrap_or("").trim();
             let program = command.split_whitespace().next().unwrap_or("");
-            let program_name = program.rsplit('/').next().unwrap_or("");
             if program == "cargo" || program == "./benchmark.sh" {
                 script.push_str(&format!(": skipped, the CI runs it itself: {command}\n"));
                 continue;
@@ -111,14 +106,6 @@ fn script(blocks: &[String], ports: &[(u16, u16)]) -> String {
             }
             script.push_str(line);
             script.push('\n');
-            if program_name == "server" && command.ends_with('&') {
-                let port = command
-                    .split_whitespace()
-                    .skip_while(|word| *word != "--port")
-                    .nth(1)
-                    .map_or(default_port, |port| port.parse().unwrap());
-                script.push_str(&format!("wait_listening {port}\n"));
-            }
         }
     }
     // Whatever a document leaves running is stopped here (and the process
@@ -213,6 +200,16 @@ fn the_runner_notices_a_command_that_does_not_run() {
     assert!(run(&broken, dir.path()).is_err(), "a missing program must fail the check");
     let fine = script(&["echo fine\n".to_string()], &[(7070, free_port())]);
     assert_eq!(run(&fine, dir.path()).unwrap(), "fine\n");
+}
+
+#[test]
+fn the_runner_adds_no_wait_after_a_server_starts() {
+    let block = "./target/release/server --root fixtures &\n./target/release/client 0 ./test.txt\n";
+    let port = free_port();
+    let script = script(&[block.to_string()], &[(7070, port)]);
+    let body: Vec<&str> = script.lines().skip_while(|line| !line.contains("server --root")).collect();
+    assert_eq!(body[..2], ["./target/release/server --root fixtures &", "./target/release/client 0 ./test.txt"]);
+    assert!(!script.contains("sleep") && !script.contains("/dev/tcp"), "{script}");
 }
 
 /// The `rust` blocks of a Markdown file that quote a source file: their

@@ -86,6 +86,9 @@ fn each_stage_handout_builds_and_fails_exactly_the_tests_of_its_missing_parts() 
                 "files.spaces",
                 "files.two_dots",
                 "files.nested",
+                "files.dot_components",
+                "files.empty_components",
+                "files.symlink_inside",
                 "files.missing",
                 "files.directory",
                 "files.fifo",
@@ -95,6 +98,8 @@ fn each_stage_handout_builds_and_fails_exactly_the_tests_of_its_missing_parts() 
                 "sandbox.control_bytes",
                 "sandbox.hidden",
                 "sandbox.overlong",
+                "protocol.crlf",
+                "protocol.line_limit",
                 "protocol.pipelined",
                 "protocol.dribbled",
                 "protocol.slow_reader",
@@ -121,7 +126,9 @@ fn each_stage_handout_builds_and_fails_exactly_the_tests_of_its_missing_parts() 
             assert_eq!(score, max, "stage {stage} handout, what earlier stages built:\n{}", graded.text);
         }
         let graded = grade(&["--stages", &stages, "--stretch", "2"], &command(&server, model));
-        assert_eq!(graded.failed(), missing, "stage {stage} handout, --model {model}:\n{}", graded.text);
+        // files.unreadable fails too where the grader is not root (as root it is skipped).
+        let failed: Vec<String> = graded.failed().into_iter().filter(|name| name != "files.unreadable").collect();
+        assert_eq!(failed, missing, "stage {stage} handout, --model {model}:\n{}", graded.text);
         let todo = format!("not yet implemented: stage {stage}: ");
         assert!(graded.text.contains(&todo), "stage {stage}: the report shows the todo! message:\n{}", graded.text);
     }

@@ -68,7 +68,8 @@ fn main() -> Result<()> {
             let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask lives in the workspace")?;
             let out = out.unwrap_or_else(|| repo.join(format!("handout/stage-{stage}")));
             let cut = write_handout(repo, stage, &out)?;
-            println!("stage {stage} handout in {}: {cut} functions to write", out.display());
+            let functions = if cut == 1 { "function" } else { "functions" };
+            println!("stage {stage} handout in {}: {cut} {functions} to write", out.display());
             for line in summary(&out, stage)? {
                 println!("  {line}");
             }

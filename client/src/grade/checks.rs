@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustix::process::Signal;
 
-use super::fixture::{Fixture, SECRET, SLOW_FILES};
+use super::fixture::{Fixture, HIDDEN, SECRET, SLOW_FILES};
 use super::target::{Setup, Target};
 use super::wire::{contains, fetch, preview, Conn, Reply};
 
@@ -30,6 +30,12 @@ pub struct Failure {
     pub got: String,
     /// Where to look.
     pub hint: &'static str,
+    /// The bytes sent on one connection that show the failure, when one
+    /// connection does: the report turns them into a line to paste
+    /// ([`super::report::replay_line`]). `Some(empty)`: connect, send nothing.
+    pub request: Option<Box<[u8]>>,
+    /// [`Failure::request`] as a line to paste, once the address is known.
+    pub replay: Option<Box<str>>,
 }
 
 /// How one test ended.
@@ -79,12 +85,38 @@ pub struct Check {
     pub setup: Setup,
     /// Whether it needs a server the grader started (signals, /proc).
     pub needs_local: bool,
+    /// Whether the server is meant to exit during it (SIGTERM): its exit
+    /// is the test's business, not a death to report.
+    pub ends_server: bool,
     /// The test.
     pub run: fn(&mut Ctx) -> Outcome,
 }
 
 fn fail(sent: impl Into<String>, expected: impl Into<String>, got: impl Into<String>, hint: &'static str) -> Outcome {
-    Outcome::Fail(Failure { sent: sent.into(), expected: expected.into(), got: got.into(), hint })
+    Outcome::Fail(Failure {
+        sent: sent.into(),
+        expected: expected.into(),
+        got: got.into(),
+        hint,
+        request: None,
+        replay: None,
+    })
+}
+
+/// `outcome`, with `request` as its replay if it failed without one.
+fn replaying(outcome: Outcome, request: &[u8]) -> Outcome {
+    match outcome {
+        Outcome::Fail(mut failure) => {
+            failure.request.get_or_insert_with(|| request.into());
+            Outcome::Fail(failure)
+        }
+        other => other,
+    }
+}
+
+/// The request line for `path`.
+fn line(path: &[u8]) -> Vec<u8> {
+    [path, b"\n"].concat()
 }
 
 const FILES: Setup = Setup::Files { delay_ms: 0 };
@@ -98,9 +130,11 @@ pub fn catalog() -> Vec<Check> {
         description,
         setup,
         needs_local: false,
+        ends_server: false,
         run,
     };
     let local = |check: Check| Check { needs_local: true, ..check };
+    let ending = |check: Check| Check { ends_server: true, ..check };
     vec![
         check(
             "time.one_line",
@@ -127,7 +161,20 @@ pub fn catalog() -> Vec<Check> {
         check("files.spaces", 3, 1, "a name with spaces", FILES, |c| file_exact(c, "name with spaces.txt")),
         check("files.two_dots", 3, 1, "a..b.txt is a name, not an escape", FILES, |c| file_exact(c, "a..b.txt")),
         check("files.nested", 3, 1, "a file in a subdirectory", FILES, |c| file_exact(c, "dir/sub/nested.txt")),
+        check("files.dot_components", 3, 1, "a lone `.` component is the directory itself: skipped", FILES, |c| {
+            file_as(c, &[("./small.txt", "small.txt"), ("dir/./sub/./nested.txt", "dir/sub/nested.txt")])
+        }),
+        check("files.empty_components", 3, 1, "empty components (`a//b`) are merged", FILES, |c| {
+            file_as(
+                c,
+                &[("dir//sub///nested.txt", "dir/sub/nested.txt"), ("dir/sub//nested.txt", "dir/sub/nested.txt")],
+            )
+        }),
+        check("files.symlink_inside", 3, 1, "a symlink that stays inside the root is followed", FILES, |c| {
+            file_as(c, &[("in-link", "small.txt")])
+        }),
         check("files.missing", 3, 1, "a missing file: ERR 404", FILES, |c| refused(c, &[b"no-such-file.txt"], &[404])),
+        check("files.unreadable", 3, 1, "a file the server may not read: ERR 403", FILES, unreadable),
         check("files.directory", 3, 1, "a directory: ERR 403", FILES, |c| refused(c, &[b"dir", b"dir/sub"], &[403])),
         check("files.fifo", 3, 1, "a FIFO: ERR 403, and the server does not hang", FILES, fifo),
         check("sandbox.dotdot", 3, 4, "`..` in every spelling: nothing from outside the root", FILES, sandbox_dotdot),
@@ -136,6 +183,15 @@ pub fn catalog() -> Vec<Check> {
         check("sandbox.control_bytes", 3, 1, "NUL and control bytes: refused", FILES, sandbox_control),
         check("sandbox.hidden", 3, 1, "hidden files: ERR 403", FILES, |c| refused(c, &[b".hidden"], &[403])),
         check("sandbox.overlong", 3, 1, "a line over 4096 bytes: ERR 414", FILES, overlong),
+        check("protocol.crlf", 3, 1, "a `\\r` before the `\\n` is not part of the path", FILES, crlf),
+        check(
+            "protocol.line_limit",
+            3,
+            1,
+            "4096 bytes before `\\r\\n` are served; 4097 get ERR 414",
+            FILES,
+            line_limit,
+        ),
         check("protocol.pipelined", 3, 3, "five requests in one write: five replies, in order", FILES, pipelined),
         check("protocol.dribbled", 3, 2, "a request sent one byte at a time", FILES, dribbled),
         check("protocol.slow_reader", 3, 3, "a client that reads slowly still gets every byte", FILES, slow_reader),
@@ -160,7 +216,14 @@ pub fn catalog() -> Vec<Check> {
         local(check("cache.fresh_after_sighup", 5, 3, "after SIGHUP the new content is served", FILES, fresh)),
         local(check("cache.sighup_logged", 5, 1, "SIGHUP says `cache cleared` on stderr", FILES, sighup_logged)),
         local(check("signals.sighup_storm", 5, 3, "50 SIGHUPs under load: no wrong byte, no crash", FILES, storm)),
-        local(check("signals.sigterm", 5, 2, "SIGTERM: the response in flight completes, exit 0", FILES, sigterm)),
+        ending(local(check(
+            "signals.sigterm",
+            5,
+            2,
+            "SIGTERM: the response in flight completes, exit 0",
+            FILES,
+            sigterm,
+        ))),
         check(
             "benchmark.homework",
             6,
@@ -185,6 +248,10 @@ const HINT_START: &str = "does the server listen on 127.0.0.1 at --port, and kee
 const HINT_TIME: &str = "write the time on accept (no request is read), then close the connection";
 
 fn time_one_line(ctx: &mut Ctx) -> Outcome {
+    replaying(time_one_line_once(ctx), b"")
+}
+
+fn time_one_line_once(ctx: &mut Ctx) -> Outcome {
     let text = match time_line(ctx) {
         Ok(text) => text,
         Err(outcome) => return outcome,
@@ -207,6 +274,10 @@ fn time_one_line(ctx: &mut Ctx) -> Outcome {
 }
 
 fn time_many_clients(ctx: &mut Ctx) -> Outcome {
+    replaying(time_many_clients_once(ctx), b"")
+}
+
+fn time_many_clients_once(ctx: &mut Ctx) -> Outcome {
     for i in 0..5 {
         match time_line(ctx) {
             Ok(text) if text.ends_with('\n') && text.len() >= 20 => {}
@@ -301,8 +372,88 @@ fn file_exact(ctx: &mut Ctx, name: &str) -> Outcome {
     let budget = ctx.budget(if want.len() > (8 << 20) { 30.0 } else { 5.0 });
     match expect_ok(fetch(ctx.addr(), name.as_bytes(), budget), &want, name, HINT_FILES) {
         Ok(()) => Outcome::Pass(None),
-        Err(outcome) => outcome,
+        Err(outcome) => replaying(outcome, &line(name.as_bytes())),
     }
+}
+
+/// Each `(spelling, name)`: the request `spelling` must be answered with
+/// the content of the file `name`.
+fn file_as(ctx: &mut Ctx, cases: &[(&str, &str)]) -> Outcome {
+    for (spelling, name) in cases {
+        let want = ctx.fixture.content(name);
+        if let Err(outcome) =
+            expect_ok(fetch(ctx.addr(), spelling.as_bytes(), ctx.budget(5.0)), &want, spelling, HINT_RULES)
+        {
+            return replaying(outcome, &line(spelling.as_bytes()));
+        }
+    }
+    Outcome::Pass(None)
+}
+
+const HINT_RULES: &str = "see the rules table of docs/assignment.md: skip `.` and empty components, follow symlinks \
+     that stay inside the root, drop a `\\r` before the `\\n`";
+
+fn unreadable(ctx: &mut Ctx) -> Outcome {
+    // Permissions do not bind root: where the grader itself can read the
+    // file, so can a server run by the same user.
+    if std::fs::File::open(ctx.fixture.root().join("unreadable.txt")).is_ok() {
+        return Outcome::Skip("the file is readable here (the grader runs as root): not testable".into());
+    }
+    refused(ctx, &[b"unreadable.txt"], &[403])
+}
+
+fn crlf(ctx: &mut Ctx) -> Outcome {
+    let want = ctx.fixture.content("small.txt");
+    let result = Conn::open(ctx.addr(), ctx.budget(5.0)).and_then(|mut conn| {
+        conn.send(b"small.txt\r\n")?;
+        conn.reply()
+    });
+    match expect_ok(result, &want, "small.txt\\r\\n", HINT_RULES) {
+        Ok(()) => Outcome::Pass(None),
+        Err(outcome) => replaying(outcome, b"small.txt\r\n"),
+    }
+}
+
+/// A request line of exactly `len` bytes (before its `\r\n`) naming small.txt:
+/// `./` components (skipped) pad it, with one empty component if the
+/// padding is odd.
+fn padded_small_txt(len: usize) -> Vec<u8> {
+    let name = b"small.txt";
+    let pad = len - name.len();
+    let mut line = b"./".repeat(pad / 2);
+    if pad % 2 == 1 {
+        line.push(b'/');
+    }
+    line.extend_from_slice(name);
+    line
+}
+
+fn line_limit(ctx: &mut Ctx) -> Outcome {
+    let want = ctx.fixture.content("small.txt");
+    let hint = "count the line's bytes without its `\\r\\n`: 4096 are allowed, more get ERR 414";
+    let mut longest = padded_small_txt(4096);
+    longest.extend_from_slice(b"\r\n");
+    let sent = "a 4096-byte line (./././... small.txt), then \\r\\n";
+    let result = Conn::open(ctx.addr(), ctx.budget(5.0)).and_then(|mut conn| {
+        conn.send(&longest)?;
+        conn.reply()
+    });
+    if let Err(outcome) = expect_ok(result, &want, sent, hint) {
+        return replaying(outcome, &longest);
+    }
+    let sent = "a 4097-byte line (./././... small.txt), then \\n";
+    let mut over = padded_small_txt(4097);
+    over.push(b'\n');
+    let result = Conn::open(ctx.addr(), ctx.budget(5.0)).and_then(|mut conn| {
+        conn.send(&over)?;
+        conn.reply()
+    });
+    let outcome = match result {
+        Ok(Reply::Err(414)) => Outcome::Pass(None),
+        Ok(other) => fail(sent, "ERR 414", other.describe(), hint),
+        Err(err) => fail(sent, "ERR 414", err, hint),
+    };
+    replaying(outcome, &over)
 }
 
 /// Each path must be refused with one of `codes`, and no reply may carry
@@ -310,11 +461,24 @@ fn file_exact(ctx: &mut Ctx, name: &str) -> Outcome {
 fn refused(ctx: &mut Ctx, paths: &[&[u8]], codes: &[u16]) -> Outcome {
     let expected = format!("ERR {}", codes.iter().map(u16::to_string).collect::<Vec<_>>().join(" or ERR "));
     for path in paths {
+        let outcome = refused_one(ctx, path, codes, &expected);
+        if !matches!(outcome, Outcome::Pass(_)) {
+            return replaying(outcome, &line(path));
+        }
+    }
+    Outcome::Pass(None)
+}
+
+fn refused_one(ctx: &mut Ctx, path: &[u8], codes: &[u16], expected: &str) -> Outcome {
+    {
         let sent = String::from_utf8_lossy(path).escape_debug().to_string();
         match fetch(ctx.addr(), path, ctx.budget(5.0)) {
             Ok(Reply::Err(code)) if codes.contains(&code) => {}
             Ok(Reply::Ok(body)) if contains(&body, SECRET.trim_ascii_end()) => {
                 return fail(sent, expected, "the secret from outside the root!", HINT_SANDBOX)
+            }
+            Ok(Reply::Ok(body)) if body == HIDDEN => {
+                return fail(sent, expected, "the content of the hidden file (inside the root)", HINT_SANDBOX)
             }
             Ok(other) => return fail(sent, expected, other.describe(), HINT_SANDBOX),
             Err(err) => return fail(sent, expected, err, HINT_SANDBOX),
@@ -364,28 +528,35 @@ fn sandbox_control(ctx: &mut Ctx) -> Outcome {
 
 fn fifo(ctx: &mut Ctx) -> Outcome {
     let outcome = refused(ctx, &[b"fifo"], &[403]);
-    if !matches!(outcome, Outcome::Pass(_)) {
-        return outcome;
+    if let Outcome::Fail(mut failure) = outcome {
+        failure.hint = HINT_FIFO;
+        return Outcome::Fail(failure);
     }
     let small = ctx.fixture.content("small.txt");
     match expect_ok(fetch(ctx.addr(), b"small.txt", ctx.budget(3.0)), &small, "small.txt, after fifo", HINT_FIFO) {
         Ok(()) => Outcome::Pass(None),
-        Err(outcome) => outcome,
+        Err(outcome) => replaying(outcome, b"small.txt\n"),
     }
 }
 
 const HINT_FIFO: &str = "open files with O_NONBLOCK (opening a FIFO blocks otherwise) and refuse non-regular files";
 
 fn overlong(ctx: &mut Ctx) -> Outcome {
-    let line = vec![b'a'; 5000];
-    match fetch(ctx.addr(), &line, ctx.budget(5.0)) {
+    let long = vec![b'a'; 5000];
+    let outcome = match fetch(ctx.addr(), &long, ctx.budget(5.0)) {
         Ok(Reply::Err(414)) => Outcome::Pass(None),
         Ok(other) => fail("a 5000-byte line", "ERR 414", other.describe(), "bound the line buffer at 4096 bytes"),
         Err(err) => fail("a 5000-byte line", "ERR 414", err, "bound the line buffer at 4096 bytes"),
-    }
+    };
+    replaying(outcome, &line(&long))
 }
 
 fn pipelined(ctx: &mut Ctx) -> Outcome {
+    let request = b"small.txt\n1m.bin\nno-such-file.txt\na..b.txt\nempty.txt\n";
+    replaying(pipelined_once(ctx), request)
+}
+
+fn pipelined_once(ctx: &mut Ctx) -> Outcome {
     let names = ["small.txt", "1m.bin", "no-such-file.txt", "a..b.txt", "empty.txt"];
     let sent = "small.txt\\n1m.bin\\nno-such-file.txt\\na..b.txt\\nempty.txt\\n in one write";
     let hint = "a read may hold several requests: answer every complete line in the buffer, in order";
@@ -425,7 +596,7 @@ fn dribbled(ctx: &mut Ctx) -> Outcome {
     });
     match expect_ok(result, &ctx.fixture.content(name), sent, HINT_PARTIAL) {
         Ok(()) => Outcome::Pass(None),
-        Err(outcome) => outcome,
+        Err(outcome) => replaying(outcome, &line(name.as_bytes())),
     }
 }
 
@@ -439,7 +610,7 @@ fn slow_reader(ctx: &mut Ctx) -> Outcome {
     });
     match expect_ok(result, &ctx.fixture.content("1m.bin"), sent, hint) {
         Ok(()) => Outcome::Pass(None),
-        Err(outcome) => outcome,
+        Err(outcome) => replaying(outcome, b"1m.bin\n"),
     }
 }
 

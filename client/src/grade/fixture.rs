@@ -1,13 +1,17 @@
 //! The root the grader serves from, filled by the grader itself: the files
 //! each test asks for, and the traps the sandbox must refuse.
 
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
 /// Content only ever stored outside the root: no response may contain it.
 pub const SECRET: &[u8] = b"SECRET-OUTSIDE-THE-ROOT-7f3a9c\n";
+
+/// The content of `.hidden`, a file inside the root that must be refused
+/// all the same (a hidden name): told apart from [`SECRET`] in reports.
+pub const HIDDEN: &[u8] = b"a hidden file inside the root\n";
 
 /// Files read concurrently by the stage-4 tests, one per client.
 pub const SLOW_FILES: usize = 8;
@@ -61,7 +65,7 @@ impl Fixture {
             ("a..b.txt", b"two dots inside a name are not an escape\n".to_vec()),
             ("name with spaces.txt", b"spaces are part of the name\n".to_vec()),
             ("dir/sub/nested.txt", b"nested\n".to_vec()),
-            (".hidden", SECRET.to_vec()),
+            (".hidden", HIDDEN.to_vec()),
             ("mutable.txt", b"version one\n".to_vec()),
         ];
         for (name, content) in files {
@@ -70,6 +74,9 @@ impl Fixture {
         for i in 0..SLOW_FILES {
             std::fs::write(root.join(format!("slow/{i}.txt")), pattern(4096, i as u8 + 10))?;
         }
+        symlink("small.txt", root.join("in-link"))?;
+        std::fs::write(root.join("unreadable.txt"), b"nobody may read this\n")?;
+        std::fs::set_permissions(root.join("unreadable.txt"), std::fs::Permissions::from_mode(0o000))?;
         symlink(outside.join("secret.txt"), root.join("out-link"))?;
         symlink(&outside, root.join("out-dir"))?;
         symlink("../../outside/secret.txt", root.join("dir/up-link"))?;

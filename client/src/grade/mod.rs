@@ -9,6 +9,7 @@
 //! look. Nothing the server does can hang or crash the grader, and nothing
 //! it started outlives it ([`target`]).
 
+pub mod bundle;
 pub mod checks;
 pub mod fixture;
 pub mod report;
@@ -43,6 +44,10 @@ pub struct Config {
     /// Points per test name, replacing the defaults.
     #[serde(default)]
     pub points: BTreeMap<String, u32>,
+    /// Who sees a test on Gradescope, per test name: `visible` (the
+    /// default), `hidden`, `after_due_date` or `after_published`.
+    #[serde(default)]
+    pub visibility: BTreeMap<String, String>,
 }
 
 impl Config {
@@ -52,12 +57,23 @@ impl Config {
         let config: Config =
             toml::from_str(&text).with_context(|| format!("{} is not a valid config", path.display()))?;
         let names: Vec<&str> = checks::catalog().iter().map(|c| c.name).collect();
-        for name in config.points.keys() {
+        for name in config.points.keys().chain(config.visibility.keys()) {
             anyhow::ensure!(names.contains(&name.as_str()), "{}: no test is named {name:?}", path.display());
+        }
+        for (name, visibility) in &config.visibility {
+            anyhow::ensure!(
+                VISIBILITIES.contains(&visibility.as_str()),
+                "{}: visibility of {name:?} is {visibility:?}; use one of {}",
+                path.display(),
+                VISIBILITIES.join(", ")
+            );
         }
         Ok(config)
     }
 }
+
+/// Gradescope's visibility values (its autograder specification).
+pub const VISIBILITIES: [&str; 4] = ["visible", "hidden", "after_due_date", "after_published"];
 
 /// What to grade and how.
 #[derive(Debug)]
@@ -78,6 +94,8 @@ pub struct Plan {
     pub stop_after_failures: Option<u32>,
     /// Points replacing the defaults.
     pub points: BTreeMap<String, u32>,
+    /// Visibility per test (Gradescope), replacing `visible`.
+    pub visibility: BTreeMap<String, String>,
     /// The kit's reference server, for stage 6.
     pub reference: Option<PathBuf>,
 }
@@ -103,7 +121,14 @@ pub fn grade(plan: &Plan) -> Result<Report> {
         } else {
             run_check(plan, check, &fixture, &mut session)
         };
-        let result = TestResult::new(check, max, outcome);
+        if let Some(err) = session.cannot_run.take() {
+            return Err(err);
+        }
+        let mut result = TestResult::new(check, max, outcome);
+        result.server_event = session.event.take();
+        if let Some(visibility) = plan.visibility.get(check.name) {
+            result.visibility = visibility.clone();
+        }
         if result.status == Status::Failed {
             failures += 1;
         }
@@ -119,6 +144,11 @@ pub fn grade(plan: &Plan) -> Result<Report> {
 struct Session {
     current: Option<Target>,
     failed_starts: Vec<(Setup, Failure)>,
+    /// What happened to the server during the last test (it died, or it
+    /// stopped answering and was stopped), for the report.
+    event: Option<String>,
+    /// Why grading cannot run at all (the command cannot be started).
+    cannot_run: Option<anyhow::Error>,
 }
 
 /// Runs `check` `repeat` times (each on a ready server); it passes only
@@ -139,12 +169,91 @@ fn run_check(plan: &Plan, check: &Check, fixture: &Fixture, session: &mut Sessio
                 failure.got.push_str(&format!(" (the server said: {words})"));
             }
         }
+        if let Outcome::Fail(failure) = &mut last {
+            let addr = ctx.target.addr;
+            failure.replay = failure.request.as_deref().map(|request| report::replay_line(request, addr).into());
+        }
+        session.event = after_check(plan, check, session);
+        if let (Outcome::Fail(failure), Some(event)) = (&mut last, &session.event) {
+            failure.got.push_str(&format!(" ({event})"));
+        }
         if !matches!(last, Outcome::Pass(_)) {
             break;
         }
     }
     last
 }
+
+/// After a test, makes sure the next one starts from a live, answering
+/// server: one that died is noted (with the signal that killed it) and
+/// started again by [`ready`]; one that no longer answers a request within
+/// a few seconds (it hangs, on a FIFO say) is noted and stopped, so that it
+/// is started again too. One mistake then costs only the tests it fails.
+/// `None` when the server is well (or ended as the test asked).
+fn after_check(plan: &Plan, check: &Check, session: &mut Session) -> Option<String> {
+    let target = session.current.as_mut()?;
+    if !target.is_local() {
+        return None;
+    }
+    if let Some(status) = target.exit_status() {
+        session.current = None;
+        if check.ends_server {
+            return None;
+        }
+        return Some(died(status, check));
+    }
+    let budget = Duration::from_secs_f64(3.0 * plan.stretch);
+    let answer = match target.setup {
+        Setup::Time => {
+            wire::Conn::open(target.addr, budget).and_then(|mut conn| conn.read_to_close()).and_then(|line| {
+                if line.is_empty() {
+                    Err("the connection closed without the time".into())
+                } else {
+                    Ok(())
+                }
+            })
+        }
+        Setup::Files { .. } => wire::fetch(target.addr, PROBE_PATH.as_bytes(), budget).and_then(|reply| match reply {
+            wire::Reply::Ok(_) | wire::Reply::Err(_) => Ok(()),
+            other => Err(other.describe()),
+        }),
+    };
+    match answer {
+        Ok(()) => None,
+        Err(why) => {
+            // A server that is dying (writing a core dump, say) has closed
+            // its sockets a moment before it is reaped: wait for that moment.
+            let deadline = std::time::Instant::now() + Duration::from_secs(1);
+            while std::time::Instant::now() < deadline {
+                if let Some(status) = target.exit_status() {
+                    session.current = None;
+                    return Some(died(status, check));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            session.current = None; // stops it: the next test gets a new one
+            let asked = match check.setup {
+                Setup::Time => "a connection afterwards".to_string(),
+                Setup::Files { .. } => format!("{PROBE_PATH} afterwards"),
+            };
+            Some(format!("the server stopped answering during `{}` ({asked}: {why}); restarted", check.name))
+        }
+    }
+}
+
+/// The report's words for a server that died during `check`.
+fn died(status: std::process::ExitStatus, check: &Check) -> String {
+    format!(
+        "the server died ({}) during `{}`; started again for the next test",
+        target::describe_exit(status),
+        check.name
+    )
+}
+
+/// What the grader asks after each test to learn that the server still
+/// answers: a file that does not exist needs no read, so any `ERR` or `OK`
+/// reply will do.
+const PROBE_PATH: &str = "no-such-file-probe.txt";
 
 /// The last panic in a server's output (Rust prints `panicked at FILE:LINE:`
 /// and the message on the next line), in one line.
@@ -190,12 +299,20 @@ fn ready(plan: &Plan, check: &Check, fixture: &Fixture, session: &mut Session) -
             *current = Some(target);
             Ok(())
         }
+        Err(err) if err.downcast_ref::<target::CannotSpawn>().is_some() => {
+            session.cannot_run = Some(err);
+            Err(Outcome::Skip("grading cannot run".into()))
+        }
         Err(err) => {
             let failure = Failure {
                 sent: format!("(start, as {:?}) {}", check.setup, plan.command.join(" ")),
-                expected: "a server accepting connections on {port}".into(),
+                expected: "a server that prints `listening on <ip>:<port>` or accepts connections on the port \
+                           the grader gave it"
+                    .into(),
                 got: format!("{err:#}"),
                 hint: "run the command by hand with a free port: does it start, and listen on 127.0.0.1?",
+                request: None,
+                replay: None,
             };
             session.failed_starts.push((check.setup, failure.clone()));
             Err(Outcome::Fail(failure))

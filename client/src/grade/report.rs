@@ -39,6 +39,14 @@ pub struct TestResult {
     pub message: String,
     /// The whole failure, for the details and the log.
     pub failure: Option<Failure>,
+    /// What happened to the server during this test, if anything: it died
+    /// (and of what), or it stopped answering; either way it was restarted.
+    pub server_event: Option<String>,
+    /// A failure's one-line shell command that sends the same bytes.
+    pub replay: Option<String>,
+    /// Who sees it on a course's autograder: `visible` (the default),
+    /// `hidden`, `after_due_date`, `after_published` (Gradescope's terms).
+    pub visibility: String,
 }
 
 impl TestResult {
@@ -49,6 +57,7 @@ impl TestResult {
             Outcome::Fail(failure) => (Status::Failed, 0, failure.got.clone(), Some(failure)),
             Outcome::Skip(why) => (Status::Skipped, 0, why, None),
         };
+        let replay = failure.as_ref().and_then(|f| f.replay.as_deref().map(String::from));
         TestResult {
             name: check.name,
             stage: check.stage,
@@ -58,6 +67,9 @@ impl TestResult {
             status,
             message,
             failure,
+            server_event: None,
+            replay,
+            visibility: "visible".into(),
         }
     }
 }
@@ -71,6 +83,84 @@ pub struct Report {
     pub remote: bool,
     /// What the last server wrote (truncated), for the logs.
     pub server_log: String,
+}
+
+/// `text` escaped for XML text and attributes; characters XML 1.0 cannot
+/// hold at all (control bytes a server may send) become U+FFFD.
+fn xml(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\n' | '\t' => out.push(c),
+            '\r' => out.push_str("&#13;"),
+            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => out.push('\u{FFFD}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A shell line that sends `request` to `addr` on one connection, for a
+/// person to paste: `printf 'small.txt\n' | nc 127.0.0.1 7070`. A long run
+/// of one or two repeated bytes is written as a loop (a 5000-byte line
+/// stays one short line); bytes the shell or printf would change are
+/// escaped as octal.
+pub fn replay_line(request: &[u8], addr: std::net::SocketAddr) -> String {
+    let nc = format!("nc {} {}", addr.ip(), addr.port());
+    if request.is_empty() {
+        return format!("{nc} </dev/null");
+    }
+    // The longest leading run of a 1- or 2-byte unit repeated at least 8 times.
+    let run = [1, 2]
+        .into_iter()
+        .filter(|&unit| request.len() >= unit)
+        .map(|unit| {
+            let repeats = request.chunks(unit).take_while(|chunk| *chunk == &request[..unit]).count();
+            (unit, repeats)
+        })
+        .max_by_key(|&(unit, repeats)| (unit * repeats, std::cmp::Reverse(unit)))
+        .filter(|(_, repeats)| *repeats >= 8);
+    match run {
+        Some((unit, repeats)) => format!(
+            "{{ printf '{}%.0s' $(seq {repeats}); printf '{}'; }} | {nc}",
+            printf_escape(&request[..unit]),
+            printf_escape(&request[unit * repeats..])
+        ),
+        None => format!("printf '{}' | {nc}", printf_escape(request)),
+    }
+}
+
+/// `bytes` for a single-quoted printf format: printable ASCII as is (`%`
+/// doubled), `\n` `\r` `\t` by name, everything else (and `'`, `\`) in octal.
+fn printf_escape(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for &b in bytes {
+        match b {
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            b'%' => out.push_str("%%"),
+            b'\'' | b'\\' => out.push_str(&format!("\\{b:03o}")),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\{b:03o}")),
+        }
+    }
+    out
+}
+
+/// `1 point`, `2 points`.
+pub fn plural(count: impl Into<u64>, noun: &str) -> String {
+    let count = count.into();
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
 }
 
 /// The stages' titles.
@@ -124,29 +214,156 @@ impl Report {
             if !result.message.is_empty() && result.status != Status::Failed {
                 let _ = writeln!(out, "         {}", result.message);
             }
+            if let Some(event) = &result.server_event {
+                let _ = writeln!(out, "         ! {event}");
+            }
         }
         for result in self.results.iter().filter(|r| r.status == Status::Failed) {
             let failure = result.failure.as_ref().expect("a failed test has a failure");
             let _ = writeln!(
                 out,
-                "\nFAILED {} (stage {}, {} points): {}",
-                result.name, result.stage, result.max, result.description
+                "\nFAILED {} (stage {}, {}): {}",
+                result.name,
+                result.stage,
+                plural(result.max, "point"),
+                result.description
             );
             let _ = writeln!(out, "  sent:     {}", failure.sent);
             let _ = writeln!(out, "  expected: {}", failure.expected);
             let _ = writeln!(out, "  got:      {}", failure.got);
             let _ = writeln!(out, "  hint:     {}", failure.hint);
+            let _ = writeln!(out, "  replay:   {}", self.replay_of(result));
         }
         let skipped: u32 = self.results.iter().filter(|r| r.status == Status::Skipped).map(|r| r.max).sum();
         let _ = write!(out, "\nscore: {}/{}", self.score(), self.max());
         if skipped > 0 {
-            let _ = write!(out, " ({skipped} points not tested");
+            let _ = write!(out, " ({} not tested", plural(skipped, "point"));
             if self.remote {
                 out.push_str(": signal and fd tests need a server the grader starts");
             }
             out.push(')');
         }
         out.push('\n');
+        out
+    }
+
+    /// What to paste to see a failure again by hand.
+    fn replay_of(&self, result: &TestResult) -> String {
+        result.replay.clone().unwrap_or_else(|| {
+            "(no single request shows this one: run `client grade` with only this stage, and read the log)".into()
+        })
+    }
+
+    /// The text of one test for a course tool: its note, or its failure in
+    /// full with the replay line.
+    fn test_output(&self, result: &TestResult) -> String {
+        let mut out = String::new();
+        if let Some(failure) = &result.failure {
+            let _ = writeln!(out, "sent:     {}", failure.sent);
+            let _ = writeln!(out, "expected: {}", failure.expected);
+            let _ = writeln!(out, "got:      {}", failure.got);
+            let _ = writeln!(out, "hint:     {}", failure.hint);
+            let _ = writeln!(out, "replay:   {}", self.replay_of(result));
+        } else if !result.message.is_empty() {
+            let _ = writeln!(out, "{}", result.message);
+        }
+        if let Some(event) = &result.server_event {
+            let _ = writeln!(out, "{event}");
+        }
+        out
+    }
+
+    /// Gradescope's `results.json` (its autograder specification): the
+    /// top-level `score`, `output`, `visibility`, `stdout_visibility` and
+    /// `tests`, each test with `name`, `number`, `score`, `max_score`,
+    /// `status`, `output` and `visibility`. A skipped test is worth 0.
+    pub fn gradescope(&self) -> String {
+        use crate::json::string;
+        let tests: Vec<String> = self
+            .results
+            .iter()
+            .map(|r| {
+                let max = if r.status == Status::Skipped { 0 } else { r.max };
+                let status = if r.status == Status::Failed { "failed" } else { "passed" };
+                let mut output = self.test_output(r);
+                if r.status == Status::Skipped {
+                    output = format!("not run: {}", r.message);
+                }
+                format!(
+                    "{{\"name\":{},\"number\":{},\"score\":{},\"max_score\":{},\"status\":\"{status}\",\
+                     \"output\":{},\"visibility\":{}}}",
+                    string(&format!("{} ({})", r.name, r.description)),
+                    string(&format!("{}.{}", r.stage, r.name)),
+                    r.points,
+                    max,
+                    string(&output),
+                    string(&r.visibility),
+                )
+            })
+            .collect();
+        let summary = format!("score: {}/{}", self.score(), self.max());
+        format!(
+            "{{\"score\":{},\"output\":{},\"visibility\":\"visible\",\"stdout_visibility\":\"hidden\",\"tests\":[{}]}}",
+            self.score(),
+            string(&summary),
+            tests.join(",")
+        )
+    }
+
+    /// JUnit XML (the schema Jenkins, GitLab and most CI read): one
+    /// `<testsuite>` per stage, one `<testcase>` per test, a `<failure>`
+    /// with the whole explanation, or `<skipped>`.
+    pub fn junit(&self) -> String {
+        let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        let count = |status| self.results.iter().filter(|r| r.status == status).count();
+        let _ = writeln!(
+            out,
+            "<testsuites name=\"client grade\" tests=\"{}\" failures=\"{}\" skipped=\"{}\">",
+            self.results.len(),
+            count(Status::Failed),
+            count(Status::Skipped)
+        );
+        let mut stages: Vec<u8> = self.results.iter().map(|r| r.stage).collect();
+        stages.dedup();
+        for stage in stages {
+            let results: Vec<&TestResult> = self.results.iter().filter(|r| r.stage == stage).collect();
+            let of = |status| results.iter().filter(|r| r.status == status).count();
+            let _ = writeln!(
+                out,
+                "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\">",
+                xml(&format!("stage {stage}: {}", stage_title(stage))),
+                results.len(),
+                of(Status::Failed),
+                of(Status::Skipped)
+            );
+            for r in results {
+                let _ = write!(
+                    out,
+                    "    <testcase name=\"{}\" classname=\"stage{stage}\">",
+                    xml(&format!("{} ({}/{} points)", r.name, r.points, r.max))
+                );
+                match (&r.status, &r.failure) {
+                    (Status::Failed, Some(failure)) => {
+                        let _ = write!(
+                            out,
+                            "<failure message=\"{}\">{}</failure>",
+                            xml(&failure.got),
+                            xml(&self.test_output(r))
+                        );
+                    }
+                    (Status::Skipped, _) => {
+                        let _ = write!(out, "<skipped message=\"{}\"/>", xml(&r.message));
+                    }
+                    _ if !r.message.is_empty() => {
+                        let _ = write!(out, "<system-out>{}</system-out>", xml(&r.message));
+                    }
+                    _ => {}
+                }
+                out.push_str("</testcase>\n");
+            }
+            out.push_str("  </testsuite>\n");
+        }
+        out.push_str("</testsuites>\n");
         out
     }
 
@@ -157,7 +374,8 @@ impl Report {
             .iter()
             .map(|r| {
                 format!(
-                    "{{\"name\":{},\"stage\":{},\"points\":{},\"max\":{},\"passed\":{},\"skipped\":{},\"message\":{}}}",
+                    "{{\"name\":{},\"stage\":{},\"points\":{},\"max\":{},\"passed\":{},\"skipped\":{},\"message\":{},\
+                     \"visibility\":{},\"replay\":{}}}",
                     crate::json::string(r.name),
                     r.stage,
                     r.points,
@@ -165,6 +383,8 @@ impl Report {
                     r.status == Status::Passed,
                     r.status == Status::Skipped,
                     crate::json::string(&r.message),
+                    crate::json::string(&r.visibility),
+                    r.replay.as_deref().map_or("null".to_string(), crate::json::string),
                 )
             })
             .collect();
@@ -208,5 +428,25 @@ impl Report {
             std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         }
         Ok(failed.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_is_one_line_to_paste() {
+        let addr: std::net::SocketAddr = "127.0.0.1:7070".parse().unwrap();
+        assert_eq!(replay_line(b"small.txt\n", addr), "printf 'small.txt\\n' | nc 127.0.0.1 7070");
+        assert_eq!(replay_line(b"it's\0 100%\r\n", addr), "printf 'it\\047s\\000 100%%\\r\\n' | nc 127.0.0.1 7070");
+        assert_eq!(replay_line(b"", addr), "nc 127.0.0.1 7070 </dev/null");
+        let long = [vec![b'a'; 5000], b"\n".to_vec()].concat();
+        assert_eq!(replay_line(&long, addr), "{ printf 'a%.0s' $(seq 5000); printf '\\n'; } | nc 127.0.0.1 7070");
+    }
+
+    #[test]
+    fn xml_escapes_markup_and_drops_what_xml_cannot_hold() {
+        assert_eq!(xml("<a href=\"x\">&'\u{1}"), "&lt;a href=&quot;x&quot;&gt;&amp;&apos;\u{FFFD}");
     }
 }
