@@ -51,7 +51,8 @@ struct Args {
     #[arg(long, default_value_t = defaults::READERS, value_name = "N")]
     readers: usize,
     /// Event models: event loops on SO_REUSEPORT listeners (default 1).
-    /// prefork: worker processes; pool: pool threads (default: one per core).
+    /// prefork: worker processes; pool: pool threads; tokio: runtime worker
+    /// threads (default: one per core).
     #[arg(long, visible_alias = "threads", value_name = "N")]
     workers: Option<usize>,
     /// Longest request line accepted, in bytes; longer lines get 414.
