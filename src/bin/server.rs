@@ -81,6 +81,7 @@ Examples:
   server --model select --service time --port 0         # the homework's stage 2
   server --model event-async --read-delay-ms 100        # slow storage, asynchronous reads
   server --model prefork --workers 8 --root fixtures    # 8 worker processes
+  server --model tokio --root fixtures                  # a tokio task (an async fn) per connection
 
 Protocols on the same port: one path per line (`OK <size>` + bytes, or
 `ERR <code> <reason>`), or HTTP/1.1 GET/HEAD (curl, browsers, wrk).

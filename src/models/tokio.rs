@@ -203,7 +203,7 @@ async fn serve_connection(stream: TcpStream, service: &Service, limits: Limits, 
                 Err(_) => return,
             },
             () = sleep_until(deadline) => return, // too slow, or idle too long
-            _ = stopping.changed() => closing = true, // answer what is buffered, then close
+            _ = stopping.changed() => return, // a stop: nothing is in flight or owed
         }
     }
 }
@@ -300,6 +300,7 @@ mod tests {
     use crate::cache::FileCache;
     use crate::config::ServiceKind;
     use crate::sandbox::Root;
+    use std::mem::size_of;
 
     /// The size of the state a connection keeps between events, measured:
     /// the future of [`serve_connection`] against the hand-written `Conn`
@@ -319,10 +320,14 @@ mod tests {
             let connection = serve_connection(stream, &service, Limits::default(), stopping);
             std::mem::size_of_val(&connection)
         });
-        let conn_bytes = std::mem::size_of::<crate::conn::Conn>();
-        let client_bytes = std::mem::size_of::<crate::clients::Client<std::net::TcpStream>>();
+        let conn_bytes = size_of::<crate::conn::Conn>();
+        let client_bytes = size_of::<crate::clients::Client<std::net::TcpStream>>();
         println!("serve_connection future: {future_bytes} bytes");
         println!("Conn: {conn_bytes} bytes; Client<TcpStream> (Conn + socket + flags): {client_bytes} bytes");
+        println!(
+            "tokio::time::Sleep (one of the futures its select! holds): {} bytes",
+            size_of::<tokio::time::Sleep>()
+        );
         // Both hold the same core (a Parser and an Output); the future adds
         // the socket, the locals alive across its awaits and the awaited
         // futures themselves, but not a stack: well under a page.
