@@ -124,7 +124,7 @@ async fn accept_until_stopped(server: &Server) -> Result<(), ServerError> {
             _ = terminate.recv() => break,
         }
     }
-    drop(listener); // new clients are refused by the kernel from here on
+    drop(listener); // accept no more (as the other models, the listening socket itself closes at exit)
     let _ = stop.send(true);
     signals::log_stopping(server.max_open_conns - slots.available_permits());
     let every_slot = u32::try_from(server.max_open_conns).unwrap_or(u32::MAX);
