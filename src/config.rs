@@ -217,7 +217,8 @@ pub struct Config {
     /// The server may lower it to what the open-file limit allows.
     pub max_conns: usize,
     /// Most reader threads of `event-async` (and of the other async models'
-    /// fib work); they start on demand and stop when idle.
+    /// fib work, and the size of `tokio`'s blocking pool); they start on
+    /// demand and stop when idle.
     pub readers: usize,
     /// `--workers N`: event loops, worker processes or pool threads, as
     /// [`Model::workers`] says; `None` takes the model's default.
