@@ -9,6 +9,8 @@
 #   ./benchmark.sh --smoke         every mode for a moment (what CI runs)
 #   ./benchmark.sh --vs-nginx      the performance goals against nginx (about 8 min; needs nginx
 #                                  and wrk, without them only the slow-storage table)
+#   ./benchmark.sh --async-await   tokio beside event and event-async, then their RSS holding
+#                                  10,000 idle connections (about 1 min; docs/guide/async-await.md)
 #
 # Servers run on free loopback ports (--port 0) and are stopped on exit,
 # on failure and on Ctrl-C. Any wrong response fails the run (exit 1).

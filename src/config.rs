@@ -68,12 +68,14 @@ pub enum Model {
     EventAio,
     /// Stage 4: mio; file reads submitted to io_uring.
     Uring,
+    /// Stage 2, async/await: a tokio task per connection; reads on its blocking pool.
+    Tokio,
 }
 
 impl Model {
     /// Every model, in the order of the stages: the one list tests, the
     /// benchmark and the docs take the models from.
-    pub const ALL: [Model; 11] = [
+    pub const ALL: [Model; 12] = [
         Model::Iterative,
         Model::Fork,
         Model::Prefork,
@@ -85,6 +87,7 @@ impl Model {
         Model::EventAsync,
         Model::EventAio,
         Model::Uring,
+        Model::Tokio,
     ];
 
     /// The name `--model` takes.
@@ -101,6 +104,7 @@ impl Model {
             Model::EventAsync => "event-async",
             Model::EventAio => "event-aio",
             Model::Uring => "uring",
+            Model::Tokio => "tokio",
         }
     }
 
@@ -111,7 +115,7 @@ impl Model {
 
     /// Whether file reads leave the loop thread free (stage 4).
     pub fn reads_asynchronously(self) -> bool {
-        matches!(self, Model::EventAsync | Model::EventAio | Model::Uring)
+        matches!(self, Model::EventAsync | Model::EventAio | Model::Uring | Model::Tokio)
     }
 
     /// What `--workers N` counts for this model; `None` for models that
@@ -121,6 +125,7 @@ impl Model {
             Model::Event | Model::EventAsync | Model::EventAio | Model::Uring => Some(Workers::EventLoops),
             Model::Prefork => Some(Workers::Processes),
             Model::Pool => Some(Workers::PoolThreads),
+            Model::Tokio => Some(Workers::RuntimeThreads),
             Model::Iterative | Model::Fork | Model::Threads | Model::Select | Model::Poll => None,
         }
     }
@@ -135,6 +140,9 @@ pub enum Workers {
     Processes,
     /// Threads of the connection pool (default: one per core).
     PoolThreads,
+    /// Worker threads of tokio's multi-thread runtime (default: one per
+    /// core, as `#[tokio::main]`).
+    RuntimeThreads,
 }
 
 impl Workers {
@@ -142,7 +150,7 @@ impl Workers {
     pub fn default_count(self) -> usize {
         match self {
             Workers::EventLoops => 1,
-            Workers::Processes | Workers::PoolThreads => cores(),
+            Workers::Processes | Workers::PoolThreads | Workers::RuntimeThreads => cores(),
         }
     }
 }
@@ -209,7 +217,8 @@ pub struct Config {
     /// The server may lower it to what the open-file limit allows.
     pub max_conns: usize,
     /// Most reader threads of `event-async` (and of the other async models'
-    /// fib work); they start on demand and stop when idle.
+    /// fib work, and the size of `tokio`'s blocking pool); they start on
+    /// demand and stop when idle.
     pub readers: usize,
     /// `--workers N`: event loops, worker processes or pool threads, as
     /// [`Model::workers`] says; `None` takes the model's default.

@@ -93,6 +93,32 @@ pub fn verdict(rows: &[Row], readers: usize, conns: &[(WorkloadKind, usize)]) ->
             event_async / event
         ));
     }
+    let workloads = [
+        (WorkloadKind::Uncached, "slow storage"),
+        (WorkloadKind::Cached, "cached"),
+        (WorkloadKind::Large, "large"),
+        (WorkloadKind::Fib, "fib"),
+    ];
+    let tokio: Vec<String> = workloads
+        .iter()
+        .filter_map(|&(kind, name)| {
+            let tokio = rate(rows, kind, "tokio")?;
+            Some(format!(
+                "{name} {:.2}x event, {:.2}x event-async",
+                tokio / rate(rows, kind, "event")?,
+                tokio / rate(rows, kind, "event-async")?
+            ))
+        })
+        .collect();
+    if !tokio.is_empty() {
+        out.push_str(&format!(
+            "* async/await (tokio: a task per connection, reads on its blocking pool, a worker thread per core): \
+             {}. Its reads leave its threads as event-async's do, so against event-async the difference is what \
+             the runtime adds (a scheduler, wakers, more threads), not the design \
+             (docs/guide/async-await.md).\n",
+            tokio.join("; ")
+        ));
+    }
     out
 }
 
@@ -123,5 +149,21 @@ mod tests {
         assert!(text.contains("uring reaches 3000 (94% of the ideal)"), "{text}");
         assert!(text.contains("event-async 0.80x"), "{text}");
         assert!(!text.contains("Large files"), "nothing is said of what was not measured");
+        assert!(!text.contains("async/await"), "nothing is said of tokio unless it was measured");
+    }
+
+    #[test]
+    fn the_verdict_sets_tokio_beside_both_event_loops() {
+        let rows = [
+            row(WorkloadKind::Uncached, "event", 100),
+            row(WorkloadKind::Uncached, "event-async", 1600),
+            row(WorkloadKind::Uncached, "tokio", 2400),
+            row(WorkloadKind::Cached, "event", 1000),
+            row(WorkloadKind::Cached, "event-async", 800),
+            row(WorkloadKind::Cached, "tokio", 900),
+        ];
+        let text = verdict(&rows, 512, &[(WorkloadKind::Uncached, 32)]);
+        assert!(text.contains("slow storage 24.00x event, 1.50x event-async; cached 0.90x event, 1.12x"), "{text}");
+        assert!(!text.contains("fib 0"), "{text}");
     }
 }

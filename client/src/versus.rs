@@ -391,7 +391,7 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 /// Resident memory of `pid` and its children (nginx's master and workers).
-fn rss_kib(pid: u32) -> Result<u64> {
+pub fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let own: u64 = status
         .lines()
@@ -407,7 +407,7 @@ fn rss_kib(pid: u32) -> Result<u64> {
 }
 
 /// Opens `count` keep-alive connections, each served one request, and holds them.
-fn hold_idle(addr: SocketAddr, count: usize) -> Result<Vec<TcpStream>> {
+pub fn hold_idle(addr: SocketAddr, count: usize) -> Result<Vec<TcpStream>> {
     let mut held = Vec::with_capacity(count);
     for _ in 0..count {
         let mut stream = TcpStream::connect(addr)?;

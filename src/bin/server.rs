@@ -51,7 +51,8 @@ struct Args {
     #[arg(long, default_value_t = defaults::READERS, value_name = "N")]
     readers: usize,
     /// Event models: event loops on SO_REUSEPORT listeners (default 1).
-    /// prefork: worker processes; pool: pool threads (default: one per core).
+    /// prefork: worker processes; pool: pool threads; tokio: runtime worker
+    /// threads (default: one per core).
     #[arg(long, visible_alias = "threads", value_name = "N")]
     workers: Option<usize>,
     /// Longest request line accepted, in bytes; longer lines get 414.
@@ -85,6 +86,7 @@ Examples:
   server --model select --service time --port 0         # the homework's stage 2
   server --model event-async --read-delay-ms 100        # slow storage, asynchronous reads
   server --model prefork --workers 8 --root fixtures    # 8 worker processes
+  server --model tokio --root fixtures                  # a tokio task (an async fn) per connection
 
 Protocols on the same port: one path per line (`OK <size>` + bytes, or
 `ERR <code> <reason>`), or HTTP/1.1 GET/HEAD (curl, browsers, wrk).

@@ -15,6 +15,7 @@ pub mod pool;
 pub mod prefork;
 pub mod select;
 pub mod threads;
+pub mod tokio;
 #[cfg(target_os = "linux")]
 pub mod uring;
 
@@ -42,6 +43,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         Model::EventAio => event_aio::run(server),
         #[cfg(target_os = "linux")]
         Model::Uring => uring::run(server),
+        Model::Tokio => tokio::run(server),
         #[cfg(not(target_os = "linux"))]
         Model::Uring => unreachable!("refused by uring_available"),
     }

@@ -67,7 +67,7 @@ fn concurrent_misses_on_one_file_are_all_answered_correctly() {
 fn fifty_sighups_during_concurrent_requests_never_corrupt_a_response() {
     let files = ["test.txt", "data/1k.bin", "data/64k.bin", "data/1m.txt", "docs/readme.md"];
     let expected: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(fixtures().join(f)).unwrap()).collect();
-    for model in ["event", "event-async", "event-aio", "uring", "select"] {
+    for model in ["event", "event-async", "event-aio", "uring", "select", "tokio"] {
         let server = Server::start(&["--model", model, "--root", fixtures().to_str().unwrap(), "--quiet"]);
         let clearing = AtomicBool::new(true);
         std::thread::scope(|scope| {
@@ -117,5 +117,34 @@ fn the_storage_delay_applies_to_streamed_files_too() {
         std::thread::sleep(Duration::from_millis(100));
         assert!(!pending.has_data(), "{model}: a streamed miss skipped the storage delay");
         assert_eq!(pending.read_reply().body(), b"file 1\nfile 1\n", "{model}");
+    }
+}
+
+#[test]
+fn a_read_started_before_a_sighup_does_not_refill_the_cache_with_old_content() {
+    // The trap of chapter "async-await": a miss reads the file it opened;
+    // the file is replaced and SIGHUP clears the cache while that read is
+    // still waiting on storage. The read's answer is the old content (it is
+    // the old file), but it must not go into the cleared cache.
+    for model in ASYNC_MODELS.iter() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("f");
+        std::fs::write(&path, b"old\n").unwrap();
+        let server =
+            Server::start(&["--model", model, "--root", root.path().to_str().unwrap(), "--read-delay-ms", "1000"]);
+        let mut pending = server.connect();
+        pending.send(b"f\n");
+        std::thread::sleep(Duration::from_millis(100)); // opened, now waiting on storage
+        std::fs::write(root.path().join("f.new"), b"new\n").unwrap();
+        std::fs::rename(root.path().join("f.new"), &path).unwrap();
+        server.signal(Signal::HUP);
+        server.wait_for_log("cache cleared", 1);
+        assert!(!pending.has_data(), "{model}: the read finished before the clear; the test proves nothing");
+        assert_eq!(
+            pending.read_reply().body(),
+            b"old\n",
+            "{model}: the read in flight answers from the file it opened"
+        );
+        assert_eq!(server.get("f").body(), b"new\n", "{model}: a read started before SIGHUP refilled the cache");
     }
 }

@@ -161,3 +161,22 @@ fn vs_nginx_without_nginx_prints_the_slow_storage_table() {
         }
     }
 }
+
+/// `--async-await --smoke`: the chapter's table runs, every model of it on
+/// every workload (every response checked), and the memory lines follow.
+#[test]
+fn async_await_smoke_sets_tokio_beside_both_event_loops() {
+    let benchmark = client_bin().with_file_name("benchmark");
+    let out = Command::new(&benchmark).args(["--async-await", "--smoke"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for model in ["event", "event-async", "tokio"] {
+        let rows = stdout
+            .lines()
+            .filter(|line| !line.starts_with("workload") && line.split_whitespace().any(|word| word == model))
+            .count();
+        assert_eq!(rows, 6, "{model}: five workloads and a memory line:\n{stdout}");
+    }
+    assert!(stdout.contains("256 conns"), "slow storage at 256 clients too:\n{stdout}");
+    assert!(stdout.contains("bytes per connection"), "{stdout}");
+}

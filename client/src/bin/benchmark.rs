@@ -5,7 +5,9 @@
 //!   and nginx side by side when `nginx` and `wrk` are installed;
 //! * `--smoke`: every mode for a moment (CI runs it so the script cannot rot);
 //! * `--vs-nginx`: the performance goal table against nginx (`docs/performance.md`),
-//!   then slow storage against the ideal rate (which needs no nginx).
+//!   then slow storage against the ideal rate (which needs no nginx);
+//! * `--async-await`: `tokio` beside `event` and `event-async`, the costs
+//!   `docs/guide/async-await.md` quotes (rates, p99, idle memory).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -35,6 +37,11 @@ struct Args {
     /// then slow storage at 32 and 256 clients against the ideal rate.
     #[arg(long, conflicts_with = "full")]
     vs_nginx: bool,
+    /// Only the async/await chapter's table: tokio beside event and
+    /// event-async (cached, uncached at 32 and 256 clients, large, fib),
+    /// then their RSS holding 10,000 idle keep-alive connections.
+    #[arg(long, conflicts_with_all = ["full", "vs_nginx"])]
+    async_await: bool,
     /// Only the homework's two lines, with this many concurrent clients
     /// (and requests); without it, the lines use 3 and the table follows.
     #[arg(long, value_name = "N")]
@@ -90,6 +97,9 @@ fn run(mut args: Args) -> Result<()> {
     if args.vs_nginx {
         let pace = if args.smoke { client::versus::Pace::SMOKE } else { client::versus::Pace::FULL };
         return client::versus::run(&server, &root, pace);
+    }
+    if args.async_await {
+        return async_await(&server, &root, args.smoke);
     }
 
     println!(
@@ -220,5 +230,59 @@ fn versus_nginx(args: &Args, root: &BenchRoot) -> Result<()> {
         event.requests_per_sec(),
         event.requests_per_sec() / wrk
     );
+    Ok(())
+}
+
+/// The async/await chapter's costs, in one run: `tokio` beside the
+/// hand-written state machine (`event`) and the loop with a reader pool
+/// (`event-async`), on the table's workloads plus slow storage at 256
+/// clients; then the memory each needs to hold idle keep-alive clients.
+fn async_await(server: &std::path::Path, root: &BenchRoot, smoke: bool) -> Result<()> {
+    const MODELS: [&str; 3] = ["event", "event-async", "tokio"];
+    let (seconds, idle_conns) = if smoke { (0.2, 100) } else { (2.0, client::versus::IDLE_CONNS) };
+    let mut workloads = suite::workloads(root);
+    let uncached = suite::workload(root, WorkloadKind::Uncached);
+    workloads
+        .insert(1, suite::Workload { label: uncached.label.replace("32 conns", "256 conns"), conns: 256, ..uncached });
+    let mut rows = Vec::new();
+    for workload in &workloads {
+        for model in MODELS {
+            let until = Until::Elapsed(Duration::from_secs_f64(seconds));
+            let report = suite::measure(server, root, model, workload, workload.conns, until)?;
+            rows.push(Row { kind: workload.kind, workload: workload.label.clone(), model: model.into(), report });
+        }
+    }
+    print!("{}", suite::table(&rows));
+    println!("(each cell: {seconds} s of closed-loop load from `client bench`, every response checked)");
+
+    bench::raise_fd_limit(idle_conns * 2 + 100);
+    println!("\n{idle_conns} idle keep-alive connections (each served one request), server RSS:");
+    for model in MODELS {
+        let args: Vec<String> = [
+            "--model",
+            model,
+            "--quiet",
+            "--idle-timeout",
+            "120",
+            "--max-conns",
+            &(idle_conns + 100).to_string(),
+            "--root",
+            &root.path().display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let process = suite::ServerProcess::start(server, &args)?;
+        let before = client::versus::rss_kib(process.pid())?;
+        let held = client::versus::hold_idle(process.addr, idle_conns)?;
+        let holding = client::versus::rss_kib(process.pid())?;
+        drop(held);
+        println!(
+            "  {model:<12} {:>7.1} MiB before, {:>7.1} MiB holding them: {:>6.0} bytes per connection",
+            before as f64 / 1024.0,
+            holding as f64 / 1024.0,
+            (holding.saturating_sub(before) * 1024) as f64 / idle_conns as f64
+        );
+    }
     Ok(())
 }
