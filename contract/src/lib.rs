@@ -30,8 +30,20 @@ pub const OK: &str = "OK";
 pub const ERR: &str = "ERR";
 
 /// The server's models (`--model NAME`), in the order of the stages.
-pub const MODELS: [&str; 11] =
-    ["iterative", "fork", "prefork", "threads", "pool", "select", "poll", "event", "event-async", "event-aio", "uring"];
+pub const MODELS: [&str; 12] = [
+    "iterative",
+    "fork",
+    "prefork",
+    "threads",
+    "pool",
+    "select",
+    "poll",
+    "event",
+    "event-async",
+    "event-aio",
+    "uring",
+    "tokio",
+];
 
 /// The models that serve one client at a time (stage 1): a measurement of
 /// concurrency leaves them out.

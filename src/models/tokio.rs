@@ -321,9 +321,9 @@ mod tests {
             std::mem::size_of_val(&connection)
         });
         let conn_bytes = size_of::<crate::conn::Conn>();
-        let client_bytes = size_of::<crate::clients::Client<std::net::TcpStream>>();
+        let client_bytes = size_of::<crate::connections::Connection<std::net::TcpStream>>();
         println!("serve_connection future: {future_bytes} bytes");
-        println!("Conn: {conn_bytes} bytes; Client<TcpStream> (Conn + socket + flags): {client_bytes} bytes");
+        println!("Conn: {conn_bytes} bytes; Connection<TcpStream> (Conn + socket + flags): {client_bytes} bytes");
         println!(
             "tokio::time::Sleep (one of the futures its select! holds): {} bytes",
             size_of::<tokio::time::Sleep>()
