@@ -115,7 +115,7 @@ pub fn verdict(rows: &[Row], readers: usize, conns: &[(WorkloadKind, usize)]) ->
             "* async/await (tokio: a task per connection, reads on its blocking pool, a worker thread per core): \
              {}. Its reads leave its threads as event-async's do, so against event-async the difference is what \
              the runtime adds (a scheduler, wakers, more threads), not the design \
-             (docs/guide/async-await.md).\n",
+             (docs/guide/08-async-await.md).\n",
             tokio.join("; ")
         ));
     }

@@ -7,7 +7,7 @@
 //! * `--vs-nginx`: the performance goal table against nginx (`docs/performance.md`),
 //!   then slow storage against the ideal rate (which needs no nginx);
 //! * `--async-await`: `tokio` beside `event` and `event-async`, the costs
-//!   `docs/guide/async-await.md` quotes (rates, p99, idle memory).
+//!   `docs/guide/08-async-await.md` quotes (rates, p99, idle memory).
 
 use std::io::Write;
 use std::path::PathBuf;
