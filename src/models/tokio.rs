@@ -274,7 +274,14 @@ impl Read for Socket<'_> {
 
 impl Write for Socket<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        Ok(rustix::net::send(self.0, buf, rustix::net::SendFlags::NOSIGNAL)?)
+        // A peer that has gone away is an error here, never a SIGPIPE; on
+        // macOS, where send(2) has no such flag, Rust's runtime already
+        // ignores SIGPIPE for the whole process.
+        #[cfg(not(target_os = "macos"))]
+        let flags = rustix::net::SendFlags::NOSIGNAL;
+        #[cfg(target_os = "macos")]
+        let flags = rustix::net::SendFlags::empty();
+        Ok(rustix::net::send(self.0, buf, flags)?)
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {

@@ -14,6 +14,8 @@ mod http;
 mod http_files;
 mod limits;
 mod models;
+// It reads /proc to find what outlived whom.
+#[cfg(target_os = "linux")]
 mod orphans;
 mod processes;
 mod protocol;
