@@ -158,9 +158,9 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
     let bare = server_bin.with_file_name("bare");
     println!("machine: {}", machine_facts());
     println!(
-        "ours (event model, HTTP) vs nginx (sendfile on, access log off{}) vs the limit (`bare`: only the \
+        "ours (event model, HTTP) vs nginx ({}) vs the limit (`bare`: only the \
          necessary syscalls);\nwrk -tN, {} s per run, median of {} interleaved rounds\n",
-        if cfg!(target_os = "linux") { ", listen deferred" } else { "" },
+        peers::TUNING,
         pace.seconds,
         pace.rounds
     );
