@@ -68,12 +68,14 @@ pub enum Model {
     EventAio,
     /// Stage 4c: mio; file reads submitted to io_uring.
     Uring,
+    /// Stage 4d: no epoll; every socket and file operation completes on io_uring.
+    UringNet,
 }
 
 impl Model {
     /// Every model, in the order of the stages: the one list tests, the
     /// benchmark and the docs take the models from.
-    pub const ALL: [Model; 11] = [
+    pub const ALL: [Model; 12] = [
         Model::Iterative,
         Model::Fork,
         Model::Prefork,
@@ -85,6 +87,7 @@ impl Model {
         Model::EventAsync,
         Model::EventAio,
         Model::Uring,
+        Model::UringNet,
     ];
 
     /// The name `--model` takes.
@@ -101,6 +104,7 @@ impl Model {
             Model::EventAsync => "event-async",
             Model::EventAio => "event-aio",
             Model::Uring => "uring",
+            Model::UringNet => "uring-net",
         }
     }
 
@@ -111,14 +115,16 @@ impl Model {
 
     /// Whether file reads leave the loop thread free (stage 4).
     pub fn reads_asynchronously(self) -> bool {
-        matches!(self, Model::EventAsync | Model::EventAio | Model::Uring)
+        matches!(self, Model::EventAsync | Model::EventAio | Model::Uring | Model::UringNet)
     }
 
     /// What `--workers N` counts for this model; `None` for models that
     /// take no such number.
     pub fn workers(self) -> Option<Workers> {
         match self {
-            Model::Event | Model::EventAsync | Model::EventAio | Model::Uring => Some(Workers::EventLoops),
+            Model::Event | Model::EventAsync | Model::EventAio | Model::Uring | Model::UringNet => {
+                Some(Workers::EventLoops)
+            }
             Model::Prefork => Some(Workers::Processes),
             Model::Pool => Some(Workers::PoolThreads),
             Model::Iterative | Model::Fork | Model::Threads | Model::Select | Model::Poll => None,

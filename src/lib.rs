@@ -17,6 +17,7 @@
 //! | 4a | [`event-async`](models::event_async) | mio | a thread pool, woken via `mio::Waker` | "Async I/O" |
 //! | 4b | [`event-aio`](models::event_aio) | mio | POSIX `aio_read`, a realtime signal | the book's interface |
 //! | 4c | [`uring`](models::uring) | mio | io_uring, an eventfd | the kernel's own async reads |
+//! | 4d | [`uring-net`](models::uring_net) | io_uring only | io_uring | completion, not readiness |
 //!
 //! Every model shares one core, so they differ only in where they wait and
 //! where the blocking part of a request runs:
