@@ -161,7 +161,7 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
     println!("machine: {}", machine_facts());
     println!(
         "ours: the `event` model (readiness: epoll) and `{COMPLETION_MODEL}` (completion: io_uring only), HTTP;\n\
-         nginx: {};\nlimits: `bare fixed` (epoll) / `bare uring-fixed` (io_uring) for 1 KiB, `bare sendfile` for \
+         nginx: {}\nlimits: `bare fixed` (epoll) / `bare uring-fixed` (io_uring) for 1 KiB, `bare sendfile` for \
          files: only the necessary syscalls;\nus/req: server CPU (user+system, /proc) per request;\n\
          wrk -tN, {} s per run, median of {} interleaved rounds; ratios are medians of per-round ratios\n",
         peers::TUNING,
@@ -169,7 +169,7 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
         pace.rounds
     );
     println!(
-        "{:<40} {:>4} {:>7} {:>7} {:>7} {:>7} {:>7} {:>17} {:>7} {:>7} {:>14} {:>19} {:>5}  ",
+        "{:<44} {:>4} {:>7} {:>7} {:>7} {:>7} {:>7} {:>17} {:>7} {:>7} {:>14} {:>19} {:>5}  ",
         "workload",
         "wrk",
         "nginx",
@@ -246,7 +246,7 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
                 }
             };
             println!(
-                "{:<40} {:>4} {:>7} {:>7} {:>7} {:>7} {:>7} {:>17} {:>6.2}x {:>6.2}x {:>14} {:>19} {:>4.1}x  {}",
+                "{:<44} {:>4} {:>7} {:>7} {:>7} {:>7} {:>7} {:>17} {:>6.2}x {:>6.2}x {:>14} {:>19} {:>4.1}x  {}",
                 row.what,
                 format!("-t{threads}"),
                 rate(&runs[0]),
@@ -297,8 +297,11 @@ fn slow_storage(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
         "model", "conns", "req/s", "ideal", "of ideal", "server CPU", "client CPU", "cores busy", "ideal needs", "goal"
     );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let models: &[&str] =
-        if cfg!(target_os = "linux") { &["event-async", "event-aio", "uring"] } else { &["event-async", "event-aio"] };
+    let models: &[&str] = if cfg!(target_os = "linux") {
+        &["event-async", "event-aio", "uring", "uring-net"]
+    } else {
+        &["event-async", "event-aio"]
+    };
     for model in models {
         let delay = STORAGE_DELAY_MS.to_string();
         let args: Vec<String> = ["--quiet", "--model", model, "--cache-size", "0", "--read-delay-ms", &delay, "--root"]
