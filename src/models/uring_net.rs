@@ -9,9 +9,10 @@
 //! `io_uring_enter` both submits the whole batch of a turn and waits:
 //!
 //! * one *multishot accept* posts a completion per new connection;
-//! * one *multishot receive* per connection posts a completion per arrival,
-//!   the bytes already in a buffer the kernel took from a ring of provided
-//!   buffers (so no buffer is pinned to an idle connection);
+//! * a *receive* per connection, multishot after the first (armed once, it
+//!   posts a completion per arrival), the bytes already in a buffer the
+//!   kernel took from a ring of provided buffers (so no buffer is pinned to
+//!   an idle connection);
 //! * a *send* per batch of responses, from a buffer the connection owns and
 //!   does not touch until its completion comes back;
 //! * large files leave without passing through user space: `sendfile` into
@@ -319,8 +320,10 @@ fn no_pipe() -> &'static std::fs::File {
 struct Entry {
     conn: Conn,
     socket: Staged,
-    /// The multishot receive is armed.
+    /// A receive is armed.
     receiving: bool,
+    /// A receive has been armed before (the next one is multishot).
+    received_any: bool,
     sending: bool,
     splicing: bool,
     /// No more requests: send what is staged, then close.
@@ -658,6 +661,7 @@ impl Loop<'_> {
             conn: Conn::new(self.service, self.limits),
             socket: Staged::new(socket),
             receiving: false,
+            received_any: false,
             sending: false,
             splicing: false,
             finishing: full,
@@ -861,11 +865,23 @@ impl Loop<'_> {
         self.in_flight += 1;
     }
 
+    /// Arms a receive. The first is single-shot: a connection that came
+    /// with its request (`TCP_DEFER_ACCEPT`) and asks to close is then done
+    /// receiving, and closes without a cancel. Later ones are multishot:
+    /// armed once, they post a completion per arrival.
     fn arm_recv(&mut self, id: ConnId) {
         let Some(entry) = self.entries.get_mut(id) else { return };
-        let recv = opcode::RecvMulti::new(types::Fd(entry.socket.socket.as_raw_fd()), BUFFER_GROUP)
-            .build()
-            .user_data(Op::Recv.tag(slot(id)));
+        let fd = types::Fd(entry.socket.socket.as_raw_fd());
+        let recv = if entry.received_any {
+            opcode::RecvMulti::new(fd, BUFFER_GROUP).build()
+        } else {
+            opcode::Recv::new(fd, std::ptr::null_mut(), RECV_BUFFER_BYTES as u32)
+                .buf_group(BUFFER_GROUP)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+        };
+        entry.received_any = true;
+        let recv = recv.user_data(Op::Recv.tag(slot(id)));
         entry.receiving = true;
         self.push(recv);
         self.in_flight += 1;
