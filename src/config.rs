@@ -70,12 +70,14 @@ pub enum Model {
     Uring,
     /// Stage 2, async/await: a tokio task per connection; reads on its blocking pool.
     Tokio,
+    /// Stage 4: no epoll; every socket and file operation completes on io_uring.
+    UringNet,
 }
 
 impl Model {
     /// Every model, in the order of the stages: the one list tests, the
     /// benchmark and the docs take the models from.
-    pub const ALL: [Model; 12] = [
+    pub const ALL: [Model; 13] = [
         Model::Iterative,
         Model::Fork,
         Model::Prefork,
@@ -88,6 +90,7 @@ impl Model {
         Model::EventAio,
         Model::Uring,
         Model::Tokio,
+        Model::UringNet,
     ];
 
     /// The name `--model` takes.
@@ -105,6 +108,7 @@ impl Model {
             Model::EventAio => "event-aio",
             Model::Uring => "uring",
             Model::Tokio => "tokio",
+            Model::UringNet => "uring-net",
         }
     }
 
@@ -115,14 +119,16 @@ impl Model {
 
     /// Whether file reads leave the loop thread free (stage 4).
     pub fn reads_asynchronously(self) -> bool {
-        matches!(self, Model::EventAsync | Model::EventAio | Model::Uring | Model::Tokio)
+        matches!(self, Model::EventAsync | Model::EventAio | Model::Uring | Model::UringNet | Model::Tokio)
     }
 
     /// What `--workers N` counts for this model; `None` for models that
     /// take no such number.
     pub fn workers(self) -> Option<Workers> {
         match self {
-            Model::Event | Model::EventAsync | Model::EventAio | Model::Uring => Some(Workers::EventLoops),
+            Model::Event | Model::EventAsync | Model::EventAio | Model::Uring | Model::UringNet => {
+                Some(Workers::EventLoops)
+            }
             Model::Prefork => Some(Workers::Processes),
             Model::Pool => Some(Workers::PoolThreads),
             Model::Tokio => Some(Workers::RuntimeThreads),

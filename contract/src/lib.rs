@@ -30,7 +30,7 @@ pub const OK: &str = "OK";
 pub const ERR: &str = "ERR";
 
 /// The server's models (`--model NAME`), in the order of the stages.
-pub const MODELS: [&str; 12] = [
+pub const MODELS: [&str; 13] = [
     "iterative",
     "fork",
     "prefork",
@@ -43,6 +43,7 @@ pub const MODELS: [&str; 12] = [
     "event-aio",
     "uring",
     "tokio",
+    "uring-net",
 ];
 
 /// The models that serve one client at a time (stage 1): a measurement of

@@ -18,6 +18,8 @@ pub mod threads;
 pub mod tokio;
 #[cfg(target_os = "linux")]
 pub mod uring;
+#[cfg(target_os = "linux")]
+pub mod uring_net;
 
 use crate::config::{Config, Model};
 use crate::error::ServerError;
@@ -28,6 +30,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     crate::log::set_quiet(config.quiet);
     if config.model == Model::Uring {
         uring_available()?; // refuse before binding, not after announcing
+    }
+    if config.model == Model::UringNet {
+        uring_net_available()?;
     }
     let server = Server::bind(config)?;
     match server.model() {
@@ -46,6 +51,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         Model::Tokio => tokio::run(server),
         #[cfg(not(target_os = "linux"))]
         Model::Uring => unreachable!("refused by uring_available"),
+        #[cfg(target_os = "linux")]
+        Model::UringNet => uring_net::run(server),
+        #[cfg(not(target_os = "linux"))]
+        Model::UringNet => unreachable!("refused by uring_net_available"),
     }
 }
 
@@ -59,5 +68,18 @@ fn uring_available() -> Result<(), ServerError> {
         model: "uring",
         reason: "io_uring is a Linux interface".into(),
         instead: "event-async",
+    });
+}
+
+/// Whether this kernel's io_uring has every operation `uring-net` submits
+/// (its probe says which are missing), or an error naming another model.
+fn uring_net_available() -> Result<(), ServerError> {
+    #[cfg(target_os = "linux")]
+    return uring_net::probe().map(drop);
+    #[cfg(not(target_os = "linux"))]
+    return Err(ServerError::Unavailable {
+        model: "uring-net",
+        reason: "io_uring is a Linux interface".into(),
+        instead: "event",
     });
 }
