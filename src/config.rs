@@ -330,7 +330,8 @@ mod tests {
     #[test]
     fn the_models_are_the_ones_the_contract_names() {
         assert_eq!(Model::ALL.map(Model::name), contract::MODELS);
-        let one_at_a_time: Vec<_> = Model::ALL.into_iter().filter(|model| !model.is_concurrent()).map(Model::name).collect();
+        let one_at_a_time: Vec<_> =
+            Model::ALL.into_iter().filter(|model| !model.is_concurrent()).map(Model::name).collect();
         assert_eq!(one_at_a_time, contract::ONE_AT_A_TIME);
     }
 

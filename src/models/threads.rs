@@ -35,9 +35,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         let Some(connection) = acceptor.accept(server.max_open_conns) else { continue };
         // dispatch: the new thread serves the connection to its end.
         let (service, limits) = (Arc::clone(&server.service), server.limits);
-        let spawned = std::thread::Builder::new()
-            .name("conn".into())
-            .spawn(move || connection.serve(&service, limits));
+        let spawned = std::thread::Builder::new().name("conn".into()).spawn(move || connection.serve(&service, limits));
         if let Err(err) = spawned {
             // Out of threads: the connection is closed unserved.
             always!("cannot start a thread for a connection: {err}");

@@ -7,8 +7,8 @@ use std::time::Instant;
 use mio::{Registry, Token};
 
 use super::alarm::Alarm;
-use super::delay_queue::DelayQueue;
 use super::completions::Completions;
+use super::delay_queue::DelayQueue;
 use super::Backend;
 use crate::conn::{ConnId, Executor};
 use crate::elastic_pool::ElasticPool;

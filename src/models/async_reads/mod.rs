@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use mio::{Registry, Token};
 
 pub use coalescing::Coalescing;
-pub use kernel::{KernelBackend, KernelReads, PendingRead};
 pub use completions::Completions;
+pub use kernel::{KernelBackend, KernelReads, PendingRead};
 
 /// How long a reader thread (`--readers`) waits for work before it exits.
 pub const READER_KEEP_ALIVE: Duration = Duration::from_secs(10);
