@@ -201,7 +201,7 @@ impl Conn {
             if self.output.queued_bytes() < queued {
                 self.last_progress = Instant::now();
             }
-            if self.serve_buffered(service, executor, id) {
+            if self.may_start_request() && self.serve_buffered(service, executor, id) {
                 continue; // new output: try to write it straight away
             }
             if !self.wants_read() {
@@ -229,6 +229,7 @@ impl Conn {
 
     /// Answers complete buffered requests, in order, until one has to wait or
     /// the output queue is full. Returns whether any output was queued.
+    // handout: stage 3: while may_start_request(): take the parser's next complete request (none: break), restart request_started if a partial one follows, then answer it: a malformed one with its refusal, else service.plan(): Ready -> respond, Blocking -> executor.execute (Some -> respond, None -> wait_for_work and stop); return whether output was queued; read docs/guide/03-serving-files-safely.md
     fn serve_buffered(&mut self, service: &Service, executor: &mut dyn Executor, id: ConnId) -> bool {
         let mut queued = false;
         while self.may_start_request() {

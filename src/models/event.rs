@@ -65,6 +65,7 @@ pub fn run_loop<B: Backend>(server: Server) -> Result<(), ServerError> {
 }
 
 /// One event loop, accepting on its seat's listener until stopped.
+// handout: stage 2: register the listener, the signals and the backend with a mio Poll (seat.take_place), then loop: poll() with the table's and the backend's timeouts, accept on LISTENER, take SIGNALS, advance a connection's Token and update_interest, collect backend.completed, close_expired; read docs/guide/02b-event-loop.md
 fn serve<B: Backend>(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
     let listener = seat.listener;
     let set_up = || -> io::Result<_> {

@@ -307,10 +307,13 @@ fn offset(source: &str, at: proc_macro2::LineColumn) -> usize {
     line_start + line.char_indices().nth(at.column).map_or(line.len(), |(i, _)| i)
 }
 
+/// A cut in one file: the line of its `todo!`, its stage, its message.
+pub type FileCut = (usize, u8, String);
+
 /// `source` with the bodies of the functions marked for `stage` or a
 /// later stage replaced by `todo!`, and each cut: the line of its `todo!`
 /// in the result, its stage and message. Earlier stages' markers stay.
-pub fn cut_stage(source: &str, stage: u8) -> Result<(String, Vec<(usize, u8, String)>)> {
+pub fn cut_stage(source: &str, stage: u8) -> Result<(String, Vec<FileCut>)> {
     let markers = markers(source)?;
     if markers.iter().all(|m| m.stage < stage) {
         return Ok((source.to_string(), Vec::new()));
@@ -339,6 +342,17 @@ pub fn cut_stage(source: &str, stage: u8) -> Result<(String, Vec<(usize, u8, Str
     for (start, end, body, ..) in &cuts {
         handout.replace_range(start..end, body);
     }
+    // The markers of cut functions say no more than their todo!s.
+    let mut kept = String::new();
+    for line in handout.split_inclusive('\n') {
+        let is_cut_marker = line.trim_start().strip_prefix("// handout: stage ").is_some_and(|rest| {
+            rest.split_once(':').and_then(|(n, _)| n.trim().parse::<u8>().ok()).is_some_and(|n| n >= stage)
+        });
+        if !is_cut_marker {
+            kept.push_str(line);
+        }
+    }
+    let handout = kept;
     // Lines of each todo! in the result.
     let mut found = Vec::new();
     for (stage, message) in cuts.iter().rev().map(|(.., stage, message)| (*stage, message)) {
@@ -438,8 +452,11 @@ fn chapters(repo: &Path, stage: u8) -> Result<Vec<String>> {
     Ok(found)
 }
 
+/// A stage's title, what it asks, and the models its grade runs.
+type StageTask = (&'static str, &'static str, &'static [&'static str]);
+
 /// What each stage asks, and the models its grade runs.
-fn task(stage: u8) -> (&'static str, &'static str, &'static [&'static str]) {
+fn task(stage: u8) -> StageTask {
     match stage {
         1 => (
             "A one-at-a-time server",
@@ -472,7 +489,7 @@ fn task(stage: u8) -> (&'static str, &'static str, &'static [&'static str]) {
             "Signals and the cache",
             "On SIGHUP clear the cache, and make the clear stick: a read started before it must not put stale \
              bytes back (the cache's generation).",
-            &["event"],
+            &["event-async"],
         ),
         _ => (
             "Was it worth it",
@@ -633,6 +650,7 @@ fn earlier() -> u8 {
         );
         assert!(handout.contains("pub fn kept() -> u32 {\n    1\n}"));
         assert!(handout.contains("    7\n"), "an earlier stage is kept");
+        assert!(!handout.contains("// handout: stage 2") && handout.contains("// handout: stage 1"), "{handout}");
         assert!(!handout.contains("vec![1, 2]"), "a later stage is cut too");
         assert_eq!(cuts[0].0, handout.lines().position(|l| l.contains("todo!(r#\"stage 2:")).unwrap() + 1);
         syn::parse_file(&handout).expect("the handout still parses");
