@@ -103,7 +103,7 @@ fn strs(command: &[String]) -> Vec<&str> {
 const PLACEHOLDERS: [&str; 6] = ["--port", "{port}", "--root", "{root}", "--read-delay-ms", "{delay}"];
 
 /// The stages each reference model claims (docs/grading.md has the table).
-pub fn claims() -> Vec<(&'static str, &'static [&'static str], &'static str)> {
+fn claims() -> Vec<(&'static str, &'static [&'static str], &'static str)> {
     vec![
         ("iterative", &[], "1,3,5"),
         ("fork", &[], "1,2,3,5"),

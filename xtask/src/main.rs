@@ -250,21 +250,46 @@ pub fn hide_solutions(markdown: &str, stage: u8) -> Result<String> {
 /// A `// handout: stage N: message` line.
 #[derive(Debug)]
 struct Marker {
-    /// 1-based line of the comment.
+    /// 1-based lines of the comment: its first and its last.
     line: usize,
+    last_line: usize,
     stage: u8,
     message: String,
+    /// `// handout: stand-in:` lines after it: the body earlier stages'
+    /// handouts get instead of a `todo!`, so the stages they grade can run.
+    stand_in: Vec<String>,
+}
+
+/// A line of a marker's stand-in body.
+const STAND_IN: &str = "// handout: stand-in:";
+
+/// Whether `line` continues a marker: `//` and at least two spaces.
+fn continues_marker(line: &str) -> bool {
+    line.trim_start().strip_prefix("//  ").is_some_and(|rest| !rest.trim().is_empty())
 }
 
 fn markers(source: &str) -> Result<Vec<Marker>> {
     let mut found = Vec::new();
-    for (index, line) in source.lines().enumerate() {
+    let lines: Vec<&str> = source.lines().collect();
+    for (index, line) in lines.iter().enumerate() {
         let Some(rest) = line.trim_start().strip_prefix("// handout: stage ") else { continue };
         let Some((stage, message)) = rest.split_once(':') else {
             bail!("line {}: write a marker as `// handout: stage N: what to do`", index + 1);
         };
         let stage = stage.trim().parse().with_context(|| format!("line {}: {stage:?} is not a stage", index + 1))?;
-        found.push(Marker { line: index + 1, stage, message: message.trim().to_string() });
+        let mut message = message.trim().to_string();
+        let mut last = index;
+        while lines.get(last + 1).is_some_and(|next| continues_marker(next)) {
+            last += 1;
+            message.push(' ');
+            message.push_str(lines[last].trim_start()[2..].trim());
+        }
+        let mut stand_in = Vec::new();
+        while let Some(code) = lines.get(last + 1).and_then(|next| next.trim_start().strip_prefix(STAND_IN)) {
+            last += 1;
+            stand_in.push(code.strip_prefix(' ').unwrap_or(code).to_string());
+        }
+        found.push(Marker { line: index + 1, last_line: last + 1, stage, message, stand_in });
     }
     Ok(found)
 }
@@ -326,38 +351,50 @@ pub fn cut_stage(source: &str, stage: u8) -> Result<(String, Vec<FileCut>)> {
         // The function is the first one whose `fn` follows the marker,
         // with only its signature's attributes and modifiers between.
         let Some(&(fn_line, open, close)) =
-            bodies.0.iter().filter(|(line, _, _)| *line > marker.line).min_by_key(|(line, _, _)| *line)
+            bodies.0.iter().filter(|(line, _, _)| *line > marker.last_line).min_by_key(|(line, _, _)| *line)
         else {
             bail!("line {}: no function follows the handout marker", marker.line);
         };
         let indent: String =
             source.lines().nth(fn_line - 1).unwrap_or_default().chars().take_while(|c| c.is_whitespace()).collect();
         let message = format!("stage {}: {}", marker.stage, marker.message);
-        // A raw string prints as written: `\n` in a message stays `\n`.
-        let body = format!("{{\n{indent}    todo!(r#\"{message}\"#)\n{indent}}}");
+        let body = if marker.stage > stage && !marker.stand_in.is_empty() {
+            // A later stage's exercise that this stage's tests run through:
+            // a stand-in that is not the answer, so they can pass.
+            let mut body = format!(
+                "{{\n{indent}    // A stand-in until stage {}, not the exercise: leave it (the stage-{} handout asks for it).\n",
+                marker.stage, marker.stage
+            );
+            for line in &marker.stand_in {
+                body.push_str(&format!("{indent}    {line}\n"));
+            }
+            body.push_str(&format!("{indent}}}"));
+            body
+        } else {
+            // A raw string prints as written: `\n` in a message stays `\n`.
+            format!("{{\n{indent}    todo!(r#\"{message}\"#)\n{indent}}}")
+        };
         cuts.push((offset(source, open), offset(source, close), body, marker.stage, marker.message.clone()));
+        // The marker itself says no more than its todo!.
+        let first = proc_macro2::LineColumn { line: marker.line, column: 0 };
+        let after = proc_macro2::LineColumn { line: marker.last_line + 1, column: 0 };
+        cuts.push((offset(source, first), offset(source, after), String::new(), 0, String::new()));
     }
     cuts.sort_by_key(|(start, ..)| std::cmp::Reverse(*start));
     let mut handout = source.to_string();
     for (start, end, body, ..) in &cuts {
         handout.replace_range(start..end, body);
     }
-    // The markers of cut functions say no more than their todo!s.
-    let mut kept = String::new();
-    for line in handout.split_inclusive('\n') {
-        let is_cut_marker = line.trim_start().strip_prefix("// handout: stage ").is_some_and(|rest| {
-            rest.split_once(':').and_then(|(n, _)| n.trim().parse::<u8>().ok()).is_some_and(|n| n >= stage)
-        });
-        if !is_cut_marker {
-            kept.push_str(line);
-        }
-    }
-    let handout = kept;
     // Lines of each todo! in the result.
     let mut found = Vec::new();
-    for (stage, message) in cuts.iter().rev().map(|(.., stage, message)| (*stage, message)) {
+    for (stage, message) in
+        cuts.iter().rev().filter(|cut| !cut.2.is_empty()).map(|(.., stage, message)| (*stage, message))
+    {
         let needle = format!("\"stage {stage}: {message}\"");
         let line = handout.lines().position(|l| l.contains(&needle)).map_or(0, |i| i + 1);
+        if line == 0 {
+            continue; // a stand-in
+        }
         found.push((line, stage, message.clone()));
     }
     Ok((handout, found))
@@ -468,8 +505,10 @@ fn task(stage: u8) -> StageTask {
         2 => (
             "Many clients at once",
             "Write the `select(2)` loop (one thread, non-blocking sockets, the interest sets rebuilt every turn), \
-             then the same loop on epoll through mio, where the interest list lives in the kernel.",
-            &["select", "event"],
+             the same loop with `poll(2)`, then on epoll through mio, where the interest list lives in the kernel. \
+             (The process and thread models, chapter 7, answer the question without an event loop: they are \
+             the comparison, not the exercise; grade the three loops.)",
+            &["select", "poll", "event"],
         ),
         3 => (
             "Files from a sandboxed root",
@@ -482,7 +521,9 @@ fn task(stage: u8) -> StageTask {
             "Asynchronous reads",
             "Read files without blocking the loop with the book's interface: submit with `aio_read`, learn of the \
              completion with `aio_error` and `aio_return` (event-aio); then the second part: send the read to a \
-             pool of reader threads and post the result back to the loop (event-async).",
+             pool of reader threads and post the result back to the loop (event-async). An optional third part: \
+             the same read as an io_uring submission and completion (uring; not graded here, io_uring may be \
+             refused by your kernel).",
             &["event-aio", "event-async"],
         ),
         5 => (
@@ -527,7 +568,9 @@ fn front_page(stage: u8, cuts: &[Cut], points: &[(String, u8, u32)], chapters: &
     if !later.is_empty() {
         let later: Vec<String> = later.iter().map(u8::to_string).collect();
         page.push_str(&format!(
-            "The `todo!`s of stages {} are later handouts' work: leave them; nothing in this stage needs them.",
+            "The `todo!`s of stages {} are later handouts' work, and so is any function marked \
+             \"A stand-in until stage M\" (a simple body, not the exercise, that lets this stage's tests run): \
+             leave them.",
             later.join(", ")
         ));
     }
@@ -611,7 +654,8 @@ pub fn kept() -> u32 {
     1
 }
 
-// handout: stage 2: write the loop; find the \n; read chapter 2
+// handout: stage 2: write the loop;
+//   find the \n; read chapter 2
 /// Documented, with a "quoted" brace } in a string.
 #[inline]
 pub fn cut(x: u32) -> u32 {
@@ -670,6 +714,20 @@ fn earlier() -> u8 {
         assert!(later.contains("answer()") && !later.contains("xtask"), "{later}");
         assert!(!later.contains("<!--"), "the markers go too: {later}");
         assert!(hide_solutions("<!-- handout: stage 1 answer -->\nopen\n", 1).is_err(), "an unclosed block");
+    }
+
+    #[test]
+    fn a_later_stage_with_a_stand_in_gets_it_its_own_stage_a_todo() {
+        let source =
+            "    // handout: stage 3: frame\n    //   every request\n    // handout: stand-in: let x = 1;\n    \
+                      // handout: stand-in: x\n    fn f() -> u8 {\n        2\n    }\n";
+        let (earlier, cuts) = cut_stage(source, 2).unwrap();
+        assert!(cuts.is_empty(), "a stand-in is no exercise of stage 2: {cuts:?}");
+        assert!(earlier.contains("fn f() -> u8 {\n        // A stand-in until stage 3, not the exercise"), "{earlier}");
+        assert!(earlier.contains("        let x = 1;\n        x\n    }") && !earlier.contains("handout:"), "{earlier}");
+        let (own, cuts) = cut_stage(source, 3).unwrap();
+        assert_eq!(cuts, vec![(2, 3, "frame every request".to_string())]);
+        assert!(own.contains("todo!(r#\"stage 3: frame every request\"#)") && !own.contains("x = 1"), "{own}");
     }
 
     #[test]
