@@ -349,7 +349,7 @@ impl Conn {
     /// Transition: the response is written; shut down the write side (the
     /// client reads to the end, then sees the FIN) and linger.
     fn begin_lingering<S: Sink>(&mut self, socket: &mut S) -> io::Result<()> {
-        rustix::net::shutdown(socket.as_fd(), rustix::net::Shutdown::Write)?;
+        socket.shutdown_write()?;
         let now = Instant::now();
         self.last_progress = now;
         self.phase = Phase::Lingering { since: now, discarded: 0 };

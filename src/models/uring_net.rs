@@ -189,6 +189,11 @@ pub struct Staged {
     pipe: OnceCell<Option<(OwnedFd, OwnedFd)>>,
     /// `sendfile` may have put bytes in the pipe since it was last emptied.
     pipe_used: Cell<bool>,
+    /// The state machine asked for a staged close: shut down the write
+    /// side once everything staged and piped has been sent.
+    shutdown_wanted: bool,
+    /// That shutdown is done.
+    shut_down: bool,
 }
 
 impl Staged {
@@ -204,6 +209,8 @@ impl Staged {
             sent: 0,
             pipe: OnceCell::new(),
             pipe_used: Cell::new(false),
+            shutdown_wanted: false,
+            shut_down: false,
         }
     }
 
@@ -304,6 +311,13 @@ impl Sink for Staged {
     /// Staged bytes all leave in one send anyway: holding back is free.
     fn write_held(&mut self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
         self.stage(slices)
+    }
+
+    /// Staged bytes have not left yet: the loop shuts the socket down
+    /// after their send completes (`Ring::drive`).
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.shutdown_wanted = true;
+        Ok(())
     }
 }
 
@@ -820,7 +834,16 @@ impl Loop<'_> {
             && !entry.socket.eof
             && entry.socket.failed.is_none()
             && entry.socket.unread() < INBOX_BYTES;
-        let done = entry.finishing && !entry.sending && !entry.splicing && !wants_send && splice == 0;
+        let all_sent = !entry.sending && !entry.splicing && !wants_send && splice == 0;
+        if all_sent && entry.socket.shutdown_wanted && !entry.socket.shut_down {
+            // The staged close's first step, now that the response has left:
+            // shutdown(2) only queues a FIN, it never waits.
+            entry.socket.shut_down = true;
+            if rustix::net::shutdown(&entry.socket.socket, rustix::net::Shutdown::Write).is_err() {
+                entry.finishing = true;
+            }
+        }
+        let done = entry.finishing && all_sent;
         if wants_send {
             self.submit_send(id);
         } else if splice > 0 {
