@@ -70,7 +70,7 @@ pub fn run_loop<B: Backend>(server: Server) -> Result<(), ServerError> {
 //   &registry, COMPLETIONS); then Connections::new(seat.max_open_conns(), server.limits),
 //   Events::with_capacity(EVENTS_PER_WAIT), and while !clients.should_exit(): poll() with the
 //   earlier of wait_timeout() and backend.next_deadline(); for each event: LISTENER -> accept(),
-//   SIGNALS -> on_signal for each pending action (deregister the listener once stopping), a
+//   SIGNALS -> on_signal for each signal's signals::action_for (deregister the listener once stopping), a
 //   connection's Token -> advance() then update_interest(); then backend.completed() -> complete()
 //   each; close_expired(), and accept() again if accepting was paused; read
 //   docs/guide/02b-event-loop.md

@@ -95,7 +95,6 @@ fn python_server(bug: Option<&str>) -> Option<Vec<String>> {
     Some(command)
 }
 
-// handout: leave out (a complete solution in Python)
 fn strs(command: &[String]) -> Vec<&str> {
     command.iter().map(String::as_str).collect()
 }
@@ -240,6 +239,7 @@ fn a_server_already_running_is_graded_without_the_signal_tests() {
     assert!(left.is_empty(), "the grader's files are removed from a borrowed root: {left:?}");
 }
 
+// handout: leave out (a complete solution in Python)
 #[test]
 fn a_planted_fault_costs_only_the_tests_it_fails_and_the_report_names_the_death_or_hang() {
     if python_server(None).is_none() {
@@ -307,6 +307,7 @@ fn a_command_that_cannot_be_started_means_grading_cannot_run() {
     assert!(!graded.text.contains("{port}"), "no placeholder left unfilled:\n{}", graded.text);
 }
 
+// handout: leave out (a complete solution in Python)
 /// A Python student server with `--bug BUG` on a port the kernel picks,
 /// serving `root`; stopped (killed) on drop.
 struct PythonServer {
@@ -314,6 +315,7 @@ struct PythonServer {
     addr: String,
 }
 
+// handout: leave out (a complete solution in Python)
 impl PythonServer {
     fn start(bug: &str, root: &Path) -> Option<PythonServer> {
         use std::io::BufRead;
@@ -333,6 +335,7 @@ impl PythonServer {
     }
 }
 
+// handout: leave out (a complete solution in Python)
 impl Drop for PythonServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -340,6 +343,7 @@ impl Drop for PythonServer {
     }
 }
 
+// handout: leave out (a complete solution in Python)
 /// Runs a replay line in bash (with a stand-in for `nc` where netcat is
 /// not installed: bash's /dev/tcp, the same bytes on one connection), for
 /// at most 3 seconds; its output.
@@ -349,6 +353,7 @@ fn run_replay(line: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+// handout: leave out (a complete solution in Python)
 #[test]
 fn a_failure_prints_a_replay_line_that_reproduces_it_when_pasted() {
     let root = tempfile::tempdir().unwrap();
@@ -371,6 +376,7 @@ fn a_failure_prints_a_replay_line_that_reproduces_it_when_pasted() {
     assert_eq!(replies(&run_replay(&fixed)), 5, "the same line against the reference: five replies");
 }
 
+// handout: leave out (a complete solution in Python)
 #[test]
 fn gradescope_and_junit_reports_carry_every_test() {
     let root = tempfile::tempdir().unwrap();

@@ -228,7 +228,7 @@ fn each_stage_handout_answers_nothing_and_grades_as_its_front_page_says() {
 }
 
 #[test]
-fn a_handout_cut_from_a_handout_is_refused_rather_than_nested() {
+fn a_handout_refuses_to_be_cut_again_and_builds_its_own_tests() {
     let scratch = tempfile::tempdir().unwrap();
     let handout = make_handout(1, scratch.path());
     let nested = cargo()
@@ -239,4 +239,8 @@ fn a_handout_cut_from_a_handout_is_refused_rather_than_nested() {
     let said = String::from_utf8_lossy(&nested.stderr);
     assert!(!nested.status.success() && said.contains("this is the stage-1 handout"), "{said}");
     assert!(!handout.join("handout").exists(), "nothing was written inside the handout");
+    // The student's own test suite compiles: nothing left in it calls what
+    // the handout leaves out (the Python solution and its helpers).
+    let built = cargo().args(["test", "--workspace", "--no-run", "--quiet"]).current_dir(&handout).output().unwrap();
+    assert!(built.status.success(), "the handout's tests do not build:\n{}", String::from_utf8_lossy(&built.stderr));
 }

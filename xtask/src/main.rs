@@ -58,6 +58,7 @@ enum Task {
 /// the kit's CI runs the kit's whole suite, which a handout's stubs fail).
 const INCLUDED: &[&str] = &[
     ".cargo",
+    ".gitignore",
     "Cargo.lock",
     "Cargo.toml",
     "benchmark.sh",
@@ -593,7 +594,12 @@ fn front_page(stage: u8, cuts: &[Cut], points: &[(String, u8, u32)], chapters: &
     } else {
         " --root fixtures` and, in another terminal, `./target/debug/client 0 ./test.txt`"
     });
-    page.push_str(" (`client --help` lists the rest).\n\n## Points\n\n");
+    page.push_str(" (`client --help` lists the rest).\n\n");
+    page.push_str(
+        "`cargo test` runs the whole kit's suite, whose tests of later stages fail until those stages are \
+         written (their `todo!`s and stand-ins); for your part, grade as above or run the unit tests of the \
+         files you edit (`cargo test --lib <name>`).\n\n## Points\n\n",
+    );
     let mine: Vec<&(String, u8, u32)> = points.iter().filter(|(_, s, _)| *s == stage).collect();
     if mine.is_empty() {
         page.push_str("`./target/debug/client grade --list` lists every test and its points.\n");
