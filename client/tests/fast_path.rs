@@ -35,19 +35,26 @@ fn pin_to_one_cpu() {
 }
 
 /// A line-protocol stub: one connection, `OK 5\nhello` written the moment
-/// each request line arrives; returns how many it answered.
+/// each request line arrives; returns how many it answered. Connections
+/// that close without a request (`client bench` first checks that a server
+/// accepts) are skipped.
 fn stub_server() -> (SocketAddr, JoinHandle<usize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let answering = std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        stream.set_nodelay(true).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let mut writer = stream.try_clone().unwrap();
+        let (mut reader, mut writer, mut line) = loop {
+            let (stream, _) = listener.accept().unwrap();
+            stream.set_nodelay(true).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            let writer = stream.try_clone().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut line = Vec::new();
+            if matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                break (reader, writer, line);
+            }
+        };
         let mut answered = 0;
-        let mut line = Vec::new();
-        let mut reader = BufReader::new(stream);
-        while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+        loop {
             let mut reply = format!("OK {}\n", BODY.len()).into_bytes();
             reply.extend_from_slice(BODY);
             if writer.write_all(&reply).is_err() {
@@ -55,6 +62,9 @@ fn stub_server() -> (SocketAddr, JoinHandle<usize>) {
             }
             answered += 1;
             line.clear();
+            if !matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                break;
+            }
         }
         answered
     });
