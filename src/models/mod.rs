@@ -24,7 +24,7 @@ use crate::error::ServerError;
 use crate::server::Server;
 
 /// Starts the configured model and serves until `SIGINT`/`SIGTERM`.
-pub fn run(config: Config) -> Result<(), ServerError> {
+pub fn start(config: Config) -> Result<(), ServerError> {
     crate::log::set_quiet(config.quiet);
     if config.model == Model::Uring {
         uring_available()?; // refuse before binding, not after announcing

@@ -2,7 +2,7 @@
 //! blocking work runs, and how its completions come back to the loop
 //! (`docs/design.md`, "the plan/execute seam").
 //!
-//! The mio loop ([`crate::models::event::run_loop`]) is written once. What
+//! The mio loop ([`crate::models::event::run_with_backend`]) is written once. What
 //! distinguishes `event`, `event-async`, `event-aio` and `uring` is the
 //! [`Backend`] it is built with, each in its model's own file: run the work
 //! inline (`event`), on a thread pool (`event-async`'s `ThreadPoolReads`),
