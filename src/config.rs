@@ -108,16 +108,6 @@ impl Model {
         }
     }
 
-    /// Whether the model serves several clients at once (all but `iterative`).
-    pub fn is_concurrent(self) -> bool {
-        self != Model::Iterative
-    }
-
-    /// Whether file reads leave the loop thread free (stage 4).
-    pub fn reads_asynchronously(self) -> bool {
-        matches!(self, Model::EventAsync | Model::EventAio | Model::Uring | Model::Tokio)
-    }
-
     /// What `--workers N` counts for this model; `None` for models that
     /// take no such number.
     pub fn workers(self) -> Option<Workers> {
@@ -346,9 +336,6 @@ mod tests {
     #[test]
     fn the_models_are_the_ones_the_contract_names() {
         assert_eq!(Model::ALL.map(Model::name), contract::MODELS);
-        let one_at_a_time: Vec<_> =
-            Model::ALL.into_iter().filter(|model| !model.is_concurrent()).map(Model::name).collect();
-        assert_eq!(one_at_a_time, contract::ONE_AT_A_TIME);
     }
 
     fn size(text: &str) -> Result<u64, String> {

@@ -74,7 +74,7 @@ fn event_loop<B: Backend>(server: &Server, seat: Seat<'_>) -> Result<(), ServerE
         registry.register(&mut SourceFd(&listener.as_raw_fd()), LISTENER, Interest::READABLE)?;
         let mut signals = Signals::new(seat.signals())?;
         registry.register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let backend = B::open(server, &registry, COMPLETIONS)?;
+        let backend = B::open(server.readers, &registry, COMPLETIONS)?;
         Ok((poll, registry, signals, backend))
     };
     let Some((mut poll, registry, mut signals, mut backend)) = seat.take_place(set_up())? else {

@@ -66,8 +66,8 @@ impl Executor for ThreadPoolReads {
 impl Backend for ThreadPoolReads {
     /// Up to `--readers` threads, started as reads arrive, whose results
     /// wake the loop polling `registry` with `token`.
-    fn open(server: &Server, registry: &Registry, token: Token) -> io::Result<ThreadPoolReads> {
-        let pool = ThreadPool::elastic("reader", server.readers, READER_KEEP_ALIVE);
+    fn open(readers: usize, registry: &Registry, token: Token) -> io::Result<ThreadPoolReads> {
+        let pool = ThreadPool::elastic("reader", readers, READER_KEEP_ALIVE);
         Ok(ThreadPoolReads { pool, completions: Completions::new(registry, token)? })
     }
 

@@ -23,14 +23,13 @@ use crate::config::{Config, Model};
 use crate::error::ServerError;
 use crate::server::Server;
 
-/// Starts the configured model and serves until `SIGINT`/`SIGTERM`.
+/// Binds the server the configuration describes, then runs its model
+/// until `SIGINT`/`SIGTERM`. The model is chosen here, once.
 pub fn start(config: Config) -> Result<(), ServerError> {
     crate::log::set_quiet(config.quiet);
-    if config.model == Model::Uring {
-        uring_available()?; // refuse before binding, not after announcing
-    }
+    let model = config.model;
     let server = Server::bind(config)?;
-    match server.model() {
+    match model {
         Model::Iterative => iterative::run(server),
         Model::Fork => fork::run(server),
         Model::Prefork => prefork::run(server),
@@ -43,21 +42,12 @@ pub fn start(config: Config) -> Result<(), ServerError> {
         Model::EventAio => event_aio::run(server),
         #[cfg(target_os = "linux")]
         Model::Uring => uring::run(server),
-        Model::Tokio => tokio::run(server),
         #[cfg(not(target_os = "linux"))]
-        Model::Uring => unreachable!("refused by uring_available"),
+        Model::Uring => Err(ServerError::Unavailable {
+            model: "uring",
+            reason: "io_uring is a Linux interface".into(),
+            instead: "event-async",
+        }),
+        Model::Tokio => tokio::run(server),
     }
-}
-
-/// Whether io_uring can be used here: a kernel that allows it (Linux), or
-/// an error that names the model to use instead.
-fn uring_available() -> Result<(), ServerError> {
-    #[cfg(target_os = "linux")]
-    return uring::new_ring().map(drop);
-    #[cfg(not(target_os = "linux"))]
-    return Err(ServerError::Unavailable {
-        model: "uring",
-        reason: "io_uring is a Linux interface".into(),
-        instead: "event-async",
-    });
 }
