@@ -20,10 +20,9 @@ pub mod defaults {
     /// Byte budget of the file cache.
     pub const CACHE_BYTES: u64 = 64 << 20;
     /// Largest file kept in the cache. Larger files are streamed with
-    /// `sendfile`. Measured on loopback against nginx (`docs/performance.md`):
-    /// up to about 128 KiB one `writev` from memory beats opening the file
-    /// and `sendfile`; above it the copy from user memory costs more than
-    /// it saves (1 MiB files: 0.8x nginx from memory, 1.0x to 1.2x streamed).
+    /// `sendfile`: above this size the copy from user memory costs more
+    /// than opening the file saves (the crossover, measured, is in
+    /// `docs/performance.md`).
     pub const CACHE_MAX_FILE_BYTES: u64 = 128 << 10;
     /// Connections served at once.
     pub const MAX_CONNS: usize = 10_000;
@@ -43,7 +42,9 @@ pub mod defaults {
     pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 }
 
-/// Which server design runs; see [`crate::models`] and `docs/design.md`.
+/// Which server design runs. Each variant's line is its `--help` entry;
+/// the model itself is described once, in its module doc
+/// (`crate::models::<name>`, linked from the crate's stage table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Model {
     /// Stage 1: one client at a time, blocking accept and reads.

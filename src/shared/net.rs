@@ -53,12 +53,9 @@ const DEFER_ACCEPT_SECONDS: i32 = 1;
 
 /// Linux's `TCP_DEFER_ACCEPT` (nginx's `listen ... deferred`): `accept`
 /// returns a connection only once its request has arrived, so the read
-/// right after `accept` finds it. Without it, a connection accepted before
-/// its request costs an `epoll_ctl`, a `read` that finds nothing and one
-/// more wake-up: a third of the syscalls of a one-request connection. A
-/// client that stays silent is handed over after about a second.
-/// Elsewhere (no such option; FreeBSD's accept filters need a kernel
-/// module) nothing changes.
+/// right after `accept` finds it, with no `epoll_ctl` or empty `read`
+/// first. A silent client is handed over after `DEFER_ACCEPT_SECONDS`.
+/// Elsewhere (no such option) nothing changes.
 fn defer_accept_until_data(socket: &OwnedFd) -> rustix::io::Result<()> {
     #[cfg(target_os = "linux")]
     crate::sys::set_tcp_defer_accept(socket, DEFER_ACCEPT_SECONDS)?;
