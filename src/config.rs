@@ -71,12 +71,14 @@ pub enum Model {
     Uring,
     /// Stage 2, async/await: a tokio task per connection; reads on its blocking pool.
     Tokio,
+    /// Stage 4: no epoll; every socket and file operation completes on io_uring.
+    UringNet,
 }
 
 impl Model {
     /// Every model, in the order of the stages: the one list tests, the
     /// benchmark and the docs take the models from.
-    pub const ALL: [Model; 12] = [
+    pub const ALL: [Model; 13] = [
         Model::Iterative,
         Model::Fork,
         Model::Prefork,
@@ -89,6 +91,7 @@ impl Model {
         Model::EventAio,
         Model::Uring,
         Model::Tokio,
+        Model::UringNet,
     ];
 
     /// The name `--model` takes.
@@ -106,6 +109,7 @@ impl Model {
             Model::EventAio => "event-aio",
             Model::Uring => "uring",
             Model::Tokio => "tokio",
+            Model::UringNet => "uring-net",
         }
     }
 
@@ -113,7 +117,9 @@ impl Model {
     /// take no such number.
     pub fn workers(self) -> Option<Workers> {
         match self {
-            Model::Event | Model::EventAsync | Model::EventAio | Model::Uring => Some(Workers::EventLoops),
+            Model::Event | Model::EventAsync | Model::EventAio | Model::Uring | Model::UringNet => {
+                Some(Workers::EventLoops)
+            }
             Model::Prefork => Some(Workers::Processes),
             Model::Pool => Some(Workers::PoolThreads),
             Model::Tokio => Some(Workers::RuntimeThreads),

@@ -21,8 +21,19 @@ pub fn installed(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// An nginx serving `root` on loopback (1 worker, sendfile, no access
-/// log), with its own temporary config; stopped on drop.
+/// The settings nginx's own documentation and its users give a server of
+/// small static files (<https://nginx.org/en/docs/http/ngx_http_core_module.html>):
+/// `open_file_cache` keeps open fds and `stat` results, so a hit costs no
+/// `open`/`fstat`/`close` (worth 1.17-1.21x to nginx on a 1 KiB file here);
+/// `sendfile` keeps bodies out of user space; `tcp_nopush` sends the head
+/// with the body's first bytes; no access log. The listener keeps nginx's
+/// shipped default (no `deferred`).
+pub const TUNING: &str = "access_log off; sendfile on; tcp_nopush on; open_file_cache max=1000 inactive=60s; \
+                          open_file_cache_valid 60s; open_file_cache_errors on;";
+
+/// An nginx serving `root` on loopback, tuned as its users tune it for
+/// small static files ([`TUNING`]), with its own temporary config;
+/// stopped on drop.
 pub struct Nginx {
     child: Child,
     /// Kills nginx's process group if this process dies before Drop.
@@ -40,18 +51,15 @@ impl Nginx {
         // a free one and hand it over (a short race, never a guess).
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let d = dir.path().display();
-        // Connections handed over with their request (`TCP_DEFER_ACCEPT`),
-        // as our server's listener does on Linux: a like-for-like setup.
-        let deferred = if cfg!(target_os = "linux") { " deferred" } else { "" };
         let config = format!(
             "daemon off; master_process on; worker_processes {workers}; worker_rlimit_nofile 30000;\n\
              user root; pid {d}/nginx.pid;\n\
              error_log {d}/error.log;\n\
              events {{ worker_connections 20000; }}\n\
-             http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000000;\n\
+             http {{ {TUNING} keepalive_requests 100000000;\n\
                client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;\n\
                uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
-               server {{ listen 127.0.0.1:{port} reuseport backlog=4096{deferred}; root {}; }} }}\n",
+               server {{ listen 127.0.0.1:{port} reuseport backlog=4096; root {}; }} }}\n",
             root.display()
         );
         let conf = dir.path().join("nginx.conf");

@@ -1,9 +1,11 @@
-//! `./benchmark.sh --vs-nginx`: our `event` model against nginx, same
-//! files, same load generator (`wrk`), same run.
+//! `./benchmark.sh --vs-nginx`: our `event` (readiness) and `uring-net`
+//! (completion) models against nginx and against the two minimal servers
+//! (`bare fixed` on epoll, `bare uring-fixed` on io_uring), same files,
+//! same load generator (`wrk`), same run, with server CPU per request.
 //!
 //! These machines are noisy and the load generator shares the cores with
 //! the server, so every row is measured in [`Pace::FULL`]'s interleaved rounds
-//! (nginx, ours, limit, nginx, ours, limit, ...) and the median ratio is
+//! (nginx, event, uring-net, limit, io_uring limit, nginx, ...) and the median ratio is
 //! reported, with the lowest and highest round beside it: a ratio whose
 //! range straddles the goal is noise, not a result.
 //!
@@ -158,57 +160,107 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
     let bare = server_bin.with_file_name("bare");
     println!("machine: {}", machine_facts());
     println!(
-        "ours (event model, HTTP) vs nginx (sendfile on, access log off{}) vs the limit (`bare`: only the \
-         necessary syscalls);\nwrk -tN, {} s per run, median of {} interleaved rounds\n",
-        if cfg!(target_os = "linux") { "; both defer accepts: nginx listen deferred, ours --defer-accept" } else { "" },
+        "ours: the `event` model (readiness: epoll) and `{COMPLETION_MODEL}` (completion: io_uring only), HTTP;\n\
+         nginx: {}\nlimits: `bare fixed` (epoll) / `bare uring-fixed` (io_uring) for 1 KiB, `bare sendfile` for \
+         files: only the necessary syscalls;\nus/req: server CPU (user+system, /proc) per request;\n\
+         wrk -tN, {} s per run, median of {} interleaved rounds; ratios are medians of per-round ratios\n",
+        peers::TUNING,
         pace.seconds,
         pace.rounds
     );
     println!(
-        "{:<44} {:>4} {:>9} {:>9} {:>9} {:>16} {:>8} {:>5}  ",
-        "workload", "wrk", "nginx", "ours", "limit", "ours/ng (range)", "ours/lim", "goal"
+        "{:<44} {:>4} {:>7} {:>7} {:>7} {:>7} {:>7} {:>17} {:>7} {:>7} {:>14} {:>19} {:>5}  ",
+        "workload",
+        "wrk",
+        "nginx",
+        "event",
+        "u-net",
+        "limit",
+        "u-limit",
+        "u-net/ng (range)",
+        "ev/ng",
+        "ev/lim",
+        "un/lim un/ulim",
+        "us/req ev u-net lim u-lim",
+        "goal"
     );
     for row in &ROWS {
         let nginx = Nginx::start(root.path(), row.workers)?;
-        let ours = start_ours(server_bin, root, row.workers)?;
+        let event = start_model(server_bin, root, row.workers, "event")?;
+        let completion = start_model(server_bin, root, row.workers, COMPLETION_MODEL)?;
         let limit_args: Vec<String> = match row.limit {
             Limit::Fixed => vec!["fixed".into()],
             Limit::Sendfile => vec!["sendfile".into(), "--root".into(), root.path().display().to_string()],
         };
-        let limit = ServerProcess::start(&bare, &limit_args)
-            .with_context(|| format!("cannot start {} (built beside the benchmark)", bare.display()))?;
+        let start_bare = |args: &[String]| {
+            ServerProcess::start(&bare, args)
+                .with_context(|| format!("cannot start {} (built beside the benchmark)", bare.display()))
+        };
+        let limit = start_bare(&limit_args)?;
+        let uring_limit = match row.limit {
+            Limit::Fixed if cfg!(target_os = "linux") => Some(start_bare(&["uring-fixed".into()])?),
+            _ => None,
+        };
         for threads in SHAPES {
-            let (mut theirs, mut mine, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+            let mut runs: [Vec<Measured>; 5] = Default::default();
             for _ in 0..pace.rounds {
-                theirs.push(wrk(nginx.addr, row, threads, pace)?);
-                mine.push(wrk(ours.addr, row, threads, pace)?);
-                floor.push(wrk(limit.addr, row, threads, pace)?);
+                runs[0].push(Measured { rate: wrk(nginx.addr, row, threads, pace)?, us_per_req: None });
+                runs[1].push(measure(&event, row, threads, pace)?);
+                runs[2].push(measure(&completion, row, threads, pace)?);
+                runs[3].push(measure(&limit, row, threads, pace)?);
+                if let Some(uring_limit) = &uring_limit {
+                    runs[4].push(measure(uring_limit, row, threads, pace)?);
+                }
             }
-            let ratios: Vec<f64> = mine.iter().zip(&theirs).map(|(m, t)| m / t).collect();
+            let ratio_of = |a: usize, b: usize| -> Option<Vec<f64>> {
+                (!runs[b].is_empty()).then(|| runs[a].iter().zip(&runs[b]).map(|(x, y)| x.rate / y.rate).collect())
+            };
+            let ratios = ratio_of(2, 0).expect("nginx ran");
             let (low, high) =
                 (ratios.iter().copied().fold(f64::MAX, f64::min), ratios.iter().copied().fold(0.0, f64::max));
             let ratio = median(ratios);
-            let of_limit = median(mine.iter().zip(&floor).map(|(m, l)| m / l).collect());
-            let (nginx_rate, our_rate) = (median(theirs), median(mine));
+            let event_ratio = median(ratio_of(1, 0).expect("nginx ran"));
+            let event_of_limit = median(ratio_of(1, 3).expect("the limit ran"));
+            // The completion model against the epoll limit (the issue's
+            // goal), and against its own kind of limit where there is one.
+            let of_limit = median(ratio_of(2, 3).expect("the limit ran"));
+            let of_uring_limit = ratio_of(2, 4).map(median);
             let size = std::fs::metadata(root.path().join(row.path))?.len() as f64;
-            let rate = |per_sec: f64| {
+            let rate = |column: &[Measured]| {
+                if column.is_empty() {
+                    return "-".to_string();
+                }
+                let per_sec = median(column.iter().map(|m| m.rate).collect());
                 if size >= (1 << 20) as f64 {
                     format!("{:.2}GB/s", per_sec * size / 1e9)
                 } else {
                     format!("{per_sec:.0}")
                 }
             };
+            let cpu = |column: &[Measured]| {
+                let known: Vec<f64> = column.iter().filter_map(|m| m.us_per_req).collect();
+                if known.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!("{:.1}", median(known))
+                }
+            };
             println!(
-                "{:<44} {:>4} {:>9} {:>9} {:>9} {:>16} {:>7.2}x {:>4.1}x  {}",
+                "{:<44} {:>4} {:>7} {:>7} {:>7} {:>7} {:>7} {:>17} {:>6.2}x {:>6.2}x {:>14} {:>19} {:>4.1}x  {}",
                 row.what,
                 format!("-t{threads}"),
-                rate(nginx_rate),
-                rate(our_rate),
-                rate(median(floor)),
+                rate(&runs[0]),
+                rate(&runs[1]),
+                rate(&runs[2]),
+                rate(&runs[3]),
+                rate(&runs[4]),
                 format!("{ratio:.2}x ({low:.2}-{high:.2})"),
-                of_limit,
+                event_ratio,
+                event_of_limit,
+                format!("{of_limit:.2}x {}", of_uring_limit.map_or("-".to_string(), |r| format!("{r:.2}x"))),
+                format!("{} {} {} {}", cpu(&runs[1]), cpu(&runs[2]), cpu(&runs[3]), cpu(&runs[4])),
                 row.goal,
-                verdict(ratio, row.goal, of_limit)
+                verdict(ratio, row.goal, of_uring_limit.unwrap_or(of_limit))
             );
         }
     }
@@ -245,8 +297,11 @@ fn slow_storage(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
         "model", "conns", "req/s", "ideal", "of ideal", "server CPU", "client CPU", "cores busy", "ideal needs", "goal"
     );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let models: &[&str] =
-        if cfg!(target_os = "linux") { &["event-async", "event-aio", "uring"] } else { &["event-async", "event-aio"] };
+    let models: &[&str] = if cfg!(target_os = "linux") {
+        &["event-async", "event-aio", "uring", "uring-net"]
+    } else {
+        &["event-async", "event-aio"]
+    };
     for model in models {
         let delay = STORAGE_DELAY_MS.to_string();
         let args: Vec<String> = ["--quiet", "--model", model, "--cache-size", "0", "--read-delay-ms", &delay, "--root"]
@@ -356,16 +411,37 @@ impl SlowStorageRun {
     }
 }
 
+/// The completion model compared beside `event`: no epoll, every
+/// operation on io_uring (elsewhere `event` again, so the table still runs).
+const COMPLETION_MODEL: &str = if cfg!(target_os = "linux") { "uring-net" } else { "event" };
+
+/// One wrk run against one server: its rate, and the server's CPU time
+/// per request over the run (microseconds), where `/proc` tells.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    rate: f64,
+    us_per_req: Option<f64>,
+}
+
+fn measure(server: &ServerProcess, row: &Row, threads: usize, pace: Pace) -> Result<Measured> {
+    let before = cpu_seconds(server.pid());
+    let rate = wrk(server.addr, row, threads, pace)?;
+    let after = cpu_seconds(server.pid());
+    let requests = rate * pace.seconds as f64;
+    let us_per_req = before.zip(after).filter(|_| requests > 0.0).map(|(b, a)| (a - b) / requests * 1e6);
+    Ok(Measured { rate, us_per_req })
+}
+
 fn start_ours(server_bin: &Path, root: &BenchRoot, loops: usize) -> Result<ServerProcess> {
-    // nginx listens `deferred` here (peers.rs), so ours defers accepts too.
-    let mut args: Vec<String> =
-        ["--quiet", "--workers", &loops.to_string(), "--root", &root.path().display().to_string()]
+    start_model(server_bin, root, loops, "event")
+}
+
+fn start_model(server_bin: &Path, root: &BenchRoot, loops: usize, model: &str) -> Result<ServerProcess> {
+    let args: Vec<String> =
+        ["--quiet", "--model", model, "--workers", &loops.to_string(), "--root", &root.path().display().to_string()]
             .iter()
             .map(|s| s.to_string())
             .collect();
-    if cfg!(target_os = "linux") {
-        args.push("--defer-accept".into());
-    }
     ServerProcess::start(server_bin, &args)
 }
 

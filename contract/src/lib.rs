@@ -30,7 +30,7 @@ pub const OK: &str = "OK";
 pub const ERR: &str = "ERR";
 
 /// The server's models (`--model NAME`), in the order of the stages.
-pub const MODELS: [&str; 12] = [
+pub const MODELS: [&str; 13] = [
     "iterative",
     "fork",
     "prefork",
@@ -43,6 +43,7 @@ pub const MODELS: [&str; 12] = [
     "event-aio",
     "uring",
     "tokio",
+    "uring-net",
 ];
 
 /// The models that serve one client at a time (stage 1): a measurement of
@@ -52,7 +53,7 @@ pub const ONE_AT_A_TIME: [&str; 1] = ["iterative"];
 /// The models whose file reads leave the thread that waits for sockets
 /// free (stage 4, and tokio's blocking pool): a slow read must not delay
 /// other clients.
-pub const ASYNCHRONOUS_READS: [&str; 4] = ["event-async", "event-aio", "uring", "tokio"];
+pub const ASYNCHRONOUS_READS: [&str; 5] = ["event-async", "event-aio", "uring", "tokio", "uring-net"];
 
 /// The server's default `--readers`: the most reader threads an
 /// asynchronous model starts.

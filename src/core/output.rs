@@ -40,6 +40,14 @@ pub trait Sink: Write + AsFd {
         #[cfg(not(target_os = "linux"))]
         self.write_vectored(slices)
     }
+
+    /// Shuts down the write side once everything written has left: the
+    /// first step of a staged close (`conn`'s module doc). A socket whose
+    /// writes are only staged (a completion model's) must wait until they
+    /// are sent, so it overrides this.
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        rustix::net::shutdown(self.as_fd(), rustix::net::Shutdown::Write).map_err(io::Error::from)
+    }
 }
 impl Sink for std::net::TcpStream {}
 impl Sink for &std::net::TcpStream {}

@@ -18,6 +18,8 @@ pub mod threads;
 pub mod tokio;
 #[cfg(target_os = "linux")]
 pub mod uring;
+#[cfg(target_os = "linux")]
+pub mod uring_net;
 
 use crate::config::{Config, Model};
 use crate::error::ServerError;
@@ -40,14 +42,16 @@ pub fn start(config: Config) -> Result<(), ServerError> {
         Model::Event => event::run(server),
         Model::EventAsync => event_async::run(server),
         Model::EventAio => event_aio::run(server),
+        Model::Tokio => tokio::run(server),
         #[cfg(target_os = "linux")]
         Model::Uring => uring::run(server),
+        #[cfg(target_os = "linux")]
+        Model::UringNet => uring_net::run(server),
         #[cfg(not(target_os = "linux"))]
-        Model::Uring => Err(ServerError::Unavailable {
-            model: "uring",
+        Model::Uring | Model::UringNet => Err(ServerError::Unavailable {
+            model: model.name(),
             reason: "io_uring is a Linux interface".into(),
-            instead: "event-async",
+            instead: if model == Model::Uring { "event-async" } else { "event" },
         }),
-        Model::Tokio => tokio::run(server),
     }
 }

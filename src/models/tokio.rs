@@ -47,9 +47,9 @@ use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
-use crate::conn::{refuse, Limits, MAX_QUEUED_OUTPUT_BYTES};
+use crate::conn::{refuse, Limits, LINGER_MAX_BYTES, LINGER_TIME, LINGER_TIMEOUT, MAX_QUEUED_OUTPUT_BYTES};
 use crate::error::ServerError;
 use crate::log::info;
 use crate::net::{is_fd_exhaustion, FD_EXHAUSTION_PAUSE};
@@ -141,6 +141,10 @@ async fn accept_until_stopped(server: &Server) -> Result<(), ServerError> {
 /// `select!`s below, and each of those waits holds no bytes of its own:
 /// what was read is in `parser`, what is owed is in `output`, both locals
 /// of this function, so a timer or a stop that wins a race loses nothing.
+// handout: stage 2: (optional part, chapter 8) the connection as one async fn: in a loop, answer every request
+//   the parser holds (answer().await, queue it on output, at most MAX_QUEUED_OUTPUT_BYTES), send(...).await
+//   what is owed; closing? return; then select! on read_some(...).await, the request or idle deadline
+//   (limits) and stopping.changed(); read docs/guide/08-async-await.md
 async fn serve_connection(stream: TcpStream, service: &Service, limits: Limits, mut stopping: watch::Receiver<bool>) {
     let mut output = Output::default();
     if let Some(greeting) = service.greeting() {
@@ -153,6 +157,7 @@ async fn serve_connection(stream: TcpStream, service: &Service, limits: Limits, 
     let mut request_started: Option<Instant> = None;
     let mut end_of_stream = false;
     let mut closing = false;
+    let mut refused_mid_stream = false; // the stream is out of step: the client may still be sending
     loop {
         // 1. Answer every request already buffered (pipelined), in order,
         // until the output cap (backpressure) or a response that closes.
@@ -168,6 +173,7 @@ async fn serve_connection(stream: TcpStream, service: &Service, limits: Limits, 
             request_started = parser.has_partial_request().then(Instant::now);
             let (framing, response) = answer(parsed, service).await;
             let refusal_closes = matches!(&response, Response::Refused(refusal) if refusal.closes_connection());
+            refused_mid_stream |= refusal_closes;
             closing = refusal_closes || framing.closes_after() || *stopping.borrow();
             output.push_response(framing, response);
         }
@@ -179,6 +185,9 @@ async fn serve_connection(stream: TcpStream, service: &Service, limits: Limits, 
         }
         last_progress = Instant::now();
         if closing {
+            if refused_mid_stream || !parser.has_used_all_input() {
+                close_staged(&stream).await;
+            }
             return;
         }
         if at_cap {
@@ -227,6 +236,37 @@ async fn answer(parsed: Result<Request, Malformed>, service: &Service) -> (Frami
 /// and its content goes to the cache if the cache's generation allows.
 async fn run_elsewhere(work: Work) -> Response {
     tokio::task::spawn_blocking(move || work.run_blocking()).await.unwrap_or(Response::Refused(Refusal::Internal))
+}
+
+/// The staged close (RFC 9112 section 9.6; `conn`'s module doc says why):
+/// the response is out, so shut down the write side and read and discard
+/// until the client's FIN, for at most [`LINGER_TIME`] in all,
+/// [`LINGER_TIMEOUT`] without a byte and [`LINGER_MAX_BYTES`], so that the
+/// close does not reset bytes the client has not read yet.
+async fn close_staged(stream: &TcpStream) {
+    if rustix::net::shutdown(stream.as_fd(), rustix::net::Shutdown::Write).is_err() {
+        return;
+    }
+    let began = Instant::now();
+    let mut discarded = 0u64;
+    while discarded < LINGER_MAX_BYTES {
+        let deadline = (began + LINGER_TIME).min(Instant::now() + LINGER_TIMEOUT);
+        match timeout_at(deadline, discard_some(stream)).await {
+            Ok(Ok(read)) if read > 0 => discarded += read as u64,
+            _ => return, // the client's FIN, an error, or time is up
+        }
+    }
+}
+
+/// One `read` whose bytes are thrown away, once the socket is readable.
+async fn discard_some(stream: &TcpStream) -> io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        match stream.try_io(Interest::READABLE, || Parser::discard_from(&mut Socket(stream.as_fd()))) {
+            Err(err) if matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => continue,
+            read => return read,
+        }
+    }
 }
 
 /// One `read` into the parser, once the socket is readable. Cancel-safe:

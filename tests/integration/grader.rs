@@ -76,10 +76,12 @@ fn server() -> String {
     env!("CARGO_BIN_EXE_server").to_string()
 }
 
+// handout: leave out (a complete solution in Python)
 fn student_server() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/grader/student_server.py")
 }
 
+// handout: leave out (a complete solution in Python)
 /// The command that runs the Python student server (with `--bug BUG`),
 /// or `None`, with a note, where python3 is not installed.
 fn python_server(bug: Option<&str>) -> Option<Vec<String>> {
@@ -93,6 +95,7 @@ fn python_server(bug: Option<&str>) -> Option<Vec<String>> {
     Some(command)
 }
 
+// handout: leave out (a complete solution in Python)
 fn strs(command: &[String]) -> Vec<&str> {
     command.iter().map(String::as_str).collect()
 }
@@ -114,6 +117,7 @@ fn claims() -> Vec<(&'static str, &'static [&'static str], &'static str)> {
         ("event-aio", &[], "1,2,3,4,5"),
         ("uring", &[], "1,2,3,4,5"),
         ("tokio", &[], "1,2,3,4,5"),
+        ("uring-net", &[], "1,2,3,4,5"),
     ]
 }
 
@@ -147,6 +151,7 @@ fn the_reference_event_async_model_gets_full_marks_at_stage_6() {
     assert!(graded.text.contains("yours/event"), "stage 6 compares with the reference models:\n{}", graded.text);
 }
 
+// handout: leave out (a complete solution in Python)
 #[test]
 fn a_python_server_that_follows_the_assignment_gets_full_marks() {
     let Some(command) = python_server(None) else { return };
@@ -157,6 +162,7 @@ fn a_python_server_that_follows_the_assignment_gets_full_marks() {
     assert!(max == 76 || (max == 75 && graded.text.contains("[skip] files.unreadable")), "{}", graded.text);
 }
 
+// handout: leave out (a complete solution in Python)
 #[test]
 fn each_broken_server_loses_exactly_the_points_of_its_bug() {
     if python_server(None).is_none() {
@@ -188,6 +194,7 @@ fn each_broken_server_loses_exactly_the_points_of_its_bug() {
     }
 }
 
+// handout: leave out (a complete solution in Python)
 #[test]
 fn the_grader_survives_servers_that_never_start_die_hang_or_flood() {
     if python_server(None).is_none() {

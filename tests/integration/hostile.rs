@@ -198,7 +198,12 @@ fn open_fds(pid: i32) -> usize {
 fn hostile_traffic_leaks_no_file_descriptor() {
     let (root, _outside) = hostile_tree();
     std::os::unix::fs::symlink("/dev/null", root.path().join("null-dev")).unwrap();
-    for model in ["event", "threads", "event-async", "tokio"] {
+    let models: &[&str] = if cfg!(target_os = "linux") {
+        &["event", "threads", "event-async", "tokio", "uring-net"]
+    } else {
+        &["event", "threads", "event-async", "tokio"]
+    };
+    for &model in models {
         let server = Server::start(&["--model", model, "--root", root.path().to_str().unwrap()]);
         assert!(server.get("test.txt").body().starts_with(b"Hello"));
         let baseline = open_fds(server.pid());
@@ -252,4 +257,39 @@ fn a_client_that_hangs_up_mid_response_leaves_no_fd_behind() {
         }
         assert_eq!(server.get("big").body().len(), 16 << 20, "{model}: still serving");
     }
+}
+
+/// `uring-net` frees a connection only once the kernel is done with it:
+/// clients that hang up while a slow read, a receive, or the splice of a
+/// large file is in flight leave no fd behind, and the server serves on.
+#[test]
+#[cfg(target_os = "linux")]
+fn uring_net_hang_ups_with_operations_in_flight_leak_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("big.bin"), vec![7u8; 8 << 20]).unwrap();
+    std::fs::write(root.path().join("small.txt"), b"hello").unwrap();
+    let dir = root.path().to_str().unwrap();
+    let server = Server::start(&["--model", "uring-net", "--root", dir, "--read-delay-ms", "100", "--cache-size", "0"]);
+    assert_eq!(server.get("small.txt").body(), b"hello");
+    let baseline = open_fds(server.pid());
+    for round in 0..20 {
+        let requests: [&[u8]; 4] = [b"big.bin\n", b"small.txt\n", b"GET /big.bin HTTP/1.1\r\n\r\n", b"small"];
+        let mut streams = Vec::new();
+        for request in requests {
+            let mut stream = TcpStream::connect(server.addr).unwrap();
+            stream.write_all(request).unwrap();
+            streams.push(stream);
+        }
+        if round % 2 == 0 {
+            // Let the reads finish and the large bodies start streaming.
+            std::thread::sleep(std::time::Duration::from_millis(150));
+        }
+        drop(streams);
+    }
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    while open_fds(server.pid()) > baseline {
+        assert!(std::time::Instant::now() < deadline, "{} fds open, {baseline} before", open_fds(server.pid()));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(server.get("small.txt").body(), b"hello");
 }

@@ -9,6 +9,11 @@
 //!   two savings on new connections (the listener hands a connection over
 //!   with its request, answered at once; a closing answer leaves with the
 //!   FIN), so the kit cannot beat the limit by them.
+//! * `bare uring-fixed` (Linux): the same answers from one io_uring loop
+//!   and no epoll: a multishot accept, a multishot receive per connection
+//!   into a ring of provided buffers, a send of the one shared response,
+//!   one `io_uring_enter` per turn. The limit of the completion model
+//!   (`--model uring-net`) as `fixed` is the readiness models'.
 //! * `bare sendfile --root DIR`: a thread per connection that sends the
 //!   head (`MSG_MORE`) and then the whole file with blocking `sendfile`.
 //!
@@ -40,6 +45,8 @@ struct Args {
 enum Mode {
     /// One epoll loop answering every request with a fixed 1 KiB response.
     Fixed,
+    /// One io_uring loop answering every request with the same response.
+    UringFixed,
     /// A thread per connection sending files with blocking sendfile.
     Sendfile {
         /// Directory the files are served from.
@@ -56,6 +63,10 @@ fn main() -> Result<()> {
     io::stdout().flush()?;
     match args.mode {
         Mode::Fixed => fixed(listener),
+        #[cfg(target_os = "linux")]
+        Mode::UringFixed => uring::fixed(listener),
+        #[cfg(not(target_os = "linux"))]
+        Mode::UringFixed => anyhow::bail!("io_uring is Linux's: use `bare fixed`"),
         Mode::Sendfile { root } => {
             for stream in listener.incoming().flatten() {
                 let root = root.clone();
@@ -258,4 +269,126 @@ fn send_held(mut stream: &mio::net::TcpStream, bytes: &[u8]) -> io::Result<usize
 fn send_head_and_file(mut stream: &TcpStream, head: &[u8], file: &std::fs::File, _len: u64) -> io::Result<()> {
     stream.write_all(head)?;
     io::copy(&mut &*file, &mut stream).map(drop)
+}
+
+/// `bare uring-fixed`: the fixed answers with every operation on io_uring.
+#[cfg(target_os = "linux")]
+mod uring {
+    use std::net::TcpListener;
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicU16, Ordering};
+
+    use anyhow::Result;
+    use io_uring::{cqueue, opcode, types, IoUring};
+
+    const BUFFERS: u16 = 1024;
+    const BUFFER_BYTES: usize = 4096;
+    const ACCEPT: u64 = u64::MAX;
+    // user_data: the fd in the low 32 bits, the operation above.
+    const RECV: u64 = 1 << 32;
+    const SEND: u64 = 2 << 32;
+    const SEND_LAST: u64 = 3 << 32;
+    const CLOSE: u64 = 4 << 32;
+
+    /// Page-aligned memory for the provided-buffer ring.
+    #[repr(C, align(4096))]
+    struct RingMemory([types::BufRingEntry; BUFFERS as usize]);
+
+    pub fn fixed(listener: TcpListener) -> Result<()> {
+        let mut ring = IoUring::new(4096)?;
+        let (keep, close) = super::responses();
+        // SAFETY: zeroed entries are a valid empty ring.
+        let mut entries: Box<RingMemory> = Box::new(unsafe { std::mem::zeroed() });
+        let memory = vec![0u8; BUFFERS as usize * BUFFER_BYTES];
+        for (bid, entry) in entries.0.iter_mut().enumerate() {
+            entry.set_addr(memory.as_ptr() as u64 + (bid * BUFFER_BYTES) as u64);
+            entry.set_len(BUFFER_BYTES as u32);
+            entry.set_bid(bid as u16);
+        }
+        let base = entries.0.as_mut_ptr();
+        // SAFETY: the tail lies in the first entry of this live, aligned ring.
+        let tail = unsafe { AtomicU16::from_ptr(types::BufRingEntry::tail(base) as *mut u16) };
+        tail.store(BUFFERS, Ordering::Release);
+        let mut next_tail = BUFFERS;
+        // SAFETY: the ring memory and the buffers live until this function
+        // returns, which is never while the ring is open.
+        unsafe { ring.submitter().register_buf_ring_with_flags(base as u64, BUFFERS, 0, 0)? };
+        let accept = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd())).build().user_data(ACCEPT);
+        // SAFETY: the entries below point to the shared responses, which
+        // live as long as the loop, and to nothing else.
+        unsafe { ring.submission().push(&accept)? };
+        let mut done = Vec::new();
+        loop {
+            ring.submit_and_wait(1)?;
+            done.extend(ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+            for (user_data, result, flags) in done.drain(..) {
+                let fd = (user_data & 0xffff_ffff) as i32;
+                let mut push = |entry: io_uring::squeue::Entry| {
+                    // SAFETY: see above.
+                    while unsafe { ring.submission().push(&entry) }.is_err() {
+                        let _ = ring.submit();
+                    }
+                };
+                match user_data & !0xffff_ffff {
+                    _ if user_data == ACCEPT => {
+                        if !cqueue::more(flags) {
+                            push(opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd())).build().user_data(ACCEPT));
+                        }
+                        if result >= 0 {
+                            let _ = rustix::net::sockopt::set_tcp_nodelay(
+                                // SAFETY: the fd was just accepted and is open.
+                                unsafe { std::os::fd::BorrowedFd::borrow_raw(result) },
+                                true,
+                            );
+                            push(opcode::RecvMulti::new(types::Fd(result), 0).build().user_data(RECV | result as u64));
+                        }
+                    }
+                    RECV => {
+                        let more = cqueue::more(flags);
+                        if let Some(bid) = cqueue::buffer_select(flags) {
+                            let start = bid as usize * BUFFER_BYTES;
+                            let request = &memory[start..start + result.max(0) as usize];
+                            let heads = request.windows(4).filter(|w| w == b"\r\n\r\n").count();
+                            let wants_close = request.windows(17).any(|w| w.eq_ignore_ascii_case(b"connection: close"));
+                            // Give the buffer back at the tail.
+                            let slot = (next_tail & (BUFFERS - 1)) as usize;
+                            // SAFETY: this slot is past the kernel's view (the published tail).
+                            let entry = unsafe { &mut *base.add(slot) };
+                            entry.set_addr(memory.as_ptr() as u64 + start as u64);
+                            entry.set_len(BUFFER_BYTES as u32);
+                            entry.set_bid(bid);
+                            next_tail = next_tail.wrapping_add(1);
+                            tail.store(next_tail, Ordering::Release);
+                            if wants_close {
+                                push(
+                                    opcode::Send::new(types::Fd(fd), close.as_ptr(), close.len() as u32)
+                                        .build()
+                                        .user_data(SEND_LAST | fd as u64),
+                                );
+                                continue;
+                            }
+                            for _ in 0..heads {
+                                push(
+                                    opcode::Send::new(types::Fd(fd), keep.as_ptr(), keep.len() as u32)
+                                        .build()
+                                        .user_data(SEND | fd as u64),
+                                );
+                            }
+                            if !more {
+                                push(opcode::RecvMulti::new(types::Fd(fd), 0).build().user_data(RECV | fd as u64));
+                            }
+                        } else if result <= 0 || !more {
+                            // End of stream, an error, or the receive ended: close.
+                            push(opcode::Close::new(types::Fd(fd)).build().user_data(CLOSE | fd as u64));
+                        }
+                    }
+                    SEND_LAST => {
+                        // Stop receiving; the receive's last completion closes.
+                        push(opcode::AsyncCancel::new(RECV | fd as u64).build().user_data(CLOSE | fd as u64));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
 }
