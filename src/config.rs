@@ -20,10 +20,9 @@ pub mod defaults {
     /// Byte budget of the file cache.
     pub const CACHE_BYTES: u64 = 64 << 20;
     /// Largest file kept in the cache. Larger files are streamed with
-    /// `sendfile`. Measured on loopback against nginx (`docs/performance.md`):
-    /// up to about 128 KiB one `writev` from memory beats opening the file
-    /// and `sendfile`; above it the copy from user memory costs more than
-    /// it saves (1 MiB files: 0.8x nginx from memory, 1.0x to 1.2x streamed).
+    /// `sendfile`: above this size the copy from user memory costs more
+    /// than opening the file saves (the crossover, measured, is in
+    /// `docs/performance.md`).
     pub const CACHE_MAX_FILE_BYTES: u64 = 128 << 10;
     /// Connections served at once.
     pub const MAX_CONNS: usize = 10_000;
@@ -43,7 +42,9 @@ pub mod defaults {
     pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 }
 
-/// Which server design runs; see [`crate::models`] and `docs/design.md`.
+/// Which server design runs. Each variant's line is its `--help` entry;
+/// the model itself is described once, in its module doc
+/// (`crate::models::<name>`, linked from the crate's stage table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Model {
     /// Stage 1: one client at a time, blocking accept and reads.
@@ -110,16 +111,6 @@ impl Model {
             Model::Tokio => "tokio",
             Model::UringNet => "uring-net",
         }
-    }
-
-    /// Whether the model serves several clients at once (all but `iterative`).
-    pub fn is_concurrent(self) -> bool {
-        self != Model::Iterative
-    }
-
-    /// Whether file reads leave the loop thread free (stage 4).
-    pub fn reads_asynchronously(self) -> bool {
-        matches!(self, Model::EventAsync | Model::EventAio | Model::Uring | Model::UringNet | Model::Tokio)
     }
 
     /// What `--workers N` counts for this model; `None` for models that
@@ -352,9 +343,6 @@ mod tests {
     #[test]
     fn the_models_are_the_ones_the_contract_names() {
         assert_eq!(Model::ALL.map(Model::name), contract::MODELS);
-        let one_at_a_time: Vec<_> =
-            Model::ALL.into_iter().filter(|model| !model.is_concurrent()).map(Model::name).collect();
-        assert_eq!(one_at_a_time, contract::ONE_AT_A_TIME);
     }
 
     fn size(text: &str) -> Result<u64, String> {

@@ -32,7 +32,7 @@
 //! one request through them; the guide in `docs/guide/` walks through the
 //! stages in order, chapter N for stage N.
 //!
-//! The `server` binary turns flags into a [`Config`] and calls [`run`].
+//! The `server` binary turns flags into a [`Config`] and calls [`start`].
 //! Everything else is private to the crate: read it with
 //! `cargo doc --document-private-items`.
 
@@ -58,5 +58,5 @@ use shared::{blocking, connections, fan_out, net, process, server, signals, slab
 pub use config::{Config, Model, ServiceKind};
 pub use error::ServerError;
 pub use log::write_line;
-pub use models::run;
+pub use models::start;
 pub use net::{listen, ListenOptions};

@@ -50,6 +50,11 @@ pub const MODELS: [&str; 13] = [
 /// concurrency leaves them out.
 pub const ONE_AT_A_TIME: [&str; 1] = ["iterative"];
 
+/// The models whose file reads leave the thread that waits for sockets
+/// free (stage 4, and tokio's blocking pool): a slow read must not delay
+/// other clients.
+pub const ASYNCHRONOUS_READS: [&str; 5] = ["event-async", "event-aio", "uring", "tokio", "uring-net"];
+
 /// The server's default `--readers`: the most reader threads an
 /// asynchronous model starts.
 pub const DEFAULT_READERS: usize = 512;

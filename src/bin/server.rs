@@ -1,4 +1,4 @@
-//! `server`: flags to a [`Config`], then [`fileserver::run`]. No logic lives here.
+//! `server`: flags to a [`Config`], then [`fileserver::start`]. No logic lives here.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -125,7 +125,7 @@ impl From<Args> for Config {
 
 fn main() -> ExitCode {
     let config = Config::from(Args::parse());
-    match fileserver::run(config) {
+    match fileserver::start(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             fileserver::write_line(format_args!("server: {err}"));

@@ -104,7 +104,7 @@ impl Default for Limits {
 }
 
 /// Identifies a connection to an executor (a loop's slab id).
-pub type ConnId = crate::slab::SlotId;
+pub use crate::slab::ConnId;
 
 /// Where the blocking part of a request runs.
 pub trait Executor {

@@ -72,13 +72,15 @@ impl Refusal {
 impl From<&std::io::Error> for Refusal {
     /// Maps the errors of opening a file under the root to what the client sees.
     fn from(err: &std::io::Error) -> Self {
-        match err.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ENAMETOOLONG) => Refusal::NotFound,
+        use rustix::io::Errno;
+        match Errno::from_io_error(err) {
+            Some(Errno::NOENT | Errno::NOTDIR | Errno::NAMETOOLONG) => Refusal::NotFound,
             // EXDEV: openat2 saw the path leave the root; ELOOP: a symlink the
             // fallback walk refuses; EACCES/EPERM: permissions; ENXIO: a socket
             // or device with nothing behind it.
-            Some(libc::EXDEV) | Some(libc::ELOOP) | Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::ENXIO)
-            | Some(libc::ENODEV) | Some(libc::EISDIR) => Refusal::Forbidden,
+            Some(
+                Errno::XDEV | Errno::LOOP | Errno::ACCESS | Errno::PERM | Errno::NXIO | Errno::NODEV | Errno::ISDIR,
+            ) => Refusal::Forbidden,
             _ => Refusal::Internal,
         }
     }

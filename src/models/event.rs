@@ -11,9 +11,9 @@
 //! **Where blocking work runs.** In the loop thread: file reads (and fib)
 //! block every other client while they run. That is deliberate: it is the
 //! "Sync I/O" half of the homework's comparison. The asynchronous models
-//! reuse this very loop ([`run_loop`]) and only change *where the work runs*
-//! by naming another [`Backend`]: `run_loop::<Inline>` here,
-//! `run_loop::<Coalescing<ThreadPoolReads>>` in `event-async`.
+//! reuse this very loop ([`run_with_backend`]) and only change *where the work runs*
+//! by naming another [`Backend`]: `run_with_backend::<Inline>` here,
+//! `run_with_backend::<Coalescing<ThreadPoolReads>>` in `event-async`.
 //!
 //! **Cost.** One thread; per client a socket, a `Conn`, and an epoll entry.
 //! Syscalls per cached request: one `epoll_wait` (shared), one `read`,
@@ -54,27 +54,27 @@ const EVENTS_PER_WAIT: usize = 1024;
 
 /// Runs the `event` model: the loop below with blocking work inline.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    run_loop::<Inline>(server)
+    run_with_backend::<Inline>(server)
 }
 
 /// The mio event loop, shared by `event`, `event-async`, `event-aio` and
 /// `uring`; they differ only in the backend `B`. With `--workers N`,
 /// [`fan_out`] runs N of these loops.
-pub fn run_loop<B: Backend>(server: Server) -> Result<(), ServerError> {
-    fan_out::run_workers(&server, serve::<B>)
+pub fn run_with_backend<B: Backend>(server: Server) -> Result<(), ServerError> {
+    fan_out::run_per_worker(&server, event_loop::<B>)
 }
 
 /// One event loop, accepting on its seat's listener until stopped.
 // handout: stage 2: set up with seat.take_place(...) a mio Poll, its registry (try_clone), the listener
-//   (non-blocking, LISTENER, READABLE), Signals::new(seat.signals()) (SIGNALS) and B::open(server,
+//   (non-blocking, LISTENER, READABLE), Signals::new(seat.signals()) (SIGNALS) and B::open(server.readers,
 //   &registry, COMPLETIONS); then Connections::new(seat.max_open_conns(), server.limits),
-//   Events::with_capacity(EVENTS_PER_WAIT), and while !clients.should_exit(): poll() with the
+//   Events::with_capacity(EVENTS_PER_WAIT), and while !connections.should_exit(): poll() with the
 //   earlier of wait_timeout() and backend.next_deadline(); for each event: LISTENER -> accept(),
 //   SIGNALS -> on_signal for each signal's signals::action_for (deregister the listener once stopping), a
 //   connection's Token -> advance() then update_interest(); then backend.completed() -> complete()
 //   each; close_expired(), and accept() again if accepting was paused; read
 //   docs/guide/02b-event-loop.md
-fn serve<B: Backend>(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
+fn event_loop<B: Backend>(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
     let listener = seat.listener;
     let set_up = || -> io::Result<_> {
         let poll = Poll::new()?;
@@ -83,20 +83,20 @@ fn serve<B: Backend>(server: &Server, seat: Seat<'_>) -> Result<(), ServerError>
         registry.register(&mut SourceFd(&listener.as_raw_fd()), LISTENER, Interest::READABLE)?;
         let mut signals = Signals::new(seat.signals())?;
         registry.register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let backend = B::open(server, &registry, COMPLETIONS)?;
+        let backend = B::open(server.readers, &registry, COMPLETIONS)?;
         Ok((poll, registry, signals, backend))
     };
     let Some((mut poll, registry, mut signals, mut backend)) = seat.take_place(set_up())? else {
         return Ok(()); // another loop failed to start, and says why
     };
     let service = &server.service;
-    let mut clients = Connections::new(seat.max_open_conns(), server.limits);
+    let mut connections = Connections::new(seat.max_open_conns(), server.limits);
     let mut events = Events::with_capacity(EVENTS_PER_WAIT);
     let mut done = Vec::new();
-    while !clients.should_exit() {
+    while !connections.should_exit() {
         // 1. Wait for events (or until a timer of the table or the backend is due).
         let backend_due = backend.next_deadline().map(|at| at.saturating_duration_since(Instant::now()));
-        let timeout = [clients.wait_timeout(), backend_due].into_iter().flatten().min();
+        let timeout = [connections.wait_timeout(), backend_due].into_iter().flatten().min();
         match poll.poll(&mut events, timeout) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
@@ -106,21 +106,23 @@ fn serve<B: Backend>(server: &Server, seat: Seat<'_>) -> Result<(), ServerError>
         // 2. Handle each ready source.
         for event in events.iter() {
             match event.token() {
-                LISTENER if clients.is_accepting() => accept(listener, &mut clients, service, &mut backend, &registry),
+                LISTENER if connections.is_accepting() => {
+                    accept(listener, &mut connections, service, &mut backend, &registry)
+                }
                 LISTENER => {}
                 SIGNALS => {
                     for action in signals.pending().filter_map(signals::action_for) {
-                        clients.on_signal(action, service, &mut backend);
+                        connections.on_signal(action, service, &mut backend);
                     }
-                    if clients.is_stopping() {
+                    if connections.is_stopping() {
                         let _ = registry.deregister(&mut SourceFd(&listener.as_raw_fd()));
                     }
                 }
                 COMPLETIONS => {} // collected below, every turn
                 Token(packed) => {
                     let id = ConnId::from_usize(packed);
-                    clients.advance(id, service, &mut backend);
-                    update_interest(&registry, &mut clients, id);
+                    connections.advance(id, service, &mut backend);
+                    update_interest(&registry, &mut connections, id);
                 }
             }
         }
@@ -130,15 +132,15 @@ fn serve<B: Backend>(server: &Server, seat: Seat<'_>) -> Result<(), ServerError>
         // completion due now is not missed.
         backend.completed(&mut done);
         for (id, response) in done.drain(..) {
-            clients.complete(id, response, service, &mut backend);
-            update_interest(&registry, &mut clients, id);
+            connections.complete(id, response, service, &mut backend);
+            update_interest(&registry, &mut connections, id);
         }
 
         // 4. Housekeeping: time limits, and accepts paused for lack of fds
         // (no event will announce that some were freed).
-        clients.close_expired();
-        if clients.is_accept_paused() && clients.is_accepting() {
-            accept(listener, &mut clients, service, &mut backend, &registry);
+        connections.close_expired();
+        if connections.is_accept_paused() && connections.is_accepting() {
+            accept(listener, &mut connections, service, &mut backend, &registry);
         }
     }
     Ok(())
@@ -146,24 +148,24 @@ fn serve<B: Backend>(server: &Server, seat: Seat<'_>) -> Result<(), ServerError>
 
 fn accept(
     listener: &TcpListener,
-    clients: &mut Connections<TcpStream>,
+    connections: &mut Connections<TcpStream>,
     service: &Service,
     backend: &mut impl Backend,
     registry: &Registry,
 ) {
-    for id in clients.accept_pending(listener, service, backend, |_| true) {
-        let Some(client) = clients.get_mut(id) else { continue };
-        let fd = client.socket.as_raw_fd();
-        client.writable_registered = client.conn.wants_write();
-        if registry.register(&mut SourceFd(&fd), Token(id.to_usize()), interest(client)).is_err() {
+    for id in connections.accept_pending(listener, service, backend, |_| true) {
+        let Some(connection) = connections.get_mut(id) else { continue };
+        let fd = connection.socket.as_raw_fd();
+        connection.writable_registered = connection.conn.wants_write();
+        if registry.register(&mut SourceFd(&fd), Token(id.to_usize()), interest(connection)).is_err() {
             // Cannot watch it: drop it rather than leave it hanging.
-            clients.remove(id);
+            connections.remove(id);
         }
     }
 }
 
-fn interest(client: &Connection<TcpStream>) -> Interest {
-    if client.writable_registered {
+fn interest(connection: &Connection<TcpStream>) -> Interest {
+    if connection.writable_registered {
         Interest::READABLE | Interest::WRITABLE
     } else {
         Interest::READABLE
@@ -175,14 +177,14 @@ fn interest(client: &Connection<TcpStream>) -> Interest {
 /// buffer drains, so a connection whose responses fit in one write never
 /// hears of it, and one that streams large files saves two `epoll_ctl`
 /// calls per response (on, then off again).
-fn update_interest(registry: &Registry, clients: &mut Connections<TcpStream>, id: ConnId) {
-    let Some(client) = clients.get_mut(id) else { return };
-    if client.writable_registered || !client.conn.wants_write() {
+fn update_interest(registry: &Registry, connections: &mut Connections<TcpStream>, id: ConnId) {
+    let Some(connection) = connections.get_mut(id) else { return };
+    if connection.writable_registered || !connection.conn.wants_write() {
         return;
     }
-    client.writable_registered = true;
-    let fd = client.socket.as_raw_fd();
-    if registry.reregister(&mut SourceFd(&fd), Token(id.to_usize()), interest(client)).is_err() {
-        clients.remove(id);
+    connection.writable_registered = true;
+    let fd = connection.socket.as_raw_fd();
+    if registry.reregister(&mut SourceFd(&fd), Token(id.to_usize()), interest(connection)).is_err() {
+        connections.remove(id);
     }
 }

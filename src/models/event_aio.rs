@@ -2,7 +2,7 @@
 //! interface (OSTEP 33.6).
 //!
 //! It extends the `event` model: its one use of that model is
-//! [`event::run_loop`], built here with this file's backend, [`PosixAio`]
+//! [`event::run_with_backend`], built here with this file's backend, [`PosixAio`]
 //! (driven by the stage-4 models' shared [`KernelBackend`]).
 //!
 //! **What it teaches.** `aio_read` takes a control block (`struct aiocb`:
@@ -57,7 +57,7 @@ use crate::server::Server;
 
 /// Runs the `event-aio` model: the mio loop with reads by `aio_read`.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    event::run_loop::<Coalescing<KernelBackend<PosixAio>>>(server)
+    event::run_with_backend::<Coalescing<KernelBackend<PosixAio>>>(server)
 }
 
 /// How the loop learns that reads have finished: the one place where the

@@ -1,7 +1,7 @@
 //! Stage 4: the event loop with file reads on a thread pool ("Async I/O").
 //!
 //! It extends the `event` model: its one use of that model is
-//! [`event::run_loop`], built here with this file's backend,
+//! [`event::run_with_backend`], built here with this file's backend,
 //! [`ThreadPoolReads`].
 //!
 //! **What it teaches.** The `event` loop stalls every client while one
@@ -42,7 +42,7 @@ use crate::thread_pool::ThreadPool;
 
 /// Runs the `event-async` model: the mio loop with reads on a thread pool.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    event::run_loop::<Coalescing<ThreadPoolReads>>(server)
+    event::run_with_backend::<Coalescing<ThreadPoolReads>>(server)
 }
 
 /// Runs every piece of blocking work on a pool of reader threads that
@@ -68,8 +68,8 @@ impl Executor for ThreadPoolReads {
 impl Backend for ThreadPoolReads {
     /// Up to `--readers` threads, started as reads arrive, whose results
     /// wake the loop polling `registry` with `token`.
-    fn open(server: &Server, registry: &Registry, token: Token) -> io::Result<ThreadPoolReads> {
-        let pool = ThreadPool::elastic("reader", server.readers, READER_KEEP_ALIVE);
+    fn open(readers: usize, registry: &Registry, token: Token) -> io::Result<ThreadPoolReads> {
+        let pool = ThreadPool::elastic("reader", readers, READER_KEEP_ALIVE);
         Ok(ThreadPoolReads { pool, completions: Completions::new(registry, token)? })
     }
 

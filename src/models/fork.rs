@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use rustix::event::{PollFd, PollFlags};
 
-use crate::blocking::LiveConnections;
+use crate::blocking::BlockingConnections;
 use crate::conn::refuse;
 use crate::error::ServerError;
 use crate::net::{self, Accepted, FD_EXHAUSTION_PAUSE};
@@ -79,7 +79,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
             // The child: one connection, served with blocking calls; its
             // own signal watcher, installed before its signals unblock.
             let pid = process::fork_child(&process::ALL_BLOCKED, || {
-                let live = Arc::new(LiveConnections::default());
+                let live = Arc::new(BlockingConnections::default());
                 let stopping = Arc::clone(&live);
                 if signals::spawn_watcher(Arc::clone(service), move || stopping.stop()).is_err() {
                     return;

@@ -25,17 +25,13 @@ use crate::config::{Config, Model};
 use crate::error::ServerError;
 use crate::server::Server;
 
-/// Starts the configured model and serves until `SIGINT`/`SIGTERM`.
-pub fn run(config: Config) -> Result<(), ServerError> {
+/// Binds the server the configuration describes, then runs its model
+/// until `SIGINT`/`SIGTERM`. The model is chosen here, once.
+pub fn start(config: Config) -> Result<(), ServerError> {
     crate::log::set_quiet(config.quiet);
-    if config.model == Model::Uring {
-        uring_available()?; // refuse before binding, not after announcing
-    }
-    if config.model == Model::UringNet {
-        uring_net_available()?;
-    }
+    let model = config.model;
     let server = Server::bind(config)?;
-    match server.model() {
+    match model {
         Model::Iterative => iterative::run(server),
         Model::Fork => fork::run(server),
         Model::Prefork => prefork::run(server),
@@ -46,40 +42,16 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         Model::Event => event::run(server),
         Model::EventAsync => event_async::run(server),
         Model::EventAio => event_aio::run(server),
+        Model::Tokio => tokio::run(server),
         #[cfg(target_os = "linux")]
         Model::Uring => uring::run(server),
-        Model::Tokio => tokio::run(server),
-        #[cfg(not(target_os = "linux"))]
-        Model::Uring => unreachable!("refused by uring_available"),
         #[cfg(target_os = "linux")]
         Model::UringNet => uring_net::run(server),
         #[cfg(not(target_os = "linux"))]
-        Model::UringNet => unreachable!("refused by uring_net_available"),
+        Model::Uring | Model::UringNet => Err(ServerError::Unavailable {
+            model: model.name(),
+            reason: "io_uring is a Linux interface".into(),
+            instead: if model == Model::Uring { "event-async" } else { "event" },
+        }),
     }
-}
-
-/// Whether io_uring can be used here: a kernel that allows it (Linux), or
-/// an error that names the model to use instead.
-fn uring_available() -> Result<(), ServerError> {
-    #[cfg(target_os = "linux")]
-    return uring::new_ring().map(drop);
-    #[cfg(not(target_os = "linux"))]
-    return Err(ServerError::Unavailable {
-        model: "uring",
-        reason: "io_uring is a Linux interface".into(),
-        instead: "event-async",
-    });
-}
-
-/// Whether this kernel's io_uring has every operation `uring-net` submits
-/// (its probe says which are missing), or an error naming another model.
-fn uring_net_available() -> Result<(), ServerError> {
-    #[cfg(target_os = "linux")]
-    return uring_net::probe().map(drop);
-    #[cfg(not(target_os = "linux"))]
-    return Err(ServerError::Unavailable {
-        model: "uring-net",
-        reason: "io_uring is a Linux interface".into(),
-        instead: "event",
-    });
 }

@@ -32,37 +32,37 @@ use crate::server::Server;
 //   it), then the same three steps (no
 //   FD_SETSIZE: accept_pending(..., |_| true)); read docs/guide/02a-select-and-poll.md
 pub fn run(server: Server) -> Result<(), ServerError> {
-    let (mut signal_pipe, mut clients) = Connections::start_readiness_loop(&server)?;
+    let (mut signal_pipe, mut connections) = Connections::start_readiness_loop(&server)?;
     let Server { listener, service, .. } = &server;
 
-    while !clients.should_exit() {
+    while !connections.should_exit() {
         // 1. Say what we are interested in: signal pipes, listener, clients.
         let [clear_fd, stop_fd] = signal_pipe.fds();
         let mut watched =
             vec![PollFd::from_borrowed_fd(clear_fd, PollFlags::IN), PollFd::from_borrowed_fd(stop_fd, PollFlags::IN)];
-        let accepting = clients.is_accepting();
+        let accepting = connections.is_accepting();
         if accepting {
             watched.push(PollFd::new(listener, PollFlags::IN));
         }
-        let first_client = watched.len();
-        let mut ids: Vec<ConnId> = Vec::with_capacity(clients.len());
-        for (id, client) in clients.iter() {
+        let first_connection = watched.len();
+        let mut ids: Vec<ConnId> = Vec::with_capacity(connections.len());
+        for (id, connection) in connections.iter() {
             let mut events = PollFlags::empty();
-            if client.conn.wants_read() {
+            if connection.conn.wants_read() {
                 events |= PollFlags::IN;
             }
-            if client.conn.wants_write() {
+            if connection.conn.wants_write() {
                 events |= PollFlags::OUT;
             }
             if !events.is_empty() {
-                watched.push(PollFd::new(&client.socket, events));
+                watched.push(PollFd::new(&connection.socket, events));
                 ids.push(id);
             }
         }
 
         // 2. Wait until some of it is possible.
         let timeout =
-            clients.wait_timeout().map(|t| Timespec::try_from(t).unwrap_or(Timespec { tv_sec: 1, tv_nsec: 0 }));
+            connections.wait_timeout().map(|t| Timespec::try_from(t).unwrap_or(Timespec { tv_sec: 1, tv_nsec: 0 }));
         match rustix::event::poll(&mut watched, timeout.as_ref()) {
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => continue,
@@ -73,7 +73,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         // connection is what discovers and cleans up the failure.)
         let is_ready = |pollfd: &PollFd| !pollfd.revents().is_empty();
         let listener_ready = accepting && is_ready(&watched[2]);
-        let ready: Vec<ConnId> = watched[first_client..]
+        let ready: Vec<ConnId> = watched[first_connection..]
             .iter()
             .zip(&ids)
             .filter(|(pollfd, _)| is_ready(pollfd))
@@ -82,14 +82,14 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         drop(watched);
 
         for action in signal_pipe.take() {
-            clients.on_signal(action, service, &mut Inline);
+            connections.on_signal(action, service, &mut Inline);
         }
         for id in ready {
-            clients.advance(id, service, &mut Inline);
+            connections.advance(id, service, &mut Inline);
         }
-        clients.close_expired();
-        if listener_ready && clients.is_accepting() {
-            clients.accept_pending(listener, service, &mut Inline, |_| true);
+        connections.close_expired();
+        if listener_ready && connections.is_accepting() {
+            connections.accept_pending(listener, service, &mut Inline, |_| true);
         }
     }
     Ok(())

@@ -33,38 +33,38 @@ use crate::server::Server;
 
 /// Serves every client from one thread with `select(2)` until stopped.
 // handout: stage 2: start with Connections::start_readiness_loop(&server) (the signal pipe and the connection table);
-//   while !clients.should_exit(): 1. fill two FdSets: the signal pipe's fds, the listener while
+//   while !connections.should_exit(): 1. fill two FdSets: the signal pipe's fds, the listener while
 //   is_accepting(), each client's socket by conn.wants_read()/wants_write(); 2. select() with
-//   clients.wait_timeout() (EINTR: go round again); 3. take the pipe's signals (on_signal),
+//   connections.wait_timeout() (EINTR: go round again); 3. take the pipe's signals (on_signal),
 //   advance() every ready client, close_expired(), and accept_pending(..., FdSet::fits) if the
 //   listener is ready; read docs/guide/02a-select-and-poll.md
 pub fn run(server: Server) -> Result<(), ServerError> {
-    let (mut signal_pipe, mut clients) = Connections::start_readiness_loop(&server)?;
+    let (mut signal_pipe, mut connections) = Connections::start_readiness_loop(&server)?;
     let Server { listener, service, .. } = &server;
     let listener_fd = listener.as_raw_fd();
 
-    while !clients.should_exit() {
+    while !connections.should_exit() {
         // 1. Say what we are interested in.
         let mut readable = FdSet::new();
         let mut writable = FdSet::new();
         for fd in signal_pipe.fds() {
             readable.insert(fd.as_raw_fd());
         }
-        if clients.is_accepting() {
+        if connections.is_accepting() {
             readable.insert(listener_fd);
         }
-        for (_, client) in clients.iter() {
-            let fd = client.socket.as_raw_fd();
-            if client.conn.wants_read() {
+        for (_, connection) in connections.iter() {
+            let fd = connection.socket.as_raw_fd();
+            if connection.conn.wants_read() {
                 readable.insert(fd);
             }
-            if client.conn.wants_write() {
+            if connection.conn.wants_write() {
                 writable.insert(fd);
             }
         }
 
         // 2. Wait until some of it is possible.
-        match select(&mut readable, &mut writable, clients.wait_timeout()) {
+        match select(&mut readable, &mut writable, connections.wait_timeout()) {
             Ok(_) => {}
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(ServerError::io("select")(err)),
@@ -72,22 +72,22 @@ pub fn run(server: Server) -> Result<(), ServerError> {
 
         // 3. Do it.
         for action in signal_pipe.take() {
-            clients.on_signal(action, service, &mut Inline);
+            connections.on_signal(action, service, &mut Inline);
         }
-        let ready: Vec<_> = clients
+        let ready: Vec<_> = connections
             .iter()
-            .filter(|(_, client)| {
-                let fd = client.socket.as_raw_fd();
+            .filter(|(_, connection)| {
+                let fd = connection.socket.as_raw_fd();
                 readable.contains(fd) || writable.contains(fd)
             })
             .map(|(id, _)| id)
             .collect();
         for id in ready {
-            clients.advance(id, service, &mut Inline);
+            connections.advance(id, service, &mut Inline);
         }
-        clients.close_expired();
-        if clients.is_accepting() && readable.contains(listener_fd) {
-            clients.accept_pending(listener, service, &mut Inline, FdSet::fits);
+        connections.close_expired();
+        if connections.is_accepting() && readable.contains(listener_fd) {
+            connections.accept_pending(listener, service, &mut Inline, FdSet::fits);
         }
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! Stage 4: the event loop with file reads submitted to io_uring.
 //!
 //! It extends the `event` model: its one use of that model is
-//! [`event::run_loop`], built here with this file's backend, [`Uring`]
+//! [`event::run_with_backend`], built here with this file's backend, [`Uring`]
 //! (driven by the stage-4 models' shared [`KernelBackend`]).
 //!
 //! **What it teaches.** io_uring is the kernel's own asynchronous
@@ -50,13 +50,13 @@ pub const RING_ENTRIES: u32 = 256;
 
 /// Runs the `uring` model: the mio loop with reads submitted to io_uring.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    event::run_loop::<Coalescing<KernelBackend<Uring>>>(server)
+    new_ring()?; // refused before announcing, naming the model to use instead
+    event::run_with_backend::<Coalescing<KernelBackend<Uring>>>(server)
 }
 
 /// Sets up a ring, or explains that this kernel refuses io_uring and which
-/// model to use instead. [`crate::models::run`] calls it before binding, so
-/// a refused server never announces itself.
-pub fn new_ring() -> Result<IoUring, ServerError> {
+/// model to use instead.
+fn new_ring() -> Result<IoUring, ServerError> {
     IoUring::new(RING_ENTRIES).map_err(|err| ServerError::Unavailable {
         model: "uring",
         reason: format!("io_uring_setup failed: {err}"),
@@ -73,8 +73,8 @@ pub struct Uring {
 }
 
 impl KernelReads for Uring {
-    /// One ring per loop (`models::run` has already checked that io_uring
-    /// works); completions ring an eventfd in the loop's poll.
+    /// One ring per loop ([`run`] has already checked that io_uring works);
+    /// completions ring an eventfd in the loop's poll.
     fn open(registry: &Registry, token: Token) -> io::Result<Uring> {
         let ring = IoUring::new(RING_ENTRIES)?;
         let eventfd: OwnedFd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;

@@ -138,9 +138,9 @@ const NEEDED: [(u8, &str); 7] = [
 ];
 
 /// Sets up a ring and checks, with io_uring's probe, that this kernel has
-/// every operation the model submits. [`crate::models::run`] calls it
-/// before binding, so a refused server never announces itself.
-pub fn probe() -> Result<IoUring, ServerError> {
+/// every operation the model submits. [`run`] calls it before anything
+/// is announced, so a refused server never announces itself.
+fn probe() -> Result<IoUring, ServerError> {
     let refuse = |reason: String| ServerError::Unavailable { model: "uring-net", reason, instead: "uring" };
     let ring = IoUring::builder()
         .setup_cqsize(RING_ENTRIES * 2)
@@ -161,7 +161,8 @@ pub fn probe() -> Result<IoUring, ServerError> {
 
 /// Runs the `uring-net` model: `--workers` loops, each on its own ring.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    fan_out::run_workers(&server, serve)
+    probe()?; // refused before announcing, naming the model to use instead
+    fan_out::run_per_worker(&server, completion_loop)
 }
 
 /// A socket as the connection state machine sees it in a completion model:
@@ -501,7 +502,7 @@ struct Loop<'a> {
 //   ring and the signal pipes, submit a multishot accept, then until stopped and nothing is in flight:
 //   submit_and_wait(1), and for each completion dispatch on its Op (accept, receive, send, read,
 //   signal); read docs/guide/09-readiness-and-completion.md
-fn serve(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
+fn completion_loop(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
     let set_up = || -> io::Result<(IoUring, BufferRing, SignalPipes)> {
         let ring = probe().map_err(|err| io::Error::other(err.to_string()))?;
         let buffers = BufferRing::register(&ring)?;

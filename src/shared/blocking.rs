@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
 
-use crate::conn::{refuse, Conn, Inline, Limits, Status, SWEEP_INTERVAL};
+use crate::conn::{refuse, Conn, ConnId, Inline, Limits, Status, SWEEP_INTERVAL};
 use crate::error::ServerError;
 use crate::log::info;
 use crate::net::{self, Accepted, FD_EXHAUSTION_PAUSE};
@@ -40,7 +40,7 @@ use crate::signals;
 #[derive(Debug)]
 pub struct StoppableAcceptor<'a> {
     listener: &'a TcpListener,
-    live: Arc<LiveConnections>,
+    live: Arc<BlockingConnections>,
     /// Readable once a stop has begun.
     stop_pipe: UnixStream,
 }
@@ -55,7 +55,7 @@ impl<'a> StoppableAcceptor<'a> {
             UnixStream::pair()
         };
         let (stop_pipe, mut stop_writer) = set_up().map_err(ServerError::io("cannot set up the listener"))?;
-        let live = Arc::new(LiveConnections::default());
+        let live = Arc::new(BlockingConnections::default());
         let stopping = Arc::clone(&live);
         signals::spawn_watcher(Arc::clone(&server.service), move || {
             let in_flight = stopping.stop();
@@ -88,7 +88,7 @@ impl<'a> StoppableAcceptor<'a> {
     /// thread or process sharing the listener won it) or it was refused:
     /// past `max_open` it is told 503 and closed; out of fds, accepting
     /// pauses briefly.
-    pub fn accept(&self, max_open: usize) -> Option<LiveConnection> {
+    pub fn accept(&self, max_open: usize) -> Option<BlockingConnection> {
         match net::accept(self.listener, false) {
             Accepted::Connection(stream) => {
                 // Served with blocking calls. On the BSDs and macOS an
@@ -120,30 +120,30 @@ impl<'a> StoppableAcceptor<'a> {
 /// The connections blocking models are serving, so a stop can reach them
 /// and `--max-conns` can count them.
 #[derive(Debug, Default)]
-pub struct LiveConnections {
+pub struct BlockingConnections {
     stopping: AtomicBool,
     next_id: AtomicU64,
-    /// Shared with each [`LiveConnection`] (not `dup`ed: a connection
+    /// Shared with each [`BlockingConnection`] (not `dup`ed: a connection
     /// costs one fd, not two).
     streams: Mutex<HashMap<u64, Arc<TcpStream>>>,
 }
 
-/// A connection admitted into [`LiveConnections`], to be served (perhaps
+/// A connection admitted into [`BlockingConnections`], to be served (perhaps
 /// on another thread); it counts towards the limit until it is dropped.
 #[derive(Debug)]
-pub struct LiveConnection {
-    live: Arc<LiveConnections>,
+pub struct BlockingConnection {
+    live: Arc<BlockingConnections>,
     id: u64,
     stream: Arc<TcpStream>,
 }
 
-impl Drop for LiveConnection {
+impl Drop for BlockingConnection {
     fn drop(&mut self) {
         self.live.lock().remove(&self.id);
     }
 }
 
-impl LiveConnections {
+impl BlockingConnections {
     /// Whether a stop has begun.
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
@@ -166,7 +166,7 @@ impl LiveConnections {
 
     /// Admits `stream` if fewer than `max_open` are live; otherwise tells
     /// the client `ERR 503` and closes it.
-    pub fn admit(self: &Arc<Self>, stream: TcpStream, max_open: usize) -> Option<LiveConnection> {
+    pub fn admit(self: &Arc<Self>, stream: TcpStream, max_open: usize) -> Option<BlockingConnection> {
         if self.lock().len() >= max_open {
             refuse(stream, Refusal::Overloaded);
             return None;
@@ -174,11 +174,11 @@ impl LiveConnections {
         let stream = Arc::new(stream);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, Arc::clone(&stream));
-        Some(LiveConnection { live: Arc::clone(self), id, stream })
+        Some(BlockingConnection { live: Arc::clone(self), id, stream })
     }
 }
 
-impl LiveConnection {
+impl BlockingConnection {
     /// Serves every request on the connection until the client is done,
     /// blocking the calling thread throughout: the same [`Conn`] state
     /// machine as the event loops, which on a blocking socket simply never
@@ -192,7 +192,7 @@ impl LiveConnection {
         let _ = stream.set_read_timeout(Some(SWEEP_INTERVAL));
         let _ = stream.set_write_timeout(Some(SWEEP_INTERVAL));
         let mut conn = Conn::new(service, limits);
-        let unused_id = crate::slab::SlotId::from_usize(0); // Inline needs no id
+        let unused_id = ConnId::from_usize(0); // Inline needs no id
         while conn.advance(&mut stream, service, &mut Inline, unused_id) == Status::Open {
             if conn.is_expired(Instant::now()) {
                 break;

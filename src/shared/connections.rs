@@ -84,8 +84,8 @@ impl<S: Sink + Read> Connections<S> {
     /// Returns the client if it stays open. Unknown ids (a stale event for a
     /// connection already closed) are ignored.
     pub fn advance(&mut self, id: ConnId, service: &Service, executor: &mut dyn Executor) -> Option<&Connection<S>> {
-        let client = self.open.get_mut(id)?;
-        if client.conn.advance(&mut client.socket, service, executor, id) == Status::Closed {
+        let connection = self.open.get_mut(id)?;
+        if connection.conn.advance(&mut connection.socket, service, executor, id) == Status::Closed {
             self.open.remove(id);
             return None;
         }
@@ -114,8 +114,8 @@ impl<S: Sink + Read> Connections<S> {
         signals::log_stopping(self.open.len());
         let ids: Vec<ConnId> = self.open.iter().map(|(id, _)| id).collect();
         for id in ids {
-            if let Some(client) = self.open.get_mut(id) {
-                client.conn.close_when_done();
+            if let Some(connection) = self.open.get_mut(id) {
+                connection.conn.close_when_done();
             }
             self.advance(id, service, executor);
         }
@@ -183,7 +183,7 @@ impl<S: Sink + Read> Connections<S> {
             return;
         }
         self.last_sweep = now;
-        self.open.retain(|client| !client.conn.is_expired(now));
+        self.open.retain(|connection| !connection.conn.is_expired(now));
     }
 
     /// Mutable access to one client (to record registration changes).

@@ -71,7 +71,7 @@ impl Seat<'_> {
 
 /// Runs `one_loop` once per worker, each with its [`Seat`], and returns
 /// when all have returned: the first error, if any.
-pub fn run_workers(
+pub fn run_per_worker(
     server: &Server,
     one_loop: impl Fn(&Server, Seat<'_>) -> Result<(), ServerError> + Sync,
 ) -> Result<(), ServerError> {

@@ -53,38 +53,16 @@ pub fn listen(addr: SocketAddr, options: ListenOptions) -> Result<TcpListener, S
 /// Longest a connection that sends nothing waits in the kernel before it
 /// is handed over anyway (then the request timeout applies).
 #[cfg(target_os = "linux")]
-const DEFER_ACCEPT_SECONDS: libc::c_int = 1;
+const DEFER_ACCEPT_SECONDS: i32 = 1;
 
 /// Linux's `TCP_DEFER_ACCEPT` (nginx's `listen ... deferred`): `accept`
 /// returns a connection only once its request has arrived, so the read
-/// right after `accept` finds it. Without it, a connection accepted before
-/// its request costs an `epoll_ctl`, a `read` that finds nothing and one
-/// more wake-up: a third of the syscalls of a one-request connection. A
-/// client that stays silent is handed over after about a second.
-/// Elsewhere (no such option; FreeBSD's accept filters need a kernel
-/// module) nothing changes.
+/// right after `accept` finds it, with no `epoll_ctl` or empty `read`
+/// first. A silent client is handed over after `DEFER_ACCEPT_SECONDS`.
+/// Elsewhere (no such option) nothing changes.
 fn defer_accept_until_data(socket: &OwnedFd) -> rustix::io::Result<()> {
     #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let seconds = DEFER_ACCEPT_SECONDS;
-        // SAFETY: `socket` is an open socket for the whole call, and the
-        // option value is a live c_int whose size is passed with it.
-        let status = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_DEFER_ACCEPT,
-                (&seconds as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if status != 0 {
-            return Err(
-                rustix::io::Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(rustix::io::Errno::INVAL)
-            );
-        }
-    }
+    crate::sys::set_tcp_defer_accept(socket, DEFER_ACCEPT_SECONDS)?;
     #[cfg(not(target_os = "linux"))]
     let _ = socket;
     Ok(())
@@ -162,7 +140,8 @@ pub const FD_EXHAUSTION_PAUSE: std::time::Duration = std::time::Duration::from_m
 /// True for accept errors that mean "out of file descriptors": the server
 /// should pause accepting and keep serving, not exit.
 pub fn is_fd_exhaustion(err: &io::Error) -> bool {
-    matches!(err.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM))
+    use rustix::io::Errno;
+    matches!(Errno::from_io_error(err), Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM))
 }
 
 /// What one `accept(2)` gave, its errors sorted once for every model.

@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use crate::cache::FileCache;
-use crate::config::{Config, Model, ServiceKind, Workers};
+use crate::config::{Config, ServiceKind, Workers};
 use crate::conn::Limits;
 use crate::error::ServerError;
 use crate::log::info;
@@ -32,8 +32,8 @@ pub struct Server {
     pub workers: usize,
     /// `--readers`: threads of the asynchronous models' reader pool.
     pub readers: usize,
-    /// The configuration the server was started with (for its log line).
-    config: Config,
+    /// What the start-up log line says: the model and what it serves.
+    serving: String,
 }
 
 impl Server {
@@ -50,6 +50,10 @@ impl Server {
             wait_for_request: config.defer_accept && config.service.client_speaks_first(),
         };
         let listener = net::listen(SocketAddr::new(config.addr, config.port), listen_options)?;
+        let what = match config.service {
+            ServiceKind::File => format!("files from {}", config.root.display()),
+            other => format!("the {} service", other.name()),
+        };
         let capacity = net::connection_capacity();
         if capacity < config.max_conns {
             info!(
@@ -70,13 +74,8 @@ impl Server {
             max_open_conns: config.max_conns.min(capacity),
             workers,
             readers: config.readers,
-            config,
+            serving: format!("{} model serving {what}", config.model),
         })
-    }
-
-    /// The model this server runs.
-    pub fn model(&self) -> Model {
-        self.config.model
     }
 
     /// Prints `listening on <ip>:<port>`. Each model calls this once its
@@ -84,12 +83,7 @@ impl Server {
     /// ready, and a `SIGHUP` sent before the handler exists would kill it.
     pub fn announce(&self) -> Result<(), ServerError> {
         let local = net::announce(&self.listener)?;
-        let config = &self.config;
-        let what = match config.service {
-            ServiceKind::File => format!("files from {}", config.root.display()),
-            other => format!("the {} service", other.name()),
-        };
-        info!("{} model serving {what} on {local} (pid {})", config.model, std::process::id());
+        info!("{} on {local} (pid {})", self.serving, std::process::id());
         Ok(())
     }
 }

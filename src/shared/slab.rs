@@ -7,16 +7,17 @@
 //! an old generation and finds nothing, even if a new connection now
 //! occupies the same slot (`docs/design.md`, "stale events").
 
-/// A slot's index and the generation it had when the value was stored.
+/// A connection's id: its slot's index and the generation the slot had
+/// when the connection was stored.
 /// Two plain numbers, compared as a pair: no arithmetic that can overflow,
 /// however often a slot is reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SlotId {
+pub struct ConnId {
     index: u32,
     generation: u32,
 }
 
-impl SlotId {
+impl ConnId {
     /// The id as one number, for an API that carries a `usize` (a mio
     /// `Token`): the index in the low 32 bits, the generation above. Ids
     /// of tables below 4 billion slots stay below `usize::MAX - 2^32`, so
@@ -25,9 +26,9 @@ impl SlotId {
         (self.generation as usize) << 32 | self.index as usize
     }
 
-    /// The id [`SlotId::to_usize`] packed.
-    pub fn from_usize(packed: usize) -> SlotId {
-        SlotId { index: packed as u32, generation: (packed >> 32) as u32 }
+    /// The id [`ConnId::to_usize`] packed.
+    pub fn from_usize(packed: usize) -> ConnId {
+        ConnId { index: packed as u32, generation: (packed >> 32) as u32 }
     }
 }
 
@@ -52,13 +53,13 @@ impl<T> Default for Slab<T> {
 }
 
 impl<T> Slab<T> {
-    fn locate(&self, id: SlotId) -> Option<usize> {
+    fn locate(&self, id: ConnId) -> Option<usize> {
         let index = id.index as usize;
         (self.slots.get(index)?.generation == id.generation).then_some(index)
     }
 
     /// Stores `value`; returns its id.
-    pub fn insert(&mut self, value: T) -> SlotId {
+    pub fn insert(&mut self, value: T) -> ConnId {
         self.len += 1;
         let index = match self.free.pop() {
             Some(index) => index,
@@ -69,23 +70,23 @@ impl<T> Slab<T> {
         };
         let slot = &mut self.slots[index as usize];
         slot.value = Some(value);
-        SlotId { index, generation: slot.generation }
+        ConnId { index, generation: slot.generation }
     }
 
     /// The value with this id, unless it has been removed.
-    pub fn get(&self, id: SlotId) -> Option<&T> {
+    pub fn get(&self, id: ConnId) -> Option<&T> {
         self.slots[self.locate(id)?].value.as_ref()
     }
 
     /// The value with this id, mutably.
-    pub fn get_mut(&mut self, id: SlotId) -> Option<&mut T> {
+    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut T> {
         let index = self.locate(id)?;
         self.slots[index].value.as_mut()
     }
 
     /// Removes and returns the value; its id never finds anything again
     /// (until the slot's generation wraps, after 2^32 reuses).
-    pub fn remove(&mut self, id: SlotId) -> Option<T> {
+    pub fn remove(&mut self, id: ConnId) -> Option<T> {
         let index = self.locate(id)?;
         let slot = &mut self.slots[index];
         let value = slot.value.take()?;
@@ -96,15 +97,15 @@ impl<T> Slab<T> {
     }
 
     /// Every value, with its id.
-    pub fn iter(&self) -> impl Iterator<Item = (SlotId, &T)> {
+    pub fn iter(&self) -> impl Iterator<Item = (ConnId, &T)> {
         self.slots.iter().enumerate().filter_map(|(index, slot)| {
-            Some((SlotId { index: index as u32, generation: slot.generation }, slot.value.as_ref()?))
+            Some((ConnId { index: index as u32, generation: slot.generation }, slot.value.as_ref()?))
         })
     }
 
     /// Removes every value for which `keep` says false.
     pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
-        let doomed: Vec<SlotId> = self.iter().filter(|(_, value)| !keep(value)).map(|(id, _)| id).collect();
+        let doomed: Vec<ConnId> = self.iter().filter(|(_, value)| !keep(value)).map(|(id, _)| id).collect();
         for id in doomed {
             self.remove(id);
         }
@@ -123,7 +124,7 @@ impl<T> Slab<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Slab, SlotId};
+    use super::{ConnId, Slab};
 
     #[test]
     fn a_reused_slot_does_not_answer_to_the_old_id() {
@@ -138,8 +139,8 @@ mod tests {
         assert_eq!(slab.len(), 1);
         slab.retain(|v| *v != "second");
         assert!(slab.is_empty() && slab.get(second).is_none());
-        assert_eq!(slab.get(SlotId::from_usize(12)), None);
-        assert_eq!(slab.get(SlotId::from_usize(usize::MAX)), None);
+        assert_eq!(slab.get(ConnId::from_usize(12)), None);
+        assert_eq!(slab.get(ConnId::from_usize(usize::MAX)), None);
     }
 
     #[test]
@@ -147,11 +148,11 @@ mod tests {
         let mut slab = Slab::default();
         let mut id = slab.insert(0u64);
         slab.slots[0].generation = u32::MAX - 2; // as after four billion short connections
-        id = SlotId { generation: u32::MAX - 2, ..id };
+        id = ConnId { generation: u32::MAX - 2, ..id };
         for round in 1..=5u64 {
             assert_eq!(slab.remove(id), Some(round - 1));
             let next = slab.insert(round);
-            assert_eq!(SlotId::from_usize(next.to_usize()), next, "packs and unpacks");
+            assert_eq!(ConnId::from_usize(next.to_usize()), next, "packs and unpacks");
             assert_eq!(slab.get(id), None);
             id = next;
         }

@@ -1,6 +1,7 @@
 //! The syscall layer: the server calls the system through rustix, and here,
 //! in one place, are the few calls rustix does not offer (for `fork` and
-//! `prefork`: `fork` itself, signal masks and Linux's `signalfd`), each
+//! `prefork`: `fork` itself, signal masks and Linux's `signalfd`; for the
+//! listener: `TCP_DEFER_ACCEPT`), each
 //! `unsafe` block with the reason it is sound. A model reads as a
 //! listing of system calls; the raw C interface stays below this line.
 
@@ -116,5 +117,29 @@ impl SignalFd {
 impl std::os::fd::AsFd for SignalFd {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.0.as_fd()
+    }
+}
+
+/// Sets Linux's `TCP_DEFER_ACCEPT` on a listening socket: `accept` hands a
+/// connection over once data has arrived, or after about `seconds`
+/// (`tcp(7)`). rustix has no call for this option.
+#[cfg(target_os = "linux")]
+pub fn set_tcp_defer_accept(socket: &impl std::os::fd::AsFd, seconds: i32) -> rustix::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let seconds: libc::c_int = seconds;
+    // SAFETY: `socket` is an open socket for the whole call, and the
+    // option value is a live c_int whose size is passed with it.
+    let status = unsafe {
+        libc::setsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&seconds as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    match status {
+        0 => Ok(()),
+        _ => Err(rustix::io::Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(rustix::io::Errno::INVAL)),
     }
 }

@@ -16,13 +16,13 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Every model, for tests that must hold for all of them: the server's own list.
 pub static MODELS: LazyLock<Vec<&'static str>> = LazyLock::new(|| Model::ALL.iter().map(|m| m.name()).collect());
 
-/// Every model that serves clients concurrently (all but `iterative`).
+/// Every model that serves clients concurrently: the contract's models but
+/// those it lists as one at a time.
 pub static CONCURRENT_MODELS: LazyLock<Vec<&'static str>> =
-    LazyLock::new(|| Model::ALL.iter().filter(|m| m.is_concurrent()).map(|m| m.name()).collect());
+    LazyLock::new(|| contract::MODELS.into_iter().filter(|m| !contract::ONE_AT_A_TIME.contains(m)).collect());
 
-/// The event-loop models whose file reads do not block the loop.
-pub static ASYNC_MODELS: LazyLock<Vec<&'static str>> =
-    LazyLock::new(|| Model::ALL.iter().filter(|m| m.reads_asynchronously()).map(|m| m.name()).collect());
+/// The models whose file reads do not block the loop (the contract's list).
+pub static ASYNC_MODELS: LazyLock<Vec<&'static str>> = LazyLock::new(|| contract::ASYNCHRONOUS_READS.to_vec());
 
 /// The fixtures directory shipped with the repository.
 pub fn fixtures() -> PathBuf {

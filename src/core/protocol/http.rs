@@ -219,8 +219,8 @@ fn content_type(path: &[u8]) -> &'static str {
 }
 
 /// An HTTP date (`Date`, `Last-Modified`), formatted at most once per
-/// second per thread and kind: formatting per response was 7% of the
-/// server's instructions for `Date` and 4% more for `Last-Modified`.
+/// second per thread and kind, not per response (what that saved is in
+/// `docs/performance.md`).
 struct DateMemo(std::cell::RefCell<(u64, String)>);
 
 impl DateMemo {

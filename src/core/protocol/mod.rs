@@ -262,9 +262,9 @@ impl Parser {
     ///
     /// The read lands in a per-thread scratch buffer, zeroed once, and only
     /// the bytes received are copied into this connection's buffer: a fresh
-    /// 16 KiB stack array per read cost a 16 KiB `memset` per request (65%
-    /// of the server's instructions in a profile), and a per-connection
-    /// buffer would cost 16 KiB for every idle connection.
+    /// stack array per read would be zeroed per request, and a
+    /// per-connection buffer would cost 16 KiB for every idle connection
+    /// (`docs/performance.md`, "What was measured").
     pub fn read_from<R: Read>(&mut self, source: &mut R) -> io::Result<usize> {
         SCRATCH.with_borrow_mut(|chunk| {
             let n = source.read(chunk)?;

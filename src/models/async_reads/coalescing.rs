@@ -9,7 +9,6 @@ use super::Backend;
 use crate::conn::{ConnId, Executor};
 use crate::protocol::Response;
 use crate::refusal::Refusal;
-use crate::server::Server;
 use crate::service::Work;
 
 /// Merges concurrent cache misses on one file into a single read.
@@ -62,8 +61,8 @@ impl<B: Backend> Executor for Coalescing<B> {
 }
 
 impl<B: Backend> Backend for Coalescing<B> {
-    fn open(server: &Server, registry: &Registry, token: Token) -> std::io::Result<Self> {
-        Ok(Coalescing::new(B::open(server, registry, token)?))
+    fn open(readers: usize, registry: &Registry, token: Token) -> std::io::Result<Self> {
+        Ok(Coalescing::new(B::open(readers, registry, token)?))
     }
 
     fn completed(&mut self, done: &mut Vec<(ConnId, Response)>) {
@@ -113,7 +112,7 @@ mod tests {
     }
 
     impl Backend for Deferred {
-        fn open(_server: &Server, _registry: &Registry, _token: Token) -> std::io::Result<Deferred> {
+        fn open(_readers: usize, _registry: &Registry, _token: Token) -> std::io::Result<Deferred> {
             Ok(Deferred::default())
         }
 

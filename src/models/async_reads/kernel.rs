@@ -12,7 +12,6 @@ use super::delay_queue::DelayQueue;
 use super::Backend;
 use crate::conn::{ConnId, Executor};
 use crate::protocol::Response;
-use crate::server::Server;
 use crate::service::{FileRead, Work};
 use crate::thread_pool::ThreadPool;
 
@@ -150,9 +149,9 @@ impl<K: KernelReads> Executor for KernelBackend<K> {
 }
 
 impl<K: KernelReads> Backend for KernelBackend<K> {
-    fn open(server: &Server, registry: &Registry, token: Token) -> io::Result<Self> {
+    fn open(readers: usize, registry: &Registry, token: Token) -> io::Result<Self> {
         let kernel = K::open(registry, token)?;
-        let compute = ThreadPool::elastic("reader", server.readers, super::READER_KEEP_ALIVE);
+        let compute = ThreadPool::elastic("reader", readers, super::READER_KEEP_ALIVE);
         let computed = Completions::new(registry, token)?;
         let alarm = Alarm::new(registry, token)?;
         Ok(KernelBackend { kernel, delayed: DelayQueue::default(), alarm, compute, computed })

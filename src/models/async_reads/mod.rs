@@ -2,7 +2,7 @@
 //! blocking work runs, and how its completions come back to the loop
 //! (`docs/design.md`, "the plan/execute seam").
 //!
-//! The mio loop ([`crate::models::event::run_loop`]) is written once. What
+//! The mio loop ([`crate::models::event::run_with_backend`]) is written once. What
 //! distinguishes `event`, `event-async`, `event-aio` and `uring` is the
 //! [`Backend`] it is built with, each in its model's own file: run the work
 //! inline (`event`), on a thread pool (`event-async`'s `ThreadPoolReads`),
@@ -37,14 +37,14 @@ pub const READER_KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 use crate::conn::{ConnId, Executor, Inline};
 use crate::protocol::Response;
-use crate::server::Server;
 
 /// Where a loop's blocking work runs, and how its completions come back.
 pub trait Backend: Executor + Sized {
-    /// Builds the backend of one event loop. A backend whose work finishes
+    /// Builds the backend of one event loop, with at most `readers` reader
+    /// threads (`--readers`). A backend whose work finishes
     /// elsewhere registers, in `registry` under `token`, the source that
     /// makes the loop wake up for completions.
-    fn open(server: &Server, registry: &Registry, token: Token) -> io::Result<Self>;
+    fn open(readers: usize, registry: &Registry, token: Token) -> io::Result<Self>;
 
     /// Appends finished work, as (connection, response), to `done`.
     fn completed(&mut self, done: &mut Vec<(ConnId, Response)>);
@@ -58,7 +58,7 @@ pub trait Backend: Executor + Sized {
 
 /// The `event` model's backend: everything runs inline, nothing completes later.
 impl Backend for Inline {
-    fn open(_server: &Server, _registry: &Registry, _token: Token) -> io::Result<Inline> {
+    fn open(_readers: usize, _registry: &Registry, _token: Token) -> io::Result<Inline> {
         Ok(Inline)
     }
 
