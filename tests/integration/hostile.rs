@@ -194,6 +194,16 @@ fn open_fds(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |entries| entries.count())
 }
 
+/// Waits (up to [`IO_TIMEOUT`]) until `server` holds no more fds than
+/// `baseline`: every connection closed, every file with it.
+fn assert_fds_come_back(server: &Server, baseline: usize, what: &str) {
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    while open_fds(server.pid()) > baseline {
+        assert!(std::time::Instant::now() < deadline, "{what}: {} fds open, {baseline} before", open_fds(server.pid()));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn hostile_traffic_leaks_no_file_descriptor() {
     let (root, _outside) = hostile_tree();
@@ -218,15 +228,7 @@ fn hostile_traffic_leaks_no_file_descriptor() {
             let _ = stream.write_all(garbage);
         }
         // Every connection is closed by now or soon: the count comes back.
-        let deadline = std::time::Instant::now() + IO_TIMEOUT;
-        while open_fds(server.pid()) > baseline {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{model}: {} fds open, {baseline} before",
-                open_fds(server.pid())
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        assert_fds_come_back(&server, baseline, model);
     }
 }
 
@@ -246,15 +248,7 @@ fn a_client_that_hangs_up_mid_response_leaves_no_fd_behind() {
             let mut first = [0u8; 4096];
             stream.read_exact(&mut first).unwrap();
         } // dropped with unread bytes: a reset, mid-response
-        let deadline = std::time::Instant::now() + IO_TIMEOUT;
-        while open_fds(server.pid()) > baseline {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{model}: {} fds open, {baseline} before",
-                open_fds(server.pid())
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        assert_fds_come_back(&server, baseline, model);
         assert_eq!(server.get("big").body().len(), 16 << 20, "{model}: still serving");
     }
 }
@@ -286,10 +280,6 @@ fn uring_net_hang_ups_with_operations_in_flight_leak_nothing() {
         }
         drop(streams);
     }
-    let deadline = std::time::Instant::now() + IO_TIMEOUT;
-    while open_fds(server.pid()) > baseline {
-        assert!(std::time::Instant::now() < deadline, "{} fds open, {baseline} before", open_fds(server.pid()));
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    assert_fds_come_back(&server, baseline, "uring-net");
     assert_eq!(server.get("small.txt").body(), b"hello");
 }

@@ -29,7 +29,8 @@ fn start(model: &str, root: &Path) -> Server {
     Server::start(&["--model", model, "--root", root.to_str().unwrap(), "--cache-max-file", "64KiB"])
 }
 
-fn request(http: &mut HttpClient, method: &str, target: &str, headers: &[(&str, &str)]) -> crate::http::HttpReply {
+/// One request on `http` with `headers`; its response.
+pub fn request(http: &mut HttpClient, method: &str, target: &str, headers: &[(&str, &str)]) -> crate::http::HttpReply {
     let mut text = format!("{method} {target} HTTP/1.1\r\nHost: test\r\n");
     for (name, value) in headers {
         text.push_str(&format!("{name}: {value}\r\n"));

@@ -39,14 +39,7 @@ fn start(model: &str, root: &Path, more: &[&str]) -> Server {
 
 /// One request on a fresh connection; the response.
 fn ask(addr: std::net::SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> HttpReply {
-    let mut http = HttpClient::connect(addr);
-    let mut text = format!("{method} {target} HTTP/1.1\r\nHost: test\r\n");
-    for (name, value) in headers {
-        text.push_str(&format!("{name}: {value}\r\n"));
-    }
-    text.push_str("\r\n");
-    http.send(text.as_bytes());
-    http.read(method == "HEAD").expect("a response")
+    crate::http_files::request(&mut HttpClient::connect(addr), method, target, headers)
 }
 
 /// Splits a raw response into its head and body at the blank line.
