@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use crate::cache::FileCache;
-use crate::config::{Config, Model, ServiceKind, Workers};
+use crate::config::{Config, Model, Runtime, ServiceKind};
 use crate::conn::Limits;
 use crate::error::ServerError;
 use crate::log::info;
@@ -32,6 +32,8 @@ pub struct Server {
     pub workers: usize,
     /// `--readers`: threads of the asynchronous models' reader pool.
     pub readers: usize,
+    /// `--runtime`: how the `tokio` model runs its `--workers`.
+    pub runtime: Runtime,
     /// The configuration the server was started with (for its log line).
     config: Config,
 }
@@ -46,7 +48,7 @@ impl Server {
         let workers = config.workers();
         // Several event loops each bind their own listener to the same port.
         let listen_options = ListenOptions {
-            reuse_port: workers > 1 && config.model.workers() == Some(Workers::EventLoops),
+            reuse_port: workers > 1 && config.loops_share_the_port(),
             wait_for_request: config.defer_accept && config.service.client_speaks_first(),
         };
         let listener = net::listen(SocketAddr::new(config.addr, config.port), listen_options)?;
@@ -70,6 +72,7 @@ impl Server {
             max_open_conns: config.max_conns.min(capacity),
             workers,
             readers: config.readers,
+            runtime: config.runtime,
             config,
         })
     }
