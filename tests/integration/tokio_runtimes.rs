@@ -125,8 +125,8 @@ fn clients_that_hang_up_leave_no_fd_behind() {
     let server = start(fixtures().to_str().unwrap(), &[]);
     assert_eq!(server.get("tiny.txt").body(), b"hi\n");
     let baseline = open_fds(server.pid());
-    for garbage in [&b"\xff\xfe\x00garbage"[..], b"GET /", b"test.txt", b"GET / HTTP/1.1\r\nX: y", b"data/64k.bin\n"]
-        .repeat(20)
+    for garbage in
+        [&b"\xff\xfe\x00garbage"[..], b"GET /", b"test.txt", b"GET / HTTP/1.1\r\nX: y", b"data/64k.bin\n"].repeat(20)
     {
         let mut stream = TcpStream::connect(server.addr).unwrap();
         let _ = stream.write_all(garbage);
