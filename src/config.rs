@@ -137,7 +137,8 @@ pub enum Workers {
     Processes,
     /// Threads of the connection pool (default: one per core).
     PoolThreads,
-    /// Worker threads of tokio's multi-thread runtime (default: one per
+    /// Worker threads of tokio's multi-thread runtime, or current-thread
+    /// runtimes with `--runtime current-thread-per-core` (default: one per
     /// core, as `#[tokio::main]`).
     RuntimeThreads,
 }
@@ -150,6 +151,18 @@ impl Workers {
             Workers::Processes | Workers::PoolThreads | Workers::RuntimeThreads => cores(),
         }
     }
+}
+
+/// How the `tokio` model runs its `--workers N` (`--runtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Runtime {
+    /// One multi-thread runtime with N worker threads that steal ready
+    /// tasks from each other (the default: as `#[tokio::main]`).
+    #[default]
+    MultiThread,
+    /// N current-thread runtimes, each on its own thread with its own
+    /// `SO_REUSEPORT` listener, as `event --workers N`.
+    CurrentThreadPerCore,
 }
 
 impl fmt::Display for Model {
@@ -220,6 +233,8 @@ pub struct Config {
     /// `--workers N`: event loops, worker processes or pool threads, as
     /// [`Model::workers`] says; `None` takes the model's default.
     pub workers: Option<usize>,
+    /// `--runtime`: how `tokio` runs its workers (other models ignore it).
+    pub runtime: Runtime,
     /// Longest request line accepted.
     pub max_line_bytes: usize,
     /// Longest HTTP head accepted.
@@ -255,6 +270,7 @@ impl Default for Config {
             max_conns: defaults::MAX_CONNS,
             readers: defaults::READERS,
             workers: None,
+            runtime: Runtime::default(),
             max_line_bytes: defaults::MAX_LINE_BYTES,
             max_head_bytes: defaults::MAX_HEAD_BYTES,
             request_timeout: defaults::REQUEST_TIMEOUT,
@@ -270,6 +286,16 @@ impl Config {
     /// How many workers (`--workers`) this run uses: the flag, or the model's default.
     pub fn workers(&self) -> usize {
         self.workers.or(self.model.workers().map(Workers::default_count)).unwrap_or(1)
+    }
+
+    /// Whether `--workers N` runs N loops, each on its own `SO_REUSEPORT`
+    /// listener: the event models, and `tokio` with a runtime per core.
+    pub fn loops_share_the_port(&self) -> bool {
+        match self.model.workers() {
+            Some(Workers::EventLoops) => true,
+            Some(Workers::RuntimeThreads) => self.runtime == Runtime::CurrentThreadPerCore,
+            _ => false,
+        }
     }
 }
 

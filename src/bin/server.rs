@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use fileserver::config::{defaults, ByteSize, Config, Model, Seconds, ServiceKind};
+use fileserver::config::{defaults, ByteSize, Config, Model, Runtime, Seconds, ServiceKind};
 
 /// A small file server that comes in many models, from an iterative loop to
 /// an epoll event loop, for learning and measuring event-based concurrency.
@@ -55,6 +55,10 @@ struct Args {
     /// threads (default: one per core).
     #[arg(long, visible_alias = "threads", value_name = "N")]
     workers: Option<usize>,
+    /// tokio: one multi-thread runtime with --workers threads, or one
+    /// current-thread runtime per worker, each on its own SO_REUSEPORT listener.
+    #[arg(long, value_enum, default_value_t = Runtime::MultiThread)]
+    runtime: Runtime,
     /// Longest request line accepted, in bytes; longer lines get 414.
     #[arg(long, default_value_t = ByteSize(defaults::MAX_LINE_BYTES as u64), value_name = "BYTES")]
     max_line: ByteSize,
@@ -112,6 +116,7 @@ impl From<Args> for Config {
             max_conns: args.max_conns.max(1),
             readers: args.readers.max(1),
             workers: args.workers.map(|n| n.max(1)),
+            runtime: args.runtime,
             max_line_bytes: usize::try_from(args.max_line.0).unwrap_or(usize::MAX),
             max_head_bytes: usize::try_from(args.max_head.0).unwrap_or(usize::MAX),
             request_timeout: args.request_timeout.0,

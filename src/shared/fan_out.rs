@@ -1,7 +1,7 @@
-//! `--workers N` for the event models: N copies of one event loop, each on
-//! its own thread and its own `SO_REUSEPORT` listener on the same port
-//! (the kernel spreads new connections across them), sharing the one
-//! service and cache.
+//! `--workers N` for the event models (and `tokio --runtime
+//! current-thread-per-core`): N copies of one event loop, each on its own
+//! thread and its own `SO_REUSEPORT` listener on the same port (the kernel
+//! spreads new connections across them), sharing the one service and cache.
 //!
 //! Kept apart from the loop itself, which reads the same with one worker
 //! or many. Only the first loop handles `SIGHUP`, so the cache is cleared

@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use crate::cache::FileCache;
-use crate::config::{Config, ServiceKind, Workers};
+use crate::config::{Config, Runtime, ServiceKind};
 use crate::conn::Limits;
 use crate::error::ServerError;
 use crate::log::info;
@@ -34,6 +34,8 @@ pub struct Server {
     pub readers: usize,
     /// What the start-up log line says: the model and what it serves.
     serving: String,
+    /// `--runtime`: how the `tokio` model runs its `--workers`.
+    pub runtime: Runtime,
 }
 
 impl Server {
@@ -46,7 +48,7 @@ impl Server {
         let workers = config.workers();
         // Several event loops each bind their own listener to the same port.
         let listen_options = ListenOptions {
-            reuse_port: workers > 1 && config.model.workers() == Some(Workers::EventLoops),
+            reuse_port: workers > 1 && config.loops_share_the_port(),
             wait_for_request: config.defer_accept && config.service.client_speaks_first(),
         };
         let listener = net::listen(SocketAddr::new(config.addr, config.port), listen_options)?;
@@ -75,6 +77,7 @@ impl Server {
             workers,
             readers: config.readers,
             serving: format!("{} model serving {what}", config.model),
+            runtime: config.runtime,
         })
     }
 

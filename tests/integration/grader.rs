@@ -116,6 +116,7 @@ fn claims() -> Vec<(&'static str, &'static [&'static str], &'static str)> {
         ("event-aio", &[], "1,2,3,4,5"),
         ("uring", &[], "1,2,3,4,5"),
         ("tokio", &[], "1,2,3,4,5"),
+        ("tokio", &["--runtime", "current-thread-per-core", "--workers", "4"], "1,2,3,4,5"),
         ("uring-net", &[], "1,2,3,4,5"),
     ]
 }

@@ -23,4 +23,5 @@ mod protocol;
 mod sandbox;
 mod scaling;
 mod signals;
+mod tokio_runtimes;
 mod user_reports;

@@ -6,7 +6,7 @@
 //! * `--smoke`: every mode for a moment (CI runs it so the script cannot rot);
 //! * `--vs-nginx`: the performance goal table against nginx (`docs/performance.md`),
 //!   then slow storage against the ideal rate (which needs no nginx);
-//! * `--async-await`: `tokio` beside `event` and `event-async`, the costs
+//! * `--async-await`: `tokio` (both runtime flavours) beside `event` and `event-async`, the costs
 //!   `docs/guide/08-async-await.md` quotes (rates, p99, idle memory).
 
 use std::io::Write;
@@ -37,7 +37,8 @@ struct Args {
     /// then slow storage at 32 and 256 clients against the ideal rate.
     #[arg(long, conflicts_with = "full")]
     vs_nginx: bool,
-    /// Only the async/await chapter's table: tokio beside event and
+    /// Only the async/await chapter's table: tokio (one multi-thread runtime,
+    /// and one current-thread runtime per core: tokio/core) beside event and
     /// event-async (cached, uncached at 32 and 256 clients, large, fib),
     /// then their RSS holding 10,000 idle keep-alive connections.
     #[arg(long, conflicts_with_all = ["full", "vs_nginx"])]
@@ -238,7 +239,13 @@ fn versus_nginx(args: &Args, root: &BenchRoot) -> Result<()> {
 /// (`event-async`), on the table's workloads plus slow storage at 256
 /// clients; then the memory each needs to hold idle keep-alive clients.
 fn async_await(server: &std::path::Path, root: &BenchRoot, smoke: bool) -> Result<()> {
-    const MODELS: [&str; 3] = ["event", "event-async", "tokio"];
+    // (column, model, its flags): tokio in both runtime flavours.
+    const MODELS: [(&str, &str, &[&str]); 4] = [
+        ("event", "event", &[]),
+        ("event-async", "event-async", &[]),
+        ("tokio", "tokio", &[]),
+        ("tokio/core", "tokio", &["--runtime", "current-thread-per-core"]),
+    ];
     let (seconds, idle_conns) = if smoke { (0.2, 100) } else { (2.0, client::versus::IDLE_CONNS) };
     let mut workloads = suite::workloads(root);
     let uncached = suite::workload(root, WorkloadKind::Uncached);
@@ -246,10 +253,12 @@ fn async_await(server: &std::path::Path, root: &BenchRoot, smoke: bool) -> Resul
         .insert(1, suite::Workload { label: uncached.label.replace("32 conns", "256 conns"), conns: 256, ..uncached });
     let mut rows = Vec::new();
     for workload in &workloads {
-        for model in MODELS {
+        for (column, model, flags) in MODELS {
             let until = Until::Elapsed(Duration::from_secs_f64(seconds));
-            let report = suite::measure(server, root, model, workload, workload.conns, until)?;
-            rows.push(Row { kind: workload.kind, workload: workload.label.clone(), model: model.into(), report });
+            let mut workload = workload.clone();
+            workload.server_args.extend(flags.iter().map(|flag| flag.to_string()));
+            let report = suite::measure(server, root, model, &workload, workload.conns, until)?;
+            rows.push(Row { kind: workload.kind, workload: workload.label.clone(), model: column.into(), report });
         }
     }
     print!("{}", suite::table(&rows));
@@ -257,7 +266,7 @@ fn async_await(server: &std::path::Path, root: &BenchRoot, smoke: bool) -> Resul
 
     bench::raise_fd_limit(idle_conns * 2 + 100);
     println!("\n{idle_conns} idle keep-alive connections (each served one request), server RSS:");
-    for model in MODELS {
+    for (column, model, flags) in MODELS {
         let args: Vec<String> = [
             "--model",
             model,
@@ -270,6 +279,7 @@ fn async_await(server: &std::path::Path, root: &BenchRoot, smoke: bool) -> Resul
             &root.path().display().to_string(),
         ]
         .iter()
+        .chain(flags)
         .map(|s| s.to_string())
         .collect();
         let process = suite::ServerProcess::start(server, &args)?;
@@ -278,7 +288,7 @@ fn async_await(server: &std::path::Path, root: &BenchRoot, smoke: bool) -> Resul
         let holding = client::versus::rss_kib(process.pid())?;
         drop(held);
         println!(
-            "  {model:<12} {:>7.1} MiB before, {:>7.1} MiB holding them: {:>6.0} bytes per connection",
+            "  {column:<12} {:>7.1} MiB before, {:>7.1} MiB holding them: {:>6.0} bytes per connection",
             before as f64 / 1024.0,
             holding as f64 / 1024.0,
             (holding.saturating_sub(before) * 1024) as f64 / idle_conns as f64
