@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use crate::support::{hostile_tree, Server, IO_TIMEOUT};
+use crate::support::{assert_fds_come_back, hostile_tree, open_fds, Server, IO_TIMEOUT};
 
 /// What a hostile request must get back: a status (HTTP code or `ERR` code).
 struct Case {
@@ -187,21 +187,6 @@ fn a_file_swapped_for_an_escaping_symlink_is_never_served() {
         }
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
     });
-}
-
-/// Open file descriptors of a process, from /proc.
-fn open_fds(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |entries| entries.count())
-}
-
-/// Waits (up to [`IO_TIMEOUT`]) until `server` holds no more fds than
-/// `baseline`: every connection closed, every file with it.
-fn assert_fds_come_back(server: &Server, baseline: usize, what: &str) {
-    let deadline = std::time::Instant::now() + IO_TIMEOUT;
-    while open_fds(server.pid()) > baseline {
-        assert!(std::time::Instant::now() < deadline, "{what}: {} fds open, {baseline} before", open_fds(server.pid()));
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -3,27 +3,13 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{fixtures, Reply, Server, CONCURRENT_MODELS, MODELS};
+use crate::support::{assert_a_hundred_clients_are_served, fixtures, Reply, Server, CONCURRENT_MODELS, MODELS};
 
 #[test]
 fn a_hundred_concurrent_clients_are_all_served_correctly() {
-    let expected = std::fs::read(fixtures().join("data/64k.bin")).unwrap();
     for model in CONCURRENT_MODELS.iter() {
         let server = Server::start(&["--model", model, "--root", fixtures().to_str().unwrap()]);
-        // Connect all first, so the server really holds 100 at once.
-        let mut conns: Vec<_> = (0..100).map(|_| server.connect()).collect();
-        for conn in &mut conns {
-            conn.send(b"data/64k.bin\ntest.txt\n");
-        }
-        std::thread::scope(|scope| {
-            for mut conn in conns {
-                let expected = &expected;
-                scope.spawn(move || {
-                    assert_eq!(&conn.read_reply().body(), expected, "{model}");
-                    assert!(conn.read_reply().body().starts_with(b"Hello"), "{model}");
-                });
-            }
-        });
+        assert_a_hundred_clients_are_served(&server, model);
     }
 }
 

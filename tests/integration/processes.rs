@@ -91,12 +91,17 @@ fn prefork_replaces_a_worker_that_dies() {
 }
 
 #[test]
-fn several_event_loops_share_one_port_and_one_cache() {
+fn several_event_loops_or_runtimes_share_one_port_and_one_cache() {
     let root = tempfile::tempdir().unwrap();
     let file = root.path().join("page.txt");
-    for model in ["event", "event-async", "event-aio", "uring"] {
+    // tokio's runtimes per core share the port the way event's loops do.
+    let tokio_per_core = "tokio --runtime current-thread-per-core";
+    for model in ["event", "event-async", "event-aio", "uring", tokio_per_core] {
         std::fs::write(&file, b"cached").unwrap();
-        let server = Server::start(&["--model", model, "--threads", "3", "--root", root.path().to_str().unwrap()]);
+        let mut args: Vec<&str> = model.split(' ').collect();
+        args.insert(0, "--model");
+        args.extend(["--threads", "3", "--root", root.path().to_str().unwrap()]);
+        let server = Server::start(&args);
         assert_eq!(server.get("page.txt").body(), b"cached", "{model}");
         std::fs::write(&file, b"changed").unwrap();
         // Many connections, spread by the kernel over the three loops: all

@@ -377,3 +377,38 @@ impl Drop for Nginx {
         let _ = self.child.wait();
     }
 }
+
+/// Open file descriptors of a process, from /proc.
+pub fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |entries| entries.count())
+}
+
+/// Waits (up to [`IO_TIMEOUT`]) until `server` holds no more fds than
+/// `baseline`: every connection closed, every file with it.
+pub fn assert_fds_come_back(server: &Server, baseline: usize, what: &str) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while open_fds(server.pid()) > baseline {
+        assert!(Instant::now() < deadline, "{what}: {} fds open, {baseline} before", open_fds(server.pid()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A hundred clients connected at once, each asking for `data/64k.bin`
+/// then `test.txt` from the fixtures: every answer is whole and right.
+pub fn assert_a_hundred_clients_are_served(server: &Server, what: &str) {
+    let expected = std::fs::read(fixtures().join("data/64k.bin")).unwrap();
+    // Connect all first, so the server really holds 100 at once.
+    let mut conns: Vec<_> = (0..100).map(|_| server.connect()).collect();
+    for conn in &mut conns {
+        conn.send(b"data/64k.bin\ntest.txt\n");
+    }
+    std::thread::scope(|scope| {
+        for mut conn in conns {
+            let expected = &expected;
+            scope.spawn(move || {
+                assert_eq!(&conn.read_reply().body(), expected, "{what}");
+                assert!(conn.read_reply().body().starts_with(b"Hello"), "{what}");
+            });
+        }
+    });
+}

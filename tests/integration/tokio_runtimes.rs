@@ -1,8 +1,8 @@
 //! `tokio --runtime current-thread-per-core`: the flavour the model tables
 //! do not run (they take the default, one multi-thread runtime). N runtimes
 //! on N `SO_REUSEPORT` listeners must still behave as one server: every
-//! file served, a stalled client blocks no one, one cache that one `SIGHUP`
-//! clears, `--max-conns` across them, a `SIGTERM` that drains them all,
+//! file served, a stalled client blocks no one (one cache that one `SIGHUP`
+//! clears: `processes.rs`, with `event`'s loops), `--max-conns` across them, a `SIGTERM` that drains them all,
 //! and no fd left behind.
 
 use std::io::Write;
@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
 
-use crate::support::{fixtures, Reply, Server, IO_TIMEOUT};
+use crate::support::{
+    assert_a_hundred_clients_are_served, assert_fds_come_back, fixtures, open_fds, Reply, Server, IO_TIMEOUT,
+};
 
 /// More runtimes than cores, so that connections land on several of them.
 const PER_CORE: [&str; 6] = ["--model", "tokio", "--runtime", "current-thread-per-core", "--workers", "4"];
@@ -23,55 +25,18 @@ fn start(root: &str, extra: &[&str]) -> Server {
     Server::start(&args)
 }
 
-fn open_fds(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |entries| entries.count())
-}
-
 #[test]
 fn every_runtime_serves_and_a_stalled_client_blocks_none() {
     let server = start(fixtures().to_str().unwrap(), &[]);
-    let expected = std::fs::read(fixtures().join("data/64k.bin")).unwrap();
     let mut stalled: Vec<_> = (0..8).map(|_| server.connect()).collect();
     for conn in &mut stalled {
         conn.send(b"test.t"); // half a request on (likely) every runtime, then silence
     }
-    let mut conns: Vec<_> = (0..100).map(|_| server.connect()).collect();
-    for conn in &mut conns {
-        conn.send(b"data/64k.bin\ntest.txt\n");
-    }
-    std::thread::scope(|scope| {
-        for mut conn in conns {
-            let expected = &expected;
-            scope.spawn(move || {
-                assert_eq!(&conn.read_reply().body(), expected);
-                assert!(conn.read_reply().body().starts_with(b"Hello"));
-            });
-        }
-    });
+    assert_a_hundred_clients_are_served(&server, "tokio per core");
     for conn in &mut stalled {
         conn.send(b"xt\n");
         assert!(conn.read_reply().body().starts_with(b"Hello"));
     }
-}
-
-#[test]
-fn one_cache_for_all_runtimes_and_one_sighup_clears_it_once() {
-    let root = tempfile::tempdir().unwrap();
-    let file = root.path().join("page.txt");
-    std::fs::write(&file, b"old content").unwrap();
-    let server = start(root.path().to_str().unwrap(), &[]);
-    assert_eq!(server.get("page.txt").body(), b"old content");
-    std::fs::write(&file, b"new content, longer").unwrap();
-    // Fresh connections land on different runtimes; all see the one cache.
-    for _ in 0..20 {
-        assert_eq!(server.get("page.txt").body(), b"old content", "served from the shared cache");
-    }
-    server.signal(Signal::HUP);
-    server.wait_for_log("cache cleared: 1 files, 11 bytes", 1);
-    for _ in 0..20 {
-        assert_eq!(server.get("page.txt").body(), b"new content, longer", "fresh after SIGHUP");
-    }
-    assert_eq!(server.log().matches("cache cleared").count(), 1, "cleared once, not once per runtime");
 }
 
 #[test]
@@ -131,10 +96,6 @@ fn clients_that_hang_up_leave_no_fd_behind() {
         let mut stream = TcpStream::connect(server.addr).unwrap();
         let _ = stream.write_all(garbage);
     }
-    let deadline = Instant::now() + IO_TIMEOUT;
-    while open_fds(server.pid()) > baseline {
-        assert!(Instant::now() < deadline, "{} fds open, {baseline} before", open_fds(server.pid()));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert_fds_come_back(&server, baseline, "tokio per core");
     assert_eq!(server.get("tiny.txt").body(), b"hi\n", "still serving");
 }
