@@ -165,6 +165,58 @@ pub enum Runtime {
     CurrentThreadPerCore,
 }
 
+/// A technique `uring-net` uses, named so that it can be turned off
+/// (`--without`) and what it buys measured one at a time
+/// (`./benchmark.sh --techniques`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Technique {
+    /// One accept and one receive per connection that each post a
+    /// completion per arrival; without it, each is armed again after
+    /// every completion.
+    Multishot,
+    /// Receives draw buffers from a ring the kernel picks from; without it,
+    /// each connection owns a receive buffer (and receives are single-shot,
+    /// as multishot receives need provided buffers).
+    ProvidedBuffers,
+    /// Sockets accepted straight into the ring's table of registered files
+    /// (direct descriptors), so no operation looks up or counts a file
+    /// reference; without it, accept returns ordinary fds.
+    RegisteredFiles,
+    /// One `io_uring_enter` per loop turn submits everything queued; without
+    /// it, every entry is submitted on its own (one syscall each, as
+    /// readiness loops make one per operation).
+    Batching,
+}
+
+impl Technique {
+    /// The name `--without` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Technique::Multishot => "multishot",
+            Technique::ProvidedBuffers => "provided-buffers",
+            Technique::RegisteredFiles => "registered-files",
+            Technique::Batching => "batching",
+        }
+    }
+}
+
+/// When `uring-net` sends with `IORING_OP_SEND_ZC` (`--zero-copy`): the
+/// kernel pins the buffer's pages instead of copying them, and posts a
+/// second completion when it no longer needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ZeroCopy {
+    /// Never: every send copies into the socket buffer.
+    Never,
+    /// Large sends on a listener not bound to loopback. Loopback delivers
+    /// zero-copy data with a deferred copy (the kernel's
+    /// `Documentation/networking/msg_zerocopy.rst`, "Loopback"), so there it
+    /// only adds the second completion.
+    #[default]
+    Remote,
+    /// Every large send, loopback or not (to measure it here).
+    Always,
+}
+
 impl fmt::Display for Model {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -241,6 +293,10 @@ pub struct Config {
     pub max_head_bytes: usize,
     /// A request must arrive complete within this time of its first byte.
     pub request_timeout: Duration,
+    /// `--without`: the `uring-net` techniques turned off.
+    pub without: Vec<Technique>,
+    /// `--zero-copy`: when `uring-net` sends without copying.
+    pub zero_copy: ZeroCopy,
     /// Idle keep-alive connections are closed after this.
     pub idle_timeout: Duration,
     /// A response that makes no write progress this long is dropped.
@@ -271,6 +327,8 @@ impl Default for Config {
             readers: defaults::READERS,
             workers: None,
             runtime: Runtime::default(),
+            without: Vec::new(),
+            zero_copy: ZeroCopy::default(),
             max_line_bytes: defaults::MAX_LINE_BYTES,
             max_head_bytes: defaults::MAX_HEAD_BYTES,
             request_timeout: defaults::REQUEST_TIMEOUT,
@@ -286,6 +344,11 @@ impl Config {
     /// How many workers (`--workers`) this run uses: the flag, or the model's default.
     pub fn workers(&self) -> usize {
         self.workers.or(self.model.workers().map(Workers::default_count)).unwrap_or(1)
+    }
+
+    /// Whether `uring-net` uses `technique` (not turned off by `--without`).
+    pub fn uses(&self, technique: Technique) -> bool {
+        !self.without.contains(&technique)
     }
 
     /// Whether `--workers N` runs N loops, each on its own `SO_REUSEPORT`

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
-use fileserver::config::{defaults, ByteSize, Config, Model, Runtime, Seconds, ServiceKind};
+use clap::{CommandFactory, Parser};
+use fileserver::config::{defaults, ByteSize, Config, Model, Runtime, Seconds, ServiceKind, Technique, ZeroCopy};
 
 /// A small file server that comes in many models, from an iterative loop to
 /// an epoll event loop, for learning and measuring event-based concurrency.
@@ -14,7 +14,7 @@ use fileserver::config::{defaults, ByteSize, Config, Model, Runtime, Seconds, Se
 /// The first line on stdout is `listening on <ip>:<port>`; logs go to stderr.
 /// `kill -HUP <pid>` clears the file cache; SIGINT/SIGTERM stop gracefully.
 #[derive(Debug, Parser)]
-#[command(version, max_term_width = 100, after_help = AFTER_HELP)]
+#[command(name = "server", version, max_term_width = 100, after_help = AFTER_HELP)]
 struct Args {
     /// Server design: how it waits and where blocking work runs.
     #[arg(long, value_enum, default_value_t = Model::Event)]
@@ -59,6 +59,14 @@ struct Args {
     /// current-thread runtime per worker, each on its own SO_REUSEPORT listener.
     #[arg(long, value_enum, default_value_t = Runtime::MultiThread)]
     runtime: Runtime,
+    /// uring-net: turn a technique off, to measure what it buys (repeat
+    /// or list with commas).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "TECHNIQUE")]
+    without: Vec<Technique>,
+    /// uring-net: when sends are zero-copy (IORING_OP_SEND_ZC), for sends
+    /// of 4 KiB or more.
+    #[arg(long, value_enum, default_value_t = ZeroCopy::Remote)]
+    zero_copy: ZeroCopy,
     /// Longest request line accepted, in bytes; longer lines get 414.
     #[arg(long, default_value_t = ByteSize(defaults::MAX_LINE_BYTES as u64), value_name = "BYTES")]
     max_line: ByteSize,
@@ -117,6 +125,8 @@ impl From<Args> for Config {
             readers: args.readers.max(1),
             workers: args.workers.map(|n| n.max(1)),
             runtime: args.runtime,
+            without: args.without,
+            zero_copy: args.zero_copy,
             max_line_bytes: usize::try_from(args.max_line.0).unwrap_or(usize::MAX),
             max_head_bytes: usize::try_from(args.max_head.0).unwrap_or(usize::MAX),
             request_timeout: args.request_timeout.0,
@@ -128,8 +138,28 @@ impl From<Args> for Config {
     }
 }
 
+/// Flags that only one model reads are refused with the others, rather
+/// than silently ignored.
+fn check_model_flags(args: &Args) {
+    let only_for = |flag: &str, model: Model| {
+        let message = format!("{flag} applies to --model {model} only (this run is --model {})", args.model);
+        Args::command().error(clap::error::ErrorKind::ArgumentConflict, message).exit()
+    };
+    if args.model != Model::UringNet && !args.without.is_empty() {
+        only_for("--without", Model::UringNet);
+    }
+    if args.model != Model::UringNet && args.zero_copy != ZeroCopy::default() {
+        only_for("--zero-copy", Model::UringNet);
+    }
+    if args.model != Model::Tokio && args.runtime != Runtime::default() {
+        only_for("--runtime", Model::Tokio);
+    }
+}
+
 fn main() -> ExitCode {
-    let config = Config::from(Args::parse());
+    let args = Args::parse();
+    check_model_flags(&args);
+    let config = Config::from(args);
     match fileserver::start(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
