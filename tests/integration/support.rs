@@ -393,6 +393,30 @@ pub fn assert_fds_come_back(server: &Server, baseline: usize, what: &str) {
     }
 }
 
+/// Waits (up to [`IO_TIMEOUT`]) until no socket on `server`'s port is in
+/// CLOSE_WAIT: each client that hung up has been closed by the server too.
+/// Catches leaked sockets that hold no fd (io_uring's direct descriptors).
+pub fn assert_no_socket_left_open(server: &Server, what: &str) {
+    let close_wait = || {
+        let port = format!(":{:04X} ", server.addr.port());
+        ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .filter_map(|table| std::fs::read_to_string(table).ok())
+            .flat_map(|table| table.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+            .filter(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // local_address is field 1, st is field 3; 08 is CLOSE_WAIT (include/net/tcp_states.h).
+                fields.len() > 3 && format!("{} ", fields[1]).ends_with(&port) && fields[3] == "08"
+            })
+            .count()
+    };
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while close_wait() > 0 {
+        assert!(Instant::now() < deadline, "{what}: {} sockets the clients closed are still open", close_wait());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A hundred clients connected at once, each asking for `data/64k.bin`
 /// then `test.txt` from the fixtures: every answer is whole and right.
 pub fn assert_a_hundred_clients_are_served(server: &Server, what: &str) {
