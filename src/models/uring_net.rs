@@ -36,8 +36,9 @@
 //! cancelled), never while the kernel may still write into it.
 //!
 //! **Where blocking work runs.** In the kernel: socket waits, file reads,
-//! splices (in its io-wq workers). fib runs in the loop, as in `event`
-//! (there is no opcode for computing). **Cost.** A ring per loop, a ring
+//! splices (in its io-wq workers). There is no opcode for computing, so
+//! fib runs on reader threads, as in `event-async`; each result is queued
+//! and announced by a byte on a pipe whose read is an entry on the ring. **Cost.** A ring per loop, a ring
 //! of provided buffers ([`RECV_BUFFERS`] x [`RECV_BUFFER_BYTES`]), and per
 //! connection an input and an output buffer (and a pipe once it streams a
 //! file). Syscalls per cached keep-alive request: a share of one
@@ -60,7 +61,7 @@ use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use io_uring::types::{CancelBuilder, SubmitArgs, Timespec};
@@ -79,6 +80,9 @@ use crate::server::Server;
 use crate::service::{FileRead, Service, Work};
 use crate::signals::{self, SignalAction};
 use crate::slab::Slab;
+use crate::thread_pool::ThreadPool;
+
+use super::async_reads::READER_KEEP_ALIVE;
 
 /// Submission queue size; the completion queue is twice that (and the
 /// kernel keeps overflowing completions rather than dropping them).
@@ -116,6 +120,7 @@ enum Op {
     Read,
     Delay,
     Shutdown,
+    Computed,
     Cancel,
     Close,
 }
@@ -141,8 +146,9 @@ impl Op {
             6 => Op::Read,
             7 => Op::Delay,
             8 => Op::Shutdown,
-            9 => Op::Cancel,
-            10 => Op::Close,
+            9 => Op::Computed,
+            10 => Op::Cancel,
+            11 => Op::Close,
             _ => return None,
         };
         Some((op, user_data & ((1 << 56) - 1)))
@@ -505,19 +511,65 @@ struct PendingRead {
 }
 
 /// Where a request's blocking work goes: file reads are queued for the
-/// ring after `advance` returns; fib runs here.
-struct ToSubmit<'a>(&'a mut Vec<(ConnId, FileRead)>);
+/// ring after `advance` returns; fib goes to the reader threads.
+struct ToSubmit<'a> {
+    reads: &'a mut Vec<(ConnId, FileRead)>,
+    compute: &'a Computations,
+}
 
 impl Executor for ToSubmit<'_> {
     fn execute(&mut self, conn: ConnId, work: Work) -> Option<Response> {
         match work {
             Work::Read(read) if read.delay.is_zero() && !read.reads_into_memory() => Some(read.finish(Ok(Vec::new()))),
             Work::Read(read) => {
-                self.0.push((conn, read));
+                self.reads.push((conn, read));
                 None
             }
-            compute @ Work::Compute(_) => Some(compute.run_blocking()),
+            compute @ Work::Compute(_) => {
+                self.compute.start(conn, compute);
+                None
+            }
         }
+    }
+}
+
+/// CPU-bound work on reader threads. A finished response is queued, and
+/// the first one queued since the loop last looked writes a byte to a pipe
+/// whose read is armed on the ring: the loop learns of it as a completion.
+struct Computations {
+    pool: ThreadPool,
+    finished: Arc<Mutex<Vec<(ConnId, Response)>>>,
+    wake: Arc<UnixStream>,
+    /// The pipe's read end and the buffer its armed read fills.
+    woken: (UnixStream, Box<[u8; 64]>),
+}
+
+impl Computations {
+    fn new(readers: usize) -> io::Result<Computations> {
+        let (woken, wake) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?; // a full pipe already holds a wake-up
+        Ok(Computations {
+            pool: ThreadPool::elastic("reader", readers, READER_KEEP_ALIVE),
+            finished: Arc::default(),
+            wake: Arc::new(wake),
+            woken: (woken, Box::new([0; 64])),
+        })
+    }
+
+    fn start(&self, conn: ConnId, work: Work) {
+        let (finished, wake) = (self.finished.clone(), self.wake.clone());
+        self.pool.execute(move || {
+            let response = work.run_blocking();
+            let mut queue = finished.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            queue.push((conn, response));
+            if queue.len() == 1 {
+                let _ = (&*wake).write(&[1]);
+            }
+        });
+    }
+
+    fn take(&self) -> Vec<(ConnId, Response)> {
+        std::mem::take(&mut *self.finished.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 }
 
@@ -636,6 +688,7 @@ struct Loop<'a> {
     in_flight: usize,
     buffers: BufferRing,
     signals: SignalPipes,
+    computations: Computations,
     techniques: Techniques,
 }
 
@@ -644,7 +697,7 @@ struct Loop<'a> {
 //   submit_and_wait(1), and for each completion dispatch on its Op (accept, receive, send, read,
 //   signal); read docs/guide/09-readiness-and-completion.md
 fn completion_loop(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
-    let set_up = || -> io::Result<(IoUring, BufferRing, SignalPipes, Techniques)> {
+    let set_up = || -> io::Result<(IoUring, BufferRing, SignalPipes, Computations, Techniques)> {
         let (ring, has_zero_copy) = probe().map_err(|err| io::Error::other(err.to_string()))?;
         let mut notes = Vec::new();
         let techniques =
@@ -659,9 +712,10 @@ fn completion_loop(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
         // Accepted sockets inherit it: a response leaves in one send, and a
         // file body by splice after its head, which Nagle would hold back.
         rustix::net::sockopt::set_tcp_nodelay(seat.listener, true)?;
-        Ok((ring, buffers, signals, techniques))
+        let computations = Computations::new(server.readers)?;
+        Ok((ring, buffers, signals, computations, techniques))
     };
-    let Some((ring, buffers, signals, techniques)) = seat.take_place(set_up())? else {
+    let Some((ring, buffers, signals, computations, techniques)) = seat.take_place(set_up())? else {
         return Ok(());
     };
     let mut lp = Loop {
@@ -683,6 +737,7 @@ fn completion_loop(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
         in_flight: 0,
         buffers,
         signals,
+        computations,
         techniques,
     };
     let outcome = lp.run();
@@ -696,6 +751,7 @@ impl Loop<'_> {
         for index in 0..self.signals.readers.len() {
             self.arm_signal(index);
         }
+        self.arm_computed();
         let mut completions = Vec::with_capacity(RING_ENTRIES as usize * 2);
         while !self.should_exit() {
             // 1. Submit everything queued this turn and wait for at least
@@ -792,6 +848,33 @@ impl Loop<'_> {
         self.in_flight += 1;
     }
 
+    fn arm_computed(&mut self) {
+        let (reader, buffer) = &mut self.computations.woken;
+        let entry = opcode::Read::new(types::Fd(reader.as_raw_fd()), buffer.as_mut_ptr(), buffer.len() as u32)
+            .build()
+            .user_data(Op::Computed.tag(0));
+        self.push(entry);
+        self.in_flight += 1;
+    }
+
+    /// Reader threads finished some work: hand each response to its
+    /// connection (if it is still open), and listen for the next.
+    fn on_computed(&mut self, result: i32) {
+        if result <= 0 {
+            // Cancelled at exit; the write end lives as long as the loop.
+            return;
+        }
+        for (conn, response) in self.computations.take() {
+            if let Some(entry) = self.entries.get_mut(conn) {
+                if !entry.closing {
+                    entry.conn.complete(response);
+                    self.touched.push(conn);
+                }
+            }
+        }
+        self.arm_computed();
+    }
+
     fn on_completion(&mut self, user_data: u64, result: i32, flags: u32) {
         let Some((op, low)) = Op::of(user_data) else { return };
         let more = cqueue::more(flags);
@@ -807,6 +890,7 @@ impl Loop<'_> {
             Op::Read => self.on_read(low, result),
             Op::Delay => self.on_delay(low),
             Op::Shutdown => self.on_shutdown(low, result),
+            Op::Computed => self.on_computed(result),
             Op::Cancel | Op::Close => {}
         }
     }
@@ -1001,7 +1085,7 @@ impl Loop<'_> {
         let mut splice = 0;
         for _ in 0..64 {
             if !entry.finishing {
-                let mut executor = ToSubmit(&mut self.started);
+                let mut executor = ToSubmit { reads: &mut self.started, compute: &self.computations };
                 if entry.conn.advance(&mut entry.socket, service, &mut executor, id) == Status::Closed {
                     entry.finishing = true;
                 }

@@ -123,7 +123,12 @@ fn several_event_loops_or_runtimes_share_one_port_and_one_cache() {
 
 #[test]
 fn fib_answers_known_values_and_refuses_bad_input() {
-    for model in ["iterative", "event", "event-async", "uring", "pool"] {
+    let models: &[&str] = if cfg!(target_os = "linux") {
+        &["iterative", "event", "event-async", "uring", "pool", "uring-net"]
+    } else {
+        &["iterative", "event", "event-async", "pool"]
+    };
+    for &model in models {
         let server = Server::start(&["--model", model, "--service", "fib"]);
         let mut conn = server.connect();
         for (n, expected) in [("0", "0\n"), ("1", "1\n"), ("10", "55\n"), ("30", "832040\n")] {
@@ -133,5 +138,25 @@ fn fib_answers_known_values_and_refuses_bad_input() {
         for bad in ["41", "-1", "x", "1.5", "99999999999999999999"] {
             assert_eq!(server.connect().get(bad.as_bytes()), crate::support::Reply::Err(400), "{model}: {bad}");
         }
+    }
+}
+
+/// The asynchronous models compute off the loop: while one client's fib(40)
+/// (seconds of CPU) is being computed, another client's fib(1) is answered.
+#[test]
+fn a_long_fib_blocks_no_other_client_in_the_asynchronous_models() {
+    let models: &[&str] = if cfg!(target_os = "linux") {
+        &["event-async", "uring", "uring-net", "tokio"]
+    } else {
+        &["event-async", "tokio"]
+    };
+    for &model in models {
+        let server = Server::start(&["--model", model, "--service", "fib"]);
+        let mut long = server.connect();
+        long.send(b"40\n");
+        std::thread::sleep(std::time::Duration::from_millis(100)); // let it reach a reader thread
+        assert_eq!(server.connect().get(b"1").body(), b"1\n", "{model}");
+        assert!(!long.has_data(), "{model}: fib(1) waited for fib(40): the loop computed it itself");
+        assert_eq!(long.read_reply().body(), b"102334155\n", "{model}");
     }
 }
