@@ -20,7 +20,7 @@
 mod alarm;
 mod coalescing;
 mod completions;
-mod delay_queue;
+pub(crate) mod delay_queue;
 mod kernel;
 
 use std::io;
