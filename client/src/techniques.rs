@@ -263,18 +263,7 @@ fn print_rows(workload: &Workload, threads: usize, runs: &[Vec<Measured>]) {
     };
     line("", "", "x u-net", (0..runs.len()).map(|i| cell(i, &|c| format!("{:.2}x", c.ratio))).collect());
     line("", "", "range", (0..runs.len()).map(|i| cell(i, &|c| format!("{:.2}-{:.2}", c.low, c.high))).collect());
-    let cpu = runs
-        .iter()
-        .map(|column| {
-            let known: Vec<f64> = column.iter().filter_map(|m| m.us_per_req).collect();
-            if known.is_empty() {
-                "-".to_string()
-            } else {
-                format!("{:.1}", versus::median(known))
-            }
-        })
-        .collect();
-    line("", "", "us/req", cpu);
+    line("", "", "us/req", runs.iter().map(|column| versus::cpu_cell(column)).collect());
 }
 
 /// A column against the reference column, round by round.

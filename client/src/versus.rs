@@ -236,14 +236,6 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
                     format!("{per_sec:.0}")
                 }
             };
-            let cpu = |column: &[Measured]| {
-                let known: Vec<f64> = column.iter().filter_map(|m| m.us_per_req).collect();
-                if known.is_empty() {
-                    "-".to_string()
-                } else {
-                    format!("{:.1}", median(known))
-                }
-            };
             println!(
                 "{:<44} {:>4} {:>7} {:>7} {:>7} {:>7} {:>7} {:>17} {:>6.2}x {:>6.2}x {:>14} {:>19} {:>4.1}x  {}",
                 row.what,
@@ -257,7 +249,7 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
                 event_ratio,
                 event_of_limit,
                 format!("{of_limit:.2}x {}", of_uring_limit.map_or("-".to_string(), |r| format!("{r:.2}x"))),
-                format!("{} {} {} {}", cpu(&runs[1]), cpu(&runs[2]), cpu(&runs[3]), cpu(&runs[4])),
+                format!("{} {} {} {}", cpu_cell(&runs[1]), cpu_cell(&runs[2]), cpu_cell(&runs[3]), cpu_cell(&runs[4])),
                 row.goal,
                 verdict(ratio, row.goal, of_uring_limit.unwrap_or(of_limit))
             );
@@ -421,6 +413,17 @@ pub(crate) struct Measured {
     /// Requests a second.
     pub(crate) rate: f64,
     pub(crate) us_per_req: Option<f64>,
+}
+
+/// The median server CPU per request of `column`, in us, as a table cell
+/// ("-" where it is unknown).
+pub(crate) fn cpu_cell(column: &[Measured]) -> String {
+    let known: Vec<f64> = column.iter().filter_map(|m| m.us_per_req).collect();
+    if known.is_empty() {
+        "-".to_string()
+    } else {
+        format!("{:.1}", median(known))
+    }
 }
 
 fn measure(server: &ServerProcess, row: &Row, threads: usize, pace: Pace) -> Result<Measured> {
