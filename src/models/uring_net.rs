@@ -8,13 +8,18 @@
 //! from completion entries, both on rings shared with the kernel, and one
 //! `io_uring_enter` both submits the whole batch of a turn and waits:
 //!
-//! * one *multishot accept* posts a completion per new connection;
+//! * one *multishot accept* posts a completion per new connection, each
+//!   socket accepted straight into the ring's table of *registered files*
+//!   (a direct descriptor: no fd, and no file lookup or reference count per
+//!   operation);
 //! * a *receive* per connection, multishot after the first (armed once, it
 //!   posts a completion per arrival), the bytes already in a buffer the
 //!   kernel took from a ring of provided buffers (so no buffer is pinned to
 //!   an idle connection);
 //! * a *send* per batch of responses, from a buffer the connection owns and
-//!   does not touch until its completion comes back;
+//!   does not touch until its completion comes back; with `--zero-copy`, a
+//!   large one is a *zero-copy send*: the kernel pins the pages instead of
+//!   copying them, and a second completion says when it lets them go;
 //! * large files leave without passing through user space: `sendfile` into
 //!   a pipe (page references, no copy), then a *splice* from the pipe to the
 //!   socket;
@@ -39,7 +44,10 @@
 //! `io_uring_enter`.
 //!
 //! What the kernel lacks is found at start with io_uring's probe and said
-//! in one line; then the model refuses and names `uring` or `event`.
+//! in one line: without registered files or zero-copy sends the model goes
+//! on without them; without an operation it needs, it refuses and names
+//! `uring`. `--without TECHNIQUE` turns one technique off, so that what each
+//! buys can be measured (`./benchmark.sh --techniques`).
 //!
 //! ```text
 //! server --model uring-net --root fixtures
@@ -58,6 +66,7 @@ use std::time::{Duration, Instant};
 use io_uring::types::{CancelBuilder, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
+use crate::config::{Technique, ZeroCopy};
 use crate::conn::{Conn, ConnId, Executor, Limits, Status, SWEEP_INTERVAL};
 use crate::error::ServerError;
 use crate::fan_out::{self, Seat};
@@ -88,6 +97,10 @@ const INBOX_BYTES: usize = 1 << 20;
 const PIPE_BYTES: usize = 1 << 20;
 /// Provided-buffer group id of the receive ring.
 const BUFFER_GROUP: u16 = 0;
+/// Sends this large or larger are zero-copy when `--zero-copy` asks: below
+/// about 3 KB, pinning pages and the extra completion cost more than the copy
+/// (the io_uring authors' measurements on a NIC).
+pub const ZERO_COPY_MIN_BYTES: usize = 4096;
 /// How long the last turn waits for operations cancelled at exit.
 const EXIT_WAIT: Duration = Duration::from_secs(2);
 
@@ -102,12 +115,20 @@ enum Op {
     Splice,
     Read,
     Delay,
+    Shutdown,
     Cancel,
+    Close,
 }
 
 impl Op {
     fn tag(self, low: u64) -> u64 {
         (self as u64) << 56 | (low & ((1 << 56) - 1))
+    }
+
+    /// Whether the loop waits for this operation's completion before it
+    /// frees what it uses. Cancels and closes use no memory of ours.
+    fn is_tracked(self) -> bool {
+        !matches!(self, Op::Cancel | Op::Close)
     }
 
     fn of(user_data: u64) -> Option<(Op, u64)> {
@@ -119,28 +140,32 @@ impl Op {
             5 => Op::Splice,
             6 => Op::Read,
             7 => Op::Delay,
-            8 => Op::Cancel,
+            8 => Op::Shutdown,
+            9 => Op::Cancel,
+            10 => Op::Close,
             _ => return None,
         };
         Some((op, user_data & ((1 << 56) - 1)))
     }
 }
 
-/// The operations this model submits, by the probe's opcode numbers.
-const NEEDED: [(u8, &str); 7] = [
+/// The operations this model cannot do without, by the probe's opcode numbers.
+const NEEDED: [(u8, &str); 8] = [
     (opcode::AcceptMulti::CODE, "accept"),
     (opcode::RecvMulti::CODE, "recv"),
     (opcode::Send::CODE, "send"),
     (opcode::Splice::CODE, "splice"),
     (opcode::Read::CODE, "read"),
     (opcode::Timeout::CODE, "timeout"),
+    (opcode::Shutdown::CODE, "shutdown"),
     (opcode::AsyncCancel2::CODE, "async_cancel"),
 ];
 
 /// Sets up a ring and checks, with io_uring's probe, that this kernel has
-/// every operation the model submits. [`run`] calls it before anything
-/// is announced, so a refused server never announces itself.
-fn probe() -> Result<IoUring, ServerError> {
+/// every operation the model needs. [`run`] calls it before anything
+/// is announced, so a refused server never announces itself. Also says
+/// whether the kernel has zero-copy sends (Linux 6.0).
+fn probe() -> Result<(IoUring, bool), ServerError> {
     let refuse = |reason: String| ServerError::Unavailable { model: "uring-net", reason, instead: "uring" };
     let ring = IoUring::builder()
         .setup_cqsize(RING_ENTRIES * 2)
@@ -156,7 +181,88 @@ fn probe() -> Result<IoUring, ServerError> {
     if !missing.is_empty() {
         return Err(refuse(format!("this kernel's io_uring lacks {}", missing.join(", "))));
     }
-    Ok(ring)
+    let has_zero_copy = probe.is_supported(opcode::SendZc::CODE);
+    Ok((ring, has_zero_copy))
+}
+
+/// The techniques one loop uses: the flags, less what the kernel lacks.
+#[derive(Debug, Clone, Copy)]
+struct Techniques {
+    multishot: bool,
+    provided_buffers: bool,
+    /// Slots in the table of registered files; 0 when not used.
+    registered_files: u32,
+    batching: bool,
+    /// Sends of [`ZERO_COPY_MIN_BYTES`] or more are zero-copy.
+    zero_copy: bool,
+}
+
+impl Techniques {
+    /// Decides for the loop on `listener`, registering its file table; what
+    /// was asked for but is missing is said in `notes`.
+    fn choose(
+        server: &Server,
+        ring: &IoUring,
+        has_zero_copy: bool,
+        listener: &TcpListener,
+        max_conns: usize,
+        notes: &mut Vec<String>,
+    ) -> Techniques {
+        let uses = |technique| !server.without.contains(&technique);
+        let on_loopback = listener.local_addr().is_ok_and(|addr| addr.ip().is_loopback());
+        let zero_copy = match server.zero_copy {
+            ZeroCopy::Never => false,
+            ZeroCopy::Remote => !on_loopback,
+            ZeroCopy::Always => true,
+        };
+        if zero_copy && !has_zero_copy {
+            notes.push("no zero-copy sends (Linux 6.0 or later)".into());
+        }
+        let mut registered_files = 0;
+        if uses(Technique::RegisteredFiles) {
+            // Room for every connection and for as many refused ones (each
+            // holds a slot until its 503 is sent), within the fd limit the
+            // kernel holds the table to.
+            let fd_limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
+            let slots = (2 * max_conns as u64 + 64).min(fd_limit).min(u32::MAX as u64) as u32;
+            match ring.submitter().register_files_sparse(slots) {
+                Ok(()) => registered_files = slots,
+                Err(err) => notes.push(format!("no registered files ({err}; Linux 5.19 or later)")),
+            }
+        }
+        Techniques {
+            multishot: uses(Technique::Multishot),
+            provided_buffers: uses(Technique::ProvidedBuffers),
+            registered_files,
+            batching: uses(Technique::Batching),
+            zero_copy: zero_copy && has_zero_copy,
+        }
+    }
+
+    /// The start-up log line's list.
+    fn describe(&self) -> String {
+        let on_off = |on: bool, what: &str| if on { what.to_string() } else { format!("no {what}") };
+        [
+            on_off(self.multishot, "multishot accept and receive"),
+            if self.provided_buffers {
+                format!("provided buffers ({RECV_BUFFERS} x {} KiB)", RECV_BUFFER_BYTES >> 10)
+            } else {
+                "a receive buffer per connection".into()
+            },
+            if self.registered_files > 0 {
+                format!("registered files ({} slots)", self.registered_files)
+            } else {
+                "no registered files".into()
+            },
+            if self.batching { "one io_uring_enter per turn".into() } else { "an io_uring_enter per entry".into() },
+            if self.zero_copy {
+                format!("zero-copy sends from {} KiB", ZERO_COPY_MIN_BYTES >> 10)
+            } else {
+                "no zero-copy sends".into()
+            },
+        ]
+        .join(", ")
+    }
 }
 
 /// Runs the `uring-net` model: `--workers` loops, each on its own ring.
@@ -165,13 +271,43 @@ pub fn run(server: Server) -> Result<(), ServerError> {
     fan_out::run_per_worker(&server, completion_loop)
 }
 
+/// A connection's socket as the ring names it.
+#[derive(Debug)]
+enum Socket {
+    /// An ordinary fd, closed when dropped.
+    Fd(OwnedFd),
+    /// A slot in the ring's table of registered files (a direct
+    /// descriptor): there is no fd; the loop closes it with a Close entry.
+    Direct(u32),
+}
+
+impl Socket {
+    /// What goes in an entry's fd field, and the flag that says a direct
+    /// descriptor's slot is there instead of an fd (`IOSQE_FIXED_FILE`,
+    /// io_uring_enter(2)).
+    fn target(&self) -> (types::Fd, squeue::Flags) {
+        match self {
+            Socket::Fd(fd) => (types::Fd(fd.as_raw_fd()), squeue::Flags::empty()),
+            Socket::Direct(slot) => (types::Fd(*slot as RawFd), squeue::Flags::FIXED_FILE),
+        }
+    }
+
+    /// A cancel of every operation on this socket.
+    fn cancel_all(&self) -> CancelBuilder {
+        match self {
+            Socket::Fd(fd) => CancelBuilder::fd(types::Fd(fd.as_raw_fd())).all(),
+            Socket::Direct(slot) => CancelBuilder::fd(types::Fixed(*slot)).all(),
+        }
+    }
+}
+
 /// A socket as the connection state machine sees it in a completion model:
 /// bytes the kernel has received (and the loop copied out of a provided
 /// buffer), and bytes staged for the next send. Reading an empty inbox, or
 /// writing a full outbox, says `WouldBlock`, as a non-blocking socket does.
 #[derive(Debug)]
 pub struct Staged {
-    socket: OwnedFd,
+    socket: Socket,
     inbox: Vec<u8>,
     /// Bytes of `inbox` already read.
     taken: usize,
@@ -198,7 +334,7 @@ pub struct Staged {
 }
 
 impl Staged {
-    fn new(socket: OwnedFd) -> Staged {
+    fn new(socket: Socket) -> Staged {
         Staged {
             socket,
             inbox: Vec::new(),
@@ -246,16 +382,14 @@ impl Staged {
         Ok(self.outbox.len() - before)
     }
 
-    /// The pipe, made the first time a file is streamed (and then
-    /// `TCP_NODELAY` set: a body leaves by splice after its head, and Nagle
-    /// would hold its last segment back). `None` if no pipe could be made.
+    /// The pipe, made the first time a file is streamed. `None` if no pipe
+    /// could be made.
     fn pipe(&self) -> Option<&(OwnedFd, OwnedFd)> {
         self.pipe
             .get_or_init(|| {
                 use rustix::pipe::{pipe_with, PipeFlags};
                 let (reader, writer) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?;
                 let _ = rustix::pipe::fcntl_setpipe_size(&writer, PIPE_BYTES);
-                let _ = rustix::net::sockopt::set_tcp_nodelay(&self.socket, true);
                 Some((reader, writer))
             })
             .as_ref()
@@ -339,8 +473,14 @@ struct Entry {
     receiving: bool,
     /// A receive has been armed before (the next one is multishot).
     received_any: bool,
+    /// Where a receive puts its bytes when there are no provided buffers.
+    recv_buffer: Vec<u8>,
     sending: bool,
+    /// A zero-copy send's result, held until its notification says the
+    /// kernel has let go of the buffer.
+    zero_copy_result: Option<i32>,
     splicing: bool,
+    shutting_down: bool,
     /// No more requests: send what is staged, then close.
     finishing: bool,
     /// Cancelled: waiting for its operations to complete, then freed.
@@ -349,7 +489,7 @@ struct Entry {
 
 impl Entry {
     fn busy(&self) -> bool {
-        self.receiving || self.sending || self.splicing
+        self.receiving || self.sending || self.splicing || self.shutting_down
     }
 }
 
@@ -496,6 +636,7 @@ struct Loop<'a> {
     in_flight: usize,
     buffers: BufferRing,
     signals: SignalPipes,
+    techniques: Techniques,
 }
 
 // handout: stage 4: (optional part, chapter 9) the completion loop: set up the ring (probe()), the buffer
@@ -503,13 +644,24 @@ struct Loop<'a> {
 //   submit_and_wait(1), and for each completion dispatch on its Op (accept, receive, send, read,
 //   signal); read docs/guide/09-readiness-and-completion.md
 fn completion_loop(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
-    let set_up = || -> io::Result<(IoUring, BufferRing, SignalPipes)> {
-        let ring = probe().map_err(|err| io::Error::other(err.to_string()))?;
+    let set_up = || -> io::Result<(IoUring, BufferRing, SignalPipes, Techniques)> {
+        let (ring, has_zero_copy) = probe().map_err(|err| io::Error::other(err.to_string()))?;
+        let mut notes = Vec::new();
+        let techniques =
+            Techniques::choose(server, &ring, has_zero_copy, seat.listener, seat.max_open_conns(), &mut notes);
+        if seat.is_first() {
+            let missing =
+                if notes.is_empty() { String::new() } else { format!("; this kernel has {}", notes.join(", ")) };
+            info!("uring-net: {}{missing}", techniques.describe());
+        }
         let buffers = BufferRing::register(&ring)?;
         let signals = SignalPipes::install(seat.signals())?;
-        Ok((ring, buffers, signals))
+        // Accepted sockets inherit it: a response leaves in one send, and a
+        // file body by splice after its head, which Nagle would hold back.
+        rustix::net::sockopt::set_tcp_nodelay(seat.listener, true)?;
+        Ok((ring, buffers, signals, techniques))
     };
-    let Some((ring, buffers, signals)) = seat.take_place(set_up())? else {
+    let Some((ring, buffers, signals, techniques)) = seat.take_place(set_up())? else {
         return Ok(());
     };
     let mut lp = Loop {
@@ -531,6 +683,7 @@ fn completion_loop(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
         in_flight: 0,
         buffers,
         signals,
+        techniques,
     };
     let outcome = lp.run();
     lp.cancel_everything();
@@ -585,6 +738,7 @@ impl Loop<'_> {
     }
 
     /// Queues an entry; a full submission queue is submitted first.
+    /// Without batching, every entry is submitted at once, on its own.
     fn push(&mut self, entry: squeue::Entry) {
         loop {
             // SAFETY: every entry built in this file points only into
@@ -593,18 +747,38 @@ impl Loop<'_> {
             // signal buffers and the provided buffers (kept until the loop
             // has cancelled and waited for everything).
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                return;
+                break;
             }
             if let Err(err) = self.ring.submit() {
                 info!("io_uring_enter: {err}");
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
+        if !self.techniques.batching {
+            if let Err(err) = self.ring.submit() {
+                info!("io_uring_enter: {err}"); // the entry stays queued for the turn's submit
+            }
+        }
     }
 
+    /// Arms the accept: multishot (one entry, a completion per
+    /// connection) or single-shot, into a registered-file slot the kernel
+    /// picks or as an fd.
     fn arm_accept(&mut self) {
         let fd = types::Fd(self.listener.as_raw_fd());
-        self.push(opcode::AcceptMulti::new(fd).flags(libc::SOCK_CLOEXEC).build().user_data(Op::Accept.tag(0)));
+        let direct = self.techniques.registered_files > 0;
+        // A direct descriptor is no fd, so it has no close-on-exec flag
+        // (the kernel refuses the flag with EINVAL).
+        let flags = if direct { 0 } else { libc::SOCK_CLOEXEC };
+        let accept = if self.techniques.multishot {
+            opcode::AcceptMulti::new(fd).allocate_file_index(direct).flags(flags).build()
+        } else {
+            opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut())
+                .file_index(direct.then(types::DestinationSlot::auto_target))
+                .flags(flags)
+                .build()
+        };
+        self.push(accept.user_data(Op::Accept.tag(0)));
         self.in_flight += 1;
         self.accepting = true;
     }
@@ -621,18 +795,19 @@ impl Loop<'_> {
     fn on_completion(&mut self, user_data: u64, result: i32, flags: u32) {
         let Some((op, low)) = Op::of(user_data) else { return };
         let more = cqueue::more(flags);
-        if !more && op != Op::Cancel {
+        if !more && op.is_tracked() {
             self.in_flight -= 1;
         }
         match op {
             Op::Accept => self.on_accept(result, more),
             Op::Signal => self.on_signal(low as usize, result),
             Op::Recv => self.on_recv(low, result, flags, more),
-            Op::Send => self.on_send(low, result),
+            Op::Send => self.on_send(low, result, flags),
             Op::Splice => self.on_splice(low, result),
             Op::Read => self.on_read(low, result),
             Op::Delay => self.on_delay(low),
-            Op::Cancel => {}
+            Op::Shutdown => self.on_shutdown(low, result),
+            Op::Cancel | Op::Close => {}
         }
     }
 
@@ -647,24 +822,35 @@ impl Loop<'_> {
             self.accepting = false;
         }
         if result >= 0 {
-            // SAFETY: a successful accept completion carries a new fd that
-            // nothing else owns.
-            let socket = unsafe { OwnedFd::from_raw_fd(result as RawFd) };
+            let socket = if self.techniques.registered_files > 0 {
+                Socket::Direct(result as u32)
+            } else {
+                // SAFETY: a successful accept completion carries a new fd
+                // that nothing else owns.
+                Socket::Fd(unsafe { OwnedFd::from_raw_fd(result as RawFd) })
+            };
             if self.stop_deadline.is_none() {
                 self.admit(socket);
+            } else {
+                self.release(socket);
             }
         } else {
             let err = io::Error::from_raw_os_error(-result);
             match -result {
                 libc::ECANCELED => {}
-                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => {
+                // One connection failed (the client gave up first): accept the next.
+                libc::ECONNABORTED | libc::EPROTO | libc::EPERM | libc::EINTR | libc::EAGAIN => {
+                    info!("accept: {err}")
+                }
+                // Out of fds, registered-file slots or memory, or worse:
+                // re-arming at once would spin on the same error.
+                _ => {
                     info!("accept: {err}; pausing accepts for {FD_EXHAUSTION_PAUSE:?}");
                     self.accept_paused_until = Some(Instant::now() + FD_EXHAUSTION_PAUSE);
                     if more {
                         self.cancel(CancelBuilder::user_data(Op::Accept.tag(0)));
                     }
                 }
-                _ => info!("accept: {err}"),
             }
         }
         if !self.accepting && self.stop_deadline.is_none() && self.accept_paused_until.is_none() {
@@ -674,15 +860,18 @@ impl Loop<'_> {
 
     /// Takes a new connection, or refuses it (503) when the loop is full:
     /// the refusal is staged and sent, then the connection closes.
-    fn admit(&mut self, socket: OwnedFd) {
+    fn admit(&mut self, socket: Socket) {
         let full = self.entries.len() >= self.max_conns;
         let mut entry = Entry {
             conn: Conn::new(self.service, self.limits),
             socket: Staged::new(socket),
             receiving: false,
             received_any: false,
+            recv_buffer: if self.techniques.provided_buffers { Vec::new() } else { vec![0; RECV_BUFFER_BYTES] },
             sending: false,
+            zero_copy_result: None,
             splicing: false,
+            shutting_down: false,
             finishing: full,
             closing: false,
         };
@@ -723,9 +912,11 @@ impl Loop<'_> {
             entry.receiving = false;
         }
         if result > 0 {
-            if let Some(bid) = bid {
-                entry.socket.inbox.extend_from_slice(self.buffers.bytes(bid, result as usize));
-            }
+            let received = match bid {
+                Some(bid) => self.buffers.bytes(bid, result as usize),
+                None => &entry.recv_buffer[..(result as usize).min(entry.recv_buffer.len())],
+            };
+            entry.socket.inbox.extend_from_slice(received);
         } else if result == 0 {
             entry.socket.eof = true;
         } else if !matches!(-result, libc::ENOBUFS | libc::ECANCELED) {
@@ -746,9 +937,18 @@ impl Loop<'_> {
         self.touched.push(id);
     }
 
-    fn on_send(&mut self, index: u64, result: i32) {
+    fn on_send(&mut self, index: u64, mut result: i32, flags: u32) {
         let Some(id) = self.id_at(index) else { return };
         let Some(entry) = self.entries.get_mut(id) else { return };
+        if cqueue::notif(flags) {
+            // A zero-copy send's second completion: the buffer is ours again.
+            result = entry.zero_copy_result.take().unwrap_or(-libc::EIO);
+        } else if cqueue::more(flags) {
+            // A zero-copy send's result; its buffer stays the kernel's
+            // until the notification that follows.
+            entry.zero_copy_result = Some(result);
+            return;
+        }
         entry.sending = false;
         if entry.closing {
             self.free_if_idle(id);
@@ -836,19 +1036,16 @@ impl Loop<'_> {
             && entry.socket.failed.is_none()
             && entry.socket.unread() < INBOX_BYTES;
         let all_sent = !entry.sending && !entry.splicing && !wants_send && splice == 0;
-        if all_sent && entry.socket.shutdown_wanted && !entry.socket.shut_down {
-            // The staged close's first step, now that the response has left:
-            // shutdown(2) only queues a FIN, it never waits.
-            entry.socket.shut_down = true;
-            if rustix::net::shutdown(&entry.socket.socket, rustix::net::Shutdown::Write).is_err() {
-                entry.finishing = true;
-            }
-        }
-        let done = entry.finishing && all_sent;
+        // The staged close's first step, once the response has left.
+        let shutdown = all_sent && entry.socket.shutdown_wanted && !entry.socket.shut_down;
+        let done = entry.finishing && all_sent && !shutdown && !entry.shutting_down;
         if wants_send {
             self.submit_send(id);
         } else if splice > 0 {
             self.submit_splice(id, splice as usize);
+        }
+        if shutdown {
+            self.submit_shutdown(id);
         }
         if wants_recv {
             self.arm_recv(id);
@@ -867,10 +1064,13 @@ impl Loop<'_> {
             socket.sent = 0;
         }
         let rest = &socket.sending[socket.sent..];
-        let send = opcode::Send::new(types::Fd(socket.socket.as_raw_fd()), rest.as_ptr(), rest.len() as u32)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(Op::Send.tag(slot(id)));
+        let (fd, fixed) = socket.socket.target();
+        let send = if self.techniques.zero_copy && rest.len() >= ZERO_COPY_MIN_BYTES {
+            opcode::SendZc::new(fd, rest.as_ptr(), rest.len() as u32).flags(libc::MSG_NOSIGNAL).build()
+        } else {
+            opcode::Send::new(fd, rest.as_ptr(), rest.len() as u32).flags(libc::MSG_NOSIGNAL).build()
+        };
+        let send = send.flags(fixed).user_data(Op::Send.tag(slot(id)));
         entry.sending = true;
         self.push(send);
         self.in_flight += 1;
@@ -879,15 +1079,12 @@ impl Loop<'_> {
     fn submit_splice(&mut self, id: ConnId, len: usize) {
         let Some(entry) = self.entries.get_mut(id) else { return };
         let Some((reader, _)) = entry.socket.pipe.get().and_then(Option::as_ref) else { return };
-        let splice = opcode::Splice::new(
-            types::Fd(reader.as_raw_fd()),
-            -1,
-            types::Fd(entry.socket.socket.as_raw_fd()),
-            -1,
-            len.min(u32::MAX as usize) as u32,
-        )
-        .build()
-        .user_data(Op::Splice.tag(slot(id)));
+        let (socket, fixed) = entry.socket.socket.target();
+        let splice =
+            opcode::Splice::new(types::Fd(reader.as_raw_fd()), -1, socket, -1, len.min(u32::MAX as usize) as u32)
+                .build()
+                .flags(fixed)
+                .user_data(Op::Splice.tag(slot(id)));
         entry.splicing = true;
         self.push(splice);
         self.in_flight += 1;
@@ -896,11 +1093,15 @@ impl Loop<'_> {
     /// Arms a receive. The first is single-shot: a connection that came
     /// with its request (`TCP_DEFER_ACCEPT`) and asks to close is then done
     /// receiving, and closes without a cancel. Later ones are multishot:
-    /// armed once, they post a completion per arrival.
+    /// armed once, they post a completion per arrival. Without provided
+    /// buffers, every receive is single-shot, into the connection's buffer.
     fn arm_recv(&mut self, id: ConnId) {
         let Some(entry) = self.entries.get_mut(id) else { return };
-        let fd = types::Fd(entry.socket.socket.as_raw_fd());
-        let recv = if entry.received_any {
+        let (fd, fixed) = entry.socket.socket.target();
+        let recv = if !self.techniques.provided_buffers {
+            let buffer = &mut entry.recv_buffer;
+            opcode::Recv::new(fd, buffer.as_mut_ptr(), buffer.len() as u32).build()
+        } else if entry.received_any && self.techniques.multishot {
             opcode::RecvMulti::new(fd, BUFFER_GROUP).build()
         } else {
             opcode::Recv::new(fd, std::ptr::null_mut(), RECV_BUFFER_BYTES as u32)
@@ -909,7 +1110,7 @@ impl Loop<'_> {
                 .flags(squeue::Flags::BUFFER_SELECT)
         };
         entry.received_any = true;
-        let recv = recv.user_data(Op::Recv.tag(slot(id)));
+        let recv = recv.flags(fixed).user_data(Op::Recv.tag(slot(id)));
         entry.receiving = true;
         self.push(recv);
         self.in_flight += 1;
@@ -928,9 +1129,9 @@ impl Loop<'_> {
         }
         entry.closing = true;
         if entry.busy() {
-            // Before the fd is closed: the cancel finds operations by it.
-            let fd = types::Fd(entry.socket.socket.as_raw_fd());
-            self.cancel(CancelBuilder::fd(fd).all());
+            // Before the socket is closed: the cancel finds operations by it.
+            let every_operation = entry.socket.socket.cancel_all();
+            self.cancel(every_operation);
         } else {
             self.free_if_idle(id);
         }
@@ -938,9 +1139,46 @@ impl Loop<'_> {
 
     fn free_if_idle(&mut self, id: ConnId) {
         if self.entries.get(id).is_some_and(|entry| entry.closing && !entry.busy()) {
-            self.entries.remove(id);
+            let entry = self.entries.remove(id);
             self.ids[slot(id) as usize] = None;
+            if let Some(entry) = entry {
+                self.release(entry.socket.socket);
+            }
         }
+    }
+
+    /// Closes a socket: an fd by dropping it, a registered file by a Close
+    /// entry (the slot is free once it completes).
+    fn release(&mut self, socket: Socket) {
+        if let Socket::Direct(slot) = socket {
+            self.push(opcode::Close::new(types::Fixed(slot)).build().user_data(Op::Close.tag(0)));
+        }
+    }
+
+    /// Queues the staged close's first step: shutdown(2) of the write side
+    /// only queues a FIN after what was sent, it never waits.
+    fn submit_shutdown(&mut self, id: ConnId) {
+        let Some(entry) = self.entries.get_mut(id) else { return };
+        entry.socket.shut_down = true;
+        entry.shutting_down = true;
+        let (fd, fixed) = entry.socket.socket.target();
+        let shutdown = opcode::Shutdown::new(fd, libc::SHUT_WR).build().flags(fixed);
+        self.push(shutdown.user_data(Op::Shutdown.tag(slot(id))));
+        self.in_flight += 1;
+    }
+
+    fn on_shutdown(&mut self, index: u64, result: i32) {
+        let Some(id) = self.id_at(index) else { return };
+        let Some(entry) = self.entries.get_mut(id) else { return };
+        entry.shutting_down = false;
+        if entry.closing {
+            self.free_if_idle(id);
+            return;
+        }
+        if result < 0 {
+            entry.finishing = true;
+        }
+        self.touched.push(id);
     }
 
     /// Submits the file reads that `advance` queued (after a timeout
@@ -1098,7 +1336,7 @@ impl Loop<'_> {
             let completions: Vec<(u64, u32)> = self.ring.completion().map(|c| (c.user_data(), c.flags())).collect();
             for (user_data, flags) in completions {
                 if let Some((op, _)) = Op::of(user_data) {
-                    if op != Op::Cancel && !cqueue::more(flags) {
+                    if op.is_tracked() && !cqueue::more(flags) {
                         self.in_flight -= 1;
                     }
                 }

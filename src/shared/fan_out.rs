@@ -45,6 +45,11 @@ impl Seat<'_> {
         }
     }
 
+    /// Whether this is the first loop (the one that announces the server).
+    pub fn is_first(&self) -> bool {
+        self.is_first
+    }
+
     /// This loop's share of `--max-conns`.
     pub fn max_open_conns(&self) -> usize {
         self.server.max_open_conns.div_ceil(self.server.workers)

@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use crate::cache::FileCache;
-use crate::config::{Config, Runtime, ServiceKind};
+use crate::config::{Config, Runtime, ServiceKind, Technique, ZeroCopy};
 use crate::conn::Limits;
 use crate::error::ServerError;
 use crate::log::info;
@@ -36,6 +36,10 @@ pub struct Server {
     serving: String,
     /// `--runtime`: how the `tokio` model runs its `--workers`.
     pub runtime: Runtime,
+    /// `--without`: the `uring-net` techniques turned off.
+    pub without: Vec<Technique>,
+    /// `--zero-copy`: when `uring-net` sends without copying.
+    pub zero_copy: ZeroCopy,
 }
 
 impl Server {
@@ -78,6 +82,8 @@ impl Server {
             readers: config.readers,
             serving: format!("{} model serving {what}", config.model),
             runtime: config.runtime,
+            without: config.without.clone(),
+            zero_copy: config.zero_copy,
         })
     }
 
