@@ -11,6 +11,8 @@
 #                                  and wrk, without them only the slow-storage table)
 #   ./benchmark.sh --async-await   tokio beside event and event-async, then their RSS holding
 #                                  10,000 idle connections (about 1 min; docs/guide/async-await.md)
+#   ./benchmark.sh --techniques    what each io_uring technique of uring-net buys: uring-net with
+#                                  one turned off at a time, beside uring-net and event (about 6 min)
 #
 # Servers run on free loopback ports (--port 0) and are stopped on exit,
 # on failure and on Ctrl-C. Any wrong response fails the run (exit 1).

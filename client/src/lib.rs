@@ -1,6 +1,6 @@
 //! The kit's client side: the OSTEP-style [`fetch`] client, the [`bench`](mod@bench)
 //! load generator, the [`grade`] black-box grader, and the [`suite`] behind
-//! `./benchmark.sh`.
+//! `./benchmark.sh` (with its [`versus`] and [`techniques`] tables).
 
 #![deny(missing_docs)]
 
@@ -12,5 +12,6 @@ pub mod grade;
 pub mod json;
 pub mod peers;
 pub mod suite;
+pub mod techniques;
 pub mod verdict;
 pub mod versus;

@@ -152,7 +152,7 @@ pub struct BenchRoot {
 pub const LARGE_BYTES: usize = 2 << 20;
 
 impl BenchRoot {
-    /// Writes `small_files` 4 KiB files, 1 KiB, 1 MiB and 2 MiB files.
+    /// Writes `small_files` 4 KiB files, 1 KiB, 64 KiB, 1 MiB and 2 MiB files.
     pub fn create(small_files: usize) -> Result<BenchRoot> {
         let dir = tempfile::Builder::new().prefix("fileserver-bench").tempdir()?;
         std::fs::create_dir(dir.path().join("small"))?;
@@ -165,6 +165,8 @@ impl BenchRoot {
             })
             .collect::<Result<_>>()?;
         std::fs::write(dir.path().join("1k.bin"), vec![b'k'; 1024])?;
+        // Large for one send, small enough for the cache (128 KiB by default).
+        std::fs::write(dir.path().join("64k.bin"), (0..64 << 10).map(|i| (i % 241) as u8).collect::<Vec<_>>())?;
         // Above the default --cache-max-file (128 KiB): streamed with sendfile.
         std::fs::write(dir.path().join("1m.bin"), (0..1 << 20).map(|i| (i % 253) as u8).collect::<Vec<_>>())?;
         std::fs::write(dir.path().join("large.bin"), (0..LARGE_BYTES).map(|i| (i % 251) as u8).collect::<Vec<_>>())?;

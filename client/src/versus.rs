@@ -126,7 +126,7 @@ const ROWS: [Row; 6] = [
 ];
 
 /// The machine the table was measured on.
-fn machine_facts() -> String {
+pub(crate) fn machine_facts() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_else(|_| "?".into());
     format!("{cores} cores, kernel {}, memcpy {:.1} GB/s on one core", kernel.trim(), memcpy_gb_per_sec())
@@ -216,8 +216,7 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
                 (!runs[b].is_empty()).then(|| runs[a].iter().zip(&runs[b]).map(|(x, y)| x.rate / y.rate).collect())
             };
             let ratios = ratio_of(2, 0).expect("nginx ran");
-            let (low, high) =
-                (ratios.iter().copied().fold(f64::MAX, f64::min), ratios.iter().copied().fold(0.0, f64::max));
+            let (low, high) = range(&ratios);
             let ratio = median(ratios);
             let event_ratio = median(ratio_of(1, 0).expect("nginx ran"));
             let event_of_limit = median(ratio_of(1, 3).expect("the limit ran"));
@@ -237,14 +236,6 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
                     format!("{per_sec:.0}")
                 }
             };
-            let cpu = |column: &[Measured]| {
-                let known: Vec<f64> = column.iter().filter_map(|m| m.us_per_req).collect();
-                if known.is_empty() {
-                    "-".to_string()
-                } else {
-                    format!("{:.1}", median(known))
-                }
-            };
             println!(
                 "{:<44} {:>4} {:>7} {:>7} {:>7} {:>7} {:>7} {:>17} {:>6.2}x {:>6.2}x {:>14} {:>19} {:>4.1}x  {}",
                 row.what,
@@ -258,7 +249,7 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
                 event_ratio,
                 event_of_limit,
                 format!("{of_limit:.2}x {}", of_uring_limit.map_or("-".to_string(), |r| format!("{r:.2}x"))),
-                format!("{} {} {} {}", cpu(&runs[1]), cpu(&runs[2]), cpu(&runs[3]), cpu(&runs[4])),
+                format!("{} {} {} {}", cpu_cell(&runs[1]), cpu_cell(&runs[2]), cpu_cell(&runs[3]), cpu_cell(&runs[4])),
                 row.goal,
                 verdict(ratio, row.goal, of_uring_limit.unwrap_or(of_limit))
             );
@@ -415,17 +406,35 @@ impl SlowStorageRun {
 /// operation on io_uring (elsewhere `event` again, so the table still runs).
 const COMPLETION_MODEL: &str = if cfg!(target_os = "linux") { "uring-net" } else { "event" };
 
-/// One wrk run against one server: its rate, and the server's CPU time
+/// One load run against one server: its rate, and the server's CPU time
 /// per request over the run (microseconds), where `/proc` tells.
 #[derive(Debug, Clone, Copy)]
-struct Measured {
-    rate: f64,
-    us_per_req: Option<f64>,
+pub(crate) struct Measured {
+    /// Requests a second.
+    pub(crate) rate: f64,
+    pub(crate) us_per_req: Option<f64>,
+}
+
+/// The median server CPU per request of `column`, in us, as a table cell
+/// ("-" where it is unknown).
+pub(crate) fn cpu_cell(column: &[Measured]) -> String {
+    let known: Vec<f64> = column.iter().filter_map(|m| m.us_per_req).collect();
+    if known.is_empty() {
+        "-".to_string()
+    } else {
+        format!("{:.1}", median(known))
+    }
 }
 
 fn measure(server: &ServerProcess, row: &Row, threads: usize, pace: Pace) -> Result<Measured> {
+    measure_cpu(server, pace, || wrk(server.addr, row, threads, pace))
+}
+
+/// Runs `load` (one run of `pace.seconds` against `server`, returning its
+/// requests a second) and measures the server's CPU time around it.
+pub(crate) fn measure_cpu(server: &ServerProcess, pace: Pace, load: impl FnOnce() -> Result<f64>) -> Result<Measured> {
     let before = cpu_seconds(server.pid());
-    let rate = wrk(server.addr, row, threads, pace)?;
+    let rate = load()?;
     let after = cpu_seconds(server.pid());
     let requests = rate * pace.seconds as f64;
     let us_per_req = before.zip(after).filter(|_| requests > 0.0).map(|(b, a)| (a - b) / requests * 1e6);
@@ -437,9 +446,21 @@ fn start_ours(server_bin: &Path, root: &BenchRoot, loops: usize) -> Result<Serve
 }
 
 fn start_model(server_bin: &Path, root: &BenchRoot, loops: usize, model: &str) -> Result<ServerProcess> {
+    start_model_with(server_bin, root, loops, model, &[])
+}
+
+/// [`start_model`] with the model's own `flags` after the usual ones.
+pub(crate) fn start_model_with(
+    server_bin: &Path,
+    root: &BenchRoot,
+    loops: usize,
+    model: &str,
+    flags: &[&str],
+) -> Result<ServerProcess> {
     let args: Vec<String> =
         ["--quiet", "--model", model, "--workers", &loops.to_string(), "--root", &root.path().display().to_string()]
             .iter()
+            .chain(flags)
             .map(|s| s.to_string())
             .collect();
     ServerProcess::start(server_bin, &args)
@@ -450,9 +471,14 @@ fn wrk(addr: SocketAddr, row: &Row, threads: usize, pace: Pace) -> Result<f64> {
     peers::wrk_with(&url, row.conns, pace.seconds, row.close, threads)
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
+}
+
+/// The lowest and the highest of `values`: the range printed beside a median ratio.
+pub(crate) fn range(values: &[f64]) -> (f64, f64) {
+    (values.iter().copied().fold(f64::MAX, f64::min), values.iter().copied().fold(0.0, f64::max))
 }
 
 /// CPU time (user + system, all threads) `pid` has used so far, in

@@ -180,3 +180,54 @@ fn async_await_smoke_sets_tokio_beside_both_event_loops() {
     assert!(stdout.contains("256 conns"), "slow storage at 256 clients too:\n{stdout}");
     assert!(stdout.contains("bytes per connection"), "{stdout}");
 }
+
+/// `--techniques --smoke` without wrk on the PATH: the kit's own load
+/// generator drives every workload against every variant of `uring-net`
+/// (each with one technique off), `uring-net` itself and `event`, and every
+/// cell is measured (every response checked).
+#[test]
+fn techniques_smoke_measures_every_variant_on_every_workload() {
+    let benchmark = client_bin().with_file_name("benchmark");
+    let no_programs = tempfile::tempdir().unwrap();
+    let out =
+        Command::new(&benchmark).args(["--techniques", "--smoke"]).env("PATH", no_programs.path()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("wrk is not on the PATH"), "{stdout}");
+    let columns = ["event", "u-net", "-multishot", "-prov-bufs", "-reg-files", "-batching", "+zc-always"];
+    let header = stdout.lines().find(|line| line.starts_with("workload")).unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(header.split_whitespace().skip(2).collect::<Vec<_>>(), columns, "{header}");
+    for workload in [
+        "1 KiB keep-alive, 50 conns",
+        "1 KiB keep-alive, 500 conns",
+        "1 KiB Connection: close, 50 conns",
+        "64 KiB keep-alive, 50 conns",
+    ] {
+        for shape in ["-t1", "-t2"] {
+            let rates = stdout
+                .lines()
+                .find(|line| line.starts_with(workload) && line.contains(&format!(" {shape} req/s ")))
+                .unwrap_or_else(|| panic!("no {workload} {shape} row:\n{stdout}"));
+            let cells: Vec<&str> = rates.rsplit(" req/s ").next().unwrap().split_whitespace().collect();
+            assert_eq!(cells.len(), columns.len(), "{rates}");
+            // Off Linux only event runs; there the other columns say "-".
+            let measured = if cfg!(target_os = "linux") { &cells[..] } else { &cells[..1] };
+            for cell in measured {
+                assert!(cell.parse::<f64>().is_ok_and(|rate| rate > 0.0), "{workload} {shape}: {rates}");
+            }
+        }
+    }
+    if cfg!(target_os = "linux") {
+        let ratios: Vec<&str> =
+            stdout.lines().filter(|line| line.starts_with(' ') && line.trim_start().starts_with("x u-net ")).collect();
+        assert_eq!(ratios.len(), 8, "a ratio line per workload and shape:\n{stdout}");
+        for line in ratios {
+            let cells: Vec<&str> = line.split_whitespace().skip(2).collect();
+            assert_eq!(cells[1], "ref", "u-net is what the others are divided by: {line}");
+            for (column, cell) in columns.iter().zip(&cells).filter(|(column, _)| **column != "u-net") {
+                let ratio = cell.strip_suffix('x').and_then(|r| r.parse::<f64>().ok());
+                assert!(ratio.is_some_and(|r| r > 0.0), "{column}: {line}");
+            }
+        }
+    }
+}

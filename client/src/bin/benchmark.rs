@@ -7,7 +7,9 @@
 //! * `--vs-nginx`: the performance goal table against nginx (`docs/performance.md`),
 //!   then slow storage against the ideal rate (which needs no nginx);
 //! * `--async-await`: `tokio` (both runtime flavours) beside `event` and `event-async`, the costs
-//!   `docs/guide/08-async-await.md` quotes (rates, p99, idle memory).
+//!   `docs/guide/08-async-await.md` quotes (rates, p99, idle memory);
+//! * `--techniques`: `uring-net` with each io_uring technique turned off alone, beside
+//!   `uring-net` with all of them and `event` ([`client::techniques`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -43,6 +45,13 @@ struct Args {
     /// then their RSS holding 10,000 idle keep-alive connections.
     #[arg(long, conflicts_with_all = ["full", "vs_nginx"])]
     async_await: bool,
+    /// Only what each io_uring technique of uring-net buys: uring-net with
+    /// one technique off (--without multishot, provided-buffers,
+    /// registered-files, batching; --zero-copy always) beside uring-net and
+    /// event, on 1 KiB (50 and 500 conns, keep-alive and close) and 64 KiB
+    /// (3 interleaved rounds of 2 s; about 6 min; with --smoke 1 round of 1 s, about 1 min).
+    #[arg(long, conflicts_with_all = ["full", "vs_nginx", "async_await"])]
+    techniques: bool,
     /// Only the homework's two lines, with this many concurrent clients
     /// (and requests); without it, the lines use 3 and the table follows.
     #[arg(long, value_name = "N")]
@@ -101,6 +110,10 @@ fn run(mut args: Args) -> Result<()> {
     }
     if args.async_await {
         return async_await(&server, &root, args.smoke);
+    }
+    if args.techniques {
+        let pace = if args.smoke { client::versus::Pace::SMOKE } else { client::techniques::PACE };
+        return client::techniques::run(&server, &root, pace);
     }
 
     println!(
