@@ -186,6 +186,11 @@ pub enum Technique {
     /// it, every entry is submitted on its own (one syscall each, as
     /// readiness loops make one per operation).
     Batching,
+    /// The kernel runs completion work (the receive a ready socket allows,
+    /// the send it has room for) when the loop asks for completions
+    /// (`IORING_SETUP_DEFER_TASKRUN`, one issuer, Linux 6.1); without it,
+    /// each arrival interrupts the loop wherever it is to run that work.
+    DeferTaskrun,
 }
 
 impl Technique {
@@ -196,6 +201,7 @@ impl Technique {
             Technique::ProvidedBuffers => "provided-buffers",
             Technique::RegisteredFiles => "registered-files",
             Technique::Batching => "batching",
+            Technique::DeferTaskrun => "defer-taskrun",
         }
     }
 }

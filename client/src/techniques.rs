@@ -27,8 +27,8 @@ use crate::peers;
 use crate::suite::BenchRoot;
 use crate::versus::{self, Measured, Pace, SHAPES};
 
-/// The real table: three rounds of 2 s (7 servers x 4 workloads x 2 load
-/// shapes: about 6 minutes of load).
+/// The real table: three rounds of 2 s (8 servers x 4 workloads x 2 load
+/// shapes: about 7 minutes of load).
 pub const PACE: Pace = Pace { seconds: 2, rounds: 3 };
 
 /// One column: a server and the one change it makes.
@@ -43,7 +43,7 @@ struct Variant {
 }
 
 /// The columns; [`REFERENCE`] is the one every ratio divides by.
-const VARIANTS: [Variant; 7] = [
+const VARIANTS: [Variant; 8] = [
     Variant {
         column: "event",
         model: "event",
@@ -74,6 +74,12 @@ const VARIANTS: [Variant; 7] = [
         model: "uring-net",
         flags: &["--without", "batching"],
         means: "one io_uring_enter per submission",
+    },
+    Variant {
+        column: "-defer-tw",
+        model: "uring-net",
+        flags: &["--without", "defer-taskrun"],
+        means: "completion work interrupts the loop as packets arrive, instead of waiting for its next wait",
     },
     Variant {
         column: "+zc-always",

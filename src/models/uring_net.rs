@@ -27,7 +27,10 @@
 //!   (`--read-delay-ms`), after the loop's own wait has run out the delay
 //!   (one wake-up starts every read then due; a timeout entry per read cost
 //!   a wake-up each, and 2 ms of median latency at 256 clients);
-//! * signals arrive as reads of a self-pipe.
+//! * signals arrive as reads of a self-pipe;
+//! * the kernel does the work a completion needs (the receive a ready
+//!   socket allows) when the loop waits for completions, not by
+//!   interrupting it whenever a packet arrives (*deferred task work*).
 //!
 //! The connection state machine ([`Conn`]) is the same as every model's: it
 //! reads from and writes to a [`Staged`] socket, memory the loop moves to
@@ -167,16 +170,34 @@ const NEEDED: [(u8, &str); 7] = [
     (opcode::AsyncCancel2::CODE, "async_cancel"),
 ];
 
-/// Sets up a ring and checks, with io_uring's probe, that this kernel has
-/// every operation the model needs. [`run`] calls it before anything
-/// is announced, so a refused server never announces itself. Also says
-/// whether the kernel has zero-copy sends (Linux 6.0).
-fn probe() -> Result<(IoUring, bool), ServerError> {
+/// What the kernel offers beyond what the model needs.
+#[derive(Debug, Clone, Copy)]
+struct Offers {
+    zero_copy: bool,
+    defer_taskrun: bool,
+}
+
+/// Sets up a ring (with deferred task work if `defer_taskrun` and the
+/// kernel has it) and checks, with io_uring's probe, that this kernel has
+/// every operation the model needs. [`run`] calls it before anything is
+/// announced, so a refused server never announces itself.
+fn probe(defer_taskrun: bool) -> Result<(IoUring, Offers), ServerError> {
     let refuse = |reason: String| ServerError::Unavailable { model: "uring-net", reason, instead: "uring" };
-    let ring = IoUring::builder()
-        .setup_cqsize(RING_ENTRIES * 2)
-        .build(RING_ENTRIES)
-        .map_err(|err| refuse(format!("io_uring_setup failed: {err}")))?;
+    let builder = || {
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(RING_ENTRIES * 2);
+        builder
+    };
+    // Only this loop's thread submits to the ring and reaps it (a single
+    // issuer), so the kernel may hold completion work until that thread
+    // waits for completions instead of interrupting it to run the work.
+    let deferred =
+        defer_taskrun.then(|| builder().setup_single_issuer().setup_defer_taskrun().build(RING_ENTRIES).ok()).flatten();
+    let defer_taskrun = deferred.is_some();
+    let ring = match deferred {
+        Some(ring) => ring,
+        None => builder().build(RING_ENTRIES).map_err(|err| refuse(format!("io_uring_setup failed: {err}")))?,
+    };
     if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_nodrop() {
         return Err(refuse("this kernel's io_uring cannot wait with a timeout (Linux 5.11 or later)".into()));
     }
@@ -187,8 +208,8 @@ fn probe() -> Result<(IoUring, bool), ServerError> {
     if !missing.is_empty() {
         return Err(refuse(format!("this kernel's io_uring lacks {}", missing.join(", "))));
     }
-    let has_zero_copy = probe.is_supported(opcode::SendZc::CODE);
-    Ok((ring, has_zero_copy))
+    let zero_copy = probe.is_supported(opcode::SendZc::CODE);
+    Ok((ring, Offers { zero_copy, defer_taskrun }))
 }
 
 /// The techniques one loop uses: the flags, less what the kernel lacks.
@@ -199,6 +220,7 @@ struct Techniques {
     /// Slots in the table of registered files; 0 when not used.
     registered_files: u32,
     batching: bool,
+    defer_taskrun: bool,
     /// Sends of [`ZERO_COPY_MIN_BYTES`] or more are zero-copy.
     zero_copy: bool,
 }
@@ -209,7 +231,7 @@ impl Techniques {
     fn choose(
         server: &Server,
         ring: &IoUring,
-        has_zero_copy: bool,
+        offers: Offers,
         listener: &TcpListener,
         max_conns: usize,
         notes: &mut Vec<String>,
@@ -221,8 +243,11 @@ impl Techniques {
             ZeroCopy::Remote => !on_loopback,
             ZeroCopy::Always => true,
         };
-        if zero_copy && !has_zero_copy {
+        if zero_copy && !offers.zero_copy {
             notes.push("no zero-copy sends (Linux 6.0 or later)".into());
+        }
+        if uses(Technique::DeferTaskrun) && !offers.defer_taskrun {
+            notes.push("no deferred task work (Linux 6.1 or later)".into());
         }
         let mut registered_files = 0;
         if uses(Technique::RegisteredFiles) {
@@ -241,7 +266,8 @@ impl Techniques {
             provided_buffers: uses(Technique::ProvidedBuffers),
             registered_files,
             batching: uses(Technique::Batching),
-            zero_copy: zero_copy && has_zero_copy,
+            defer_taskrun: offers.defer_taskrun,
+            zero_copy: zero_copy && offers.zero_copy,
         }
     }
 
@@ -261,6 +287,7 @@ impl Techniques {
                 "no registered files".into()
             },
             if self.batching { "one io_uring_enter per turn".into() } else { "an io_uring_enter per entry".into() },
+            on_off(self.defer_taskrun, "deferred task work"),
             if self.zero_copy {
                 format!("zero-copy sends from {} KiB", ZERO_COPY_MIN_BYTES >> 10)
             } else {
@@ -273,7 +300,7 @@ impl Techniques {
 
 /// Runs the `uring-net` model: `--workers` loops, each on its own ring.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    probe()?; // refused before announcing, naming the model to use instead
+    probe(false)?; // refused before announcing, naming the model to use instead
     fan_out::run_per_worker(&server, completion_loop)
 }
 
@@ -698,10 +725,10 @@ struct Loop<'a> {
 //   signal); read docs/guide/09-readiness-and-completion.md
 fn completion_loop(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
     let set_up = || -> io::Result<(IoUring, BufferRing, SignalPipes, Computations, Techniques)> {
-        let (ring, has_zero_copy) = probe().map_err(|err| io::Error::other(err.to_string()))?;
+        let defer_taskrun = !server.without.contains(&Technique::DeferTaskrun);
+        let (ring, offers) = probe(defer_taskrun).map_err(|err| io::Error::other(err.to_string()))?;
         let mut notes = Vec::new();
-        let techniques =
-            Techniques::choose(server, &ring, has_zero_copy, seat.listener, seat.max_open_conns(), &mut notes);
+        let techniques = Techniques::choose(server, &ring, offers, seat.listener, seat.max_open_conns(), &mut notes);
         if seat.is_first() {
             let missing =
                 if notes.is_empty() { String::new() } else { format!("; this kernel has {}", notes.join(", ")) };

@@ -194,7 +194,7 @@ fn techniques_smoke_measures_every_variant_on_every_workload() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("wrk is not on the PATH"), "{stdout}");
-    let columns = ["event", "u-net", "-multishot", "-prov-bufs", "-reg-files", "-batching", "+zc-always"];
+    let columns = ["event", "u-net", "-multishot", "-prov-bufs", "-reg-files", "-batching", "-defer-tw", "+zc-always"];
     let header = stdout.lines().find(|line| line.starts_with("workload")).unwrap_or_else(|| panic!("{stdout}"));
     assert_eq!(header.split_whitespace().skip(2).collect::<Vec<_>>(), columns, "{header}");
     for workload in [

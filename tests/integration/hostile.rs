@@ -285,12 +285,13 @@ fn uring_net_serves_the_same_without_each_technique() {
     std::fs::write(root.path().join("big.bin"), &big).unwrap();
     std::fs::write(root.path().join("64k.bin"), vec![b'z'; 64 << 10]).unwrap();
     let fixtures = fixtures();
-    let variants: [&[&str]; 6] = [
+    let variants: [&[&str]; 7] = [
         &[],
         &["--without", "multishot"],
         &["--without", "provided-buffers"],
         &["--without", "registered-files"],
         &["--without", "batching"],
+        &["--without", "defer-taskrun"],
         &["--zero-copy", "always"],
     ];
     for variant in variants {

@@ -295,7 +295,14 @@ mod uring {
     struct RingMemory([types::BufRingEntry; BUFFERS as usize]);
 
     pub fn fixed(listener: TcpListener) -> Result<()> {
-        let mut ring = IoUring::new(4096)?;
+        // As `uring-net` sets its rings up: one issuer, and completion work
+        // run when the loop waits for it (deferred task work, Linux 6.1),
+        // else as the kernel schedules it.
+        let mut ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(4096)
+            .or_else(|_| IoUring::new(4096))?;
         let (keep, close) = super::responses();
         // SAFETY: zeroed entries are a valid empty ring.
         let mut entries: Box<RingMemory> = Box::new(unsafe { std::mem::zeroed() });

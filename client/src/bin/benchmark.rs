@@ -49,7 +49,7 @@ struct Args {
     /// one technique off (--without multishot, provided-buffers,
     /// registered-files, batching; --zero-copy always) beside uring-net and
     /// event, on 1 KiB (50 and 500 conns, keep-alive and close) and 64 KiB
-    /// (3 interleaved rounds of 2 s; about 6 min; with --smoke 1 round of 1 s, about 1 min).
+    /// (3 interleaved rounds of 2 s; about 7 min; with --smoke 1 round of 1 s, about 1 min).
     #[arg(long, conflicts_with_all = ["full", "vs_nginx", "async_await"])]
     techniques: bool,
     /// Only the homework's two lines, with this many concurrent clients
