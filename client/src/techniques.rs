@@ -298,7 +298,7 @@ mod tests {
     use super::*;
 
     fn rates(values: &[f64]) -> Vec<Measured> {
-        values.iter().map(|&rate| Measured { rate, us_per_req: None }).collect()
+        values.iter().map(|&rate| Measured { rate, us_per_req: None, load_us_per_req: None }).collect()
     }
 
     #[test]

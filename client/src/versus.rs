@@ -169,7 +169,7 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
         pace.rounds
     );
     println!(
-        "{:<44} {:>4} {:>7} {:>7} {:>7} {:>7} {:>7} {:>17} {:>7} {:>7} {:>14} {:>19} {:>5}  ",
+        "{:<44} {:>4} {:>7} {:>7} {:>7} {:>7} {:>7} {:>17} {:>7} {:>7} {:>14} {:>19} {:>10} {:>5}  ",
         "workload",
         "wrk",
         "nginx",
@@ -182,8 +182,10 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
         "ev/lim",
         "un/lim un/ulim",
         "us/req ev u-net lim u-lim",
+        "wrk us/req",
         "goal"
     );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     for row in &ROWS {
         let nginx = Nginx::start(root.path(), row.workers)?;
         let event = start_model(server_bin, root, row.workers, "event")?;
@@ -204,7 +206,8 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
         for threads in SHAPES {
             let mut runs: [Vec<Measured>; 5] = Default::default();
             for _ in 0..pace.rounds {
-                runs[0].push(Measured { rate: wrk(nginx.addr, row, threads, pace)?, us_per_req: None });
+                let nginx_rate = wrk(nginx.addr, row, threads, pace)?;
+                runs[0].push(Measured { rate: nginx_rate, us_per_req: None, load_us_per_req: None });
                 runs[1].push(measure(&event, row, threads, pace)?);
                 runs[2].push(measure(&completion, row, threads, pace)?);
                 runs[3].push(measure(&limit, row, threads, pace)?);
@@ -236,8 +239,15 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
                     format!("{per_sec:.0}")
                 }
             };
+            // What bounds the completion model's rate in this row: its
+            // server, the load generator, or both filling the machine.
+            let busy: Vec<(f64, f64)> = runs[2].iter().filter_map(Measured::cores_busy).collect();
+            let busy = (!busy.is_empty())
+                .then(|| (median(busy.iter().map(|b| b.0).collect()), median(busy.iter().map(|b| b.1).collect())));
+            let load_cpu: Vec<f64> = runs[2].iter().filter_map(|m| m.load_us_per_req).collect();
+            let load_cpu = if load_cpu.is_empty() { "-".to_string() } else { format!("{:.1}", median(load_cpu)) };
             println!(
-                "{:<44} {:>4} {:>7} {:>7} {:>7} {:>7} {:>7} {:>17} {:>6.2}x {:>6.2}x {:>14} {:>19} {:>4.1}x  {}",
+                "{:<44} {:>4} {:>7} {:>7} {:>7} {:>7} {:>7} {:>17} {:>6.2}x {:>6.2}x {:>14} {:>19} {:>10} {:>4.1}x  {}",
                 row.what,
                 format!("-t{threads}"),
                 rate(&runs[0]),
@@ -250,8 +260,9 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
                 event_of_limit,
                 format!("{of_limit:.2}x {}", of_uring_limit.map_or("-".to_string(), |r| format!("{r:.2}x"))),
                 format!("{} {} {} {}", cpu_cell(&runs[1]), cpu_cell(&runs[2]), cpu_cell(&runs[3]), cpu_cell(&runs[4])),
+                load_cpu,
                 row.goal,
-                verdict(ratio, row.goal, of_uring_limit.unwrap_or(of_limit))
+                verdict(ratio, row.goal, of_uring_limit.unwrap_or(of_limit), threads, busy, cores)
             );
         }
     }
@@ -260,16 +271,26 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
     slow_storage(server_bin, root, pace)
 }
 
-/// "met" at or above the goal; below it, whether we are nonetheless at
-/// the limit (within 5% of the minimal server's rate).
-fn verdict(ratio: f64, goal: f64, of_limit: f64) -> &'static str {
+/// "met" at or above the goal; below it, what held the rate back: the
+/// load generator (its `threads` threads all busy, so no server could be
+/// asked for more), the machine (server and generator together filling
+/// every core), or the server being at the limit (within 5% of the minimal
+/// server's rate). `busy`: cores kept busy by the server and by wrk, of
+/// the machine's `cores`.
+fn verdict(ratio: f64, goal: f64, of_limit: f64, threads: usize, busy: Option<(f64, f64)>, cores: f64) -> String {
     // Judged as printed (two decimals): a row shown as 1.00x meets 1.0x.
     if (ratio * 100.0).round() / 100.0 >= goal {
-        "met"
-    } else if of_limit >= 0.95 {
-        "not met (at the limit)"
-    } else {
-        "not met"
+        return "met".into();
+    }
+    match busy {
+        Some((_, generator)) if generator >= 0.9 * threads as f64 => {
+            format!("not met: wrk is the limit (-t{threads}: {generator:.2} of {threads} cores busy)")
+        }
+        Some((server, generator)) if server + generator >= 0.9 * cores => {
+            format!("not met: the {cores} cores are full (server {server:.2}, wrk {generator:.2})")
+        }
+        _ if of_limit >= 0.95 => "not met (at the limit)".into(),
+        _ => "not met".into(),
     }
 }
 
@@ -413,6 +434,17 @@ pub(crate) struct Measured {
     /// Requests a second.
     pub(crate) rate: f64,
     pub(crate) us_per_req: Option<f64>,
+    /// The load generator's CPU per request (us): wrk's, or this
+    /// process's when it generates the load itself.
+    pub(crate) load_us_per_req: Option<f64>,
+}
+
+impl Measured {
+    /// Cores kept busy by the server and by the load generator.
+    fn cores_busy(&self) -> Option<(f64, f64)> {
+        let cores = |us_per_req: f64| us_per_req * self.rate / 1e6;
+        Some((cores(self.us_per_req?), cores(self.load_us_per_req?)))
+    }
 }
 
 /// The median server CPU per request of `column`, in us, as a table cell
@@ -433,12 +465,30 @@ fn measure(server: &ServerProcess, row: &Row, threads: usize, pace: Pace) -> Res
 /// Runs `load` (one run of `pace.seconds` against `server`, returning its
 /// requests a second) and measures the server's CPU time around it.
 pub(crate) fn measure_cpu(server: &ServerProcess, pace: Pace, load: impl FnOnce() -> Result<f64>) -> Result<Measured> {
-    let before = cpu_seconds(server.pid());
+    let (before, load_before) = (cpu_seconds(server.pid()), load_generator_cpu_seconds());
     let rate = load()?;
-    let after = cpu_seconds(server.pid());
+    let (after, load_after) = (cpu_seconds(server.pid()), load_generator_cpu_seconds());
     let requests = rate * pace.seconds as f64;
-    let us_per_req = before.zip(after).filter(|_| requests > 0.0).map(|(b, a)| (a - b) / requests * 1e6);
-    Ok(Measured { rate, us_per_req })
+    let per_request = |before: Option<f64>, after: Option<f64>| {
+        before.zip(after).filter(|_| requests > 0.0).map(|(b, a)| (a - b) / requests * 1e6)
+    };
+    Ok(Measured { rate, us_per_req: per_request(before, after), load_us_per_req: per_request(load_before, load_after) })
+}
+
+/// CPU seconds (user and system) of this process and of its children that
+/// have ended: around one wrk run, the wrk that ran (this process only
+/// waits for it); around `client bench`, this process's load threads.
+fn load_generator_cpu_seconds() -> Option<f64> {
+    let seconds = |who| {
+        // SAFETY: getrusage(2) writes one `rusage`, which it is given.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; `who` is RUSAGE_SELF or RUSAGE_CHILDREN.
+        (unsafe { libc::getrusage(who, &mut usage) } == 0).then(|| {
+            let time = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            time(usage.ru_utime) + time(usage.ru_stime)
+        })
+    };
+    Some(seconds(libc::RUSAGE_SELF)? + seconds(libc::RUSAGE_CHILDREN)?)
 }
 
 fn start_ours(server_bin: &Path, root: &BenchRoot, loops: usize) -> Result<ServerProcess> {
@@ -602,6 +652,21 @@ mod tests {
         );
         assert_eq!(storage_verdict(0.80, Some(1.2), 2.0), "not met", "the machine had room: the model is at fault");
         assert_eq!(storage_verdict(0.80, None, 2.0), "not met", "no /proc: nothing to say about the cores");
+    }
+
+    #[test]
+    fn a_missed_rate_goal_names_what_held_the_rate_back() {
+        assert_eq!(verdict(1.5, 1.5, 0.5, 1, None, 2.0), "met");
+        let wrk_bound = verdict(1.1, 1.5, 1.0, 1, Some((0.6, 0.97)), 2.0);
+        assert_eq!(wrk_bound, "not met: wrk is the limit (-t1: 0.97 of 1 cores busy)");
+        let machine_full = verdict(1.1, 1.5, 1.0, 2, Some((0.9, 1.0)), 2.0);
+        assert_eq!(machine_full, "not met: the 2 cores are full (server 0.90, wrk 1.00)");
+        assert_eq!(verdict(1.1, 1.5, 0.97, 2, Some((0.5, 0.5)), 2.0), "not met (at the limit)");
+        assert_eq!(
+            verdict(1.1, 1.5, 0.5, 2, Some((0.5, 0.5)), 2.0),
+            "not met",
+            "room everywhere: the server is at fault"
+        );
     }
 
     #[test]
