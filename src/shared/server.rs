@@ -37,8 +37,10 @@ pub struct Server {
     /// `--runtime`: how the `tokio` model runs its `--workers`.
     pub runtime: Runtime,
     /// `--without`: the `uring-net` techniques turned off.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // read by uring-net only, which is Linux's
     pub without: Vec<Technique>,
     /// `--zero-copy`: when `uring-net` sends without copying.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // read by uring-net only, which is Linux's
     pub zero_copy: ZeroCopy,
 }
 
