@@ -13,8 +13,9 @@
 //! the test drops before it returns).
 //!
 //! A child's own children are not covered: nginx's workers outlive a
-//! killed master. For them, [`GroupWatchdog`] kills a whole process group
-//! when this process dies, however it dies.
+//! killed master. For them, a [`Watchdog`] kills a whole process group
+//! when this process dies, however it dies; another removes the
+//! benchmark's scratch files.
 
 use std::io;
 use std::os::unix::process::CommandExt;
@@ -45,30 +46,45 @@ pub fn die_with_parent(command: &mut Command) -> &mut Command {
     command
 }
 
-/// A watchdog process that `SIGKILL`s a process group when this process
-/// dies: it waits on a pipe only this process can write to, and the
-/// kernel closes the pipe when this process ends, however it ends. It
-/// works on every Unix; used for programs whose own children do not
-/// follow their parent's death (nginx's workers).
+/// A watchdog process that cleans up after this process when it dies: it
+/// waits on a pipe only this process can write to, and the kernel closes
+/// the pipe when this process ends, however it ends (no destructor runs
+/// after a `SIGKILL`). It works on every Unix.
 ///
-/// Dropping the watchdog stops it without killing the group: stop the
-/// group yourself first.
+/// Dropping the watchdog stops it without cleaning up: clean up yourself
+/// first.
 #[derive(Debug)]
-pub struct GroupWatchdog {
+pub struct Watchdog {
     watchdog: Child,
     /// The write end; never written, only held open.
     _pipe: ChildStdin,
 }
 
-impl GroupWatchdog {
-    /// Watches process group `group` (a child started with
-    /// `process_group(0)`: its pid).
-    pub fn watch(group: u32) -> io::Result<GroupWatchdog> {
+impl Watchdog {
+    /// Kills process group `group` (a child started with
+    /// `process_group(0)`: its pid) when this process dies: for programs
+    /// whose own children do not follow their parent's death (nginx's
+    /// workers, a student's forking server).
+    pub fn kill_group(group: u32) -> io::Result<Watchdog> {
+        // `kill -9 -PGID`: the form every `sh` takes (dash rejects `--`).
+        Watchdog::start(r#"read -r _ignored; kill -9 "-$0" 2>/dev/null"#, std::ffi::OsStr::new(&group.to_string()))
+    }
+
+    /// Removes directory `dir` and everything in it when this process dies
+    /// (the benchmark's generated files, which its `TempDir` removes only
+    /// when it gets to run).
+    pub fn remove_dir(dir: &std::path::Path) -> io::Result<Watchdog> {
+        Watchdog::start(r#"read -r _ignored; rm -rf -- "$0""#, dir.as_os_str())
+    }
+
+    /// Runs `script` with `$0` set to `argument` once the pipe closes.
+    fn start(script: &str, argument: &std::ffi::OsStr) -> io::Result<Watchdog> {
         // `read` returns at end of file: when every writer is gone. The
         // pipe is close-on-exec, so no other child holds the write end.
-        // `kill -9 -PGID`: the form every `sh` takes (dash rejects `--`).
         let mut watchdog = Command::new("sh")
-            .args(["-c", r#"read -r _ignored; kill -9 "-$0" 2>/dev/null"#, &group.to_string()])
+            .arg("-c")
+            .arg(script)
+            .arg(argument)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -77,11 +93,11 @@ impl GroupWatchdog {
             .process_group(0)
             .spawn()?;
         let pipe = watchdog.stdin.take().expect("piped");
-        Ok(GroupWatchdog { watchdog, _pipe: pipe })
+        Ok(Watchdog { watchdog, _pipe: pipe })
     }
 }
 
-impl Drop for GroupWatchdog {
+impl Drop for Watchdog {
     fn drop(&mut self) {
         // Killed, not woken: a woken watchdog would signal a group id the
         // system may since have given to someone else.

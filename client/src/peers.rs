@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use rustix::process::{Pid, Signal};
 
-use crate::child::{die_with_parent, GroupWatchdog};
+use crate::child::{die_with_parent, Watchdog};
 use crate::suite::CHILDREN;
 
 /// Whether `program` is on the PATH.
@@ -37,7 +37,7 @@ pub const TUNING: &str = "access_log off; sendfile on; tcp_nopush on; open_file_
 pub struct Nginx {
     child: Child,
     /// Kills nginx's process group if this process dies before Drop.
-    watchdog: Option<GroupWatchdog>,
+    watchdog: Option<Watchdog>,
     _dir: tempfile::TempDir,
     /// Where it listens.
     pub addr: SocketAddr,
@@ -75,7 +75,7 @@ impl Nginx {
             .spawn()
             .context("cannot start nginx")?;
         CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).push(child.id());
-        let watchdog = GroupWatchdog::watch(child.id());
+        let watchdog = Watchdog::kill_group(child.id());
         let mut nginx = Nginx { child, watchdog: None, _dir: dir, addr: SocketAddr::from(([127, 0, 0, 1], port)) };
         nginx.watchdog = Some(watchdog.context("cannot start the watchdog of nginx's process group (sh)")?);
         for _ in 0..200 {

@@ -146,6 +146,9 @@ pub struct BenchRoot {
     dir: tempfile::TempDir,
     /// Names of the small distinct files (`small/f<i>.txt`, 4 KiB each).
     pub small: Vec<String>,
+    /// Removes `dir` if this process is killed before `dir` is dropped
+    /// (none if `sh` cannot start: the files are then left, nothing else).
+    _watchdog: Option<crate::child::Watchdog>,
 }
 
 /// Size of the large, streamed (never cached) file.
@@ -155,6 +158,7 @@ impl BenchRoot {
     /// Writes `small_files` 4 KiB files, 1 KiB, 64 KiB, 1 MiB and 2 MiB files.
     pub fn create(small_files: usize) -> Result<BenchRoot> {
         let dir = tempfile::Builder::new().prefix("fileserver-bench").tempdir()?;
+        let watchdog = crate::child::Watchdog::remove_dir(dir.path()).ok();
         std::fs::create_dir(dir.path().join("small"))?;
         let small = (0..small_files)
             .map(|i| {
@@ -170,7 +174,7 @@ impl BenchRoot {
         // Above the default --cache-max-file (128 KiB): streamed with sendfile.
         std::fs::write(dir.path().join("1m.bin"), (0..1 << 20).map(|i| (i % 253) as u8).collect::<Vec<_>>())?;
         std::fs::write(dir.path().join("large.bin"), (0..LARGE_BYTES).map(|i| (i % 251) as u8).collect::<Vec<_>>())?;
-        Ok(BenchRoot { dir, small })
+        Ok(BenchRoot { dir, small, _watchdog: watchdog })
     }
 
     /// The directory to pass as `--root`.

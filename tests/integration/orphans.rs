@@ -43,8 +43,9 @@ fn processes() -> Vec<Proc> {
 /// printed a line starting with `after_line` (any line, or none, for "")
 /// and a child of its own named `serving` runs from that TMPDIR, SIGKILLs
 /// it, and fails if any process naming the TMPDIR, or in a process group
-/// led by one (nginx's workers), is still running 10 s later.
-fn sigkill_mid_run(command: &mut Command, after_line: &str, serving: &str) {
+/// led by one (nginx's workers), is still running 10 s later. Returns the
+/// TMPDIR, with whatever files the killed program left in it.
+fn sigkill_mid_run(command: &mut Command, after_line: &str, serving: &str) -> tempfile::TempDir {
     let scratch = tempfile::tempdir().unwrap();
     let tag = scratch.path().display().to_string();
     let mut child: Child = die_with_parent(command.env("TMPDIR", scratch.path()))
@@ -88,7 +89,7 @@ fn sigkill_mid_run(command: &mut Command, after_line: &str, serving: &str) {
         let left: Vec<_> =
             processes().into_iter().filter(|p| p.cmdline.contains(&tag) || groups.contains(&p.group)).collect();
         if left.is_empty() {
-            return; // its temporary files stay behind: `scratch` removes them
+            return scratch;
         }
         if Instant::now() > deadline {
             for p in &left {
@@ -111,7 +112,27 @@ fn a_sigkilled_benchmark_leaves_no_server_running() {
     benchmark.args(["--server", env!("CARGO_BIN_EXE_server")]);
     // Past the homework's lines, into the table: servers under load, not
     // one being stopped (a SIGTERMed server exits by itself).
-    sigkill_mid_run(&mut benchmark, "Sync I/O", env!("CARGO_BIN_EXE_server"));
+    let scratch = sigkill_mid_run(&mut benchmark, "Sync I/O", env!("CARGO_BIN_EXE_server"));
+    assert_files_removed(&scratch);
+}
+
+/// Waits (up to 10 s) until the benchmark's generated files are gone from
+/// `scratch`, its TMPDIR: its watchdog removes them when it is killed.
+fn assert_files_removed(scratch: &tempfile::TempDir) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<String> = std::fs::read_dir(scratch.path())
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("fileserver-bench"))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "left behind 10 s after SIGKILL: {left:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -123,7 +144,7 @@ fn a_sigkilled_grader_leaves_no_server_nor_its_children_running() {
     let mut grader = Command::new(client_bin());
     grader.args(["grade", "--stage", "3", "--", "sh", "-c", "\"$@\" & wait", "sh", env!("CARGO_BIN_EXE_server")]);
     grader.args(["--model", "threads", "--port", "{port}", "--root", "{root}", "--read-delay-ms", "{delay}"]);
-    sigkill_mid_run(&mut grader, "", "");
+    sigkill_mid_run(&mut grader, "", ""); // its scratch files stay: the TempDir returned removes them
 }
 
 /// nginx's workers do not follow a killed master: the benchmark runs
@@ -139,5 +160,6 @@ fn a_sigkilled_benchmark_leaves_no_nginx_worker_running() {
     }
     let mut benchmark = Command::new(client_bin().with_file_name("benchmark"));
     benchmark.args(["--vs-nginx", "--smoke", "--server", env!("CARGO_BIN_EXE_server")]);
-    sigkill_mid_run(&mut benchmark, "", "nginx");
+    let scratch = sigkill_mid_run(&mut benchmark, "", "nginx");
+    assert_files_removed(&scratch);
 }

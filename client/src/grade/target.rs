@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use rustix::process::{Pid, Signal};
 
-use crate::child::GroupWatchdog;
+use crate::child::Watchdog;
 
 /// Most bytes of the server's stderr kept: a server that floods its output
 /// cannot exhaust the grader's memory.
@@ -81,7 +81,7 @@ struct Process {
     output: Arc<Mutex<Output>>,
     /// Kills the group (a forking server's children too) if the grader
     /// dies first; a safety net only, so none if `sh` cannot start.
-    _watchdog: Option<GroupWatchdog>,
+    _watchdog: Option<Watchdog>,
 }
 
 /// Fills the placeholders of the command template.
@@ -200,7 +200,7 @@ impl Target {
         let output = Arc::new(Mutex::new(Output::default()));
         collect(child.stdout.take().expect("piped"), Arc::clone(&output));
         collect(child.stderr.take().expect("piped"), Arc::clone(&output));
-        let watchdog = GroupWatchdog::watch(child.id()).ok();
+        let watchdog = Watchdog::kill_group(child.id()).ok();
         let mut process = Process { child, group, output, _watchdog: watchdog };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + patience;
