@@ -73,7 +73,7 @@ use io_uring::types::{CancelBuilder, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
 use crate::config::{Technique, ZeroCopy};
-use crate::conn::{Conn, ConnId, Executor, Limits, Status, SWEEP_INTERVAL};
+use crate::conn::{Conn, ConnId, Executor, Limits, Status, LINGER_TIMEOUT, SWEEP_INTERVAL};
 use crate::error::ServerError;
 use crate::fan_out::{self, Seat};
 use crate::log::info;
@@ -93,6 +93,10 @@ use super::async_reads::READER_KEEP_ALIVE;
 /// Submission queue size; the completion queue is twice that (and the
 /// kernel keeps overflowing completions rather than dropping them).
 pub const RING_ENTRIES: u32 = 1024;
+/// Registered-file slots kept free while a multishot accept is armed: one
+/// arm may take a burst of connections before the loop sees any, and a
+/// connection accepted into a full table is closed by the kernel unanswered.
+const ACCEPT_HEADROOM: usize = 64;
 /// Buffers in the provided-buffer ring that receives draw from.
 pub const RECV_BUFFERS: u16 = 512;
 /// Size of each provided buffer: a request head fits in one.
@@ -115,13 +119,15 @@ pub const ZERO_COPY_MIN_BYTES: usize = 4096;
 const EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// What a completion is for: the top byte of its `user_data`; the rest
-/// is a connection's slot index, a read's number or a signal's index.
+/// is a connection's slot index, a read's or zero-copy send's number, or a
+/// signal's index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     Accept = 1,
     Signal,
     Recv,
     Send,
+    SendZc,
     Splice,
     Read,
     Shutdown,
@@ -147,12 +153,13 @@ impl Op {
             2 => Op::Signal,
             3 => Op::Recv,
             4 => Op::Send,
-            5 => Op::Splice,
-            6 => Op::Read,
-            7 => Op::Shutdown,
-            8 => Op::Computed,
-            9 => Op::Cancel,
-            10 => Op::Close,
+            5 => Op::SendZc,
+            6 => Op::Splice,
+            7 => Op::Read,
+            8 => Op::Shutdown,
+            9 => Op::Computed,
+            10 => Op::Cancel,
+            11 => Op::Close,
             _ => return None,
         };
         Some((op, user_data & ((1 << 56) - 1)))
@@ -174,6 +181,9 @@ const NEEDED: [(u8, &str); 7] = [
 #[derive(Debug, Clone, Copy)]
 struct Offers {
     zero_copy: bool,
+    /// Cancelling by a registered file (Linux 6.0), which closing a
+    /// connection on a direct descriptor needs.
+    cancel_by_registered_file: bool,
     defer_taskrun: bool,
 }
 
@@ -209,7 +219,10 @@ fn probe(defer_taskrun: bool) -> Result<(IoUring, Offers), ServerError> {
         return Err(refuse(format!("this kernel's io_uring lacks {}", missing.join(", "))));
     }
     let zero_copy = probe.is_supported(opcode::SendZc::CODE);
-    Ok((ring, Offers { zero_copy, defer_taskrun }))
+    // The probe lists operations, not cancel flags; zero-copy sends came
+    // in the same release (6.0), so they stand for it.
+    let cancel_by_registered_file = zero_copy;
+    Ok((ring, Offers { zero_copy, cancel_by_registered_file, defer_taskrun }))
 }
 
 /// The techniques one loop uses: the flags, less what the kernel lacks.
@@ -250,7 +263,9 @@ impl Techniques {
             notes.push("no deferred task work (Linux 6.1 or later)".into());
         }
         let mut registered_files = 0;
-        if uses(Technique::RegisteredFiles) {
+        if uses(Technique::RegisteredFiles) && !offers.cancel_by_registered_file {
+            notes.push("no registered files (Linux 6.0 or later)".into());
+        } else if uses(Technique::RegisteredFiles) {
             // Room for every connection and for as many refused ones (each
             // holds a slot until its 503 is sent), within the fd limit the
             // kernel holds the table to.
@@ -509,15 +524,16 @@ struct Entry {
     /// Where a receive puts its bytes when there are no provided buffers.
     recv_buffer: Vec<u8>,
     sending: bool,
-    /// A zero-copy send's result, held until its notification says the
-    /// kernel has let go of the buffer.
-    zero_copy_result: Option<i32>,
     splicing: bool,
     shutting_down: bool,
     /// No more requests: send what is staged, then close.
     finishing: bool,
     /// Cancelled: waiting for its operations to complete, then freed.
     closing: bool,
+    /// Refused (the loop was full) at this time: it is sent its 503, then
+    /// shut down, and what the client still sends is discarded until its
+    /// FIN or [`LINGER_TIMEOUT`], so that the close is no reset.
+    refused_at: Option<Instant>,
 }
 
 impl Entry {
@@ -533,6 +549,16 @@ struct PendingRead {
     read: FileRead,
     buffer: Vec<u8>,
     filled: usize,
+}
+
+/// A zero-copy send's buffer, kept by the loop from the send until the
+/// kernel's notification that it no longer uses the pages.
+#[derive(Debug)]
+struct ZeroCopySend {
+    conn: ConnId,
+    buffer: Vec<u8>,
+    /// Where the send began in `buffer`.
+    offset: usize,
 }
 
 /// Where a request's blocking work goes: file reads are queued for the
@@ -703,9 +729,14 @@ struct Loop<'a> {
     ids: Vec<Option<ConnId>>,
     reads: HashMap<u64, PendingRead>,
     next_read: u64,
+    /// Zero-copy sends whose notification has not come, by number.
+    zero_copy: HashMap<u64, ZeroCopySend>,
+    next_zero_copy: u64,
     started: Vec<(ConnId, FileRead)>,
     touched: Vec<ConnId>,
     accepting: bool,
+    /// The armed accept is multishot.
+    accepting_many: bool,
     accept_paused_until: Option<Instant>,
     stop_deadline: Option<Instant>,
     last_sweep: Instant,
@@ -755,9 +786,12 @@ fn completion_loop(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
         ids: Vec::new(),
         reads: HashMap::new(),
         next_read: 0,
+        zero_copy: HashMap::new(),
+        next_zero_copy: 0,
         started: Vec::new(),
         touched: Vec::new(),
         accepting: false,
+        accepting_many: false,
         accept_paused_until: None,
         stop_deadline: None,
         last_sweep: Instant::now(),
@@ -769,7 +803,10 @@ fn completion_loop(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
         techniques,
     };
     let outcome = lp.run();
-    lp.cancel_everything();
+    if !lp.cancel_everything() {
+        // The kernel may still write into any of its buffers.
+        std::mem::forget(lp);
+    }
     outcome
 }
 
@@ -803,16 +840,18 @@ impl Loop<'_> {
             }
             self.buffers.publish();
 
-            // 3. Let every connection that heard something go as far as it can.
+            // 3. Reads whose simulated storage delay is over (a file that is
+            // streamed, not read, is answered at once: before step 4).
+            for key in self.delayed.pop_due() {
+                self.submit_read(key);
+            }
+
+            // 4. Let every connection that heard something go as far as it can.
             while let Some(id) = self.touched.pop() {
                 self.drive(id);
             }
 
-            // 4. Housekeeping: reads whose simulated storage delay is over,
-            // time limits, an accept pause ending.
-            for key in self.delayed.pop_due() {
-                self.submit_read(key);
-            }
+            // 5. Housekeeping: time limits, an accept pause ending.
             self.close_expired();
             if !self.accepting
                 && self.stop_deadline.is_none()
@@ -852,13 +891,21 @@ impl Loop<'_> {
     /// Arms the accept: multishot (one entry, a completion per
     /// connection) or single-shot, into a registered-file slot the kernel
     /// picks or as an fd.
+    /// With registered files, the table must have room: multishot only with
+    /// [`ACCEPT_HEADROOM`] slots free, single-shot with fewer, none when full
+    /// (then a freed slot arms it again).
     fn arm_accept(&mut self) {
         let fd = types::Fd(self.listener.as_raw_fd());
         let direct = self.techniques.registered_files > 0;
+        let room = self.free_slots();
+        if room == 0 {
+            return;
+        }
         // A direct descriptor is no fd, so it has no close-on-exec flag
         // (the kernel refuses the flag with EINVAL).
         let flags = if direct { 0 } else { libc::SOCK_CLOEXEC };
-        let accept = if self.techniques.multishot {
+        self.accepting_many = self.techniques.multishot && room > ACCEPT_HEADROOM;
+        let accept = if self.accepting_many {
             opcode::AcceptMulti::new(fd).allocate_file_index(direct).flags(flags).build()
         } else {
             opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut())
@@ -892,8 +939,13 @@ impl Loop<'_> {
     /// Reader threads finished some work: hand each response to its
     /// connection (if it is still open), and listen for the next.
     fn on_computed(&mut self, result: i32) {
-        if result <= 0 {
-            // Cancelled at exit; the write end lives as long as the loop.
+        if result == -libc::ECANCELED {
+            return; // the exit
+        }
+        if result <= 0 && result != -libc::EINTR {
+            // The write end lives as long as the loop: this cannot happen,
+            // and re-arming would spin on it.
+            info!("fib results: read: {}; no more fib answers", io::Error::from_raw_os_error(-result));
             return;
         }
         for (conn, response) in self.computations.take() {
@@ -917,13 +969,28 @@ impl Loop<'_> {
             Op::Accept => self.on_accept(result, more),
             Op::Signal => self.on_signal(low as usize, result),
             Op::Recv => self.on_recv(low, result, flags, more),
-            Op::Send => self.on_send(low, result, flags),
+            Op::Send => self.on_send(low, result),
+            Op::SendZc => self.on_send_zero_copy(low, result, flags),
             Op::Splice => self.on_splice(low, result),
             Op::Read => self.on_read(low, result),
             Op::Shutdown => self.on_shutdown(low, result),
             Op::Computed => self.on_computed(result),
             Op::Cancel | Op::Close => {}
         }
+    }
+
+    /// Registered-file slots not held by a connection (unbounded without
+    /// registered files).
+    fn free_slots(&self) -> usize {
+        match self.techniques.registered_files as usize {
+            0 => usize::MAX,
+            slots => slots.saturating_sub(self.entries.len()),
+        }
+    }
+
+    /// Whether a new accept should be armed now.
+    fn may_arm_accept(&self) -> bool {
+        !self.accepting && self.stop_deadline.is_none() && self.accept_paused_until.is_none() && self.free_slots() > 0
     }
 
     /// The connection a connection operation's completion is for. An
@@ -949,6 +1016,10 @@ impl Loop<'_> {
             } else {
                 self.release(socket);
             }
+            if more && self.accepting_many && self.free_slots() <= ACCEPT_HEADROOM {
+                // Near a full table: accept one at a time from here on.
+                self.cancel(CancelBuilder::user_data(Op::Accept.tag(0)));
+            }
         } else {
             let err = io::Error::from_raw_os_error(-result);
             match -result {
@@ -968,7 +1039,7 @@ impl Loop<'_> {
                 }
             }
         }
-        if !self.accepting && self.stop_deadline.is_none() && self.accept_paused_until.is_none() {
+        if self.may_arm_accept() {
             self.arm_accept();
         }
     }
@@ -984,16 +1055,17 @@ impl Loop<'_> {
             received_any: false,
             recv_buffer: if self.techniques.provided_buffers { Vec::new() } else { vec![0; RECV_BUFFER_BYTES] },
             sending: false,
-            zero_copy_result: None,
             splicing: false,
             shutting_down: false,
             finishing: full,
             closing: false,
+            refused_at: full.then(Instant::now),
         };
         if full {
             let mut output = Output::default();
             output.push_response(Framing::Line, Response::Refused(Refusal::Overloaded));
             let _ = output.write_to(&mut entry.socket, Then::SendNow);
+            entry.socket.shutdown_wanted = true;
         }
         let id = self.entries.insert(entry);
         let index = id.to_usize() as u32 as usize;
@@ -1021,12 +1093,17 @@ impl Loop<'_> {
 
     fn on_recv(&mut self, index: u64, result: i32, flags: u32, more: bool) {
         let bid = cqueue::buffer_select(flags);
-        let Some(id) = self.id_at(index) else { return };
-        let Some(entry) = self.entries.get_mut(id) else { return };
+        let Some(entry) = self.id_at(index).and_then(|id| Some((id, self.entries.get_mut(id)?))) else {
+            if let Some(bid) = bid {
+                self.buffers.give_back(bid);
+            }
+            return;
+        };
+        let (id, entry) = entry;
         if !more {
             entry.receiving = false;
         }
-        if result > 0 {
+        if result > 0 && entry.refused_at.is_none() {
             let received = match bid {
                 Some(bid) => self.buffers.bytes(bid, result as usize),
                 None => &entry.recv_buffer[..(result as usize).min(entry.recv_buffer.len())],
@@ -1052,18 +1129,41 @@ impl Loop<'_> {
         self.touched.push(id);
     }
 
-    fn on_send(&mut self, index: u64, mut result: i32, flags: u32) {
+    fn on_send(&mut self, index: u64, result: i32) {
         let Some(id) = self.id_at(index) else { return };
-        let Some(entry) = self.entries.get_mut(id) else { return };
+        self.sent(id, result);
+    }
+
+    /// A zero-copy send's completions: first its result (with `more` when
+    /// a notification follows), then the notification that the kernel has
+    /// let go of the buffer's pages. The buffer is the loop's, not the
+    /// connection's, so that a connection can close in between: a client
+    /// that stops reading keeps its pages pinned for as long as it likes.
+    fn on_send_zero_copy(&mut self, key: u64, result: i32, flags: u32) {
         if cqueue::notif(flags) {
-            // A zero-copy send's second completion: the buffer is ours again.
-            result = entry.zero_copy_result.take().unwrap_or(-libc::EIO);
-        } else if cqueue::more(flags) {
-            // A zero-copy send's result; its buffer stays the kernel's
-            // until the notification that follows.
-            entry.zero_copy_result = Some(result);
+            self.zero_copy.remove(&key);
             return;
         }
+        let Some(send) = self.zero_copy.get(&key) else { return };
+        let id = send.conn;
+        // What the kernel did not take goes back to the connection (a
+        // short send), as a copy: these pages are still pinned.
+        let unsent = send.buffer.get(send.offset + result.max(0) as usize..).unwrap_or_default().to_vec();
+        if !cqueue::more(flags) {
+            self.zero_copy.remove(&key);
+        }
+        if let Some(entry) = self.entries.get_mut(id) {
+            entry.socket.sending = unsent;
+            entry.socket.sent = 0;
+            let sent = if result < 0 { result } else { 0 };
+            self.sent(id, sent);
+        }
+    }
+
+    /// A send of connection `id` completed with `result` (bytes, or
+    /// `-errno`); `sending[sent..]` holds what is left to send.
+    fn sent(&mut self, id: ConnId, result: i32) {
+        let Some(entry) = self.entries.get_mut(id) else { return };
         entry.sending = false;
         if entry.closing {
             self.free_if_idle(id);
@@ -1144,16 +1244,17 @@ impl Loop<'_> {
             }
         }
         let wants_send = !entry.sending && !entry.splicing && !entry.socket.outbox.is_empty();
+        let refused = entry.refused_at.is_some();
+        let input_open = !entry.socket.eof && entry.socket.failed.is_none();
+        // A refused connection receives only to discard, until the FIN.
         let wants_recv = !entry.receiving
-            && !entry.finishing
-            && entry.conn.wants_read()
-            && !entry.socket.eof
-            && entry.socket.failed.is_none()
+            && (refused || (!entry.finishing && entry.conn.wants_read()))
+            && input_open
             && entry.socket.unread() < INBOX_BYTES;
         let all_sent = !entry.sending && !entry.splicing && !wants_send && splice == 0;
         // The staged close's first step, once the response has left.
         let shutdown = all_sent && entry.socket.shutdown_wanted && !entry.socket.shut_down;
-        let done = entry.finishing && all_sent && !shutdown && !entry.shutting_down;
+        let done = entry.finishing && all_sent && !shutdown && !entry.shutting_down && !(refused && input_open);
         if wants_send {
             self.submit_send(id);
         } else if splice > 0 {
@@ -1178,16 +1279,24 @@ impl Loop<'_> {
             std::mem::swap(&mut socket.sending, &mut socket.outbox);
             socket.sent = 0;
         }
-        let rest = &socket.sending[socket.sent..];
         let (fd, fixed) = socket.socket.target();
-        let send = if self.techniques.zero_copy && rest.len() >= ZERO_COPY_MIN_BYTES {
-            opcode::SendZc::new(fd, rest.as_ptr(), rest.len() as u32).flags(libc::MSG_NOSIGNAL).build()
+        let rest_len = socket.sending.len() - socket.sent;
+        let send = if self.techniques.zero_copy && rest_len >= ZERO_COPY_MIN_BYTES {
+            // The buffer moves to the loop until the kernel's notification.
+            let key = self.next_zero_copy;
+            self.next_zero_copy += 1;
+            let send = ZeroCopySend { conn: id, buffer: std::mem::take(&mut socket.sending), offset: socket.sent };
+            let rest = &send.buffer[send.offset..];
+            let entry = opcode::SendZc::new(fd, rest.as_ptr(), rest.len() as u32).flags(libc::MSG_NOSIGNAL).build();
+            self.zero_copy.insert(key, send);
+            entry.user_data(Op::SendZc.tag(key))
         } else {
-            opcode::Send::new(fd, rest.as_ptr(), rest.len() as u32).flags(libc::MSG_NOSIGNAL).build()
+            let rest = &socket.sending[socket.sent..];
+            let entry = opcode::Send::new(fd, rest.as_ptr(), rest.len() as u32).flags(libc::MSG_NOSIGNAL).build();
+            entry.user_data(Op::Send.tag(slot(id)))
         };
-        let send = send.flags(fixed).user_data(Op::Send.tag(slot(id)));
         entry.sending = true;
-        self.push(send);
+        self.push(send.flags(fixed));
         self.in_flight += 1;
     }
 
@@ -1258,6 +1367,9 @@ impl Loop<'_> {
             self.ids[slot(id) as usize] = None;
             if let Some(entry) = entry {
                 self.release(entry.socket.socket);
+            }
+            if self.may_arm_accept() {
+                self.arm_accept(); // the table was full
             }
         }
     }
@@ -1370,6 +1482,7 @@ impl Loop<'_> {
             return;
         }
         self.stop_deadline = Some(Instant::now() + signals::STOP_GRACE);
+        self.accept_paused_until = None; // no accept resumes: its deadline must not end every wait
         signals::log_stopping(self.entries.len());
         if self.accepting {
             self.cancel(CancelBuilder::user_data(Op::Accept.tag(0)));
@@ -1417,7 +1530,10 @@ impl Loop<'_> {
         let expired: Vec<ConnId> = self
             .entries
             .iter()
-            .filter(|(_, entry)| !entry.closing && entry.conn.is_expired(now))
+            .filter(|(_, entry)| {
+                let refusal_over = entry.refused_at.is_some_and(|at| now >= at + LINGER_TIMEOUT);
+                !entry.closing && (refusal_over || entry.conn.is_expired(now))
+            })
             .map(|(id, _)| id)
             .collect();
         for id in expired {
@@ -1427,8 +1543,9 @@ impl Loop<'_> {
 
     /// The last turn: cancel every operation and wait for each to complete,
     /// so that no buffer is freed while the kernel may still write into it.
-    /// If the kernel does not answer in time, the memory is leaked instead.
-    fn cancel_everything(&mut self) {
+    /// Says whether they all did; if not, the caller leaks the loop's memory
+    /// rather than free it under the kernel.
+    fn cancel_everything(&mut self) -> bool {
         self.cancel(CancelBuilder::any());
         let deadline = Instant::now() + EXIT_WAIT;
         while self.in_flight > 0 && Instant::now() < deadline {
@@ -1451,9 +1568,8 @@ impl Loop<'_> {
         }
         if self.in_flight > 0 {
             info!("{} io_uring operations did not finish at exit; their buffers are leaked", self.in_flight);
-            std::mem::forget(std::mem::take(&mut self.entries));
-            std::mem::forget(std::mem::take(&mut self.reads));
         }
+        self.in_flight == 0
     }
 }
 

@@ -351,3 +351,34 @@ fn uring_net_flags_with_another_model_are_a_usage_error() {
         assert!(stderr.contains(&format!("{} applies to --model uring-net only", flags[0])), "{stderr}");
     }
 }
+
+/// A client that asks for large answers and never reads holds the pages
+/// of a zero-copy send for as long as it likes (the kernel lets them go
+/// only once they are acknowledged). The server still closes it at the
+/// write timeout and gives its place to the next client: the buffer waits
+/// for the kernel, not the connection.
+#[test]
+#[cfg(target_os = "linux")]
+fn uring_net_zero_copy_frees_the_place_of_a_client_that_never_reads() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("64k.bin"), vec![b'z'; 64 << 10]).unwrap();
+    let dir = root.path().to_str().unwrap();
+    let flags = ["--model", "uring-net", "--zero-copy", "always", "--write-timeout", "1", "--max-conns", "1"];
+    let server = Server::start(&[&flags[..], &["--root", dir]].concat());
+    let mut stalled = TcpStream::connect(server.addr).unwrap();
+    rustix::net::sockopt::set_socket_recv_buffer_size(&stalled, 4096).unwrap();
+    stalled.write_all(&b"64k.bin\n".repeat(200)).unwrap(); // 12.5 MiB of answers, never read
+    std::thread::sleep(std::time::Duration::from_millis(300)); // its sends are stuck by now
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    loop {
+        match server.connect().get(b"64k.bin") {
+            crate::support::Reply::Ok(body) => {
+                assert_eq!(body.len(), 64 << 10);
+                break;
+            }
+            other => assert!(std::time::Instant::now() < deadline, "still refused after the write timeout: {other:?}"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop(stalled);
+}

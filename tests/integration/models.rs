@@ -119,3 +119,23 @@ fn every_model_is_tested() {
         assert!(help.contains(model), "--help lacks {model}");
     }
 }
+
+/// A 503 is followed by the end of the stream, not a reset, even when the
+/// client sent more than its request: the server reads and discards what
+/// came, and shuts its side down before it closes (a reset could destroy
+/// the 503 on its way, on a real network).
+#[test]
+fn a_refused_connection_ends_with_a_fin_not_a_reset() {
+    for model in CONCURRENT_MODELS.iter().filter(|&&m| m != "prefork") {
+        let server = Server::start(&["--model", model, "--root", fixtures().to_str().unwrap(), "--max-conns", "1"]);
+        let mut held = server.connect();
+        assert_eq!(held.get(b"tiny.txt").body(), b"hi\n", "{model}");
+        for _ in 0..20 {
+            let mut refused = server.connect();
+            refused.send(b"tiny.txt\nmore.txt\nand more, unread\n");
+            assert_eq!(refused.read_reply(), Reply::Err(503), "{model}");
+            let end = refused.what_follows();
+            assert!(matches!(end, Ok(0)), "{model}: after the 503: {end:?}, not the end of the stream");
+        }
+    }
+}
