@@ -236,6 +236,8 @@ struct Techniques {
     defer_taskrun: bool,
     /// Sends of [`ZERO_COPY_MIN_BYTES`] or more are zero-copy.
     zero_copy: bool,
+    /// Why they are not, for the log ("" when they are, or the kernel lacks them).
+    zero_copy_off: &'static str,
 }
 
 impl Techniques {
@@ -283,6 +285,13 @@ impl Techniques {
             batching: uses(Technique::Batching),
             defer_taskrun: offers.defer_taskrun,
             zero_copy: zero_copy && offers.zero_copy,
+            zero_copy_off: match server.zero_copy {
+                ZeroCopy::Never => " (--zero-copy never)",
+                ZeroCopy::Remote if on_loopback => {
+                    " (loopback listener, which copies anyway; --zero-copy always to try)"
+                }
+                _ => "",
+            },
         }
     }
 
@@ -306,7 +315,7 @@ impl Techniques {
             if self.zero_copy {
                 format!("zero-copy sends from {} KiB", ZERO_COPY_MIN_BYTES >> 10)
             } else {
-                "no zero-copy sends".into()
+                format!("no zero-copy sends{}", self.zero_copy_off)
             },
         ]
         .join(", ")
