@@ -97,10 +97,10 @@ impl Client {
         // lab:todo requests; each complete line (up to \n, a \r before it dropped) is a request, answered
         // lab:todo in order, after the answers already owed; half a line waits for the rest. A request
         // lab:todo may arrive one byte at a time, or several in one read. Read recv(2), EAGAIN and EINTR.
-        let mut chunk = [0u8; 4096];
-        match self.stream.read(&mut chunk) {
+        let mut incoming = [0u8; 4096];
+        match self.stream.read(&mut incoming) {
             Ok(0) => self.phase = Phase::Closing,
-            Ok(n) => self.input.extend_from_slice(&chunk[..n]),
+            Ok(n) => self.input.extend_from_slice(&incoming[..n]),
             Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
             Err(_) => (self.phase, self.output) = (Phase::Closing, Vec::new()),
         }
