@@ -17,6 +17,7 @@ use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use labs::{check, Args, Context, Result, Service};
@@ -135,11 +136,8 @@ impl Client {
                 }
                 return; // the rest of the line is yet to come
             };
-            let mut line: Vec<u8> = self.input.drain(..=newline).collect();
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
+            let taken: Vec<u8> = self.input.drain(..=newline).collect();
+            let line = taken[..newline].strip_suffix(b"\r").unwrap_or(&taken[..newline]).to_vec();
             if line.len() > MAX_LINE_BYTES {
                 return self.refuse("414 request line too long");
             }
@@ -174,9 +172,7 @@ impl Client {
         // lab:todo pipelined request is answered. A file that ends early (truncated meanwhile) cannot keep
         // lab:todo its OK <size>: close the client. Read read(2), send(2), epoll(7).
         loop {
-            if self.body.is_none() {
-                self.answer(root);
-            }
+            self.answer(root); // only once no file is being sent
             if self.output.is_empty() {
                 let Some(body) = &mut self.body else { return };
                 let mut piece = vec![0; body.left.min(PIECE_BYTES)];
@@ -341,7 +337,7 @@ fn open_walking(root: &OwnedFd, path: &[u8]) -> io::Result<OwnedFd> {
         }) {
             // SAFETY: a new fd that nothing else owns.
             Ok(fd) if last => return Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
-            // SAFETY: as above.
+            // SAFETY: the same: a new fd that nothing else owns.
             Ok(fd) => dirs.push(unsafe { OwnedFd::from_raw_fd(fd) }),
             Err(err) if matches!(err.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR | libc::EMLINK)) => {
                 let mut target = vec![0u8; 4096];
@@ -366,11 +362,8 @@ fn open_walking(root: &OwnedFd, path: &[u8]) -> io::Result<OwnedFd> {
 const LISTENER: Token = Token(usize::MAX);
 
 fn serve(args: Args) -> Result<()> {
-    let root = File::open(&args.root).context("opening the root")?;
-    if !root.metadata().context("fstat of the root")?.is_dir() {
-        return Err(io::Error::from_raw_os_error(libc::ENOTDIR)).context("the root");
-    }
-    let root = OwnedFd::from(root);
+    let root = File::options().read(true).custom_flags(libc::O_DIRECTORY).open(&args.root);
+    let root = OwnedFd::from(root.context("opening the root directory")?);
     let listener = listen(args.port).context(format!("listening on port {}", args.port))?;
     labs::announce(listener.local_addr().context("getsockname")?)?;
     listener.set_nonblocking(true).context("making the listener non-blocking")?;
