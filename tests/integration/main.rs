@@ -13,6 +13,7 @@ mod handouts;
 mod hostile;
 mod http;
 mod http_files;
+mod labs;
 mod limits;
 mod models;
 // It reads /proc to find what outlived whom.
