@@ -8,8 +8,6 @@ mod async_reads;
 mod client;
 mod docs;
 mod grader;
-// handout: leave out (a handout is not cut from a handout)
-mod handouts;
 mod hostile;
 mod http;
 mod http_files;
