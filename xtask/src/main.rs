@@ -29,7 +29,7 @@ enum Task {
         /// The stage (1 to 5): its programs' lessons become TODOs.
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
         stage: u8,
-        /// Where to write it [default: `handout/lab-<lang>-stage-N`].
+        /// Where to write it (default: handout/lab-LANG-stage-N).
         #[arg(long)]
         out: Option<PathBuf>,
     },
