@@ -507,7 +507,7 @@ fn task(stage: u8) -> StageTask {
             "Many clients at once",
             "Write the `select(2)` loop (one thread, non-blocking sockets, the interest sets rebuilt every turn), \
              the same loop with `poll(2)`, then on epoll through mio, where the interest list lives in the kernel. \
-             (The process and thread models, chapter 7, answer the question without an event loop: they are \
+             (The process and thread models, chapter 2c, answer the question without an event loop: they are \
              the comparison, not the exercise; grade the three loops.)",
             &["select", "poll", "event"],
         ),
