@@ -9,7 +9,7 @@
 //! builds. The tokio runtime adds the rest of an event loop: a scheduler
 //! that polls the futures whose wakers fired, a reactor (mio, so epoll)
 //! that fires them, timers, and a pool for blocking work.
-//! `docs/guide/08-async-await.md` sets the two side by side and measures them.
+//! `docs/guide/02d-async-await.md` sets the two side by side and measures them.
 //!
 //! **How it differs from `event`.** The readiness loop, the connection
 //! table and the sweep for expired connections are gone: tokio's reactor

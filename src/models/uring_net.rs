@@ -35,7 +35,7 @@
 //! The connection state machine ([`Conn`]) is the same as every model's: it
 //! reads from and writes to a [`Staged`] socket, memory the loop moves to
 //! and from the kernel by completions. Who owns a buffer, and when, is the
-//! lesson (`docs/guide/09-readiness-and-completion.md` draws it): a buffer in
+//! lesson (`docs/guide/04b-readiness-and-completion.md` draws it): a buffer in
 //! a submitted entry is the kernel's until its completion, so a connection
 //! is freed only once its last operation has completed (or been
 //! cancelled), never while the kernel may still write into it.
