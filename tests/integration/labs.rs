@@ -85,6 +85,27 @@ fn each_lab_gets_full_marks_at_its_stage() {
     }
 }
 
+#[test]
+fn the_labs_keep_their_line_budgets() {
+    // Non-blank lines before any test module: a listing read in one sitting.
+    let budgets = [
+        ("lib", 150),
+        ("bin/stage1", 80),
+        ("bin/stage2-select", 250),
+        ("bin/stage2-epoll", 250),
+        ("bin/stage3", 400),
+        ("bin/stage4-aio", 500),
+        ("bin/stage4-threads", 450),
+        ("bin/stage5", 550),
+    ];
+    for (file, budget) in budgets {
+        let text = std::fs::read_to_string(repo().join(format!("labs/rust/src/{file}.rs"))).unwrap();
+        let lines = text.lines().take_while(|line| line.trim() != "#[cfg(test)]").filter(|l| !l.trim().is_empty());
+        let count = lines.count();
+        assert!(count <= budget, "labs/rust/src/{file}.rs has {count} lines, over its budget of {budget}");
+    }
+}
+
 /// The source lines of the regions of `stageN*.rs`, the ones the rule
 /// counts: neither blank, nor brackets only, nor an attribute, nor of two
 /// words or fewer (`loop {`, `break;`).
