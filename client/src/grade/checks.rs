@@ -1180,4 +1180,39 @@ mod tests {
             assert!(docs.contains(&row), "docs/grading.md lacks the row {row}");
         }
     }
+
+    #[test]
+    fn the_guide_gives_each_test_and_each_stage_the_points_the_grader_gives() {
+        let checks = catalog();
+        let guide = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/guide");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(guide).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for line in text.lines() {
+                // A table row: | `name` | points | ...
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                if let [_, name, points, ..] = cells[..] {
+                    let name = name.trim_matches('`');
+                    if let (Some(check), Ok(points)) = (checks.iter().find(|c| c.name == name), points.parse::<u32>()) {
+                        assert_eq!(points, check.points, "{}: {name} is worth {} points", path.display(), check.points);
+                        seen += 1;
+                    }
+                }
+                // A sentence: Stage N is worth P points
+                if let Some((_, rest)) = line.split_once("Stage ") {
+                    if let Some((stage, rest)) = rest.split_once(" is worth ") {
+                        if let (Ok(stage), Some(Ok(total))) =
+                            (stage.parse::<u8>(), rest.split_whitespace().next().map(str::parse::<u32>))
+                        {
+                            let want: u32 = checks.iter().filter(|c| c.stage == stage).map(|c| c.points).sum();
+                            assert_eq!(total, want, "{}: stage {stage} is worth {want} points", path.display());
+                            seen += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(seen > 10, "the guide's point tables were found ({seen} rows)");
+    }
 }
