@@ -67,10 +67,10 @@ impl Conn {
         self.deadline = Instant::now() + budget;
     }
 
-    /// Shrinks this end's receive buffer to about `bytes` (the kernel
-    /// doubles it): a client that reads slowly then holds little, and a
-    /// large reply must wait in the server.
-    pub fn shrink_receive_buffer(&self, bytes: usize) -> WireResult<()> {
+    /// Sets this end's receive buffer to about `bytes` (the kernel doubles
+    /// it): small, a client that reads slowly holds little, and a large
+    /// reply must wait in the server.
+    pub fn set_receive_buffer(&self, bytes: usize) -> WireResult<()> {
         rustix::net::sockopt::set_socket_recv_buffer_size(&self.stream, bytes)
             .map_err(|err| format!("cannot set SO_RCVBUF: {err}"))
     }
