@@ -956,7 +956,16 @@ fn wakeup(ctx: &mut Ctx) -> Outcome {
     }
     conn.due_in(limit);
     if conn.await_reply_start().is_err() {
-        // No replay line: the hang-up of a pasted `nc` would wake the loop.
+        // Late, or never without another event? First wait a while longer
+        // untouched (a loop that looks for results only on a timer answers
+        // then), and only then connect another client. No replay line: the
+        // hang-up of a pasted `nc` would wake the loop.
+        conn.due_in(ctx.budget(1.0));
+        if conn.await_reply_start().is_ok() {
+            let got =
+                format!("the reply after {:.0?}: the loop heard late that the read had completed", asked.elapsed());
+            return fail(sent, expected, got, HINT_WAKEUP);
+        }
         return if answered_after_poke(&mut conn, ctx.addr(), ctx.budget(1.0)) {
             let got =
                 format!("nothing for {:.0?}; when another client connected, the reply came at once", asked.elapsed());
