@@ -1193,12 +1193,24 @@ mod tests {
     }
 
     #[test]
-    fn the_guide_gives_each_test_and_each_stage_the_points_the_grader_gives() {
+    fn the_guide_and_the_labs_give_each_test_and_each_stage_the_points_the_grader_gives() {
         let checks = catalog();
-        let guide = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/guide");
+        let repo = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        // The chapters, and the labs' pages (the handouts' front pages are cut from them).
+        let mut pages = Vec::new();
+        let mut dirs = vec![repo.join("docs/guide"), repo.join("labs")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten() {
+                let path = entry.unwrap().path();
+                if path.is_dir() && !path.ends_with("target") {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|ext| ext == "md") {
+                    pages.push(path);
+                }
+            }
+        }
         let mut seen = 0;
-        for entry in std::fs::read_dir(guide).unwrap() {
-            let path = entry.unwrap().path();
+        for path in pages {
             let text = std::fs::read_to_string(&path).unwrap();
             for line in text.lines() {
                 // A table row: | `name` | points | ...
