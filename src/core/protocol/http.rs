@@ -588,12 +588,8 @@ mod tests {
         assert!(!looks_like_http(b"a file HTTP/1.1\n"), "a path with spaces");
     }
 
-    fn parse_one(request: &[u8]) -> Result<Request, Malformed> {
-        parse(request, &ParseLimits::default()).expect("a complete head").request
-    }
-
     fn refusal_of(request: &[u8]) -> Option<Refusal> {
-        parse_one(request).err().map(|malformed| {
+        parse(request, &ParseLimits::default()).expect("a complete head").request.err().map(|malformed| {
             assert!(!malformed.framing.closes_after() || malformed.refusal.closes_connection());
             malformed.refusal
         })
