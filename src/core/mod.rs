@@ -13,6 +13,8 @@
 pub mod cache;
 pub mod conn;
 pub mod output;
+#[cfg(test)]
+mod proptests;
 pub mod protocol;
 pub mod refusal;
 pub mod sandbox;
