@@ -17,6 +17,14 @@
 //! is not used: one declared with `Content-Length` up to
 //! [`MAX_DISCARDED_BODY_BYTES`] is read and thrown away so the connection
 //! stays open; any other closes the connection after the response.
+//!
+//! At the edges, RFC 9112's rules (`docs/design.md`, "HTTP at its edges"):
+//! a `Content-Length` that is not a number a `u64` holds, a `Host` that is
+//! not `host[:port]`, or a `Transfer-Encoding` whose last coding is not
+//! chunked is 400 and closes (a coding before chunked: 501); a request line
+//! that is HTTP in all but its whitespace is 400 in HTTP. A file modified
+//! before 1970 gets no `Last-Modified`, one modified in the future the
+//! response's `Date` ([`last_modified`]); a clock before 1970 sends no `Date`.
 
 use std::time::SystemTime;
 
