@@ -69,7 +69,7 @@ fn rfc3339_utc(at: SystemTime) -> String {
 // lab:begin
 // lab:todo what the loop remembers of each client between two turns: its socket, the bytes of a
 // lab:todo request not yet complete, the bytes owed to it not yet sent, and its phase (still sending
-// lab:todo requests, or done: closed once nothing more is owed). Read select(2) on "manual stack management".
+// lab:todo requests, or done: closed once nothing more is owed). OSTEP ch. 33 calls this "manual stack management".
 /// Where a client is in its conversation.
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
@@ -185,7 +185,7 @@ fn serve(args: Args) -> Result<()> {
     labs::announce(listener.local_addr().context("getsockname")?)?;
     // lab:begin
     // lab:todo one thread serves every client, waiting in the kernel for whichever is ready: each socket
-    // lab:todo non-blocking, registered once, its interest changed only when it changes. Every client
+    // lab:todo (the listener too) non-blocking, registered once, its interest changed only when it changes. Every client
     // lab:todo waiting to be accepted is taken when the listener's event comes (one event for all of them);
     // lab:todo the time service owes the time line and then closes. A half request stops no one; a failed
     // lab:todo accept (EMFILE) does not end the server. Read epoll(7), accept(2), and mio's Poll docs.

@@ -66,7 +66,7 @@ fn rfc3339_utc(at: SystemTime) -> String {
 // lab:begin
 // lab:todo what the loop remembers of each client between two turns: its socket, the bytes of a
 // lab:todo request not yet complete, the bytes owed to it not yet sent, and its phase (still sending
-// lab:todo requests, or done: closed once nothing more is owed). Read select(2) on "manual stack management".
+// lab:todo requests, or done: closed once nothing more is owed). OSTEP ch. 33 calls this "manual stack management".
 /// Where a client is in its conversation.
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
