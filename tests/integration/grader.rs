@@ -76,12 +76,10 @@ fn server() -> String {
     env!("CARGO_BIN_EXE_server").to_string()
 }
 
-// handout: leave out (a complete solution in Python)
 fn student_server() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/grader/student_server.py")
 }
 
-// handout: leave out (a complete solution in Python)
 /// The command that runs the Python student server (with `--bug BUG`),
 /// or `None`, with a note, where python3 is not installed.
 fn python_server(bug: Option<&str>) -> Option<Vec<String>> {
@@ -151,7 +149,6 @@ fn the_reference_event_async_model_gets_full_marks_at_stage_6() {
     assert!(graded.text.contains("yours/event"), "stage 6 compares with the reference models:\n{}", graded.text);
 }
 
-// handout: leave out (a complete solution in Python)
 #[test]
 fn a_python_server_that_follows_the_assignment_gets_full_marks() {
     let Some(command) = python_server(None) else { return };
@@ -162,7 +159,6 @@ fn a_python_server_that_follows_the_assignment_gets_full_marks() {
     assert!(max == 76 || (max == 75 && graded.text.contains("[skip] files.unreadable")), "{}", graded.text);
 }
 
-// handout: leave out (a complete solution in Python)
 #[test]
 fn each_broken_server_loses_exactly_the_points_of_its_bug() {
     if python_server(None).is_none() {
@@ -194,7 +190,6 @@ fn each_broken_server_loses_exactly_the_points_of_its_bug() {
     }
 }
 
-// handout: leave out (a complete solution in Python)
 #[test]
 fn the_grader_survives_servers_that_never_start_die_hang_or_flood() {
     if python_server(None).is_none() {
@@ -240,7 +235,6 @@ fn a_server_already_running_is_graded_without_the_signal_tests() {
     assert!(left.is_empty(), "the grader's files are removed from a borrowed root: {left:?}");
 }
 
-// handout: leave out (a complete solution in Python)
 #[test]
 fn a_planted_fault_costs_only_the_tests_it_fails_and_the_report_names_the_death_or_hang() {
     if python_server(None).is_none() {
@@ -308,7 +302,6 @@ fn a_command_that_cannot_be_started_means_grading_cannot_run() {
     assert!(!graded.text.contains("{port}"), "no placeholder left unfilled:\n{}", graded.text);
 }
 
-// handout: leave out (a complete solution in Python)
 /// A Python student server with `--bug BUG` on a port the kernel picks,
 /// serving `root`; stopped (killed) on drop.
 struct PythonServer {
@@ -316,7 +309,6 @@ struct PythonServer {
     addr: String,
 }
 
-// handout: leave out (a complete solution in Python)
 impl PythonServer {
     fn start(bug: &str, root: &Path) -> Option<PythonServer> {
         use std::io::BufRead;
@@ -336,7 +328,6 @@ impl PythonServer {
     }
 }
 
-// handout: leave out (a complete solution in Python)
 impl Drop for PythonServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -344,7 +335,6 @@ impl Drop for PythonServer {
     }
 }
 
-// handout: leave out (a complete solution in Python)
 /// Runs a replay line in bash (with a stand-in for `nc` where netcat is
 /// not installed: bash's /dev/tcp, the same bytes on one connection), for
 /// at most 3 seconds; its output.
@@ -354,7 +344,6 @@ fn run_replay(line: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-// handout: leave out (a complete solution in Python)
 #[test]
 fn a_failure_prints_a_replay_line_that_reproduces_it_when_pasted() {
     let root = tempfile::tempdir().unwrap();
@@ -377,7 +366,6 @@ fn a_failure_prints_a_replay_line_that_reproduces_it_when_pasted() {
     assert_eq!(replies(&run_replay(&fixed)), 5, "the same line against the reference: five replies");
 }
 
-// handout: leave out (a complete solution in Python)
 #[test]
 fn gradescope_and_junit_reports_carry_every_test() {
     let root = tempfile::tempdir().unwrap();

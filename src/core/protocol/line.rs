@@ -8,13 +8,6 @@ use super::{BodyFollows, Framing, Malformed, ParseLimits, Parsed, Request, Respo
 use crate::refusal::Refusal;
 
 /// Finds one `\n`-terminated line at the front of `pending`.
-// handout: stage 3: find the \n, drop a \r before it, refuse an empty line (400) or one over max_line_bytes (414,
-//   even before its \n arrives), else return the Request and the bytes consumed; read
-//   docs/guide/03-serving-files-safely.md
-// handout: stand-in: // One line, no limits: no `\r`, empty or overlong line refused.
-// handout: stand-in: let newline = pending.iter().position(|&b| b == b'\n')?;
-// handout: stand-in: let request = Request::line(pending[..newline].to_vec());
-// handout: stand-in: Some(Parsed { request: Ok(request), consumed: newline + 1, body: BodyFollows::Nothing })
 pub(super) fn parse(pending: &[u8], limits: &ParseLimits) -> Option<Parsed> {
     let refuse = |refusal, consumed| {
         Some(Parsed {
