@@ -60,13 +60,13 @@ void lab_parse(int argc, char **argv, struct lab_config *cfg) {
 }
 
 void lab_announce(int listener) {
-    struct sockaddr_in addr;
-    socklen_t len = sizeof addr;
-    if (getsockname(listener, (struct sockaddr *)&addr, &len) < 0)
+    struct sockaddr_in bound;
+    socklen_t len = sizeof bound;
+    if (getsockname(listener, (struct sockaddr *)&bound, &len) < 0)
         die("getsockname");
     char ip[INET_ADDRSTRLEN];
-    inet_ntop(AF_INET, &addr.sin_addr, ip, sizeof ip);
-    printf("listening on %s:%d\n", ip, ntohs(addr.sin_port));
+    inet_ntop(AF_INET, &bound.sin_addr, ip, sizeof ip);
+    printf("listening on %s:%d\n", ip, ntohs(bound.sin_port));
     fflush(stdout);
 }
 
@@ -110,12 +110,12 @@ void pipe_or_die(int fds[2]) {
 }
 
 int open_root_or_die(const char *root) {
-    int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) {
+    int dir = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0) {
         fprintf(stderr, "%s: --root %s: %s\n", program, root, strerror(errno));
         exit(1);
     }
-    return fd;
+    return dir;
 }
 
 void sigaction_or_die(int sig, void (*handler)(int)) {

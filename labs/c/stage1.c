@@ -24,22 +24,22 @@ static int listen_on(int port) {
     // lab:todo one). A server restarted at once must be able to bind the same port again
     // lab:todo while old connections linger in TIME_WAIT. Any failure ends the program
     // lab:todo with a message naming the call (die() in lab.h). man 7 ip, man 2 listen.
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
+    int sock = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (sock < 0)
         die("socket");
     int reuse = 1;
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof reuse) < 0)
+    if (setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof reuse) < 0)
         die("setsockopt SO_REUSEADDR");
     struct sockaddr_in addr;
     memset(&addr, 0, sizeof addr);
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)port);
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0)
+    if (bind(sock, (struct sockaddr *)&addr, sizeof addr) < 0)
         die("bind");
-    if (listen(fd, SOMAXCONN) < 0)
+    if (listen(sock, SOMAXCONN) < 0)
         die("listen");
-    return fd;
+    return sock;
     // lab:stub (void)port;
     // lab:stub lab_todo("listen_on(), the listening socket");
     // lab:end
@@ -67,7 +67,7 @@ static void serve_time(int listener) {
     // lab:todo read. A client that hangs up early, or a signal that interrupts the wait,
     // lab:todo must not stop the server; every connection is closed (no fd leaks).
     // lab:todo man 2 accept, man 3 gmtime_r, man 3 strftime; send_all() above writes.
-    for (;;) {
+    for (;;) { // one client after another
         int client = accept(listener, NULL, NULL);
         if (client < 0) {
             if (errno == EINTR || errno == ECONNABORTED)

@@ -23,22 +23,22 @@
 #include <unistd.h>
 // A socket bound to 127.0.0.1:port, listening.
 static int listen_on(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
+    int sock = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (sock < 0)
         die("socket");
     int reuse = 1;
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof reuse) < 0)
+    if (setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof reuse) < 0)
         die("setsockopt SO_REUSEADDR");
     struct sockaddr_in addr;
     memset(&addr, 0, sizeof addr);
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)port);
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0)
+    if (bind(sock, (struct sockaddr *)&addr, sizeof addr) < 0)
         die("bind");
-    if (listen(fd, SOMAXCONN) < 0)
+    if (listen(sock, SOMAXCONN) < 0)
         die("listen");
-    return fd;
+    return sock;
 }
 
 // Writes all n bytes to the blocking socket fd; -1 if the client left.
@@ -57,7 +57,7 @@ static int send_all(int fd, const char *bytes, size_t n) {
 
 // Serves the time forever, one client after another.
 static void serve_time(int listener) {
-    for (;;) {
+    for (;;) { // one client after another
         int client = accept(listener, NULL, NULL);
         if (client < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
