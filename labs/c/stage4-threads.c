@@ -110,10 +110,15 @@ struct client {
 };
 
 static int wake[2]; // the pipe: a byte in it says a read finished
+// lab:begin
+// lab:todo What the loop and the readers share: a queue of reads to do, oldest first; a
+// lab:todo list of reads done; a lock that guards both; a way for idle readers to sleep
+// lab:todo until the queue has work. man 3 pthread_mutex_lock, man 3 pthread_cond_wait.
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER; // guards the two lists
 static pthread_cond_t work = PTHREAD_COND_INITIALIZER;   // the queue is not empty
 static struct client *queued, **queued_end = &queued;    // reads to do, oldest first
 static struct client *finished;                          // reads done
+// lab:end
 
 static struct client *clients[FD_SETSIZE]; // by fd: select speaks in fds
 
