@@ -340,7 +340,7 @@ static void act_on_signals(int *listener) {
     if (hup_seen) {
         hup_seen = 0;
         size_t bytes = cache_bytes;
-        cache_clear();
+        cache_clear(); // here, in the loop: no read or reply is using it half-way
         generation++;
         fprintf(stderr, "cache cleared: %zu bytes\n", bytes);
     }
