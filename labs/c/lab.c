@@ -80,6 +80,13 @@ void lab_todo(const char *what) {
     exit(3);
 }
 
+void lab_todo_once(const char *what) {
+    static int told;
+    if (!told)
+        fprintf(stderr, "%s: TODO: %s is not written yet (see the TODO in the source)\n", program, what);
+    told = 1;
+}
+
 void *malloc_or_die(size_t size) {
     void *p = malloc(size ? size : 1);
     if (p == NULL)

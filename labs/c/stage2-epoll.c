@@ -94,6 +94,7 @@ struct client {
 };
 
 static int nclients;
+// lab:stub // (your struct client and what else the loop keeps)
 // lab:end
 
 // lab:begin
@@ -148,6 +149,7 @@ static void serve_file(struct client *c, int root, const char *path) {
     }
     free(body);
 }
+// lab:stub // (your owe(), owe_error() and serve_file())
 // lab:end
 
 // lab:begin
@@ -184,6 +186,7 @@ static void on_readable(struct client *c, int root) {
         }
     }
 }
+// lab:stub // (your on_readable())
 // lab:end
 
 // lab:begin
@@ -226,6 +229,7 @@ static void watch(int epoll, struct client *c) {
         die("epoll_ctl MOD");
     c->events = events;
 }
+// lab:stub // (your on_writable(), watch() and what closes a client)
 // lab:end
 
 // lab:begin
@@ -256,6 +260,7 @@ static void accept_clients(int epoll, int listener) {
         nclients++;
     }
 }
+// lab:stub // (your accept_clients())
 // lab:end
 
 // Serves files over the line protocol to every client at once.

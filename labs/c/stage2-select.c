@@ -91,6 +91,7 @@ struct client {
 };
 
 static struct client *clients[FD_SETSIZE]; // by fd: select speaks in fds
+// lab:stub // (your struct client, and how the loop finds it by fd)
 // lab:end
 
 // lab:begin
@@ -101,6 +102,7 @@ static void set_nonblocking(int fd) {
     if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
         die("fcntl O_NONBLOCK");
 }
+// lab:stub // (your set_nonblocking())
 // lab:end
 
 // lab:begin
@@ -116,6 +118,7 @@ static void owe_error(struct client *c, int code, const char *reason) {
     char line[80];
     owe(c, line, (size_t)snprintf(line, sizeof line, "ERR %d %s\n", code, reason));
 }
+// lab:stub // (your owe() and owe_error())
 // lab:end
 
 // lab:begin
@@ -157,6 +160,7 @@ static void serve_file(struct client *c, int root, const char *path) {
     }
     free(body);
 }
+// lab:stub // (your serve_file())
 // lab:end
 
 // lab:begin
@@ -194,6 +198,7 @@ static void on_readable(struct client *c, int root) {
         }
     }
 }
+// lab:stub // (your on_readable())
 // lab:end
 
 // lab:begin
@@ -224,6 +229,7 @@ static void drop_client(struct client *c) {
     free(c->out);
     free(c);
 }
+// lab:stub // (your on_writable() and what closes a client)
 // lab:end
 
 // lab:begin
@@ -251,6 +257,7 @@ static void accept_clients(int listener) {
         clients[fd] = c;
     }
 }
+// lab:stub // (your accept_clients())
 // lab:end
 
 // Serves files over the line protocol to every client at once.

@@ -296,6 +296,7 @@ static size_t piece_size(const struct client *c) {
 // lab:todo generation, which each clear moves on.
 static volatile sig_atomic_t hup_seen, stop_seen;
 static unsigned generation;
+// lab:stub // (what the handler leaves for the loop)
 // lab:end
 
 // Every signal the server handles: a finished read, SIGHUP, SIGTERM, SIGINT.
@@ -325,6 +326,7 @@ static void install_handlers(void) {
     sigaction_or_die(SIGHUP, on_signal);
     sigaction_or_die(SIGTERM, on_signal);
     sigaction_or_die(SIGINT, on_signal);
+    // lab:stub lab_todo_once("install_handlers(): SIGHUP, SIGTERM and SIGINT keep their default actions");
     // lab:end
 }
 
@@ -448,6 +450,7 @@ static void respond(struct client *c, int root, const char *line, size_t len, in
     // lab:begin
     // lab:todo Remember which cache its bytes may go to.
     c->generation = generation;
+    // lab:stub // (nothing remembered yet)
     // lab:end
     c->start_at = lab_now_ms() + delay_ms; // slow storage: its first read waits this long
 }
