@@ -83,6 +83,12 @@ static void serve_time(int listener) {
 // lab:todo Keep, for each client, what the loop needs between its turns: its socket, the
 // lab:todo bytes of a line not ended yet, the bytes it is owed and how many were sent,
 // lab:todo whether to close it once they are, and the events epoll watches for it.
+// lab:todo owe() adds n bytes to what client c is owed (they go out when its socket
+// lab:todo can take them); owe_error() adds `ERR <code> <reason>\n`.
+// lab:todo Answer the request `path`: `OK <size>\n` and the whole file beneath the directory
+// lab:todo fd `root`, read now. An absolute path or a `..`: ERR 403 (stage 3 does the sandbox
+// lab:todo properly); missing: ERR 404; not a regular file: ERR 403; not read whole: ERR 500
+// lab:todo and none of its bytes. Close what you open. man 2 openat, man 2 fstat.
 struct client {
     int fd;
     char in[REQUEST_MAX + 2]; // the request line so far, with room for "\r\n"
@@ -94,16 +100,7 @@ struct client {
 };
 
 static int nclients;
-// lab:stub // (your struct client and what else the loop keeps)
-// lab:end
 
-// lab:begin
-// lab:todo owe() adds n bytes to what client c is owed (they go out when its socket
-// lab:todo can take them); owe_error() adds `ERR <code> <reason>\n`.
-// lab:todo Answer the request `path`: `OK <size>\n` and the whole file beneath the directory
-// lab:todo fd `root`, read now. An absolute path or a `..`: ERR 403 (stage 3 does the sandbox
-// lab:todo properly); missing: ERR 404; not a regular file: ERR 403; not read whole: ERR 500
-// lab:todo and none of its bytes. Close what you open. man 2 openat, man 2 fstat.
 static void owe(struct client *c, const void *bytes, size_t n) {
     c->out = realloc_or_die(c->out, c->out_len + n);
     memcpy(c->out + c->out_len, bytes, n);
@@ -149,7 +146,7 @@ static void serve_file(struct client *c, int root, const char *path) {
     }
     free(body);
 }
-// lab:stub // (your owe(), owe_error() and serve_file())
+// lab:stub // (your struct client and what else the loop keeps; owe(), owe_error(), serve_file())
 // lab:end
 
 // lab:begin
@@ -157,6 +154,12 @@ static void serve_file(struct client *c, int root, const char *path) {
 // lab:todo and answer every whole line in it, in order (a read may hold half a line, or
 // lab:todo several); a `\r` before the `\n` is not part of the path. A line that fills the
 // lab:todo buffer: ERR 414, then close. End-of-file or an error: close once nothing is owed.
+// lab:todo Send client c what it is owed, as much as its socket takes now. A write may take
+// lab:todo fewer bytes than asked, or none (EAGAIN): keep the rest for the next turn. A
+// lab:todo client that has gone (EPIPE, ECONNRESET) is closed. man 2 write.
+// lab:todo Tell epoll what client c waits for now, if that changed: input unless it is
+// lab:todo closing; room to write only while it is owed bytes (else every turn wakes the
+// lab:todo loop for nothing). man 2 epoll_ctl, man 7 epoll (EPOLLET).
 static void on_readable(struct client *c, int root) {
     for (;;) {
         ssize_t n = read(c->fd, c->in + c->in_len, sizeof c->in - c->in_len);
@@ -186,16 +189,7 @@ static void on_readable(struct client *c, int root) {
         }
     }
 }
-// lab:stub // (your on_readable())
-// lab:end
 
-// lab:begin
-// lab:todo Send client c what it is owed, as much as its socket takes now. A write may take
-// lab:todo fewer bytes than asked, or none (EAGAIN): keep the rest for the next turn. A
-// lab:todo client that has gone (EPIPE, ECONNRESET) is closed. man 2 write.
-// lab:todo Tell epoll what client c waits for now, if that changed: input unless it is
-// lab:todo closing; room to write only while it is owed bytes (else every turn wakes the
-// lab:todo loop for nothing). man 2 epoll_ctl, man 7 epoll (EPOLLET).
 static void on_writable(struct client *c) {
     while (c->out_sent < c->out_len) {
         ssize_t n = write(c->fd, c->out + c->out_sent, c->out_len - c->out_sent);
@@ -229,7 +223,7 @@ static void watch(int epoll, struct client *c) {
         die("epoll_ctl MOD");
     c->events = events;
 }
-// lab:stub // (your on_writable(), watch() and what closes a client)
+// lab:stub // (your on_readable(), on_writable(), watch() and what closes a client)
 // lab:end
 
 // lab:begin

@@ -97,17 +97,18 @@ static struct client *clients[FD_SETSIZE]; // by fd: select speaks in fds
 // lab:begin
 // lab:todo A socket in non-blocking mode: accept, read and write return EAGAIN instead
 // lab:todo of waiting. One call that waits for one client stops every client. man 2 fcntl.
+// lab:todo owe() adds n bytes to what client c is owed (they go out when its socket
+// lab:todo can take them); owe_error() adds `ERR <code> <reason>\n`.
+// lab:todo Answer the request `path`: `OK <size>\n` and the whole file beneath the directory
+// lab:todo fd `root`, read now. An absolute path or a `..`: ERR 403 (stage 3 does the sandbox
+// lab:todo properly); missing: ERR 404; not a regular file: ERR 403; not read whole: ERR 500
+// lab:todo and none of its bytes. Close what you open. man 2 openat, man 2 fstat.
 static void set_nonblocking(int fd) {
     int flags = fcntl(fd, F_GETFL);
     if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
         die("fcntl O_NONBLOCK");
 }
-// lab:stub // (your set_nonblocking())
-// lab:end
 
-// lab:begin
-// lab:todo owe() adds n bytes to what client c is owed (they go out when its socket
-// lab:todo can take them); owe_error() adds `ERR <code> <reason>\n`.
 static void owe(struct client *c, const void *bytes, size_t n) {
     c->out = realloc_or_die(c->out, c->out_len + n);
     memcpy(c->out + c->out_len, bytes, n);
@@ -118,14 +119,7 @@ static void owe_error(struct client *c, int code, const char *reason) {
     char line[80];
     owe(c, line, (size_t)snprintf(line, sizeof line, "ERR %d %s\n", code, reason));
 }
-// lab:stub // (your owe() and owe_error())
-// lab:end
 
-// lab:begin
-// lab:todo Answer the request `path`: `OK <size>\n` and the whole file beneath the directory
-// lab:todo fd `root`, read now. An absolute path or a `..`: ERR 403 (stage 3 does the sandbox
-// lab:todo properly); missing: ERR 404; not a regular file: ERR 403; not read whole: ERR 500
-// lab:todo and none of its bytes. Close what you open. man 2 openat, man 2 fstat.
 static void serve_file(struct client *c, int root, const char *path) {
     if (path[0] == '/' || strstr(path, "..") != NULL) {
         owe_error(c, 403, "forbidden");
@@ -160,7 +154,7 @@ static void serve_file(struct client *c, int root, const char *path) {
     }
     free(body);
 }
-// lab:stub // (your serve_file())
+// lab:stub // (your set_nonblocking(), owe(), owe_error() and serve_file())
 // lab:end
 
 // lab:begin
