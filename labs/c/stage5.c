@@ -554,8 +554,6 @@ static void accept_clients(int listener) {
 static void serve_files(int listener, const struct lab_config *cfg) {
     int root = open_root_or_die(cfg->root);
     set_nonblocking(listener);
-    pipe_or_die(wake);
-    install_handlers();
     int64_t stopped_at = -1; // when SIGTERM closed the listener
     for (;;) {
         fd_set readable, writable;
@@ -621,6 +619,10 @@ int main(int argc, char **argv) {
     lab_parse(argc, argv, &cfg);
     signal(SIGPIPE, SIG_IGN); // a write to a client that left fails (EPIPE), not kills
     int listener = listen_on(cfg.port);
+    if (!cfg.time_service) { // before the announcement: a signal may follow it at once
+        pipe_or_die(wake);
+        install_handlers();
+    }
     lab_announce(listener);
     if (cfg.time_service)
         serve_time(listener);

@@ -13,6 +13,9 @@ mod handouts;
 mod hostile;
 mod http;
 mod http_files;
+// The C labs: make, cc and the sanitizers.
+#[cfg(target_os = "linux")]
+mod labs_c;
 mod limits;
 mod models;
 // It reads /proc to find what outlived whom.
