@@ -154,9 +154,9 @@ fn a_python_server_that_follows_the_assignment_gets_full_marks() {
     let Some(command) = python_server(None) else { return };
     let graded = grade(&["--stages", "1,2,3,4,5"], &strs(&command));
     let (score, max) = graded.score();
-    // 75 where the grader runs as root: files.unreadable is skipped (root reads everything).
+    // 87 where the grader runs as root: files.unreadable is skipped (root reads everything).
     assert_eq!(score, max, "every test of stages 1 to 5 passes:\n{}", graded.text);
-    assert!(max == 76 || (max == 75 && graded.text.contains("[skip] files.unreadable")), "{}", graded.text);
+    assert!(max == 88 || (max == 87 && graded.text.contains("[skip] files.unreadable")), "{}", graded.text);
 }
 
 #[test]
@@ -169,13 +169,20 @@ fn each_broken_server_loses_exactly_the_points_of_its_bug() {
         ("symlinks", &["sandbox.symlinks"]),
         (
             "iterative",
-            &["concurrency.stalled_client", "concurrency.many_clients", "async.overlap", "async.cached_while_pending"],
+            &[
+                "concurrency.stalled_client",
+                "concurrency.many_clients",
+                "concurrency.large_reply",
+                "concurrency.stalled_reader",
+                "async.overlap",
+                "async.cached_while_pending",
+            ],
         ),
         ("blocking-reads", &["async.overlap", "async.cached_while_pending"]),
         ("ignores-sighup", &["cache.fresh_after_sighup", "cache.sighup_logged"]),
         ("dies-on-sighup", &["cache.fresh_after_sighup", "cache.sighup_logged", "signals.sighup_storm"]),
         ("leaks-fd", &["resources.no_fd_leak"]),
-        ("truncates", &["files.64_mib", "signals.sigterm"]),
+        ("truncates", &["concurrency.large_reply", "files.64_mib", "signals.sigterm"]),
         ("misframes", &["protocol.pipelined"]),
     ];
     for (bug, lost) in cases {
@@ -190,6 +197,47 @@ fn each_broken_server_loses_exactly_the_points_of_its_bug() {
     }
 }
 
+#[test]
+fn each_mistake_in_the_loop_loses_exactly_its_points_at_the_stage_the_loop_is_written_with_a_hint_at_the_loop() {
+    if python_server(None).is_none() {
+        return;
+    }
+    let cases: [(&str, &str, &[&str], &str); 5] = [
+        (
+            "drop-unsent",
+            "1,2",
+            &["concurrency.large_reply"],
+            "keep what send did not take in the client's output buffer",
+        ),
+        ("blocking-send", "1,2", &["concurrency.stalled_reader"], "a blocking send in the loop stalls every client"),
+        ("one-line-per-read", "3", &["protocol.pipelined"], "before waiting for readiness again"),
+        ("crlf-split", "3", &["protocol.line_limit_split"], "may be the first half of `\\r\\n`"),
+        (
+            "lost-wakeup",
+            "4",
+            &["async.overlap", "async.cached_while_pending", "async.wakeup"],
+            "the read completed but the loop never heard",
+        ),
+    ];
+    let runs: Vec<_> = cases
+        .into_iter()
+        .map(|(bug, stages, lost, hint)| {
+            std::thread::spawn(move || {
+                let command = python_server(Some(bug)).expect("python3 was found");
+                (bug, lost, hint, grade(&["--stages", stages], &strs(&command)))
+            })
+        })
+        .collect();
+    for run in runs {
+        let (bug, lost, hint, graded) = run.join().unwrap();
+        assert_eq!(graded.failed(), lost, "--bug {bug}:\n{}", graded.text);
+        let hints: Vec<&str> = graded.text.lines().filter_map(|l| l.trim_start().strip_prefix("hint:")).collect();
+        assert_eq!(hints.len(), lost.len(), "--bug {bug}: a hint per failure:\n{}", graded.text);
+        assert!(hints.iter().all(|h| h.contains(hint)), "--bug {bug}: every hint says {hint:?}:\n{}", graded.text);
+    }
+}
+
+// handout: leave out (a complete solution in Python)
 #[test]
 fn the_grader_survives_servers_that_never_start_die_hang_or_flood() {
     if python_server(None).is_none() {

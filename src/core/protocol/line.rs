@@ -18,7 +18,9 @@ pub(super) fn parse(pending: &[u8], limits: &ParseLimits) -> Option<Parsed> {
     };
     let Some(newline) = pending.iter().position(|&b| b == b'\n') else {
         // No newline yet: wait for more, unless the line is already too long.
-        return if pending.len() > limits.max_line_bytes { refuse(Refusal::LineTooLong, pending.len()) } else { None };
+        // A `\r` at the end may be the first half of `\r\n`: not counted yet.
+        let counted = pending.strip_suffix(b"\r").unwrap_or(pending).len();
+        return if counted > limits.max_line_bytes { refuse(Refusal::LineTooLong, pending.len()) } else { None };
     };
     let mut line = &pending[..newline];
     if let [rest @ .., b'\r'] = line {
