@@ -224,7 +224,7 @@ fn each_stage_handout_builds_fails_its_stage_with_the_todo_text_and_leaks_no_cut
 
         let leaked = leaks(&handout, &cut_lines(stage));
         assert!(leaked.is_empty(), "stage {stage} handout holds lines it cuts:\n{}", leaked.join("\n"));
-        let shipped: Vec<String> = std::fs::read_dir(handout.join("labs/src/bin"))
+        let shipped: Vec<String> = std::fs::read_dir(handout.join("labs/rust/src/bin"))
             .unwrap()
             .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
             .collect();

@@ -229,14 +229,14 @@ fn each_c_handout_builds_with_make_fails_exactly_its_stage_and_leaks_no_cut_line
             .output()
             .unwrap();
         assert!(cut.status.success(), "xtask lab --lang c --stage {stage}: {}", String::from_utf8_lossy(&cut.stderr));
-        // As its README says: `make` in labs/ (warnings are errors there too).
-        let made = make(&out.join("labs"), &[]);
+        // As its README says: `make` in labs/c/ (warnings are errors there too).
+        let made = make(&out.join("labs/c"), &[]);
         assert!(!String::from_utf8_lossy(&made.stderr).contains("warning"), "stage {stage} handout builds cleanly");
         for (name, of, _) in LABS {
-            let shipped = out.join("labs").join(format!("{name}.c")).exists();
+            let shipped = out.join("labs/c").join(format!("{name}.c")).exists();
             assert_eq!(shipped, *of <= stage, "stage {stage} handout ships {name}.c only if its stage is {stage} or less");
             if *of == stage {
-                runs.push((stage, name.to_string(), out.join("labs/build").join(name)));
+                runs.push((stage, name.to_string(), out.join("labs/c/build").join(name)));
             }
         }
     }
