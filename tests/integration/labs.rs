@@ -28,7 +28,7 @@ fn cargo() -> Command {
 }
 
 /// A lab program of the workspace, built once (a no-op when up to date).
-fn lab_bin(name: &str) -> PathBuf {
+pub(crate) fn lab_bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let built = cargo().args(["build", "--quiet", "-p", "labs", "--bins"]).current_dir(repo()).status().unwrap();

@@ -62,7 +62,7 @@ fn make(dir: &Path, args: &[&str]) -> Output {
 }
 
 /// The labs built once, normal and sanitizer builds, outside the source tree.
-fn built() -> &'static Path {
+pub(crate) fn built() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let build = scratch().join("build");
