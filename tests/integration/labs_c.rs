@@ -4,7 +4,8 @@
 //!   warning; every program and its sanitizer build (`make asan`) gets
 //!   full marks from `client grade` at its stage, with no AddressSanitizer
 //!   or UBSan report (their reports go to files: `log_path`);
-//! - the programs keep their line budgets;
+//! - the programs keep their line budgets, and compile without their
+//!   Linux-only parts (what macOS and FreeBSD build);
 //! - each stage's handout builds with `make`, fails exactly its stage (with
 //!   the TODO text in what the server said), and holds no cut line;
 //! - the classic C mistakes, planted as patches on copies of the labs (the
@@ -202,6 +203,24 @@ fn the_c_labs_keep_their_line_budgets() {
     }
     let helper = lines("lab.h") + lines("lab.c");
     assert!(helper <= 200, "labs/c/lab.h and lab.c: {helper} non-blank lines, over their budget of 200");
+}
+
+/// What builds on macOS and FreeBSD: here, every program compiled with
+/// `__linux__` undefined (the paths those systems take: the sandbox's
+/// walk, stage2-epoll's refusal), warnings as errors. Not their headers,
+/// but their code paths.
+#[test]
+fn the_c_labs_compile_without_their_linux_parts() {
+    built(); // cc is there
+    for (name, _, _) in LABS {
+        let file = repo().join("labs/c").join(format!("{name}.c"));
+        let output = Command::new("cc")
+            .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-U__linux__", "-fsyntax-only"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{name}.c without __linux__:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
 }
 
 /// The names of the tests of `stage`, from `client grade --list`.
