@@ -165,7 +165,9 @@ fn stages_to(stage: u8) -> String {
 #[test]
 fn the_c_labs_build_without_warnings_and_each_and_its_sanitizer_build_get_full_marks() {
     let build = built();
-    let mut runs: Vec<(String, PathBuf, String, Vec<(&str, &str)>)> = Vec::new();
+    // (what is graded, the program, its stages, its environment)
+    type Run<'a> = (String, PathBuf, String, Vec<(&'a str, &'a str)>);
+    let mut runs: Vec<Run> = Vec::new();
     for (name, stage, _) in LABS {
         for program in [name.to_string(), format!("{name}-asan")] {
             runs.push((program.clone(), build.join(&program), stages_to(*stage), vec![]));
