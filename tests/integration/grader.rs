@@ -237,7 +237,6 @@ fn each_mistake_in_the_loop_loses_exactly_its_points_at_the_stage_the_loop_is_wr
     }
 }
 
-// handout: leave out (a complete solution in Python)
 #[test]
 fn the_grader_survives_servers_that_never_start_die_hang_or_flood() {
     if python_server(None).is_none() {

@@ -70,6 +70,8 @@ const END: &str = "// lab:end";
 pub struct Region {
     /// The 1-based line of its `lab:begin`.
     pub line: usize,
+    /// The 1-based line of its `// TODO:` in the handout (cut programs).
+    pub handout_line: usize,
     /// Its statement, the todo lines joined by spaces.
     pub todo: String,
     /// The solution lines, as written.
@@ -145,6 +147,7 @@ pub fn cut(source: &str, lang: Lang, mode: Mode) -> Result<(String, Vec<Region>)
         ensure!(!todo.is_empty(), "line {}: a region states its task in `// lab:todo` lines", index + 1);
         ensure!(solution.iter().any(|l| !l.trim().is_empty()), "line {}: a region holds the solution lines", index + 1);
         let statement = todo.join(" ");
+        let handout_line = out.lines().count() + 1;
         match mode {
             Mode::Complete => {
                 for line in &solution {
@@ -172,7 +175,7 @@ pub fn cut(source: &str, lang: Lang, mode: Mode) -> Result<(String, Vec<Region>)
                 }
             }
         }
-        regions.push(Region { line: index + 1, todo: statement, solution });
+        regions.push(Region { line: index + 1, handout_line, todo: statement, solution });
     }
     Ok((out, regions))
 }
@@ -261,9 +264,11 @@ pub fn write_handout(repo: &Path, lang: Lang, stage: u8, out: &Path) -> Result<V
         let from = program_dir.join(name);
         let source = std::fs::read_to_string(&from).with_context(|| format!("cannot read {}", from.display()))?;
         let mode = if *of == stage { Mode::Cut } else { Mode::Complete };
-        let (mut text, regions) = cut(&source, lang, mode).with_context(|| format!("in {}", from.display()))?;
+        let (mut text, mut regions) = cut(&source, lang, mode).with_context(|| format!("in {}", from.display()))?;
         if mode == Mode::Cut && lang == Lang::Rust {
             text = quiet_until_written(&text);
+            // Its two lines come before every region (which never sits in the module docs).
+            regions.iter_mut().for_each(|region| region.handout_line += 2);
         }
         if *of == stage {
             ensure!(!regions.is_empty(), "{}: the stage-{stage} program marks no lesson", from.display());
@@ -547,7 +552,8 @@ mod tests {
     fn a_rust_region_becomes_its_todo_text_and_a_todo_or_its_stub() {
         let (handout, regions) = cut(RUST, Lang::Rust, Mode::Cut).unwrap();
         assert_eq!(regions.len(), 2);
-        assert_eq!(regions[0].line, 3);
+        assert_eq!((regions[0].line, regions[0].handout_line), (3, 3));
+        assert_eq!((regions[1].line, regions[1].handout_line), (9, 6));
         assert_eq!(regions[1].solution, vec!["    let z = 2;".to_string()]);
         let expected = "fn main() {
     let x = 1;

@@ -43,7 +43,7 @@ fn main() -> Result<()> {
             let cuts = lab::write_handout(repo, lang, stage, &out)?;
             println!("stage {stage} lab handout in {}: {} to write", out.display(), cuts.len());
             for (file, region) in cuts {
-                println!("  {}:{}: {}", file.display(), region.line, region.todo);
+                println!("  {}:{}: {}", file.display(), region.handout_line, region.todo);
             }
             Ok(())
         }
