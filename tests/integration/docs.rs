@@ -167,7 +167,8 @@ fn scratch() -> tempfile::TempDir {
 }
 
 /// The Rust labs' programs, by name.
-const RUST_LABS: &[&str] = &["stage1", "stage2-select", "stage2-epoll", "stage3", "stage4-threads", "stage4-aio", "stage5"];
+const RUST_LABS: &[&str] =
+    &["stage1", "stage2-select", "stage2-epoll", "stage3", "stage4-threads", "stage4-aio", "stage5"];
 
 /// Links `dir/target/debug/` to the client and the Rust labs, and
 /// `dir/labs/c/build/` to the C labs, all complete: the programs as a
@@ -359,7 +360,11 @@ fn the_lab_chapters_commands_run_as_written_inside_their_stage_handouts() {
                 .current_dir(repo)
                 .output()
                 .unwrap();
-            assert!(made.status.success(), "xtask lab --lang {lang} --stage {stage}: {}", String::from_utf8_lossy(&made.stderr));
+            assert!(
+                made.status.success(),
+                "xtask lab --lang {lang} --stage {stage}: {}",
+                String::from_utf8_lossy(&made.stderr)
+            );
             link_labs(&handout);
             let guide = handout.join("docs/guide");
             let mut chapters: Vec<String> = std::fs::read_dir(&guide)

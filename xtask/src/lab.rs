@@ -415,8 +415,8 @@ pub fn guide_page(chapter: &str, lang: Lang, cut_answers: bool) -> Result<String
             in_answer = true;
             if cut_answers {
                 page.push_str(
-                    "*(Left out of this handout: the listings of this stage, the code you write at \
-                     the `// TODO:` lines of your programs.)*\n",
+                    "*(Here the kit's guide shows the listings, in Rust and in C. In this handout they are \
+                     yours to write, at the `// TODO:` lines of your programs.)*\n",
                 );
             }
             continue;
@@ -438,7 +438,9 @@ pub fn guide_page(chapter: &str, lang: Lang, cut_answers: bool) -> Result<String
                         ("```text".to_string(), true)
                     }
                     ["sh", tag] if tag == "rust" || tag == "c" => ("```sh".to_string(), tag == lang.name()),
-                    ["sh", ..] if info.len() > 1 => bail!("line {}: {opening:?}: sh blocks are tagged rust, c or reference", index + 1),
+                    ["sh", ..] if info.len() > 1 => {
+                        bail!("line {}: {opening:?}: sh blocks are tagged rust, c or reference", index + 1)
+                    }
                     _ => (trimmed.to_string(), true),
                 };
                 fence = Some(kept);
@@ -651,11 +653,14 @@ mod tests {
                        <!-- /lab:answer -->\n```sh rust\n./target/debug/stage1 &\n```\n```sh c\nlabs/c/build/stage1 &\n```\n\
                        ```sh reference\n./target/release/server &\n```\n";
         let cut = guide_page(chapter, Lang::Rust, true).unwrap();
-        assert!(!cut.contains("let y = 2;") && cut.contains("Left out of this handout"), "{cut}");
+        assert!(!cut.contains("let y = 2;") && cut.contains("yours to write"), "{cut}");
         assert!(cut.contains("```sh\n./target/debug/stage1 &\n```") && !cut.contains("labs/c/build"), "{cut}");
-        assert!(cut.contains("reference server (not part of this handout):\n\n```text\n./target/release/server &"), "{cut}");
+        assert!(
+            cut.contains("reference server (not part of this handout):\n\n```text\n./target/release/server &"),
+            "{cut}"
+        );
         let kept = guide_page(chapter, Lang::C, false).unwrap();
-        assert!(kept.contains("let y = 2;") && !kept.contains("lab:answer") && !kept.contains("Left out"), "{kept}");
+        assert!(kept.contains("let y = 2;") && !kept.contains("lab:answer") && !kept.contains("yours to write"), "{kept}");
         assert!(kept.contains("```sh\nlabs/c/build/stage1 &") && !kept.contains("debug/stage1"), "{kept}");
         assert!(guide_page("<!-- lab:answer -->\nx\n", Lang::C, true).is_err());
         assert!(guide_page("```sh python\nx\n```\n", Lang::C, true).is_err());
