@@ -660,7 +660,10 @@ mod tests {
             "{cut}"
         );
         let kept = guide_page(chapter, Lang::C, false).unwrap();
-        assert!(kept.contains("let y = 2;") && !kept.contains("lab:answer") && !kept.contains("yours to write"), "{kept}");
+        assert!(
+            kept.contains("let y = 2;") && !kept.contains("lab:answer") && !kept.contains("yours to write"),
+            "{kept}"
+        );
         assert!(kept.contains("```sh\nlabs/c/build/stage1 &") && !kept.contains("debug/stage1"), "{kept}");
         assert!(guide_page("<!-- lab:answer -->\nx\n", Lang::C, true).is_err());
         assert!(guide_page("```sh python\nx\n```\n", Lang::C, true).is_err());
