@@ -12,6 +12,9 @@ mod hostile;
 mod http;
 mod http_files;
 mod labs;
+// The C labs: make, cc and the sanitizers.
+#[cfg(target_os = "linux")]
+mod labs_c;
 mod limits;
 mod models;
 // It reads /proc to find what outlived whom.
