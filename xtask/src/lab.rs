@@ -319,6 +319,7 @@ pub fn write_handout(repo: &Path, lang: Lang, stage: u8, out: &Path) -> Result<V
         ),
     )?;
     std::fs::write(out.join(".gitignore"), "/target\n/grade-logs\n")?;
+    prune_lock(out)?;
     let page = std::fs::read_to_string(lab.join("HANDOUT.md"))
         .with_context(|| format!("{} is the handout's README template", lab.join("HANDOUT.md").display()))?;
     let page = front_page(&page, stage).with_context(|| format!("in {}", lab.join("HANDOUT.md").display()))?;
@@ -327,6 +328,27 @@ pub fn write_handout(repo: &Path, lang: Lang, stage: u8, out: &Path) -> Result<V
     let leaks = leaks(out, cuts.iter().map(|(_, region)| region))?;
     ensure!(leaks.is_empty(), "lines of a cut region are left in the handout:\n{}", leaks.join("\n"));
     Ok(cuts)
+}
+
+/// Trims the kit's `Cargo.lock` to the handout's smaller workspace, so
+/// the student's first `cargo build` does not rewrite a file they never
+/// touched (and `--locked` works there too).
+fn prune_lock(out: &Path) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // Offline and members only: no version moves, nothing is downloaded.
+    let done = std::process::Command::new(cargo)
+        .args(["update", "--workspace", "--offline", "--quiet"])
+        .current_dir(out)
+        .output()
+        .context("cannot run cargo update to trim the handout's Cargo.lock")?;
+    if !done.status.success() {
+        // Not fatal: the handout builds with the kit's lock, and cargo trims it then.
+        eprintln!(
+            "note: the handout's Cargo.lock is the kit's, untrimmed (cargo update --offline: {})",
+            String::from_utf8_lossy(&done.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// The handout's README from its template: `{stage}` is the stage, and
