@@ -80,7 +80,7 @@ fn start_failure(report: &Report) -> Option<String> {
     let failures: Vec<_> = report.results.iter().filter_map(|r| r.failure.as_ref()).collect();
     let failed_to_start = failures.iter().find(|f| f.sent.starts_with("(start"))?;
     let passed_any = report.results.iter().any(|r| r.status == Status::Passed);
-    let why = submission::one_line(failed_to_start.got.lines().next().unwrap_or_default());
+    let why = submission::one_line(&failed_to_start.got);
     Some(if passed_any {
         format!("one set-up did not start: {why}")
     } else {

@@ -302,9 +302,8 @@ fn run_check(plan: &Plan, check: &Check, fixture: &Fixture, session: &mut Sessio
             break;
         }
     }
-    if let (Outcome::Pass(note), true) = (&mut last, runs > 1) {
-        let all = format!("all {runs} runs passed");
-        *note = Some(note.as_ref().map_or(all.clone(), |note| format!("{note} ({all}; the last shown)")));
+    if let (Outcome::Pass(Some(note)), true) = (&mut last, runs > 1) {
+        note.push_str(&format!(" (the last of {runs} runs, all passed)"));
     }
     last
 }

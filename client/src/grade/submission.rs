@@ -263,13 +263,18 @@ fn run_build(build: &str, work: &Path, user: Option<&User>, log: &Path, limit: D
     }
 }
 
-/// The last line of a build's output that says something: most often the error.
+/// The line of a build's output that says what went wrong.
 fn last_line(output: &str) -> String {
     let meaningful = |line: &&str| {
         let line = line.trim();
         !line.is_empty() && !line.starts_with("make: ***") && !line.starts_with("compilation terminated")
     };
-    let line = output.lines().rev().find(meaningful).or_else(|| output.lines().last()).unwrap_or("(no output)");
+    // A compiler's first error says most; else the last line that says something.
+    let line = output
+        .lines()
+        .find(|line| line.contains("error:") || line.contains("Error:"))
+        .or_else(|| output.lines().rev().find(meaningful))
+        .unwrap_or("(no output)");
     one_line(line)
 }
 
