@@ -318,7 +318,7 @@ fn single_thread_verdict(outcome: Outcome, peak: Option<Option<mechanism::Peak>>
             Outcome::Pass(Some("threads not counted: that needs /proc (Linux); the behaviour alone was graded".into()))
         }
         (Outcome::Pass(note), Some(Some(peak))) if peak.threads > 1 => Outcome::Fail(Failure {
-            sent: "the test's clients, while the grader counted the server's threads every 5 ms".into(),
+            sent: "the test's clients, while the grader counted the server's threads every half millisecond".into(),
             expected: "every client served by one thread (the course asks for a single-threaded loop: \
                        [mechanism] stage2 = \"single-thread\")"
                 .into(),
