@@ -180,7 +180,7 @@ fn wrappers(group: i32, port: u16) -> HashSet<i32> {
 }
 
 /// The server's threads and processes now.
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 fn count(group: i32, wrappers: &HashSet<i32>) -> Option<Peak> {
     let server: Vec<Proc> =
         members(group).into_iter().filter(|(pid, _)| !wrappers.contains(pid)).map(|(_, process)| process).collect();
