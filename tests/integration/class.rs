@@ -364,3 +364,71 @@ fn a_gradescope_bundle_builds_the_submission_as_its_grade_toml_says() {
     assert_eq!(json["score"].as_f64(), Some(5.0), "the C server, built by make, passes stage 1:\n{text}");
     assert!(!submission.join("server").exists(), "the build ran in the grader's copy, not in the submission");
 }
+
+/// Makes `command`'s process refuse io_uring and kernel AIO (EPERM), as a
+/// container's seccomp profile does; its children inherit the filter.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn deny_io_uring_and_aio(command: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const SYS_IO_URING_SETUP: u32 = 425;
+    const SYS_IO_SETUP: u32 = 206;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_EPERM: u32 = 0x0005_0000 | libc::EPERM as u32;
+    let statement = |code: u16, k: u32| libc::sock_filter { code, jt: 0, jf: 0, k };
+    let jump = |k: u32, jt: u8, jf: u8| libc::sock_filter { code: 0x05 | 0x10, jt, jf, k }; // BPF_JMP | BPF_JEQ | BPF_K
+    let load = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    let ret = 0x06; // BPF_RET | BPF_K
+    let program = vec![
+        statement(load, 4), // seccomp_data.arch
+        jump(AUDIT_ARCH_X86_64, 1, 0),
+        statement(ret, RET_ALLOW),
+        statement(load, 0), // seccomp_data.nr
+        jump(SYS_IO_URING_SETUP, 2, 0),
+        jump(SYS_IO_SETUP, 1, 0),
+        statement(ret, RET_ALLOW),
+        statement(ret, RET_EPERM),
+    ];
+    // SAFETY: runs in the forked child before exec: two prctl(2) calls
+    // on a filter program that the closure owns and that outlives them
+    // (the kernel copies it); no allocation.
+    unsafe {
+        command.pre_exec(move || {
+            let filter =
+                libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut libc::sock_filter };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &filter as *const libc::sock_fprog) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn a_sandbox_that_denies_io_uring_makes_an_io_uring_server_not_gradable_not_zero() {
+    let scratch = tempfile::tempdir().unwrap();
+    let server = server();
+    let mut args = vec!["grade", "--stages", "1", "--", &server, "--model", "uring"];
+    args.extend(PLACEHOLDERS);
+    let mut command = Command::new(client_bin());
+    command.args(&args).current_dir(scratch.path());
+    let output = deny_io_uring_and_aio(&mut command).output().unwrap();
+    let text = stdout(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "exit 3, not gradable:\n{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.starts_with("not gradable on this machine: io_uring is denied here"), "{text}");
+    // The same sandbox is no excuse for a server that does not need io_uring.
+    let mut args = vec!["grade", "--stages", "1", "--", &server, "--model", "select"];
+    args.extend(PLACEHOLDERS);
+    let mut command = Command::new(client_bin());
+    command.args(&args).current_dir(scratch.path());
+    let output = deny_io_uring_and_aio(&mut command).output().unwrap();
+    assert!(output.status.success(), "{}", stdout(&output));
+}

@@ -183,6 +183,8 @@ struct Output {
     cache_clears: usize,
     /// The address of its first `listening on <ip>:<port>` line.
     announced: Option<SocketAddr>,
+    /// Streams read to their end (stdout, stderr): 2 when all is read.
+    closed: usize,
 }
 
 /// The address in a `listening on <ip>:<port>` line; an unspecified IP
@@ -218,6 +220,7 @@ fn collect(stream: impl Read + Send + 'static, output: Arc<Mutex<Output>>) {
             }
             line.clear();
         }
+        output.lock().unwrap_or_else(|p| p.into_inner()).closed += 1;
     });
 }
 
@@ -311,6 +314,8 @@ impl Target {
                 // Its own listener closed with it (and with its group): if
                 // the port still accepts, another program holds it.
                 process.stop();
+                // Its last words may still be in the pipes: read them before quoting them.
+                process.drained(Duration::from_secs(1));
                 if accepted_since.is_some() && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                     return Ok(None);
                 }
@@ -411,6 +416,15 @@ impl Target {
 impl Process {
     fn log_text(&self) -> String {
         self.output.lock().unwrap_or_else(|p| p.into_inner()).tail.clone()
+    }
+
+    /// Waits (up to `patience`) until both of its streams are read to
+    /// their end: after it exited, what it wrote last is then in the log.
+    fn drained(&self, patience: Duration) {
+        let deadline = Instant::now() + patience;
+        while Instant::now() < deadline && self.output.lock().unwrap_or_else(|p| p.into_inner()).closed < 2 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Where its `listening on` line says it listens, once printed.
