@@ -379,7 +379,7 @@ fn deny_io_uring_and_aio(command: &mut Command) -> &mut Command {
     let jump = |k: u32, jt: u8, jf: u8| libc::sock_filter { code: 0x05 | 0x10, jt, jf, k }; // BPF_JMP | BPF_JEQ | BPF_K
     let load = 0x20; // BPF_LD | BPF_W | BPF_ABS
     let ret = 0x06; // BPF_RET | BPF_K
-    let program = vec![
+    let program = [
         statement(load, 4), // seccomp_data.arch
         jump(AUDIT_ARCH_X86_64, 1, 0),
         statement(ret, RET_ALLOW),
