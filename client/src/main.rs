@@ -528,8 +528,9 @@ fn replay(
     let mut request = Vec::new();
     std::io::stdin().read_to_end(&mut request).context("cannot read the bytes to send from stdin")?;
     let fixture = Fixture::create()?;
-    if user.is_some() {
+    if let Some(user) = &user {
         fixture.open_to_others()?;
+        client::grade::target::open_command_to(command, None, user)?;
     }
     let launch = Launch { user, workdir: None };
     let target = Target::launch(command, &fixture.root(), setup, Duration::from_secs(10), &launch)?;

@@ -198,6 +198,13 @@ pub fn grade(plan: &Plan) -> Result<Report> {
         fixture
             .open_to_others()
             .with_context(|| format!("cannot make the grader's files readable to {}", user.name))?;
+        if plan.addr.is_none() {
+            let opened = target::open_command_to(&plan.command, plan.launch.workdir.as_deref(), user)?;
+            if !opened.is_empty() {
+                let names: Vec<String> = opened.iter().map(|path| path.display().to_string()).collect();
+                eprintln!("client grade: the server runs as {}; opened to it: {}", user.name, names.join(", "));
+            }
+        }
     }
     let checks: Vec<Check> = checks::catalog().into_iter().filter(|c| plan.stages.contains(&c.stage)).collect();
     let mut results = Vec::new();

@@ -133,6 +133,44 @@ fn unsafe_zeroed_passwd() -> libc::passwd {
     unsafe { std::mem::zeroed() }
 }
 
+/// Lets `user` reach what `template` names (a program `./server`, a script
+/// `python3 /home/me/server.py`) and the folder it runs in: every folder
+/// above gets `o+x` (pass through, list nothing), a file `o+r` (and `o+x`
+/// when it is executable). A root grader then never needs to run student
+/// code as root because the instructor's folder is private. Returns what
+/// it changed, for a note.
+pub fn open_command_to(template: &[String], workdir: Option<&Path>, user: &User) -> Result<Vec<std::path::PathBuf>> {
+    use std::os::unix::fs::PermissionsExt;
+    let base = match workdir {
+        Some(dir) => dir.to_path_buf(),
+        None => std::env::current_dir().context("cannot find the current folder")?,
+    };
+    let mut wanted: Vec<std::path::PathBuf> = vec![base.clone()];
+    for word in template.iter().filter(|word| word.contains('/') && !word.contains('{')) {
+        let path = base.join(word);
+        if path.exists() {
+            wanted.push(path);
+        }
+    }
+    let mut changed = Vec::new();
+    for path in wanted {
+        let path = std::fs::canonicalize(&path).with_context(|| format!("cannot resolve {}", path.display()))?;
+        let metadata = std::fs::metadata(&path)?;
+        let mode = metadata.permissions().mode();
+        let own = if metadata.is_dir() { 0o005 } else { 0o004 | ((mode & 0o100) >> 6) };
+        for (folder, bits) in std::iter::once((path.as_path(), own)).chain(path.ancestors().skip(1).map(|a| (a, 0o001)))
+        {
+            let mode = std::fs::metadata(folder)?.permissions().mode();
+            if mode & bits != bits {
+                std::fs::set_permissions(folder, std::fs::Permissions::from_mode(mode | bits))
+                    .with_context(|| format!("cannot open {} to {}", folder.display(), user.name))?;
+                changed.push(folder.to_path_buf());
+            }
+        }
+    }
+    Ok(changed)
+}
+
 /// How to start a server beyond its command: as which user, in which folder.
 #[derive(Debug, Clone, Default)]
 pub struct Launch {
