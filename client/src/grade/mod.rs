@@ -8,6 +8,15 @@
 //! says what was sent, what was expected, what came back, and where to
 //! look. Nothing the server does can hang or crash the grader, and nothing
 //! it started outlives it ([`target`]).
+//!
+//! Around that core: a grader running as root runs student code as an
+//! unprivileged user ([`target::User`]); a machine that cannot grade is
+//! told from a submission that fails ([`machine`]); the mechanism a course
+//! asks for is proved by behaviour, threads counted ([`mechanism`]); a
+//! submission folder is copied and built as its `grade.toml` says
+//! ([`submission`]); a class is graded into one CSV ([`class`]); and the
+//! report is written in the formats course platforms read ([`formats`],
+//! [`report`], [`bundle`]).
 
 pub mod bundle;
 pub mod checks;
