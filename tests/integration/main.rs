@@ -9,11 +9,10 @@ mod class;
 mod client;
 mod docs;
 mod grader;
-// handout: leave out (a handout is not cut from a handout)
-mod handouts;
 mod hostile;
 mod http;
 mod http_files;
+mod labs;
 mod limits;
 mod models;
 // It reads /proc to find what outlived whom.
@@ -21,6 +20,7 @@ mod models;
 mod orphans;
 mod processes;
 mod protocol;
+mod robustness;
 mod sandbox;
 mod scaling;
 mod signals;
