@@ -5,6 +5,7 @@
 mod support;
 
 mod async_reads;
+mod class;
 mod client;
 mod docs;
 mod grader;
