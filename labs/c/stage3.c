@@ -215,7 +215,8 @@ static int open_beneath(int root, const char *path) {
     // lab:todo `dir/x`); a symlink is followed only while it stays beneath the root. Open
     // lab:todo non-blocking: a FIFO with no writer must not hang the loop. On Linux the kernel
     // lab:todo resolves beneath the root (man 2 openat2, RESOLVE_BENEATH; glibc has no wrapper:
-    // lab:todo syscall(2)); where it is missing (ENOSYS, or LAB_SANDBOX=walk), walk_beneath().
+    // lab:todo syscall(2); EAGAIN, a rename racing a `..`, is worth a retry); where it is missing
+    // lab:todo (ENOSYS, or LAB_SANDBOX=walk), walk_beneath().
     char clean[REQUEST_MAX + 1];
     size_t used = 0;
     if (path[0] == '/')
@@ -238,7 +239,11 @@ static int open_beneath(int root, const char *path) {
     if (sandbox == NULL || strcmp(sandbox, "walk") != 0) {
         struct open_how how = {.flags = O_RDONLY | O_NONBLOCK | O_CLOEXEC,
                                .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS};
-        long fd = syscall(SYS_openat2, root, clean, &how, sizeof how);
+        long fd;
+        int tries = 0;
+        do // EAGAIN: a rename raced the check of a `..`; worth a retry
+            fd = syscall(SYS_openat2, root, clean, &how, sizeof how);
+        while (fd < 0 && errno == EAGAIN && ++tries < 8);
         if (fd >= 0 || errno != ENOSYS)
             return fd >= 0 ? (int)fd : -errno;
     }
