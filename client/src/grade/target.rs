@@ -114,6 +114,9 @@ struct Output {
     cache_clears: usize,
     /// The address of its first `listening on <ip>:<port>` line.
     announced: Option<SocketAddr>,
+    /// Its pipes still being read: until both close, its last words (a C
+    /// lab's `TODO:` line before it exits) may not be in `tail` yet.
+    open_streams: usize,
 }
 
 /// The address in a `listening on <ip>:<port>` line; an unspecified IP
@@ -129,6 +132,7 @@ fn announced_addr(line: &str) -> Option<SocketAddr> {
 /// Drains a stream of the server's into `output`, so the server never
 /// blocks on a full pipe, keeping only the tail.
 fn collect(stream: impl Read + Send + 'static, output: Arc<Mutex<Output>>) {
+    output.lock().unwrap_or_else(|p| p.into_inner()).open_streams += 1;
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stream);
         let mut line = Vec::new();
@@ -149,6 +153,7 @@ fn collect(stream: impl Read + Send + 'static, output: Arc<Mutex<Output>>) {
             }
             line.clear();
         }
+        output.lock().unwrap_or_else(|p| p.into_inner()).open_streams -= 1;
     });
 }
 
@@ -220,7 +225,7 @@ impl Target {
                 if accepted_since.is_some() && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                     return Ok(None);
                 }
-                let log = process.log_text();
+                let log = process.final_log(Duration::from_millis(500)); // its last words too
                 bail!("the server exited ({}) before it was ready; it said:\n{log}", describe_exit(status));
             }
             // That probe connection is the server's first client: for the
@@ -270,6 +275,15 @@ impl Target {
         self.process.as_ref().map(Process::log_text).unwrap_or_default()
     }
 
+    /// [`Target::log`], and if the server has exited, all it said before
+    /// (its pipes read to their end, for at most half a second).
+    pub fn final_log(&mut self) -> String {
+        if self.is_running() {
+            return self.log();
+        }
+        self.process.as_ref().map(|p| p.final_log(Duration::from_millis(500))).unwrap_or_default()
+    }
+
     /// How many `cache cleared` lines the server has written.
     pub fn cache_clears(&self) -> usize {
         self.process.as_ref().map_or(0, |p| p.output.lock().unwrap_or_else(|e| e.into_inner()).cache_clears)
@@ -305,6 +319,16 @@ impl Target {
 impl Process {
     fn log_text(&self) -> String {
         self.output.lock().unwrap_or_else(|p| p.into_inner()).tail.clone()
+    }
+
+    /// Its output once its pipes have closed (it has exited), waiting at
+    /// most `patience` for the readers to reach their end.
+    fn final_log(&self, patience: Duration) -> String {
+        let deadline = Instant::now() + patience;
+        while self.output.lock().unwrap_or_else(|p| p.into_inner()).open_streams > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.log_text()
     }
 
     /// Where its `listening on` line says it listens, once printed.
