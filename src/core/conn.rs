@@ -48,7 +48,6 @@
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
-use crate::config::defaults;
 use crate::output::{Output, Sink, Then};
 use crate::protocol::{Framing, ParseLimits, Parser, Response};
 use crate::refusal::Refusal;
@@ -92,13 +91,14 @@ pub struct Limits {
     pub write_timeout: Duration,
 }
 
+#[cfg(test)] // a run's limits come from its Config (`Config::limits`)
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             parse: ParseLimits::default(),
-            request_timeout: defaults::REQUEST_TIMEOUT,
-            idle_timeout: defaults::IDLE_TIMEOUT,
-            write_timeout: defaults::WRITE_TIMEOUT,
+            request_timeout: crate::config::defaults::REQUEST_TIMEOUT,
+            idle_timeout: crate::config::defaults::IDLE_TIMEOUT,
+            write_timeout: crate::config::defaults::WRITE_TIMEOUT,
         }
     }
 }

@@ -66,7 +66,7 @@ pub fn run_with_backend<B: Backend>(server: Server) -> Result<(), ServerError> {
 
 /// One event loop, accepting on its seat's listener until stopped.
 // handout: stage 2: set up with seat.take_place(...) a mio Poll, its registry (try_clone), the listener
-//   (non-blocking, LISTENER, READABLE), Signals::new(seat.signals()) (SIGNALS) and B::open(server.readers,
+//   (non-blocking, LISTENER, READABLE), Signals::new(seat.signals()) (SIGNALS) and B::open(server.config.readers,
 //   &registry, COMPLETIONS); then Connections::new(seat.max_open_conns(), server.limits),
 //   Events::with_capacity(EVENTS_PER_WAIT), and while !connections.should_exit(): poll() with the
 //   earlier of wait_timeout() and backend.next_deadline(); for each event: LISTENER -> accept(),
@@ -83,7 +83,7 @@ fn event_loop<B: Backend>(server: &Server, seat: Seat<'_>) -> Result<(), ServerE
         registry.register(&mut SourceFd(&listener.as_raw_fd()), LISTENER, Interest::READABLE)?;
         let mut signals = Signals::new(seat.signals())?;
         registry.register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let backend = B::open(server.readers, &registry, COMPLETIONS)?;
+        let backend = B::open(server.config.readers, &registry, COMPLETIONS)?;
         Ok((poll, registry, signals, backend))
     };
     let Some((mut poll, registry, mut signals, mut backend)) = seat.take_place(set_up())? else {

@@ -3,7 +3,7 @@
 //!
 //! **What it teaches.** Forking per connection pays for a `fork` every
 //! time; prefork pays it N times at start-up. The parent binds, forks
-//! `--threads N` workers (default: one per core), and from then on only
+//! `--workers N` workers (default: one per core), and from then on only
 //! supervises: it forwards `SIGHUP` and `SIGTERM` to the workers and
 //! replaces any worker that dies. Each worker is the iterative server on
 //! the *shared* listening socket: the kernel hands each new connection to
@@ -17,7 +17,7 @@
 //! a worker until it leaves, so N must cover the concurrency you expect.
 //!
 //! ```text
-//! server --model prefork --threads 8 --root fixtures
+//! server --model prefork --workers 8 --root fixtures
 //! ```
 
 use std::collections::HashSet;

@@ -83,11 +83,11 @@ pub fn run(server: Server) -> Result<(), ServerError> {
     // A permit per connection, one count for every runtime: `--max-conns`
     // holds in all, and at a stop, a count to wait for.
     let slots = Arc::new(Semaphore::new(server.max_open_conns));
-    match server.runtime {
+    match server.config.runtime {
         Runtime::MultiThread => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(server.workers)
-                .max_blocking_threads(server.readers)
+                .max_blocking_threads(server.config.readers)
                 .thread_keep_alive(BLOCKING_KEEP_ALIVE)
                 .thread_name("tokio")
                 .enable_io()
@@ -99,7 +99,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         // `event`'s fan-out: a thread and a `SO_REUSEPORT` listener per worker.
         Runtime::CurrentThreadPerCore => fan_out::run_per_worker(&server, |server, seat| {
             let built = tokio::runtime::Builder::new_current_thread()
-                .max_blocking_threads(server.readers.div_ceil(server.workers))
+                .max_blocking_threads(server.config.readers.div_ceil(server.workers))
                 .thread_keep_alive(BLOCKING_KEEP_ALIVE)
                 .thread_name("tokio")
                 .enable_io()

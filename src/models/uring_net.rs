@@ -251,9 +251,9 @@ impl Techniques {
         max_conns: usize,
         notes: &mut Vec<String>,
     ) -> Techniques {
-        let uses = |technique| !server.without.contains(&technique);
+        let uses = |technique| server.config.uses(technique);
         let on_loopback = listener.local_addr().is_ok_and(|addr| addr.ip().is_loopback());
-        let zero_copy = match server.zero_copy {
+        let zero_copy = match server.config.zero_copy {
             ZeroCopy::Never => false,
             ZeroCopy::Remote => !on_loopback,
             ZeroCopy::Always => true,
@@ -285,7 +285,7 @@ impl Techniques {
             batching: uses(Technique::Batching),
             defer_taskrun: offers.defer_taskrun,
             zero_copy: zero_copy && offers.zero_copy,
-            zero_copy_off: match server.zero_copy {
+            zero_copy_off: match server.config.zero_copy {
                 ZeroCopy::Never => " (--zero-copy never)",
                 ZeroCopy::Remote if on_loopback => {
                     " (loopback listener, which copies anyway; --zero-copy always to try)"
@@ -765,7 +765,7 @@ struct Loop<'a> {
 //   signal); read docs/guide/04b-readiness-and-completion.md
 fn completion_loop(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
     let set_up = || -> io::Result<(IoUring, BufferRing, SignalPipes, Computations, Techniques)> {
-        let defer_taskrun = !server.without.contains(&Technique::DeferTaskrun);
+        let defer_taskrun = server.config.uses(Technique::DeferTaskrun);
         let (ring, offers) = probe(defer_taskrun).map_err(|err| io::Error::other(err.to_string()))?;
         let mut notes = Vec::new();
         let techniques = Techniques::choose(server, &ring, offers, seat.listener, seat.max_open_conns(), &mut notes);
@@ -779,7 +779,7 @@ fn completion_loop(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
         // Accepted sockets inherit it: a response leaves in one send, and a
         // file body by splice after its head, which Nagle would hold back.
         rustix::net::sockopt::set_tcp_nodelay(seat.listener, true)?;
-        let computations = Computations::new(server.readers)?;
+        let computations = Computations::new(server.config.readers)?;
         Ok((ring, buffers, signals, computations, techniques))
     };
     let Some((ring, buffers, signals, computations, techniques)) = seat.take_place(set_up())? else {
