@@ -51,7 +51,7 @@ pub mod defaults {
 /// (`crate::models::<name>`, linked from the crate's stage table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Model {
-    /// Stage 1: one client at a time, blocking accept and reads.
+    /// Stage 1: one client at a time: wait for a client, accept it, serve it with blocking reads.
     Iterative,
     /// Stage 2: a process per connection (fork after accept).
     Fork,

@@ -35,10 +35,9 @@
 //! limit divided: the kernel does not spread connections evenly), and
 //! `--readers` divided among their blocking pools; the first clears the
 //! cache at `SIGHUP`, all stop at `SIGTERM`. Measured side by side (the
-//! chapter has the tables), the runtime per core is ahead where nothing
-//! blocks (cached 1 KiB at 50 connections: 1.14x) and level under slow
-//! storage (10 ms, 256 connections: 0.99x), with the worse p99 in five
-//! runs of eight. The default stays `multi-thread`: it balances
+//! figures are in `docs/guide/02d-async-await.md`), the runtime per core
+//! is ahead where nothing blocks and level under slow storage, with the
+//! worse p99 more often than not. The default stays `multi-thread`: it balances
 //! connections that the kernel's hash did not, a task that blocks by
 //! mistake stalls one worker rather than a whole runtime's connections,
 //! and it is the runtime most Rust servers run.

@@ -26,7 +26,7 @@
 //! * uncached files are *read*; when storage is simulated slow
 //!   (`--read-delay-ms`), after the loop's own wait has run out the delay
 //!   (one wake-up starts every read then due; a timeout entry per read cost
-//!   a wake-up each, and 2 ms of median latency at 256 clients);
+//!   a wake-up each, and latency: `docs/performance.md` has the figures);
 //! * signals arrive as reads of a self-pipe;
 //! * the kernel does the work a completion needs (the receive a ready
 //!   socket allows) when the loop waits for completions, not by

@@ -34,7 +34,7 @@ use crate::server::Server;
 use crate::service::Service;
 use crate::signals;
 
-/// A listener whose blocking `accept` a `SIGINT`/`SIGTERM` interrupts, and
+/// A listener whose wait for clients (`poll(2)` beside a stop pipe) a `SIGINT`/`SIGTERM` ends, and
 /// the connections it has handed out, so the same signal reaches them too.
 /// `SIGHUP` clears the cache from the watcher thread.
 #[derive(Debug)]

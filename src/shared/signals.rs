@@ -7,7 +7,12 @@
 //! * mio loops register [`signal_hook_mio::v1_0::Signals`] in their `Poll`;
 //! * `select`/`poll` loops watch a [`SelfPipe`] (the classic self-pipe trick:
 //!   the handler writes a byte, the loop sees the pipe readable);
-//! * blocking models run [`spawn_watcher`], a thread that waits for signals.
+//! * blocking models run [`spawn_watcher`], a thread that waits for signals;
+//! * `tokio` awaits tokio's own signal streams, and `uring-net` keeps a
+//!   read of a self-pipe submitted on its ring;
+//! * the parents of `fork` and `prefork` read a `signalfd` (`process.rs`).
+//!
+//! `docs/design.md` ("Signals, per model") says which model uses which, and why.
 
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
