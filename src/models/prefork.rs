@@ -63,7 +63,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
 /// signal watcher, installed before its signals are unblocked, so that a
 /// forwarded signal is never lost or fatal.
 fn spawn_worker(server: &Server) -> Result<Pid, ServerError> {
-    process::fork_child(&process::ALL_BLOCKED, || match StoppableAcceptor::install(server) {
+    process::fork_child(|| match StoppableAcceptor::install(server) {
         Ok(acceptor) => {
             process::unblock_all();
             // The iterative loop; every worker polls the one listener, and

@@ -65,7 +65,7 @@ use crate::conn::{refuse, Limits, LINGER_MAX_BYTES, LINGER_TIME, LINGER_TIMEOUT,
 use crate::error::ServerError;
 use crate::fan_out::{self, Seat};
 use crate::log::info;
-use crate::net::{is_fd_exhaustion, FD_EXHAUSTION_PAUSE};
+use crate::net::{sort_accept_error, Accepted, FD_EXHAUSTION_PAUSE};
 use crate::output::{Flushed, Output, Sink, Then};
 use crate::protocol::{Framing, Malformed, Parser, Request, Response};
 use crate::refusal::Refusal;
@@ -168,11 +168,11 @@ async fn accept_until_stopped(
                         }
                     }
                 },
-                Err(err) if is_fd_exhaustion(&err) => {
-                    info!("accept: {err}; pausing accepts");
-                    tokio::time::sleep(FD_EXHAUSTION_PAUSE).await;
+                Err(err) => {
+                    if let Accepted::Pause = sort_accept_error(&err) {
+                        tokio::time::sleep(FD_EXHAUSTION_PAUSE).await;
+                    }
                 }
-                Err(err) => info!("accept: {err}"),
             },
             _ = hangup.recv(), if first => signals::clear_cache(&server.service),
             _ = interrupt.recv() => break,

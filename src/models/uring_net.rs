@@ -77,7 +77,7 @@ use crate::conn::{Conn, ConnId, Executor, Limits, Status, LINGER_TIMEOUT, SWEEP_
 use crate::error::ServerError;
 use crate::fan_out::{self, Seat};
 use crate::log::info;
-use crate::net::FD_EXHAUSTION_PAUSE;
+use crate::net::{self, Accepted, FD_EXHAUSTION_PAUSE};
 use crate::output::{Output, Sink, Then};
 use crate::protocol::{Framing, Response};
 use crate::refusal::Refusal;
@@ -1030,21 +1030,15 @@ impl Loop<'_> {
                 self.cancel(CancelBuilder::user_data(Op::Accept.tag(0)));
             }
         } else {
-            let err = io::Error::from_raw_os_error(-result);
-            match -result {
-                libc::ECANCELED => {}
-                // One connection failed (the client gave up first): accept the next.
-                libc::ECONNABORTED | libc::EPROTO | libc::EPERM | libc::EINTR | libc::EAGAIN => {
-                    info!("accept: {err}")
-                }
-                // Out of fds, registered-file slots or memory, or worse:
-                // re-arming at once would spin on the same error.
-                _ => {
-                    info!("accept: {err}; pausing accepts for {FD_EXHAUSTION_PAUSE:?}");
-                    self.accept_paused_until = Some(Instant::now() + FD_EXHAUSTION_PAUSE);
-                    if more {
-                        self.cancel(CancelBuilder::user_data(Op::Accept.tag(0)));
-                    }
+            // One connection failed (the client gave up first): accept the
+            // next. Out of fds, registered-file slots or memory, or worse:
+            // re-arming at once would spin on the same error, so pause.
+            let paused = -result != libc::ECANCELED
+                && matches!(net::sort_accept_error(&io::Error::from_raw_os_error(-result)), Accepted::Pause);
+            if paused {
+                self.accept_paused_until = Some(Instant::now() + FD_EXHAUSTION_PAUSE);
+                if more {
+                    self.cancel(CancelBuilder::user_data(Op::Accept.tag(0)));
                 }
             }
         }

@@ -77,31 +77,25 @@ impl<S: Sink + Read> Connections<S> {
         }
         let conn = Conn::new(service, self.limits);
         let id = self.open.insert(Connection { socket, conn, writable_registered: false });
-        self.advance(id, service, executor).map(|_| id)
+        self.advance(id, service, executor);
+        self.open.get(id).is_some().then_some(id)
     }
 
     /// Advances connection `id` after an event; drops it if it is done.
-    /// Returns the client if it stays open. Unknown ids (a stale event for a
-    /// connection already closed) are ignored.
-    pub fn advance(&mut self, id: ConnId, service: &Service, executor: &mut dyn Executor) -> Option<&Connection<S>> {
-        let connection = self.open.get_mut(id)?;
+    /// Unknown ids (a stale event for a connection already closed) are
+    /// ignored.
+    pub fn advance(&mut self, id: ConnId, service: &Service, executor: &mut dyn Executor) {
+        let Some(connection) = self.open.get_mut(id) else { return };
         if connection.conn.advance(&mut connection.socket, service, executor, id) == Status::Closed {
             self.open.remove(id);
-            return None;
         }
-        self.open.get(id)
     }
 
     /// Delivers the response of work that ran elsewhere, then advances.
-    pub fn complete(
-        &mut self,
-        id: ConnId,
-        response: Response,
-        service: &Service,
-        executor: &mut dyn Executor,
-    ) -> Option<&Connection<S>> {
-        self.open.get_mut(id)?.conn.complete(response);
-        self.advance(id, service, executor)
+    pub fn complete(&mut self, id: ConnId, response: Response, service: &Service, executor: &mut dyn Executor) {
+        let Some(connection) = self.open.get_mut(id) else { return };
+        connection.conn.complete(response);
+        self.advance(id, service, executor);
     }
 
     /// Graceful stop: every connection finishes what is in flight and closes.
@@ -236,7 +230,7 @@ impl Connections<TcpStream> {
                 Accepted::Connection(stream) => stream,
                 Accepted::Drained => break,
                 Accepted::Retry => continue,
-                Accepted::OutOfFds => {
+                Accepted::Pause => {
                     self.accept_paused_until = Some(Instant::now() + FD_EXHAUSTION_PAUSE);
                     break;
                 }
