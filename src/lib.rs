@@ -26,7 +26,7 @@
 //! * [`shared`]: the machinery the models' loops share: [`server`], the
 //!   connection table ([`connections`]), [`fan_out`], [`signals`], the thread pools;
 //! * [`models`]: one file per model, each holding its own wait-and-dispatch
-//!   loop; [`backend`](models::async_reads) is what the stage-4 models share.
+//!   loop; [`backend`] is what the stage-4 models share.
 //!
 //! `docs/design.md` draws how these layers depend on each other and follows
 //! one request through them; the guide in `docs/guide/` walks through the
@@ -52,7 +52,7 @@ mod sys;
 // The parts' modules by their short names, so every file says `crate::conn`
 // whichever folder it lives in.
 use self::core::{cache, conn, output, protocol, refusal, sandbox, service};
-use models::async_reads as backend;
+use models::backend;
 use shared::{blocking, connections, fan_out, net, process, server, signals, slab, thread_pool};
 
 pub use config::{Config, Model, ServiceKind};

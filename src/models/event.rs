@@ -12,8 +12,8 @@
 //! block every other client while they run. That is deliberate: it is the
 //! "Sync I/O" half of the homework's comparison. The asynchronous models
 //! reuse this very loop ([`run_with_backend`]) and only change *where the work runs*
-//! by naming another [`Backend`]: `run_with_backend::<Inline>` here,
-//! `run_with_backend::<Coalescing<ThreadPoolReads>>` in `event-async`.
+//! by opening another [`Executor`]: [`Inline`] here, `ThreadPoolReads` (its
+//! reads merged by `Coalescing`) in `event-async`.
 //!
 //! **Cost.** One thread; per client a socket, a `Conn`, and an epoll entry.
 //! Syscalls per cached request: one `epoll_wait` (shared), one `read`,
@@ -34,8 +34,8 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::backend::Backend;
-use crate::conn::{ConnId, Inline};
+use crate::backend::Open;
+use crate::conn::{ConnId, Executor, Inline};
 use crate::connections::{Connection, Connections};
 use crate::error::ServerError;
 use crate::fan_out::{self, Seat};
@@ -54,14 +54,14 @@ const EVENTS_PER_WAIT: usize = 1024;
 
 /// Runs the `event` model: the loop below with blocking work inline.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    run_with_backend::<Inline>(server)
+    run_with_backend(server, |_readers, _registry, _token| Ok(Inline))
 }
 
 /// The mio event loop, shared by `event`, `event-async`, `event-aio` and
-/// `uring`; they differ only in the backend `B`. With `--workers N`,
-/// [`fan_out`] runs N of these loops.
-pub fn run_with_backend<B: Backend>(server: Server) -> Result<(), ServerError> {
-    fan_out::run_per_worker(&server, event_loop::<B>)
+/// `uring`; they differ only in the backend each loop opens with `open`.
+/// With `--workers N`, [`fan_out`] runs N of these loops.
+pub fn run_with_backend<B: Executor>(server: Server, open: Open<B>) -> Result<(), ServerError> {
+    fan_out::run_per_worker(&server, |server, seat| event_loop(server, seat, open))
 }
 
 /// One event loop, accepting on its seat's listener until stopped.
@@ -74,7 +74,7 @@ pub fn run_with_backend<B: Backend>(server: Server) -> Result<(), ServerError> {
 //   connection's Token -> advance() then update_interest(); then backend.completed() -> complete()
 //   each; close_expired(), and accept() again if accepting was paused; read
 //   docs/guide/02b-event-loop.md
-fn event_loop<B: Backend>(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
+fn event_loop<B: Executor>(server: &Server, seat: Seat<'_>, open: Open<B>) -> Result<(), ServerError> {
     let listener = seat.listener;
     let set_up = || -> io::Result<_> {
         let poll = Poll::new()?;
@@ -83,7 +83,7 @@ fn event_loop<B: Backend>(server: &Server, seat: Seat<'_>) -> Result<(), ServerE
         registry.register(&mut SourceFd(&listener.as_raw_fd()), LISTENER, Interest::READABLE)?;
         let mut signals = Signals::new(seat.signals())?;
         registry.register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let backend = B::open(server.config.readers, &registry, COMPLETIONS)?;
+        let backend = open(server.config.readers, &registry, COMPLETIONS)?;
         Ok((poll, registry, signals, backend))
     };
     let Some((mut poll, registry, mut signals, mut backend)) = seat.take_place(set_up())? else {
@@ -150,7 +150,7 @@ fn accept(
     listener: &TcpListener,
     connections: &mut Connections<TcpStream>,
     service: &Service,
-    backend: &mut impl Backend,
+    backend: &mut impl Executor,
     registry: &Registry,
 ) {
     for id in connections.accept_pending(listener, service, backend, |_| true) {

@@ -4,7 +4,7 @@
 //! blocking part of a request runs*; parsing, the sandbox, the cache and the
 //! connection state machine are shared (`docs/design.md` draws the layers).
 
-pub mod async_reads;
+pub mod backend;
 pub mod event;
 pub mod event_aio;
 pub mod event_async;

@@ -54,7 +54,9 @@ pub const RING_ENTRIES: u32 = 256;
 /// Runs the `uring` model: the mio loop with reads submitted to io_uring.
 pub fn run(server: Server) -> Result<(), ServerError> {
     new_ring()?; // refused before announcing, naming the model to use instead
-    event::run_with_backend::<Coalescing<KernelBackend<Uring>>>(server)
+    event::run_with_backend(server, |readers, registry, token| {
+        KernelBackend::<Uring>::open(readers, registry, token).map(Coalescing::new)
+    })
 }
 
 /// Sets up a ring, or explains that this kernel refuses io_uring and which

@@ -87,8 +87,8 @@ use crate::signals::{self, SignalAction};
 use crate::slab::Slab;
 use crate::thread_pool::ThreadPool;
 
-use super::async_reads::delay_queue::DelayQueue;
-use super::async_reads::READER_KEEP_ALIVE;
+use crate::backend::delay_queue::DelayQueue;
+use crate::backend::READER_KEEP_ALIVE;
 
 /// Submission queue size; the completion queue is twice that (and the
 /// kernel keeps overflowing completions rather than dropping them).
