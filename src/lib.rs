@@ -10,7 +10,7 @@
 //! | stage | question | models |
 //! |---|---|---|
 //! | 1 | a one-at-a-time time server | [`iterative`](models::iterative) |
-//! | 2 | many clients at once | [`select`](models::select), [`poll`](models::poll), [`event`](models::event); with processes and threads: [`fork`](models::fork), [`prefork`](models::prefork), [`threads`](models::threads), [`pool`](models::pool); with async/await: [`tokio`](models::tokio) |
+//! | 2 | many clients at once | [`select`](models::select), [`poll`](models::poll), [`event`](models::event); with processes and threads: [`fork`](models::fork), [`prefork`](models::prefork), [`threads`](models::threads), [`pool`](models::pool); with async/await: [`tokio`](models::async_await) |
 //! | 3 | files from a sandboxed root | every model, through the shared [`core`] |
 //! | 4 | asynchronous reads | [`event-async`](models::event_async), [`event-aio`](models::event_aio), [`uring`](models::uring); completion for sockets too: [`uring-net`](models::uring_net) |
 //! | 5 | signals and the cache | every model ([`signals`], [`cache`]) |
