@@ -37,9 +37,9 @@ pub fn run(server: Server) -> Result<(), ServerError> {
 
     while !connections.should_exit() {
         // 1. Say what we are interested in: signal pipes, listener, clients.
-        let [clear_fd, stop_fd] = signal_pipe.fds();
-        let mut watched =
-            vec![PollFd::from_borrowed_fd(clear_fd, PollFlags::IN), PollFd::from_borrowed_fd(stop_fd, PollFlags::IN)];
+        let mut watched: Vec<PollFd> =
+            signal_pipe.fds().map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN)).collect();
+        let listener_at = watched.len();
         let accepting = connections.is_accepting();
         if accepting {
             watched.push(PollFd::new(listener, PollFlags::IN));
@@ -72,7 +72,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         // 3. Do it. (Error and hang-up flags count as ready: advancing the
         // connection is what discovers and cleans up the failure.)
         let is_ready = |pollfd: &PollFd| !pollfd.revents().is_empty();
-        let listener_ready = accepting && is_ready(&watched[2]);
+        let listener_ready = accepting && is_ready(&watched[listener_at]);
         let ready: Vec<ConnId> = watched[first_connection..]
             .iter()
             .zip(&ids)

@@ -83,7 +83,7 @@ use crate::protocol::{Framing, Response};
 use crate::refusal::Refusal;
 use crate::server::Server;
 use crate::service::{FileRead, Service, Work};
-use crate::signals::{self, SignalAction};
+use crate::signals::{self, SelfPipe, SignalAction};
 use crate::slab::Slab;
 use crate::thread_pool::ThreadPool;
 
@@ -699,33 +699,6 @@ impl Drop for BufferRing {
     }
 }
 
-/// A self-pipe per signal this loop handles, read through the ring.
-struct SignalPipes {
-    readers: Vec<(i32, UnixStream, Box<[u8; 16]>)>,
-    ids: Vec<signal_hook::SigId>,
-}
-
-impl SignalPipes {
-    fn install(signals: &[i32]) -> io::Result<SignalPipes> {
-        let mut pipes = SignalPipes { readers: Vec::new(), ids: Vec::new() };
-        for &signal in signals {
-            let (reader, writer) = UnixStream::pair()?;
-            writer.set_nonblocking(true)?; // the handler must never block
-            pipes.ids.push(signal_hook::low_level::pipe::register(signal, writer)?);
-            pipes.readers.push((signal, reader, Box::new([0; 16])));
-        }
-        Ok(pipes)
-    }
-}
-
-impl Drop for SignalPipes {
-    fn drop(&mut self) {
-        for id in self.ids.drain(..) {
-            signal_hook::low_level::unregister(id);
-        }
-    }
-}
-
 /// One loop's ring and everything the kernel may be using.
 struct Loop<'a> {
     ring: IoUring,
@@ -752,7 +725,11 @@ struct Loop<'a> {
     /// Operations submitted whose last completion has not come back.
     in_flight: usize,
     buffers: BufferRing,
-    signals: SignalPipes,
+    /// A pipe per signal this loop handles, each with a read kept on the
+    /// ring into its buffer (the `Vec` never grows, so no buffer moves
+    /// while the kernel may write into it).
+    signals: SelfPipe,
+    signal_buffers: Vec<[u8; 16]>,
     /// Reads waiting out the simulated storage delay (`--read-delay-ms`).
     delayed: DelayQueue<u64>,
     computations: Computations,
@@ -764,7 +741,7 @@ struct Loop<'a> {
 //   submit_and_wait(1), and for each completion dispatch on its Op (accept, receive, send, read,
 //   signal); read docs/guide/04b-readiness-and-completion.md
 fn completion_loop(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
-    let set_up = || -> io::Result<(IoUring, BufferRing, SignalPipes, Computations, Techniques)> {
+    let set_up = || -> io::Result<(IoUring, BufferRing, SelfPipe, Computations, Techniques)> {
         let defer_taskrun = server.config.uses(Technique::DeferTaskrun);
         let (ring, offers) = probe(defer_taskrun).map_err(|err| io::Error::other(err.to_string()))?;
         let mut notes = Vec::new();
@@ -775,7 +752,12 @@ fn completion_loop(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
             info!("uring-net: {}{missing}", techniques.describe());
         }
         let buffers = BufferRing::register(&ring)?;
-        let signals = SignalPipes::install(seat.signals())?;
+        let signals = SelfPipe::install(seat.signals())?;
+        for index in 0..signals.len() {
+            // Read through the ring, which waits for the byte: a
+            // non-blocking read end could complete at once with EAGAIN.
+            signals.pipe(index).1.set_nonblocking(false)?;
+        }
         // Accepted sockets inherit it: a response leaves in one send, and a
         // file body by splice after its head, which Nagle would hold back.
         rustix::net::sockopt::set_tcp_nodelay(seat.listener, true)?;
@@ -806,6 +788,7 @@ fn completion_loop(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
         last_sweep: Instant::now(),
         in_flight: 0,
         buffers,
+        signal_buffers: vec![[0; 16]; signals.len()],
         signals,
         delayed: DelayQueue::default(),
         computations,
@@ -822,7 +805,7 @@ fn completion_loop(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
 impl Loop<'_> {
     fn run(&mut self) -> Result<(), ServerError> {
         self.arm_accept();
-        for index in 0..self.signals.readers.len() {
+        for index in 0..self.signals.len() {
             self.arm_signal(index);
         }
         self.arm_computed();
@@ -928,7 +911,8 @@ impl Loop<'_> {
     }
 
     fn arm_signal(&mut self, index: usize) {
-        let (_, reader, buffer) = &mut self.signals.readers[index];
+        let (_, reader) = self.signals.pipe(index);
+        let buffer = &mut self.signal_buffers[index];
         let entry = opcode::Read::new(types::Fd(reader.as_raw_fd()), buffer.as_mut_ptr(), buffer.len() as u32)
             .build()
             .user_data(Op::Signal.tag(index as u64));
@@ -1083,7 +1067,7 @@ impl Loop<'_> {
         if result == -libc::ECANCELED {
             return;
         }
-        let signal = self.signals.readers[index].0;
+        let signal = self.signals.pipe(index).0;
         if result > 0 {
             match signals::action_for(signal) {
                 Some(SignalAction::ClearCache) => signals::clear_cache(self.service),

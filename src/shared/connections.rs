@@ -206,7 +206,8 @@ impl Connections<TcpStream> {
     /// the signal self-pipe installed, then the server announced, the
     /// listener made non-blocking, and an empty table.
     pub fn start_readiness_loop(server: &Server) -> Result<(SelfPipe, Connections<TcpStream>), ServerError> {
-        let signal_pipe = SelfPipe::install().map_err(ServerError::io("cannot install signal handlers"))?;
+        let signal_pipe =
+            SelfPipe::install(&signals::HANDLED).map_err(ServerError::io("cannot install signal handlers"))?;
         server.announce()?;
         server.listener.set_nonblocking(true).map_err(ServerError::io("cannot make the listener non-blocking"))?;
         Ok((signal_pipe, Connections::new(server.max_open_conns, server.limits)))
