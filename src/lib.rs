@@ -53,7 +53,7 @@ mod sys;
 // whichever folder it lives in.
 use self::core::{cache, conn, output, protocol, refusal, sandbox, service};
 use models::backend;
-use shared::{blocking, connections, fan_out, net, process, server, signals, slab, thread_pool};
+use shared::{blocking, connections, fan_out, lifecycle, net, process, server, signals, slab, thread_pool};
 
 pub use config::{Config, Model, ServiceKind};
 pub use error::ServerError;

@@ -39,6 +39,8 @@ use crate::conn::{ConnId, Executor, Inline};
 use crate::connections::{Connection, Connections};
 use crate::error::ServerError;
 use crate::fan_out::{self, Seat};
+use crate::lifecycle::Lifecycle;
+use crate::net::{self, Accepted};
 use crate::server::Server;
 use crate::service::Service;
 use crate::signals;
@@ -91,12 +93,13 @@ fn event_loop<B: Executor>(server: &Server, seat: Seat<'_>, open: Open<B>) -> Re
     };
     let service = &server.service;
     let mut connections = Connections::new(seat.max_open_conns(), server.limits);
+    let mut lifecycle = Lifecycle::default();
     let mut events = Events::with_capacity(EVENTS_PER_WAIT);
     let mut done = Vec::new();
-    while !connections.should_exit() {
-        // 1. Wait for events (or until a timer of the table or the backend is due).
+    while !lifecycle.should_exit(connections.len()) {
+        // 1. Wait for events (or until a timer of the loop or the backend is due).
         let backend_due = backend.next_deadline().map(|at| at.saturating_duration_since(Instant::now()));
-        let timeout = [connections.wait_timeout(), backend_due].into_iter().flatten().min();
+        let timeout = [lifecycle.wait_timeout(connections.len()), backend_due].into_iter().flatten().min();
         match poll.poll(&mut events, timeout) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
@@ -106,15 +109,17 @@ fn event_loop<B: Executor>(server: &Server, seat: Seat<'_>, open: Open<B>) -> Re
         // 2. Handle each ready source.
         for event in events.iter() {
             match event.token() {
-                LISTENER if connections.is_accepting() => {
-                    accept(listener, &mut connections, service, &mut backend, &registry)
+                LISTENER if lifecycle.is_accepting() => {
+                    accept(listener, &mut connections, &mut lifecycle, service, &mut backend, &registry)
                 }
                 LISTENER => {}
                 SIGNALS => {
                     for action in signals.pending().filter_map(signals::action_for) {
-                        connections.on_signal(action, service, &mut backend);
+                        if lifecycle.on_signal(action, service, connections.len()) {
+                            connections.finish_all(service, &mut backend);
+                        }
                     }
-                    if connections.is_stopping() {
+                    if lifecycle.is_stopping() {
                         let _ = registry.deregister(&mut SourceFd(&listener.as_raw_fd()));
                     }
                 }
@@ -138,22 +143,35 @@ fn event_loop<B: Executor>(server: &Server, seat: Seat<'_>, open: Open<B>) -> Re
 
         // 4. Housekeeping: time limits, and accepts paused for lack of fds
         // (no event will announce that some were freed).
-        connections.close_expired();
-        if connections.is_accept_paused() && connections.is_accepting() {
-            accept(listener, &mut connections, service, &mut backend, &registry);
+        if lifecycle.sweep_is_due() {
+            connections.close_expired();
+        }
+        if lifecycle.pause_has_ended() && lifecycle.is_accepting() {
+            accept(listener, &mut connections, &mut lifecycle, service, &mut backend, &registry);
         }
     }
     Ok(())
 }
 
+/// Accepts every connection waiting on the listener (edge-triggered: all
+/// of them, until `WouldBlock`), does what it can for each at once, and
+/// registers those still open. Out of fds, accepting pauses briefly.
 fn accept(
     listener: &TcpListener,
     connections: &mut Connections<TcpStream>,
+    lifecycle: &mut Lifecycle,
     service: &Service,
     backend: &mut impl Executor,
     registry: &Registry,
 ) {
-    for id in connections.accept_pending(listener, service, backend, |_| true) {
+    loop {
+        let stream = match net::accept(listener, true) {
+            Accepted::Connection(stream) => stream,
+            Accepted::Retry => continue,
+            Accepted::Drained => return,
+            Accepted::Pause => return lifecycle.pause_accepting(),
+        };
+        let Some(id) = connections.admit(stream, service, backend) else { continue };
         let Some(connection) = connections.get_mut(id) else { continue };
         let fd = connection.socket.as_raw_fd();
         connection.writable_registered = connection.conn.wants_write();

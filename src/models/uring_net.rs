@@ -73,11 +73,12 @@ use io_uring::types::{CancelBuilder, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
 use crate::config::{Technique, ZeroCopy};
-use crate::conn::{Conn, ConnId, Executor, Limits, Status, LINGER_TIMEOUT, SWEEP_INTERVAL};
+use crate::conn::{Conn, ConnId, Executor, Limits, Status, LINGER_TIMEOUT};
 use crate::error::ServerError;
 use crate::fan_out::{self, Seat};
+use crate::lifecycle::Lifecycle;
 use crate::log::info;
-use crate::net::{self, Accepted, FD_EXHAUSTION_PAUSE};
+use crate::net::{self, Accepted};
 use crate::output::{Output, Sink, Then};
 use crate::protocol::{Framing, Response};
 use crate::refusal::Refusal;
@@ -719,9 +720,8 @@ struct Loop<'a> {
     accepting: bool,
     /// The armed accept is multishot.
     accepting_many: bool,
-    accept_paused_until: Option<Instant>,
-    stop_deadline: Option<Instant>,
-    last_sweep: Instant,
+    /// The stop deadline, the accept pause and the sweep, as every loop keeps them.
+    lifecycle: Lifecycle,
     /// Operations submitted whose last completion has not come back.
     in_flight: usize,
     buffers: BufferRing,
@@ -783,9 +783,7 @@ fn completion_loop(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
         touched: Vec::new(),
         accepting: false,
         accepting_many: false,
-        accept_paused_until: None,
-        stop_deadline: None,
-        last_sweep: Instant::now(),
+        lifecycle: Lifecycle::default(),
         in_flight: 0,
         buffers,
         signal_buffers: vec![[0; 16]; signals.len()],
@@ -845,11 +843,7 @@ impl Loop<'_> {
 
             // 5. Housekeeping: time limits, an accept pause ending.
             self.close_expired();
-            if !self.accepting
-                && self.stop_deadline.is_none()
-                && self.accept_paused_until.is_some_and(|t| Instant::now() >= t)
-            {
-                self.accept_paused_until = None;
+            if !self.accepting && self.lifecycle.pause_has_ended() && self.lifecycle.is_accepting() {
                 self.arm_accept();
             }
         }
@@ -983,7 +977,7 @@ impl Loop<'_> {
 
     /// Whether a new accept should be armed now.
     fn may_arm_accept(&self) -> bool {
-        !self.accepting && self.stop_deadline.is_none() && self.accept_paused_until.is_none() && self.free_slots() > 0
+        !self.accepting && self.lifecycle.is_accepting() && self.free_slots() > 0
     }
 
     /// The connection a connection operation's completion is for. An
@@ -1004,7 +998,7 @@ impl Loop<'_> {
                 // that nothing else owns.
                 Socket::Fd(unsafe { OwnedFd::from_raw_fd(result as RawFd) })
             };
-            if self.stop_deadline.is_none() {
+            if !self.lifecycle.is_stopping() {
                 self.admit(socket);
             } else {
                 self.release(socket);
@@ -1020,7 +1014,7 @@ impl Loop<'_> {
             let paused = -result != libc::ECANCELED
                 && matches!(net::sort_accept_error(&io::Error::from_raw_os_error(-result)), Accepted::Pause);
             if paused {
-                self.accept_paused_until = Some(Instant::now() + FD_EXHAUSTION_PAUSE);
+                self.lifecycle.pause_accepting();
                 if more {
                     self.cancel(CancelBuilder::user_data(Op::Accept.tag(0)));
                 }
@@ -1465,12 +1459,9 @@ impl Loop<'_> {
     /// Graceful stop: accept no more, let every connection finish what it
     /// has started, close the idle ones at once.
     fn begin_stop(&mut self) {
-        if self.stop_deadline.is_some() {
+        if !self.lifecycle.begin_stop(self.entries.len()) {
             return;
         }
-        self.stop_deadline = Some(Instant::now() + signals::STOP_GRACE);
-        self.accept_paused_until = None; // no accept resumes: its deadline must not end every wait
-        signals::log_stopping(self.entries.len());
         if self.accepting {
             self.cancel(CancelBuilder::user_data(Op::Accept.tag(0)));
         }
@@ -1484,36 +1475,23 @@ impl Loop<'_> {
     }
 
     fn should_exit(&self) -> bool {
-        let Some(deadline) = self.stop_deadline else { return false };
-        let open = self.entries.iter().filter(|(_, entry)| !entry.closing).count();
-        if open == 0 {
-            return true;
-        }
-        let out_of_time = Instant::now() >= deadline;
-        if out_of_time {
-            info!("stop grace period over: closing {open} connections unfinished");
-        }
-        out_of_time
+        // Connections already closing are the kernel's to finish, not ours.
+        self.lifecycle.is_stopping()
+            && self.lifecycle.should_exit(self.entries.iter().filter(|(_, entry)| !entry.closing).count())
     }
 
     fn wait_timeout(&self) -> Option<Duration> {
-        let now = Instant::now();
-        let next_sweep = (!self.entries.is_empty()).then_some(self.last_sweep + SWEEP_INTERVAL);
-        [self.accept_paused_until, self.stop_deadline, next_sweep, self.delayed.next_deadline()]
-            .into_iter()
-            .flatten()
-            .map(|at| at.saturating_duration_since(now))
-            .min()
+        let delay_due = self.delayed.next_deadline().map(|at| at.saturating_duration_since(Instant::now()));
+        [self.lifecycle.wait_timeout(self.entries.len()), delay_due].into_iter().flatten().min()
     }
 
-    /// Closes connections that outlived a time limit, once per
-    /// [`SWEEP_INTERVAL`] (as the readiness loops do).
+    /// Closes connections that outlived a time limit, when the lifecycle
+    /// says a sweep is due (as the readiness loops do).
     fn close_expired(&mut self) {
-        let now = Instant::now();
-        if now < self.last_sweep + SWEEP_INTERVAL {
+        if !self.lifecycle.sweep_is_due() {
             return;
         }
-        self.last_sweep = now;
+        let now = Instant::now();
         let expired: Vec<ConnId> = self
             .entries
             .iter()

@@ -93,11 +93,6 @@ impl<T> Slab<T> {
     pub fn len(&self) -> usize {
         self.len
     }
-
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }
 
 #[cfg(test)]
@@ -116,7 +111,7 @@ mod tests {
         assert_eq!(slab.remove(first), None);
         assert_eq!(slab.len(), 1);
         slab.retain(|v| *v != "second");
-        assert!(slab.is_empty() && slab.get(second).is_none());
+        assert!(slab.len() == 0 && slab.get(second).is_none());
         assert_eq!(slab.get(ConnId::from_usize(12)), None);
         assert_eq!(slab.get(ConnId::from_usize(usize::MAX)), None);
     }
