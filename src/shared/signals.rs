@@ -99,11 +99,13 @@ impl SelfPipe {
     }
 
     /// How many pipes (one per signal) there are.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // read by uring-net only, which is Linux's
     pub fn len(&self) -> usize {
         self.pipes.len()
     }
 
     /// Pipe `index`: its signal and its read end.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // read by uring-net only, which is Linux's
     pub fn pipe(&self, index: usize) -> (i32, &UnixStream) {
         let (signal, reader) = &self.pipes[index];
         (*signal, reader)
