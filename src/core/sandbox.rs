@@ -114,10 +114,6 @@ impl Root {
 
     /// The lexical check: returns the normalized relative path (components
     /// joined by `/`, empty for the root itself) or a refusal.
-    // handout: stage 3: refuse control bytes (400), a leading / and any `..` or hidden component (403); skip `.`
-    //   and empty components; keep a trailing /; read docs/guide/03-serving-files-safely.md
-    // handout: stand-in: // No lexical check (the kernel's openat2 check still keeps reads inside the root).
-    // handout: stand-in: Ok(requested.to_vec())
     pub fn normalize(&self, requested: &[u8]) -> Result<Vec<u8>, Refusal> {
         if requested.iter().any(|&b| b < 0x20 || b == 0x7f) {
             return Err(Refusal::BadRequest);
