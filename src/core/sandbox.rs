@@ -191,8 +191,19 @@ mod openat2 {
     use rustix::fs::{Mode, OFlags, ResolveFlags};
 
     /// Opens `path` beneath `dir`; an escape fails with `EXDEV` (403).
+    ///
+    /// `EAGAIN` means a rename anywhere on the system raced the check of a
+    /// `..` (openat2(2): "the caller may choose to retry"): a busy machine
+    /// makes it happen, so a few tries before it is an error (500).
     pub fn open_beneath(dir: &OwnedFd, path: &OsStr, flags: OFlags) -> rustix::io::Result<OwnedFd> {
-        rustix::fs::openat2(dir, path, flags, Mode::empty(), ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS)
+        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+        let mut tries = 0;
+        loop {
+            match rustix::fs::openat2(dir, path, flags, Mode::empty(), resolve) {
+                Err(rustix::io::Errno::AGAIN) if tries < 8 => tries += 1,
+                done => return done,
+            }
+        }
     }
 
     /// Whether this kernel (or sandbox, or valgrind) accepts `openat2`.

@@ -28,7 +28,7 @@ fn cargo() -> Command {
 }
 
 /// A lab program of the workspace, built once (a no-op when up to date).
-fn lab_bin(name: &str) -> PathBuf {
+pub(crate) fn lab_bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let built = cargo().args(["build", "--quiet", "-p", "labs", "--bins"]).current_dir(repo()).status().unwrap();
@@ -224,7 +224,7 @@ fn each_stage_handout_builds_fails_its_stage_with_the_todo_text_and_leaks_no_cut
 
         let leaked = leaks(&handout, &cut_lines(stage));
         assert!(leaked.is_empty(), "stage {stage} handout holds lines it cuts:\n{}", leaked.join("\n"));
-        let shipped: Vec<String> = std::fs::read_dir(handout.join("labs/src/bin"))
+        let shipped: Vec<String> = std::fs::read_dir(handout.join("labs/rust/src/bin"))
             .unwrap()
             .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
             .collect();

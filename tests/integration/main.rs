@@ -5,6 +5,7 @@
 mod support;
 
 mod async_reads;
+mod class;
 mod client;
 mod docs;
 mod grader;
@@ -12,6 +13,9 @@ mod hostile;
 mod http;
 mod http_files;
 mod labs;
+// The C labs: make, cc and the sanitizers.
+#[cfg(target_os = "linux")]
+mod labs_c;
 mod limits;
 mod models;
 // It reads /proc to find what outlived whom.

@@ -20,14 +20,16 @@
 //! graded run shows the text). Earlier stages' programs ship complete with
 //! the marker lines dropped; later stages' programs do not ship.
 //!
-//! The handout is a workspace: the cut lab crate (or the C files) in
-//! `labs/`, the kit's `client` (and the `contract` it uses) so that
+//! The handout is a workspace laid out as the kit is: the cut lab crate
+//! in `labs/rust/` (or the C files in `labs/c/`), the kit's `client` (and the `contract` it uses) so that
 //! `client grade` builds beside the student's code, the contract and the
 //! grading docs, and a `README.md` from the lab's `HANDOUT.md` with
 //! `{stage}` replaced, and with the lines between `<!-- stage K -->` and
 //! `<!-- /stage -->` kept only when K is the handout's stage (the commands
-//! that name a stage's programs). Writing it checks that no line of a cut
-//! region is left anywhere in it.
+//! that name a stage's programs). The guide's chapters of stages 1 to N
+//! ship in `docs/guide/`, with the listings of stage N cut (see
+//! [`guide_page`]). Writing it checks that no line of a cut region is left
+//! anywhere in it.
 
 use std::path::{Path, PathBuf};
 
@@ -249,7 +251,9 @@ pub fn write_handout(repo: &Path, lang: Lang, stage: u8, out: &Path) -> Result<V
         program_dir.display(),
         lang.extension()
     );
-    let labs_out = out.join("labs");
+    // The repository's layout (`labs/rust/`, `labs/c/`): the guide's
+    // excerpts and commands name the same paths in the kit and here.
+    let labs_out = out.join("labs").join(lang.name());
     let programs_out = match lang {
         Lang::Rust => labs_out.join("src/bin"),
         Lang::C => labs_out.clone(),
@@ -303,24 +307,48 @@ pub fn write_handout(repo: &Path, lang: Lang, stage: u8, out: &Path) -> Result<V
         copy_file(&repo.join("docs").join(doc), &out.join("docs").join(doc))?;
     }
     let members = match lang {
-        Lang::Rust => r#"["labs", "client", "contract"]"#,
+        Lang::Rust => r#"["labs/rust", "client", "contract"]"#,
         Lang::C => r#"["client", "contract"]"#,
     };
     std::fs::write(
         out.join("Cargo.toml"),
         format!(
-            "# The stage-{stage} handout: your code in labs/, the grader in client/.\n\
-             [workspace]\nmembers = {members}\nresolver = \"2\"\n"
+            "# The stage-{stage} handout: your code in labs/{lang}/, the grader in client/.\n\
+             [workspace]\nmembers = {members}\nresolver = \"2\"\n",
+            lang = lang.name()
         ),
     )?;
     std::fs::write(out.join(".gitignore"), "/target\n/grade-logs\n")?;
+    prune_lock(out)?;
     let page = std::fs::read_to_string(lab.join("HANDOUT.md"))
         .with_context(|| format!("{} is the handout's README template", lab.join("HANDOUT.md").display()))?;
     let page = front_page(&page, stage).with_context(|| format!("in {}", lab.join("HANDOUT.md").display()))?;
     std::fs::write(out.join("README.md"), page)?;
+    write_guide(repo, lang, stage, out)?;
     let leaks = leaks(out, cuts.iter().map(|(_, region)| region))?;
     ensure!(leaks.is_empty(), "lines of a cut region are left in the handout:\n{}", leaks.join("\n"));
     Ok(cuts)
+}
+
+/// Trims the kit's `Cargo.lock` to the handout's smaller workspace, so
+/// the student's first `cargo build` does not rewrite a file they never
+/// touched (and `--locked` works there too).
+fn prune_lock(out: &Path) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // Offline and members only: no version moves, nothing is downloaded.
+    let done = std::process::Command::new(cargo)
+        .args(["update", "--workspace", "--offline", "--quiet"])
+        .current_dir(out)
+        .output()
+        .context("cannot run cargo update to trim the handout's Cargo.lock")?;
+    if !done.status.success() {
+        // Not fatal: the handout builds with the kit's lock, and cargo trims it then.
+        eprintln!(
+            "note: the handout's Cargo.lock is the kit's, untrimmed (cargo update --offline: {})",
+            String::from_utf8_lossy(&done.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// The handout's README from its template: `{stage}` is the stage, and
@@ -346,6 +374,125 @@ pub fn front_page(template: &str, stage: u8) -> Result<String> {
         }
     }
     ensure!(section.is_none(), "a stage section is not closed with `<!-- /stage -->`");
+    Ok(page)
+}
+
+/// The guide's chapters that teach from the labs, with their stage: a
+/// stage-N handout ships those of stages 1 to N (the side chapters are
+/// about the reference server, which no handout ships).
+pub const CHAPTERS: &[(&str, u8)] = &[
+    ("01-iterative.md", 1),
+    ("02a-select-and-poll.md", 2),
+    ("02b-event-loop.md", 2),
+    ("03-serving-files-safely.md", 3),
+    ("04-asynchronous-reads.md", 4),
+    ("05-signals-and-the-cache.md", 5),
+];
+
+const ANSWER: &str = "<!-- lab:answer -->";
+const ANSWER_END: &str = "<!-- /lab:answer -->";
+
+/// Writes `docs/guide/` of the stage-`stage` handout: the chapters up to
+/// the stage, each as [`guide_page`] makes it, and an index.
+fn write_guide(repo: &Path, lang: Lang, stage: u8, out: &Path) -> Result<()> {
+    let guide = out.join("docs/guide");
+    std::fs::create_dir_all(&guide)?;
+    let mut index = format!(
+        "# The guide, chapters 1 to {stage}\n\n\
+         The kit's guide, as far as this stage. Each chapter shows what you write (the\n\
+         listings of `labs/`, in Rust and in C), then how the kit's reference server does\n\
+         the same at scale, then what to predict and measure. The listings of stage\n\
+         {stage} are left out: they are yours to write. Links to the reference server's\n\
+         source (`src/`) and to the other chapters point into the kit, which this\n\
+         handout does not hold.\n\n"
+    );
+    for (name, of) in CHAPTERS.iter().filter(|(_, of)| *of <= stage) {
+        let from = repo.join("docs/guide").join(name);
+        let text = std::fs::read_to_string(&from).with_context(|| format!("cannot read {}", from.display()))?;
+        let page = guide_page(&text, lang, *of == stage).with_context(|| format!("in {}", from.display()))?;
+        let title = page.lines().next().unwrap_or(name).trim_start_matches("# ").to_string();
+        index.push_str(&format!("- [{title}]({name})\n"));
+        std::fs::write(guide.join(name), page)?;
+    }
+    std::fs::write(guide.join("README.md"), index)?;
+    Ok(())
+}
+
+/// A chapter as a handout of `lang` ships it. Between `<!-- lab:answer -->`
+/// and `<!-- /lab:answer -->` are the listings a student writes at the
+/// chapter's stage: with `cut_answers` they become one line saying so,
+/// else the markers go. A ```` ```sh reference ```` block runs the kit's
+/// reference server: it stays, as text, under a line saying where it runs.
+/// A ```` ```sh rust ```` or ```` ```sh c ```` block runs one language's
+/// labs: kept as ```` ```sh ```` in that language's handout, left out of
+/// the other's.
+pub fn guide_page(chapter: &str, lang: Lang, cut_answers: bool) -> Result<String> {
+    let mut page = String::new();
+    let mut in_answer = false;
+    let mut fence: Option<bool> = None; // inside a fenced block: whether it is kept
+    for (index, line) in chapter.lines().enumerate() {
+        let trimmed = line.trim_end();
+        if fence.is_none() && trimmed == ANSWER {
+            ensure!(!in_answer, "line {}: an answer inside an answer", index + 1);
+            in_answer = true;
+            if cut_answers {
+                page.push_str(
+                    "*(Here the kit's guide shows the listings, in Rust and in C. In this handout they are \
+                     yours to write, at the `// TODO:` lines of your programs.)*\n",
+                );
+            }
+            continue;
+        }
+        if fence.is_none() && trimmed == ANSWER_END {
+            ensure!(in_answer, "line {}: no answer to close", index + 1);
+            in_answer = false;
+            continue;
+        }
+        let keep = !(in_answer && cut_answers);
+        match (fence, trimmed) {
+            (None, opening) if opening.starts_with("```") => {
+                let info: Vec<&str> = opening[3..].split_whitespace().collect();
+                let (shown, kept) = match info[..] {
+                    ["sh", "reference"] => {
+                        if keep {
+                            page.push_str("In the kit, with its reference server (not part of this handout):\n\n");
+                        }
+                        ("```text".to_string(), true)
+                    }
+                    ["sh", tag] if tag == "rust" || tag == "c" => ("```sh".to_string(), tag == lang.name()),
+                    ["sh", ..] if info.len() > 1 => {
+                        bail!("line {}: {opening:?}: sh blocks are tagged rust, c or reference", index + 1)
+                    }
+                    _ => (trimmed.to_string(), true),
+                };
+                fence = Some(kept);
+                if keep && kept {
+                    page.push_str(&shown);
+                    page.push('\n');
+                }
+            }
+            (Some(kept), "```") => {
+                fence = None;
+                if keep && kept {
+                    page.push_str("```\n");
+                }
+            }
+            (Some(kept), _) => {
+                if keep && kept {
+                    page.push_str(line);
+                    page.push('\n');
+                }
+            }
+            (None, _) => {
+                if keep {
+                    page.push_str(line);
+                    page.push('\n');
+                }
+            }
+        }
+    }
+    ensure!(!in_answer, "an answer is not closed with `{ANSWER_END}`");
+    ensure!(fence.is_none(), "a fenced block is not closed");
     Ok(page)
 }
 
@@ -520,6 +667,28 @@ mod tests {
         assert_eq!(front_page(template, 3).unwrap(), "# Stage 3\nend\n");
         assert!(front_page("<!-- stage 1 -->\nopen\n", 1).is_err());
         assert!(front_page("<!-- /stage -->\n", 1).is_err());
+    }
+
+    #[test]
+    fn a_chapter_loses_its_answers_and_the_other_language_and_marks_the_reference() {
+        let chapter = "# 1. Title\ntext\n<!-- lab:answer -->\n```rust\n// labs/rust/src/bin/stage1.rs\nlet y = 2;\n```\n\
+                       <!-- /lab:answer -->\n```sh rust\n./target/debug/stage1 &\n```\n```sh c\nlabs/c/build/stage1 &\n```\n\
+                       ```sh reference\n./target/release/server &\n```\n";
+        let cut = guide_page(chapter, Lang::Rust, true).unwrap();
+        assert!(!cut.contains("let y = 2;") && cut.contains("yours to write"), "{cut}");
+        assert!(cut.contains("```sh\n./target/debug/stage1 &\n```") && !cut.contains("labs/c/build"), "{cut}");
+        assert!(
+            cut.contains("reference server (not part of this handout):\n\n```text\n./target/release/server &"),
+            "{cut}"
+        );
+        let kept = guide_page(chapter, Lang::C, false).unwrap();
+        assert!(
+            kept.contains("let y = 2;") && !kept.contains("lab:answer") && !kept.contains("yours to write"),
+            "{kept}"
+        );
+        assert!(kept.contains("```sh\nlabs/c/build/stage1 &") && !kept.contains("debug/stage1"), "{kept}");
+        assert!(guide_page("<!-- lab:answer -->\nx\n", Lang::C, true).is_err());
+        assert!(guide_page("```sh python\nx\n```\n", Lang::C, true).is_err());
     }
 
     #[test]

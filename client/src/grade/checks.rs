@@ -514,7 +514,7 @@ const HINT_RULES: &str = "see the rules table of docs/assignment.md: skip `.` an
 fn unreadable(ctx: &mut Ctx) -> Outcome {
     // Permissions do not bind root: where the grader itself can read the
     // file, so can a server run by the same user.
-    if std::fs::File::open(ctx.fixture.root().join("unreadable.txt")).is_ok() {
+    if ctx.target.reads_as_grader() && std::fs::File::open(ctx.fixture.root().join("unreadable.txt")).is_ok() {
         return Outcome::Skip("the file is readable here (the grader runs as root): not testable".into());
     }
     refused(ctx, &[b"unreadable.txt"], &[403])

@@ -285,19 +285,24 @@ fn open_beneath(root: &OwnedFd, path: &CStr) -> io::Result<OwnedFd> {
     // lab:begin
     // lab:todo open for reading, never blocking (a FIFO), the kernel resolving every component beneath
     // lab:todo root (an escape, by .. or by a symlink, fails with EXDEV); an older kernel without the
-    // lab:todo call (ENOSYS) takes the portable walk. Read openat2(2), syscall(2).
+    // lab:todo call (ENOSYS) takes the portable walk; EAGAIN (a rename raced a ..) is worth a retry.
+    // lab:todo Read openat2(2), syscall(2).
     // SAFETY: open_how is plain data; zero is "no flags, no mode".
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64;
     how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
     let how_size = std::mem::size_of::<libc::open_how>();
-    // SAFETY: path is NUL-terminated; how is live and its size is given.
-    match check(unsafe { libc::syscall(libc::SYS_openat2, root.as_raw_fd(), path.as_ptr(), &how, how_size) }) {
-        // SAFETY: a new fd that nothing else owns.
-        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }),
-        Err(err) if err.raw_os_error() == Some(libc::ENOSYS) => open_walking(root, path.to_bytes()),
-        Err(err) => Err(err),
+    for _ in 0..8 {
+        // SAFETY: path is NUL-terminated; how is live and its size is given.
+        match check(unsafe { libc::syscall(libc::SYS_openat2, root.as_raw_fd(), path.as_ptr(), &how, how_size) }) {
+            // SAFETY: a new fd that nothing else owns.
+            Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }),
+            Err(err) if err.raw_os_error() == Some(libc::ENOSYS) => return open_walking(root, path.to_bytes()),
+            Err(err) if err.raw_os_error() == Some(libc::EAGAIN) => continue,
+            Err(err) => return Err(err),
+        }
     }
+    Err(io::Error::from_raw_os_error(libc::EAGAIN))
     // lab:end
 }
 
