@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustix::process::Signal;
 
-use super::fixture::{pattern, Fixture, HIDDEN, LARGE_REPLY, SECRET, SLOW_FILES};
+use super::fixture::{many_file, pattern, Fixture, HIDDEN, LARGE_REPLY, MANY_FILES, SECRET, SLOW_FILES};
 use super::target::{Setup, Target};
 use super::wire::{contains, fetch, preview, Conn, Reply};
 
@@ -170,6 +170,14 @@ pub fn catalog() -> Vec<Check> {
             FILES,
             stalled_reader,
         ),
+        check(
+            "concurrency.past_fd_setsize",
+            2,
+            2,
+            "1,100 clients at once (descriptors past FD_SETSIZE): each gets OK or ERR 503, and the server lives",
+            FILES,
+            past_fd_setsize,
+        ),
         check("files.small", 3, 2, "a small file, byte for byte", FILES, |c| file_exact(c, "small.txt")),
         check("files.empty", 3, 1, "an empty file: OK 0", FILES, |c| file_exact(c, "empty.txt")),
         check("files.one_mib", 3, 2, "a 1 MiB file, byte for byte", FILES, |c| file_exact(c, "1m.bin")),
@@ -248,6 +256,14 @@ pub fn catalog() -> Vec<Check> {
         local(check("cache.fresh_after_sighup", 5, 3, "after SIGHUP the new content is served", FILES, fresh)),
         local(check("cache.sighup_logged", 5, 1, "SIGHUP says `cache cleared` on stderr", FILES, sighup_logged)),
         local(check("signals.sighup_storm", 5, 3, "50 SIGHUPs under load: no wrong byte, no crash", FILES, storm)),
+        local(check(
+            "signals.dense_storm",
+            5,
+            2,
+            "a SIGHUP every 200 us for 3 s while 300 cached files are asked for: no wrong byte, no crash",
+            FILES,
+            dense_storm,
+        )),
         ending(local(check(
             "signals.sigterm",
             5,
@@ -393,6 +409,95 @@ fn many_clients(ctx: &mut Ctx) -> Outcome {
         }
     }
     Outcome::Pass(None)
+}
+
+/// Clients held open at once by `concurrency.past_fd_setsize`: enough that
+/// a server's descriptors pass FD_SETSIZE (1024), whatever it opened before.
+pub const FD_CLIENTS: usize = 1100;
+
+/// The open-file limit the grader asks for (its own, and so the servers' it
+/// starts): [`FD_CLIENTS`] on each side, and room for everything else.
+const FD_LIMIT: u64 = 2048;
+
+/// Raises the grader's soft open-file limit to [`FD_LIMIT`] where the hard
+/// limit allows (servers started afterwards inherit it); returns the soft
+/// limit now in force, `None` for unlimited.
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    match limit.current {
+        Some(current) if current < FD_LIMIT => {
+            let want = limit.maximum.map_or(FD_LIMIT, |maximum| maximum.min(FD_LIMIT));
+            if want > current {
+                limit.current = Some(want);
+                // Refused (macOS below OPEN_MAX, a jail): the limit stays as
+                // it was, and the test that needs it says so.
+                let _ = setrlimit(Resource::Nofile, limit);
+            }
+            getrlimit(Resource::Nofile).current
+        }
+        other => other,
+    }
+}
+
+const HINT_FD_SETSIZE: &str = "a descriptor at or past FD_SETSIZE must never reach an fd_set: refuse it with ERR 503 \
+     (and close it); any server must answer every client it accepts, or refuse it, and keep running";
+
+fn past_fd_setsize(ctx: &mut Ctx) -> Outcome {
+    let limit = raise_fd_limit();
+    if limit.is_some_and(|limit| limit < FD_CLIENTS as u64 + 100) {
+        return Outcome::Skip(format!(
+            "the open-file limit here is {} (hard limit too low to raise): {FD_CLIENTS} clients need {FD_LIMIT} \
+             (ulimit -n {FD_LIMIT})",
+            limit.unwrap_or_default()
+        ));
+    }
+    let small = ctx.fixture.content("small.txt");
+    let sent = format!("{FD_CLIENTS} connections held open at once, then small.txt on each not yet refused");
+    let expected = "on every connection OK with small.txt or ERR 503, and the server still running";
+    let started = Instant::now();
+    let mut conns = Vec::with_capacity(FD_CLIENTS);
+    for _ in 0..FD_CLIENTS {
+        match Conn::open(ctx.addr(), ctx.budget(10.0)) {
+            Ok(conn) => conns.push(conn),
+            Err(err) => {
+                return fail(&sent, expected, format!("connection {}: {err}", conns.len() + 1), HINT_FD_SETSIZE)
+            }
+        }
+    }
+    // Accepting 1,100 clients takes the loop a moment; a server that
+    // refuses on accept has then written its ERR 503 already.
+    std::thread::sleep(ctx.budget(0.3));
+    for conn in &mut conns {
+        // A refused client may be closed already: a failed send is judged
+        // by what its reply reads.
+        if !conn.has_unread() {
+            let _ = conn.send(b"small.txt\n");
+        }
+    }
+    let (mut served, mut refused) = (0, 0);
+    for (i, conn) in conns.iter_mut().enumerate() {
+        match conn.reply() {
+            Ok(Reply::Ok(body)) if body == small => served += 1,
+            Ok(Reply::Err(503)) => refused += 1,
+            Ok(other) => {
+                return fail(&sent, expected, format!("connection {}: {}", i + 1, other.describe()), HINT_FD_SETSIZE)
+            }
+            Err(err) => return fail(&sent, expected, format!("connection {}: {err}", i + 1), HINT_FD_SETSIZE),
+        }
+    }
+    drop(conns);
+    if !ctx.target.is_running() {
+        return fail(&sent, expected, "the server exited", HINT_FD_SETSIZE);
+    }
+    let after = "then small.txt on a new connection, all others closed";
+    if let Err(outcome) = expect_ok(fetch(ctx.addr(), b"small.txt", ctx.budget(5.0)), &small, after, HINT_FD_SETSIZE) {
+        return outcome;
+    }
+    Outcome::Pass(Some(format!(
+        "{served} served, {refused} refused with ERR 503, in {:.1?}",
+        started.elapsed()
+    )))
 }
 
 /// The receive buffer of a client that reads slowly (the kernel doubles
@@ -1106,6 +1211,74 @@ fn storm(ctx: &mut Ctx) -> Outcome {
 
 const HINT_STORM: &str = "a signal can interrupt any system call (EINTR: retry it); never clear the cache from \
      inside the handler, and never let a read that started before the clear refill it with old bytes";
+
+const HINT_HANDLER: &str = "a signal handler may only do async-signal-safe work: set a flag or write a byte \
+     (never free, malloc or printf there: it can land while the loop is in the middle of the same memory or stream)";
+
+/// How long `signals.dense_storm` signals, before stretching.
+const DENSE_STORM_SECONDS: f64 = 3.0;
+
+/// `signals.sighup_storm` is sparse: a handler that does the clearing
+/// itself seldom lands while the loop is using the cache. A SIGHUP every
+/// 200 us for seconds, while six clients ask for 300 small cached files in
+/// pipelined batches, lands there thousands of times.
+fn dense_storm(ctx: &mut Ctx) -> Outcome {
+    let files: Arc<Vec<(String, Vec<u8>)>> =
+        Arc::new((0..MANY_FILES).map(|i| (format!("many/{i}.txt"), many_file(i))).collect());
+    let done = Arc::new(AtomicBool::new(false));
+    let (addr, budget) = (ctx.addr(), ctx.budget(DENSE_STORM_SECONDS + 10.0));
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            let (files, done) = (Arc::clone(&files), Arc::clone(&done));
+            std::thread::spawn(move || -> Result<usize, String> {
+                let mut conn = Conn::open(addr, budget)?;
+                let mut served = 0;
+                while !done.load(Ordering::SeqCst) && served < 200_000 {
+                    let batch: Vec<&(String, Vec<u8>)> =
+                        (0..8).map(|k| &files[(i * 37 + served + k * 11) % files.len()]).collect();
+                    let request: Vec<u8> = batch.iter().flat_map(|(name, _)| line(name.as_bytes())).collect();
+                    conn.send(&request)?;
+                    for (name, want) in batch {
+                        match conn.reply()? {
+                            Reply::Ok(body) if &body == want => served += 1,
+                            Reply::Ok(body) => {
+                                return Err(format!("{name}: OK {}{}", body.len(), first_difference(&body, want)))
+                            }
+                            other => return Err(format!("{name}: {}", other.describe())),
+                        }
+                    }
+                }
+                Ok(served)
+            })
+        })
+        .collect();
+    let length = ctx.budget(DENSE_STORM_SECONDS);
+    let started = Instant::now();
+    let mut signals = 0;
+    while started.elapsed() < length && !clients.iter().any(|c| c.is_finished()) {
+        if ctx.target.signal(Signal::HUP).is_err() {
+            break;
+        }
+        signals += 1;
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    done.store(true, Ordering::SeqCst);
+    let sent = format!(
+        "{signals} SIGHUPs, one every 200 us, while 6 clients ask for {MANY_FILES} small files in batches of 8"
+    );
+    let mut served = 0;
+    for client in clients {
+        match client.join() {
+            Ok(Ok(n)) => served += n,
+            Ok(Err(err)) => return fail(sent, "every reply correct, the server alive", err, HINT_HANDLER),
+            Err(_) => return fail(sent, "every reply correct", "a client thread failed", HINT_HANDLER),
+        }
+    }
+    if !ctx.target.is_running() {
+        return fail(sent, "the server keeps running", "it exited", HINT_HANDLER);
+    }
+    Outcome::Pass(Some(format!("{served} correct replies during {signals} SIGHUPs")))
+}
 
 fn sigterm(ctx: &mut Ctx) -> Outcome {
     let want = ctx.fixture.content("64m.bin");

@@ -23,6 +23,15 @@ pub const LARGE_REPLY: &str = "16m.bin";
 /// Files read concurrently by the stage-4 tests, one per client.
 pub const SLOW_FILES: usize = 8;
 
+/// Small files under `many/`: a cache with many entries to walk, for the
+/// dense SIGHUP storm (a handler that frees the cache lands mid-walk).
+pub const MANY_FILES: usize = 300;
+
+/// The content of `many/{i}.txt`: a few bytes to a few hundred.
+pub fn many_file(i: usize) -> Vec<u8> {
+    format!("file {i}\n").repeat(i % 40 + 1).into_bytes()
+}
+
 /// The served root and, beside it, `outside/` (never served). Either both
 /// live in a temporary directory, or (grading a server someone else runs)
 /// the files are put into that server's root and removed again on drop.
@@ -70,6 +79,7 @@ impl Fixture {
         let outside = dir.path().join("outside");
         std::fs::create_dir_all(root.join("dir/sub")).with_context(|| format!("cannot fill {}", root.display()))?;
         std::fs::create_dir_all(root.join("slow"))?;
+        std::fs::create_dir_all(root.join("many"))?;
         std::fs::create_dir_all(&outside)?;
         std::fs::write(outside.join("secret.txt"), SECRET)?;
         let files: [(&str, Vec<u8>); 10] = [
@@ -89,6 +99,9 @@ impl Fixture {
         }
         for i in 0..SLOW_FILES {
             std::fs::write(root.join(format!("slow/{i}.txt")), pattern(4096, i as u8 + 10))?;
+        }
+        for i in 0..MANY_FILES {
+            std::fs::write(root.join(format!("many/{i}.txt")), many_file(i))?;
         }
         symlink("small.txt", root.join("in-link"))?;
         std::fs::write(root.join("unreadable.txt"), b"nobody may read this\n")?;

@@ -215,6 +215,8 @@ pub fn grade(plan: &Plan) -> Result<Report> {
             }
         }
     }
+    // Before any server starts: the servers inherit it (`concurrency.past_fd_setsize`).
+    checks::raise_fd_limit();
     let checks: Vec<Check> = checks::catalog().into_iter().filter(|c| plan.stages.contains(&c.stage)).collect();
     let mut results = Vec::new();
     let mut session = Session::default();

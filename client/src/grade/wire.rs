@@ -90,6 +90,23 @@ impl Conn {
         self.stream.write_all(bytes).map_err(|err| format!("cannot send: {err}"))
     }
 
+    /// Whether the server has already sent something (or closed) that is
+    /// not read yet, without waiting: a server may refuse a client with
+    /// `ERR 503` before it asks for anything.
+    pub fn has_unread(&self) -> bool {
+        if !self.buffered.is_empty() {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        let _ = self.stream.set_nonblocking(true);
+        let peeked = self.stream.peek(&mut byte);
+        let _ = self.stream.set_nonblocking(false);
+        match peeked {
+            Ok(_) => true,
+            Err(err) => err.kind() != io::ErrorKind::WouldBlock,
+        }
+    }
+
     /// Reads up to `max` more bytes into the buffer; 0 at end of stream.
     fn fill(&mut self, max: usize) -> WireResult<usize> {
         self.stream.set_read_timeout(Some(self.left()?)).map_err(|e| e.to_string())?;
