@@ -494,10 +494,7 @@ fn past_fd_setsize(ctx: &mut Ctx) -> Outcome {
     if let Err(outcome) = expect_ok(fetch(ctx.addr(), b"small.txt", ctx.budget(5.0)), &small, after, HINT_FD_SETSIZE) {
         return outcome;
     }
-    Outcome::Pass(Some(format!(
-        "{served} served, {refused} refused with ERR 503, in {:.1?}",
-        started.elapsed()
-    )))
+    Outcome::Pass(Some(format!("{served} served, {refused} refused with ERR 503, in {:.1?}", started.elapsed())))
 }
 
 /// The receive buffer of a client that reads slowly (the kernel doubles
