@@ -89,9 +89,9 @@ fn a_thread_per_connection_loses_the_single_thread_points_and_a_select_loop_keep
         (threads.join().unwrap(), select)
     });
     let (threads, select) = (stdout(&threads), stdout(&select));
-    assert!(select.contains("score: 21/21"), "a select loop keeps every point:\n{select}");
+    assert!(select.contains("score: 23/23"), "a select loop keeps every point:\n{select}");
     assert!(select.contains("one thread served every client"), "{select}");
-    assert!(threads.contains("score: 5/21"), "a thread per connection loses stage 2:\n{threads}");
+    assert!(threads.contains("score: 5/23"), "a thread per connection loses stage 2:\n{threads}");
     assert!(threads.contains("FAILED concurrency.many_clients"), "{threads}");
     assert!(threads.contains("threads at once") && threads.contains("single-threaded loop"), "{threads}");
 }
@@ -120,7 +120,7 @@ fn each_platform_format_carries_the_fields_its_platform_documents() {
     };
     let json: Value = serde_json::from_str(&of("json")[0]).unwrap();
     let (score, max) = (json["score"].as_u64().unwrap(), json["max"].as_u64().unwrap());
-    assert_eq!((score, max), (5, 21), "{json}");
+    assert_eq!((score, max), (5, 23), "{json}");
 
     // PrairieLearn's results.json: the documented keys only; score in 0..1.
     let pl_text = of("prairielearn")[0].clone();
@@ -142,7 +142,7 @@ fn each_platform_format_carries_the_fields_its_platform_documents() {
         points += test["points"].as_f64().unwrap();
     }
     assert_eq!(points, 5.0);
-    assert!((pl["score"].as_f64().unwrap() - 5.0 / 21.0).abs() < 1e-9, "score is a fraction: {}", pl["score"]);
+    assert!((pl["score"].as_f64().unwrap() - 5.0 / 23.0).abs() < 1e-9, "score is a fraction: {}", pl["score"]);
 
     // Autolab: the last line is {"scores": {...}}, after the _presentation line.
     let autolab = of("autolab")[0].clone();
@@ -163,7 +163,7 @@ fn each_platform_format_carries_the_fields_its_platform_documents() {
     let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).expect("base64");
     let classroom: Value = serde_json::from_slice(&decoded).unwrap();
     assert_eq!((classroom["version"].as_u64(), classroom["status"].as_str()), (Some(1), Some("fail")));
-    assert_eq!(classroom["max_score"].as_u64(), Some(21));
+    assert_eq!(classroom["max_score"].as_u64(), Some(23));
     let mut total = 0;
     for test in classroom["tests"].as_array().unwrap() {
         assert!(["pass", "fail", "error"].contains(&test["status"].as_str().unwrap()), "{test}");
@@ -174,7 +174,7 @@ fn each_platform_format_carries_the_fields_its_platform_documents() {
 
     // CodeGrade: the structured output line for fd 3.
     let codegrade: Value = serde_json::from_str(of("codegrade")[0].trim()).unwrap();
-    assert_eq!(codegrade, serde_json::json!({"tag": "points", "points": "5/21"}));
+    assert_eq!(codegrade, serde_json::json!({"tag": "points", "points": "5/23"}));
 
     // JUnit: test names alone, the same on two runs (CI keeps history by name).
     let names: Vec<Vec<String>> = of("junit")
@@ -289,9 +289,9 @@ fn a_class_gets_one_row_per_submission_with_reasons_and_a_regrade_writes_the_sam
     let rows: Vec<Vec<String>> = reader.records().map(|r| r.unwrap().iter().map(String::from).collect()).collect();
     let row = |label: &str| rows.iter().find(|row| row[0] == label).unwrap_or_else(|| panic!("{label}:\n{first}"));
     assert_eq!(rows.len(), 4, "one row each:\n{first}");
-    assert!(rows.iter().all(|row| row[2] == "21"), "the same max on every row:\n{first}");
-    assert_eq!(row("python")[1..5], ["21", "21", "5", "16"], "{first}");
-    assert_eq!(row("c-by-make")[1..5], ["5", "21", "5", "0"], "{first}");
+    assert!(rows.iter().all(|row| row[2] == "23"), "the same max on every row:\n{first}");
+    assert_eq!(row("python")[1..5], ["23", "23", "5", "18"], "{first}");
+    assert_eq!(row("c-by-make")[1..5], ["5", "23", "5", "0"], "{first}");
     assert!(row("c-by-make")[5].contains("concurrency.many_clients"), "{first}");
     let broken = row("does-not-compile");
     assert_eq!(broken[1], "0");

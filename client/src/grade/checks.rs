@@ -453,7 +453,10 @@ fn past_fd_setsize(ctx: &mut Ctx) -> Outcome {
         ));
     }
     let small = ctx.fixture.content("small.txt");
-    let sent = format!("{FD_CLIENTS} connections held open at once, then small.txt on each not yet refused");
+    let sent = format!(
+        "{FD_CLIENTS} connections held open at once, then small.txt on each not yet refused; \
+         each closed once answered"
+    );
     let expected = "on every connection OK with small.txt or ERR 503, and the server still running";
     let started = Instant::now();
     let mut conns = Vec::with_capacity(FD_CLIENTS);
@@ -475,8 +478,10 @@ fn past_fd_setsize(ctx: &mut Ctx) -> Outcome {
             let _ = conn.send(b"small.txt\n");
         }
     }
+    // Each client hangs up once answered: a server with a fixed number of
+    // workers (prefork) serves the next waiting client then.
     let (mut served, mut refused) = (0, 0);
-    for (i, conn) in conns.iter_mut().enumerate() {
+    for (i, mut conn) in conns.into_iter().enumerate() {
         match conn.reply() {
             Ok(Reply::Ok(body)) if body == small => served += 1,
             Ok(Reply::Err(503)) => refused += 1,
@@ -486,7 +491,6 @@ fn past_fd_setsize(ctx: &mut Ctx) -> Outcome {
             Err(err) => return fail(&sent, expected, format!("connection {}: {err}", i + 1), HINT_FD_SETSIZE),
         }
     }
-    drop(conns);
     if !ctx.target.is_running() {
         return fail(&sent, expected, "the server exited", HINT_FD_SETSIZE);
     }
