@@ -187,7 +187,7 @@ fn each_broken_server_loses_exactly_the_points_of_its_bug() {
         ),
         ("leaks-fd", &["resources.no_fd_leak"]),
         ("truncates", &["concurrency.large_reply", "files.64_mib", "signals.sigterm"]),
-        ("misframes", &["protocol.pipelined"]),
+        ("misframes", &["protocol.pipelined", "signals.dense_storm"]),
     ];
     for (bug, lost) in cases {
         let command = python_server(Some(bug)).expect("python3 was found");
