@@ -196,7 +196,8 @@ fn each_platform_format_carries_the_fields_its_platform_documents() {
             "concurrency.stalled_client",
             "concurrency.many_clients",
             "concurrency.large_reply",
-            "concurrency.stalled_reader"
+            "concurrency.stalled_reader",
+            "concurrency.past_fd_setsize"
         ]
     );
 }

@@ -550,11 +550,31 @@ fn the_planted_c_mistakes_lose_points() {
         graded_loses(aiocb.join("stage4-aio"), "4", &["async.overlap", "async.cached_while_pending"]),
         graded_loses(aiocb.join("stage4-aio-asan"), "4", &["async.overlap", "async.cached_while_pending"]),
         // A handler that frees the cache and prints: the grader's dense
-        // SIGHUP storm lands it while the loop uses the cache; the sanitizer
-        // build reports the use after free at once. The plain build may
-        // survive the grader's 3 s by luck: the suite's longer storm (up to
-        // 15 s) catches it, as a freed entry served or a crash.
-        loses_exactly(handler.join("stage5-asan"), "5", "signals.dense_storm"),
+        // SIGHUP storm lands it while the loop uses the cache, and the
+        // sanitizer build reports the use after free. A race: on a loaded
+        // machine one 3 s storm may miss it, so up to three gradings, each
+        // of which may lose nothing but signals.dense_storm. The plain build
+        // is left to the suite's longer storm (up to 15 s), which catches it
+        // as a freed entry served or a crash.
+        Box::new(|| {
+            let want = BTreeSet::from(["signals.dense_storm".to_string()]);
+            let mut texts = Vec::new();
+            for _ in 0..3 {
+                let graded = grade(&handler.join("stage5-asan"), "5", &[]);
+                let failed = graded.failed();
+                if !failed.is_subset(&want) {
+                    return Err(format!("the handler plant loses only signals.dense_storm:\n{}", graded.text));
+                }
+                if failed == want {
+                    return Ok(format!(
+                        "handler plant (asan): loses exactly signals.dense_storm, run {}",
+                        texts.len() + 1
+                    ));
+                }
+                texts.push(graded.text);
+            }
+            Err(format!("the handler plant kept signals.dense_storm in three gradings:\n{}", texts.join("\n")))
+        }),
         Box::new(|| match dense_sighup_storm(&handler.join("stage5"), Duration::from_secs(15)) {
             Err(err) => Ok(format!("handler plant caught: {err}")),
             Ok(n) => Err(format!("the handler plant survived a dense SIGHUP storm ({n} replies)")),
