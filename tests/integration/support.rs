@@ -70,7 +70,12 @@ impl Server {
 
     /// Like [`Server::start`], with a hook to adjust the command (e.g. rlimits).
     pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
+        Server::start_program(Path::new(env!("CARGO_BIN_EXE_server")), args, adjust)
+    }
+
+    /// Like [`Server::start_with`], for another program that speaks the contract (a lab).
+    pub fn start_program(program: &Path, args: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
+        let mut command = Command::new(program);
         command.args(["--port", "0"]).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         adjust(&mut command);
         let mut child = die_with_parent(&mut command).spawn().expect("spawn server");
