@@ -191,7 +191,6 @@ impl Client {
     /// Moves answers along until the socket is full, a read is pending, or nothing is owed.
     fn pump(&mut self, server: &mut Server, token: Token) {
         loop {
-            self.receive(); // more requests, now that earlier answers have made room
             self.answer(server); // only once no file is being sent
             if self.output.is_empty() {
                 let Some(body) = &mut self.body else { return };
@@ -466,6 +465,8 @@ fn serve(args: Args) -> Result<()> {
             }
             for token in woken {
                 let Some(client) = clients.get_mut(&token) else { continue };
+                client.receive();
+                client.watch(poll.registry(), token); // not read at its bound: the next watch re-arms it
                 client.pump(&mut server, token);
                 if !client.watch(poll.registry(), token) {
                     clients.remove(&token);
