@@ -1,11 +1,9 @@
-//! Stage 4, with the book's asynchronous I/O: the `stage3` server, whose
-//! file reads go to `aio_read(3)`, a control block (fd, buffer, length,
-//! offset) that the loop owns until `aio_return`. On Linux a finished read
-//! raises a realtime signal whose handler writes a byte to a socket the
-//! loop polls (the self-pipe trick); the loop then asks `aio_error` of each
-//! read. macOS has no realtime signals, so elsewhere the loop polls
-//! `aio_error` every millisecond while reads are in flight. glibc runs
-//! `aio_read` on its own threads. Cost: a control block and a buffer per read.
+//! Stage 4, with the book's asynchronous I/O: the `stage3` server, whose file reads go to `aio_read(3)`, a control
+//! block (fd, buffer, length, offset) that the loop owns until `aio_return`. On Linux a finished read raises a
+//! realtime signal whose handler writes a byte to a socket the loop polls (the self-pipe trick); the loop then asks
+//! `aio_error` of each read. macOS has no realtime signals, so elsewhere the loop polls `aio_error` every
+//! millisecond while reads are in flight. glibc runs `aio_read` on its own threads. Cost: a control block and a
+//! buffer per read.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
