@@ -18,6 +18,14 @@ use anyhow::{bail, Context, Result};
 
 use crate::bench::{self, LoadPlan, Report, Until};
 
+/// Rounds of the default table: each cell's median and range come from them.
+pub const ROUNDS: usize = 5;
+/// Seconds of load per cell per round in the default table.
+pub const CELL_SECONDS: f64 = 0.2;
+
+/// Seconds of uncounted load each server takes before the first round.
+pub const WARM_UP_SECONDS: f64 = 0.05;
+
 /// Simulated storage latency for the uncached workloads, in milliseconds.
 pub const STORAGE_DELAY_MS: u64 = 10;
 /// The models every table compares: the server's own list, less
@@ -263,21 +271,25 @@ pub fn workload(root: &BenchRoot, kind: WorkloadKind) -> Workload {
     workloads(root).into_iter().find(|w| w.kind == kind).expect("every kind has a workload")
 }
 
-/// Starts `model` for `workload` and measures it.
-pub fn measure(
+/// Starts `model` for `workload`, ready for `conns` connections.
+pub fn start(
     server_bin: &Path,
     root: &BenchRoot,
     model: &str,
     workload: &Workload,
     conns: usize,
-    until: Until,
-) -> Result<Report> {
+) -> Result<ServerProcess> {
     let mut args: Vec<String> = vec!["--model".into(), model.into(), "--quiet".into()];
     args.extend(model_args(model));
     args.extend(["--root".into(), root.path().display().to_string()]);
     args.extend(["--max-conns".into(), (conns + 100).max(10_000).to_string()]);
     args.extend(workload.server_args.iter().cloned());
-    let server = ServerProcess::start(server_bin, &args)?;
+    ServerProcess::start(server_bin, &args)
+}
+
+/// Drives `server` (running `model`) with `workload` on `conns` fresh
+/// connections until `until`; any wrong response is an error.
+pub fn load(server: &ServerProcess, model: &str, workload: &Workload, conns: usize, until: Until) -> Result<Report> {
     let plan = LoadPlan::keepalive(server.addr, conns, until, workload.paths.clone(), false);
     let report = bench::run(&plan)?;
     if report.errors > 0 {
@@ -289,6 +301,62 @@ pub fn measure(
         );
     }
     Ok(report)
+}
+
+/// Starts `model` for `workload` and measures it.
+pub fn measure(
+    server_bin: &Path,
+    root: &BenchRoot,
+    model: &str,
+    workload: &Workload,
+    conns: usize,
+    until: Until,
+) -> Result<Report> {
+    let server = start(server_bin, root, model, workload, conns)?;
+    load(&server, model, workload, conns, until)
+}
+
+/// Measures every one of `models` on `workload` in `rounds` interleaved
+/// rounds of `seconds`: every server is started first, then each round
+/// loads each in turn (the order rotating from round to round). On a shared
+/// machine a burst of someone else's work then falls on a few cells of
+/// different models, not on one model's whole measurement, and the median
+/// round of each model is compared with the same round of the others.
+pub fn measure_rounds(
+    server_bin: &Path,
+    root: &BenchRoot,
+    workload: &Workload,
+    models: &[&str],
+    rounds: usize,
+    seconds: f64,
+) -> Result<Vec<Row>> {
+    let servers = models
+        .iter()
+        .map(|model| start(server_bin, root, model, workload, workload.conns))
+        .collect::<Result<Vec<_>>>()?;
+    let mut rows: Vec<Row> = models
+        .iter()
+        .map(|model| Row {
+            kind: workload.kind,
+            workload: workload.label.clone(),
+            model: model.to_string(),
+            rounds: Vec::new(),
+        })
+        .collect();
+    // A first, uncounted turn each: threads started, pages touched, the
+    // cached file read, so round one measures the same server as round five.
+    for (server, model) in servers.iter().zip(models) {
+        load(server, model, workload, workload.conns, Until::Elapsed(Duration::from_secs_f64(WARM_UP_SECONDS)))?;
+    }
+    for round in 0..rounds {
+        for turn in 0..models.len() {
+            let i = (turn + round) % models.len();
+            let until = Until::Elapsed(Duration::from_secs_f64(seconds));
+            let report = load(&servers[i], models[i], workload, workload.conns, until)?;
+            rows[i].rounds.push(report);
+        }
+    }
+    Ok(rows)
 }
 
 /// The homework's two lines: N concurrent clients, each asking for a
@@ -308,7 +376,7 @@ pub fn homework(server_bin: &Path, root: &BenchRoot, requests: usize) -> Result<
     Ok((seconds[0], seconds[1]))
 }
 
-/// One row of the table.
+/// One row of the table: a model on a workload, in one or more rounds.
 pub struct Row {
     /// Which workload.
     pub kind: WorkloadKind,
@@ -316,29 +384,119 @@ pub struct Row {
     pub workload: String,
     /// Model name.
     pub model: String,
-    /// What was measured.
-    pub report: Report,
+    /// What each round measured, in the order of the rounds.
+    pub rounds: Vec<Report>,
 }
 
-/// Formats rows as an aligned table, with each model's req/s relative to `event`.
+impl Row {
+    /// The rate of each round, in order.
+    pub fn rates(&self) -> Vec<f64> {
+        self.rounds.iter().map(Report::requests_per_sec).collect()
+    }
+
+    /// The round with the median rate: the row's rate and latencies.
+    pub fn median_round(&self) -> &Report {
+        let mut order: Vec<&Report> = self.rounds.iter().collect();
+        order.sort_by(|a, b| a.requests_per_sec().total_cmp(&b.requests_per_sec()));
+        order[order.len() / 2]
+    }
+}
+
+/// One rate against another, round by round: the median of the per-round
+/// ratios, and the lowest and highest of them. Each round's two cells were
+/// measured seconds apart, so a busy moment moves both; the range says how
+/// much the rest still moved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ratio {
+    /// The median ratio.
+    pub median: f64,
+    /// The lowest round's ratio.
+    pub low: f64,
+    /// The highest round's ratio.
+    pub high: f64,
+    /// Rounds compared.
+    pub rounds: usize,
+}
+
+/// What a [`Ratio`] says, once its range is taken into account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// Every round above 1.0x.
+    Faster,
+    /// Every round below 1.0x.
+    Slower,
+    /// The range spans 1.0x: neither a gain nor a loss.
+    WithinNoise,
+}
+
+impl Ratio {
+    /// `a` against `b`, pairing their rounds; `None` without rounds.
+    pub fn of(a: &[f64], b: &[f64]) -> Option<Ratio> {
+        let mut ratios: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b.max(1e-9)).collect();
+        if ratios.is_empty() {
+            return None;
+        }
+        ratios.sort_by(f64::total_cmp);
+        Some(Ratio {
+            median: ratios[ratios.len() / 2],
+            low: ratios[0],
+            high: ratios[ratios.len() - 1],
+            rounds: ratios.len(),
+        })
+    }
+
+    /// Whether the whole range, as printed (two decimals), lies above or
+    /// below 1.0x, and the median by more than [`Ratio::MATERIAL`]: a steady
+    /// 2% is not called a gain either (two designs at the same ideal rate
+    /// differ by that much from run to run).
+    pub fn reading(&self) -> Reading {
+        let printed = |x: f64| (x * 100.0).round() / 100.0;
+        let material = (self.median - 1.0).abs() > Ratio::MATERIAL;
+        if self.rounds > 1 && material && printed(self.low) > 1.0 {
+            Reading::Faster
+        } else if self.rounds > 1 && material && printed(self.high) < 1.0 {
+            Reading::Slower
+        } else {
+            Reading::WithinNoise
+        }
+    }
+
+    /// The smallest difference called a gain or a loss: 5%.
+    pub const MATERIAL: f64 = 0.05;
+}
+
+impl std::fmt::Display for Ratio {
+    /// `1.09x (0.95-1.20)`; one decimal from 10x up; no range for one round.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let number = |x: f64| if x >= 9.95 { format!("{x:.1}") } else { format!("{x:.2}") };
+        if self.rounds > 1 {
+            write!(f, "{}x ({}-{})", number(self.median), number(self.low), number(self.high))
+        } else {
+            write!(f, "{}x", number(self.median))
+        }
+    }
+}
+
+/// Formats rows as an aligned table: each model's median round (its rate and
+/// latencies), and its rate against `event`'s, round by round ([`Ratio`]).
 pub fn table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<44} {:<12} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
-        "workload", "model", "req/s", "MB/s", "p50 ms", "p99 ms", "vs event"
+        "{:<44} {:<12} {:>10} {:>9} {:>9} {:>9} {:>19}\n",
+        "workload", "model", "req/s", "MB/s", "p50 ms", "p99 ms", "vs event (range)"
     );
     for row in rows {
         let event = rows.iter().find(|r| r.workload == row.workload && r.model == "event");
-        let ratio = event.map_or(String::from("-"), |e| {
-            format!("{:.2}x", row.report.requests_per_sec() / e.report.requests_per_sec().max(1e-9))
-        });
+        let ratio =
+            event.and_then(|e| Ratio::of(&row.rates(), &e.rates())).map_or(String::from("-"), |r| r.to_string());
+        let median = row.median_round();
         out.push_str(&format!(
-            "{:<44} {:<12} {:>10.0} {:>9.1} {:>9.3} {:>9.3} {:>9}\n",
+            "{:<44} {:<12} {:>10.0} {:>9.1} {:>9.3} {:>9.3} {:>19}\n",
             row.workload,
             row.model,
-            row.report.requests_per_sec(),
-            row.report.mb_per_sec(),
-            row.report.latency_ms(0.5),
-            row.report.latency_ms(0.99),
+            median.requests_per_sec(),
+            median.mb_per_sec(),
+            median.latency_ms(0.5),
+            median.latency_ms(0.99),
             ratio
         ));
     }

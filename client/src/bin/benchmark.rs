@@ -20,8 +20,8 @@ use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use client::bench::{self, Until};
 use client::chart::{self, Series};
-use client::peers;
 use client::suite::{self, BenchRoot, Row, WorkloadKind, STORAGE_DELAY_MS, SWEEP_CONNS};
+use client::{cost, peers};
 use contract::DEFAULT_READERS as READERS;
 
 /// Measures the kit's server models against each other (and nginx).
@@ -133,19 +133,33 @@ fn run(mut args: Args) -> Result<()> {
     }
     println!();
 
-    let seconds = if args.smoke { 0.2 } else { 1.0 };
+    let (rounds, seconds) = if args.smoke { (1, 0.1) } else { (suite::ROUNDS, suite::CELL_SECONDS) };
+    let models: Vec<&str> = suite::models().collect();
     let mut rows = Vec::new();
     for workload in suite::workloads(&root) {
-        for model in suite::models() {
-            let until = Until::Elapsed(Duration::from_secs_f64(seconds));
-            let report = suite::measure(&server, &root, model, &workload, workload.conns, until)?;
-            rows.push(Row { kind: workload.kind, workload: workload.label.clone(), model: model.into(), report });
-        }
+        eprint!("\r{}: {rounds} rounds of {} models...          ", workload.kind.name(), models.len());
+        rows.extend(suite::measure_rounds(&server, &root, &workload, &models, rounds, seconds)?);
     }
+    eprint!("\r{:60}\r", "");
     print!("{}", suite::table(&rows));
-    println!("(each cell: {seconds} s of closed-loop load from `client bench`, every response checked)");
+    println!(
+        "(each cell: {rounds} rounds of {seconds} s of closed-loop load from `client bench`, interleaved with the \
+         other models', every response checked; req/s and latencies of the median round)"
+    );
+
+    println!("\nThe cost: memory per idle connection and lines of code, per model");
+    let repo = cost::repository();
+    let mut costs = Vec::new();
+    for model in &models {
+        eprint!("\rholding idle connections: {model}          ");
+        let memory = if args.smoke { None } else { Some(cost::idle_memory(&server, &root, model)?) };
+        let lines = repo.as_deref().and_then(|repo| cost::model_lines(repo, model));
+        costs.push(cost::Cost { model: model.to_string(), memory, lines });
+    }
+    eprint!("\r{:60}\r", "");
+    print!("{}", cost::table(&costs, repo.as_deref()));
     let conns: Vec<_> = suite::workloads(&root).iter().map(|w| (w.kind, w.conns)).collect();
-    print!("{}", client::verdict::verdict(&rows, READERS, &conns));
+    print!("{}", client::verdict::verdict(&rows, READERS, &conns, &costs));
 
     if args.full || args.smoke {
         sweep(&args, &root)?;
@@ -271,7 +285,8 @@ fn async_await(server: &std::path::Path, root: &BenchRoot, smoke: bool) -> Resul
             let mut workload = workload.clone();
             workload.server_args.extend(flags.iter().map(|flag| flag.to_string()));
             let report = suite::measure(server, root, model, &workload, workload.conns, until)?;
-            rows.push(Row { kind: workload.kind, workload: workload.label.clone(), model: column.into(), report });
+            let rounds = vec![report];
+            rows.push(Row { kind: workload.kind, workload: workload.label.clone(), model: column.into(), rounds });
         }
     }
     print!("{}", suite::table(&rows));
