@@ -184,7 +184,7 @@ pub fn verdict(rows: &[Row], readers: usize, conns: &[(WorkloadKind, usize)], co
 
     let completion: Vec<String> = WORKLOADS
         .iter()
-        .filter_map(|&(kind, name)| Some(format!("{name} {}", read(ratio(rows, kind, "uring-net", "event")?))))
+        .filter_map(|&(kind, name)| Some(format!("{name} {}", ratio(rows, kind, "uring-net", "event")?)))
         .collect();
     if !completion.is_empty() {
         out.push_str(&format!(
@@ -199,8 +199,8 @@ pub fn verdict(rows: &[Row], readers: usize, conns: &[(WorkloadKind, usize)], co
         .filter_map(|&(kind, name)| {
             Some(format!(
                 "{name} {} against event, {} against event-async",
-                read(ratio(rows, kind, "tokio", "event")?),
-                read(ratio(rows, kind, "tokio", "event-async")?)
+                ratio(rows, kind, "tokio", "event")?,
+                ratio(rows, kind, "tokio", "event-async")?
             ))
         })
         .collect();
@@ -316,12 +316,10 @@ mod tests {
         ];
         let text = verdict(&rows, 512, &[(WorkloadKind::Uncached, 32)], &[]);
         assert!(
-            text.contains(
-                "slow storage 24.0x (24.0-24.0) faster against event, 1.50x (1.50-1.50) faster against event-async"
-            ),
+            text.contains("slow storage 24.0x (24.0-24.0) against event, 1.50x (1.50-1.50) against event-async"),
             "{text}"
         );
-        assert!(text.contains("against event: slow storage 30.0x (30.0-30.0) faster."), "{text}");
+        assert!(text.contains("against event: slow storage 30.0x (30.0-30.0)."), "{text}");
         assert!(
             !verdict(&rows[..1], 512, &[], &[]).contains("Completion"),
             "nothing is said of uring-net unless measured"
