@@ -19,9 +19,9 @@ use anyhow::{bail, Context, Result};
 use crate::bench::{self, LoadPlan, Report, Until};
 
 /// Rounds of the default table: each cell's median and range come from them.
-pub const ROUNDS: usize = 7;
+pub const ROUNDS: usize = 9;
 /// Seconds of load per cell per round in the default table.
-pub const CELL_SECONDS: f64 = 0.15;
+pub const CELL_SECONDS: f64 = 0.12;
 
 /// Seconds of uncounted load each server takes before the first round.
 pub const WARM_UP_SECONDS: f64 = 0.05;
@@ -430,9 +430,11 @@ pub enum Reading {
 }
 
 impl Ratio {
-    /// `a` against `b`, pairing their rounds; `None` without rounds.
+    /// `a` against `b`, pairing their rounds; `None` without rounds. A
+    /// round in which `b` answered nothing (a server starved of the CPU for a
+    /// whole cell, on a very busy machine) has no ratio and is left out.
     pub fn of(a: &[f64], b: &[f64]) -> Option<Ratio> {
-        let mut ratios: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b.max(1e-9)).collect();
+        let mut ratios: Vec<f64> = a.iter().zip(b).filter(|(_, b)| **b > 0.0).map(|(a, b)| a / b).collect();
         if ratios.is_empty() {
             return None;
         }
@@ -510,4 +512,13 @@ pub fn results_dir(base: &Path) -> Result<PathBuf> {
     let dir = base.join(&now[..10]);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
+}
+
+/// The machine's load: the 1-minute load average and the cores, from
+/// `/proc/loadavg` (`None` elsewhere). Above one runnable task per core,
+/// the servers and the load generator wait for the CPU behind others' work.
+pub fn load_average() -> Option<(f64, usize)> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let load = text.split_whitespace().next()?.parse().ok()?;
+    Some((load, std::thread::available_parallelism().map_or(1, |n| n.get())))
 }

@@ -60,13 +60,26 @@ const PROCESSES: &str = "fork";
 // handout: stage 6: from this run's rows, say when the event-based design was worth it against threads and
 //   processes and when asynchronous reads paid, by how much (with each ratio's range), and at what cost; read
 //   docs/guide/06-was-it-worth-it.md
-pub fn verdict(rows: &[Row], readers: usize, conns: &[(WorkloadKind, usize)], costs: &[Cost]) -> String {
+pub fn verdict(
+    rows: &[Row],
+    readers: usize,
+    conns: &[(WorkloadKind, usize)],
+    costs: &[Cost],
+    busiest: Option<(f64, usize)>,
+) -> String {
     let conns_of = |kind| conns.iter().find(|(k, _)| *k == kind).map_or(0, |(_, c)| *c);
     let rounds = rows.first().map_or(0, |row| row.rounds.len());
     let mut out = format!(
         "\nVerdict (from this run; each ratio is the median of {rounds} interleaved rounds, the lowest and highest \
-         round in brackets; a range that spans 1.0x is within noise, neither a gain nor a loss):\n"
+         round in brackets; a range that spans 1.0x, or a median within 10% of it, is within noise, neither a \
+         gain nor a loss):\n"
     );
+    if let Some((load, cores)) = busiest.filter(|(load, cores)| *load > *cores as f64) {
+        out.push_str(&format!(
+            "(The machine was busy: load average up to {load:.1} on {cores} cores during the table. Rounds vary \
+             more, ranges widen, and a gain or a loss may show as within noise.)\n"
+        ));
+    }
 
     out.push_str(&format!(
         "Event-based ({EVENT_BASED}: one loop, file reads and fib off it) against threads ({THREADS}: a thread per \
@@ -121,6 +134,7 @@ pub fn verdict(rows: &[Row], readers: usize, conns: &[(WorkloadKind, usize)], co
     };
     let listed =
         |ratios: &[(String, Ratio)]| ratios.iter().map(|(m, r)| format!("{m} {}", read(*r))).collect::<Vec<_>>();
+    let plain = |ratios: &[(String, Ratio)]| ratios.iter().map(|(m, r)| format!("{m} {r}")).collect::<Vec<_>>();
     let any_faster = |ratios: &[(String, Ratio)]| ratios.iter().any(|(_, r)| r.reading() == Reading::Faster);
 
     let slow = against_event(WorkloadKind::Uncached, &async_models);
@@ -153,7 +167,7 @@ pub fn verdict(rows: &[Row], readers: usize, conns: &[(WorkloadKind, usize)], co
         out.push_str(&format!(
             "* cached: {}: {}. Nothing blocks, so there is nothing to move off the loop.\n",
             if any_faster(&cached) { "a gain" } else { "no gain" },
-            listed(&cached).join(", ")
+            plain(&cached).join(", ")
         ));
     }
     let large = against_event(WorkloadKind::Large, &async_models[..1]);
@@ -162,21 +176,26 @@ pub fn verdict(rows: &[Row], readers: usize, conns: &[(WorkloadKind, usize)], co
             "* large: {}: {}. sendfile does not block on a cached page; sending the bytes is the work, and it \
              stays on the loop.\n",
             if any_faster(&large) { "a gain" } else { "no gain" },
-            listed(&large).join(", ")
+            plain(&large).join(", ")
         ));
     }
     let fib = against_event(WorkloadKind::Fib, &async_models[..1]);
     if !fib.is_empty() {
         let controls = against_event(WorkloadKind::Fib, &["select", "poll"]);
         out.push_str(&format!(
-            "* fib: {}: {}: the computation runs on a reader thread, so a second core can take it",
+            "* fib: {}: {}: {}",
             if any_faster(&fib) { "a gain" } else { "no gain" },
-            listed(&fib).join(", ")
+            listed(&fib).join(", "),
+            if any_faster(&fib) {
+                "the computation runs on a reader thread, so a second core can take it"
+            } else {
+                "a reader thread lets a second core take the computation, which this run did not show"
+            }
         ));
         if !controls.is_empty() {
             out.push_str(&format!(
                 " (select and poll, which move nothing off their loop: {})",
-                listed(&controls).join(", ")
+                plain(&controls).join(", ")
             ));
         }
         out.push_str(". Bounded by the cores, not by the design.\n");
@@ -255,7 +274,7 @@ mod tests {
                 lines: Some(ModelLines { own: 20, machinery: 150, missing: Vec::new() }),
             },
         ];
-        let text = verdict(&rows, 512, &[(WorkloadKind::Uncached, 32)], &costs);
+        let text = verdict(&rows, 512, &[(WorkloadKind::Uncached, 32)], &costs, None);
         assert!(text.contains("* slow storage: 1.00x (0.97-1.03) within noise against threads, 0.97x (0.97-1.03) within noise against processes."), "{text}");
         assert!(text.contains("Without asynchronous reads (event) 0.03x (0.03-0.03) slower against threads"), "{text}");
         assert!(
@@ -273,9 +292,7 @@ mod tests {
         );
         assert!(text.contains("reaches 94% of the ideal 32 x 1000/10 = 3200 req/s"), "{text}");
         assert!(
-            text.contains(
-                "(select and poll, which move nothing off their loop: select 1.10x (0.90-1.30) within noise)"
-            ),
+            text.contains("(select and poll, which move nothing off their loop: select 1.10x (0.90-1.30))"),
             "{text}"
         );
         assert!(!text.contains("* cached"), "nothing is said of what was not measured");
@@ -289,16 +306,20 @@ mod tests {
             row(WorkloadKind::Cached, "event-async", &[800, 1100, 1300]),
             row(WorkloadKind::Cached, "uring", &[700, 800, 900]),
         ];
-        let text = verdict(&rows, 512, &[], &[]);
-        assert!(
-            text.contains(
-                "* cached: no gain: event-async 1.10x (0.80-1.30) within noise, uring 0.80x (0.70-0.90) slower."
-            ),
-            "{text}"
+        let text = verdict(&rows, 512, &[], &[], Some((3.5, 2)));
+        assert!(text.contains("* cached: no gain: event-async 1.10x (0.80-1.30), uring 0.80x (0.70-0.90)."), "{text}");
+        assert!(text.contains("(The machine was busy: load average up to 3.5 on 2 cores during the table."), "{text}");
+        let steady = Ratio::of(&[1050.0, 1060.0, 1070.0], &[1000.0, 1000.0, 1000.0]).unwrap();
+        assert_eq!(steady.reading(), Reading::WithinNoise, "a steady 6% is not called a gain");
+        let starved = Ratio::of(&[1000.0, 2000.0, 3000.0], &[0.0, 1000.0, 1000.0]).unwrap();
+        assert_eq!(
+            (starved.rounds, starved.low, starved.high),
+            (2, 2.0, 3.0),
+            "a round that answered nothing has no ratio"
         );
         let capped =
             [row(WorkloadKind::Uncached, "event", &[100]), row(WorkloadKind::Uncached, "event-async", &[1600])];
-        let text = verdict(&capped, 16, &[(WorkloadKind::Uncached, 32)], &[]);
+        let text = verdict(&capped, 16, &[(WorkloadKind::Uncached, 32)], &[], None);
         assert!(
             text.contains("not shown: event-async 16.0x within noise"),
             "one round has no range, so no reading: {text}"
@@ -314,14 +335,14 @@ mod tests {
             row(WorkloadKind::Uncached, "tokio", &[2400, 2400, 2400]),
             row(WorkloadKind::Uncached, "uring-net", &[3000, 3000, 3000]),
         ];
-        let text = verdict(&rows, 512, &[(WorkloadKind::Uncached, 32)], &[]);
+        let text = verdict(&rows, 512, &[(WorkloadKind::Uncached, 32)], &[], None);
         assert!(
             text.contains("slow storage 24.0x (24.0-24.0) against event, 1.50x (1.50-1.50) against event-async"),
             "{text}"
         );
         assert!(text.contains("against event: slow storage 30.0x (30.0-30.0)."), "{text}");
         assert!(
-            !verdict(&rows[..1], 512, &[], &[]).contains("Completion"),
+            !verdict(&rows[..1], 512, &[], &[], None).contains("Completion"),
             "nothing is said of uring-net unless measured"
         );
     }

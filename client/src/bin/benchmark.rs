@@ -136,9 +136,12 @@ fn run(mut args: Args) -> Result<()> {
     let (rounds, seconds) = if args.smoke { (1, 0.1) } else { (suite::ROUNDS, suite::CELL_SECONDS) };
     let models: Vec<&str> = suite::models().collect();
     let mut rows = Vec::new();
+    // The busiest the machine was while the table ran: the verdict says so.
+    let mut busiest = suite::load_average();
     for workload in suite::workloads(&root) {
         eprint!("\r{}: {rounds} rounds of {} models...          ", workload.kind.name(), models.len());
         rows.extend(suite::measure_rounds(&server, &root, &workload, &models, rounds, seconds)?);
+        busiest = busiest.into_iter().chain(suite::load_average()).max_by(|a, b| a.0.total_cmp(&b.0));
     }
     eprint!("\r{:60}\r", "");
     print!("{}", suite::table(&rows));
@@ -159,7 +162,7 @@ fn run(mut args: Args) -> Result<()> {
     eprint!("\r{:60}\r", "");
     print!("{}", cost::table(&costs, repo.as_deref()));
     let conns: Vec<_> = suite::workloads(&root).iter().map(|w| (w.kind, w.conns)).collect();
-    print!("{}", client::verdict::verdict(&rows, READERS, &conns, &costs));
+    print!("{}", client::verdict::verdict(&rows, READERS, &conns, &costs, busiest));
 
     if args.full || args.smoke {
         sweep(&args, &root)?;
