@@ -410,9 +410,9 @@ impl Row {
 pub struct Ratio {
     /// The median ratio.
     pub median: f64,
-    /// The lowest round's ratio.
+    /// The lowest round's ratio (from [`Ratio::TRIM_FROM`] rounds on, the second lowest).
     pub low: f64,
-    /// The highest round's ratio.
+    /// The highest round's ratio (from [`Ratio::TRIM_FROM`] rounds on, the second highest).
     pub high: f64,
     /// Rounds compared.
     pub rounds: usize,
@@ -439,13 +439,18 @@ impl Ratio {
             return None;
         }
         ratios.sort_by(f64::total_cmp);
-        Some(Ratio {
-            median: ratios[ratios.len() / 2],
-            low: ratios[0],
-            high: ratios[ratios.len() - 1],
-            rounds: ratios.len(),
-        })
+        let n = ratios.len();
+        // From TRIM_FROM rounds on, the one most extreme round at each end is
+        // left out of the range: on a machine shared with other work, a
+        // server the scheduler starved for a whole cell answers nothing or
+        // next to nothing, a ratio of 0.00x or 50x that says nothing of the
+        // design. The median is of all rounds.
+        let trim = usize::from(n >= Ratio::TRIM_FROM);
+        Some(Ratio { median: ratios[n / 2], low: ratios[trim], high: ratios[n - 1 - trim], rounds: n })
     }
+
+    /// Rounds from which the range leaves out the extreme round at each end.
+    pub const TRIM_FROM: usize = 7;
 
     /// Whether the whole range, as printed (two decimals), lies above or
     /// below 1.0x, and the median by more than [`Ratio::MATERIAL`]: a steady
