@@ -146,8 +146,10 @@ fn run(mut args: Args) -> Result<()> {
     eprint!("\r{:60}\r", "");
     print!("{}", suite::table(&rows));
     println!(
-        "(each cell: {rounds} rounds of {seconds} s of closed-loop load from `client bench`, interleaved with the \
-         other models', every response checked; req/s and latencies of the median round)"
+        "(each cell: {rounds} rounds of {seconds} s of closed-loop load from `client bench` on fresh connections \
+         after {} s uncounted, interleaved with the other models', every response checked; req/s and latencies \
+         of the median round)",
+        suite::CELL_WARM_UP_SECONDS
     );
 
     println!("\nThe cost: memory per idle connection and lines of code, per model");
