@@ -19,14 +19,14 @@ use anyhow::{bail, Context, Result};
 use crate::bench::{self, LoadPlan, Report, Until};
 
 /// Rounds of the default table: each cell's median and range come from them.
-pub const ROUNDS: usize = 7;
+pub const ROUNDS: usize = 9;
 /// Seconds of counted load per cell per round in the default table.
-pub const CELL_SECONDS: f64 = 0.12;
+pub const CELL_SECONDS: f64 = 0.1;
 /// Seconds each cell's fresh connections run before the count starts: a
-/// thread or a process per connection is started then, not in the 0.12 s
+/// thread or a process per connection is started then, not in the 0.1 s
 /// counted (in a keep-alive run it is paid once per connection, not per
-/// 0.12 s).
-pub const CELL_WARM_UP_SECONDS: f64 = 0.04;
+/// 0.1 s).
+pub const CELL_WARM_UP_SECONDS: f64 = 0.03;
 
 /// Seconds of uncounted load each server takes before the first round.
 pub const WARM_UP_SECONDS: f64 = 0.05;
