@@ -367,21 +367,33 @@ pub fn measure_rounds(
     Ok(rows)
 }
 
+/// Rounds of the homework's two lines: the times printed are their medians.
+pub const HOMEWORK_ROUNDS: usize = 5;
+
 /// The homework's two lines: N concurrent clients, each asking for a
-/// different uncached file from storage that takes [`STORAGE_DELAY_MS`].
-pub fn homework(server_bin: &Path, root: &BenchRoot, requests: usize) -> Result<(f64, f64)> {
+/// different uncached file from storage that takes [`STORAGE_DELAY_MS`],
+/// against `event-async` and `event`, in `rounds` interleaved rounds (the
+/// storage stays uncached: `--cache-size 0`). Returns each model's time per
+/// round, in seconds: (async, sync).
+pub fn homework(server_bin: &Path, root: &BenchRoot, requests: usize, rounds: usize) -> Result<(Vec<f64>, Vec<f64>)> {
     // The uncached workload, one request per connection.
     let workload =
         Workload { paths: root.small[..requests].to_vec(), conns: requests, ..workload(root, WorkloadKind::Uncached) };
-    let mut seconds = Vec::new();
-    for model in ["event-async", "event"] {
-        let report = measure(server_bin, root, model, &workload, requests, Until::Requests(requests as u64))?;
-        if report.ok != requests as u64 {
-            bail!("{model}: {} of {requests} requests answered", report.ok);
+    let models = ["event-async", "event"];
+    let servers =
+        models.iter().map(|model| start(server_bin, root, model, &workload, requests)).collect::<Result<Vec<_>>>()?;
+    let mut seconds = [Vec::new(), Vec::new()];
+    for _ in 0..rounds {
+        for (i, model) in models.iter().enumerate() {
+            let report = load(&servers[i], model, &workload, requests, Until::Requests(requests as u64))?;
+            if report.ok != requests as u64 {
+                bail!("{model}: {} of {requests} requests answered", report.ok);
+            }
+            seconds[i].push(report.elapsed.as_secs_f64());
         }
-        seconds.push(report.elapsed.as_secs_f64());
     }
-    Ok((seconds[0], seconds[1]))
+    let [async_s, sync_s] = seconds;
+    Ok((async_s, sync_s))
 }
 
 /// One row of the table: a model on a workload, in one or more rounds.

@@ -556,7 +556,8 @@ fn wrk(addr: SocketAddr, row: &Row, threads: usize, pace: Pace) -> Result<f64> {
     peers::wrk_with(&url, row.conns, pace.seconds, row.close, threads)
 }
 
-pub(crate) fn median(mut values: Vec<f64>) -> f64 {
+/// The median of `values` (the upper one of an even count).
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
