@@ -1,11 +1,13 @@
 //! The benchmark suite behind `./benchmark.sh`: starts servers, drives them
 //! with [`bench`](mod@crate::bench), and prints what the homework asks.
 //!
-//! Three modes: the default run (under a minute: the homework's two lines
-//! and a table of the honest cases), `--full` (models x concurrency x
-//! workloads, CSV and SVG charts, nginx side by side when installed), and
-//! `--smoke` (every mode for a moment, so CI keeps the script working).
-//! Any wrong response fails the run.
+//! Three modes: the default run (about a minute and a half: the homework's
+//! two lines and a table of the honest cases, each cell in interleaved
+//! rounds, [`measure_rounds`], every ratio a median with its range,
+//! [`Ratio`]), `--full` (models x concurrency x workloads, CSV and SVG
+//! charts, nginx side by side when installed), and `--smoke` (every mode
+//! for a moment, so CI keeps the script working). Any wrong response fails
+//! the run.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -364,6 +366,9 @@ pub fn measure_rounds(
             rows[i].rounds.push(report);
         }
     }
+    if let Some(row) = rows.iter().find(|row| row.rounds.iter().all(|report| report.ok == 0)) {
+        bail!("{} / {}: no response in any of {rounds} rounds of {seconds} s", row.model, workload.kind.name());
+    }
     Ok(rows)
 }
 
@@ -451,10 +456,14 @@ pub enum Reading {
 
 impl Ratio {
     /// `a` against `b`, pairing their rounds; `None` without rounds. A
-    /// round in which `b` answered nothing (a server starved of the CPU for a
-    /// whole cell, on a very busy machine) has no ratio and is left out.
+    /// round in which either answered nothing has no ratio and is left out:
+    /// on a very busy machine the server or the load generator can get no
+    /// CPU for a whole 0.1 s cell, which says nothing of the design (a model
+    /// that answers nothing in every round fails the run instead,
+    /// [`measure_rounds`]).
     pub fn of(a: &[f64], b: &[f64]) -> Option<Ratio> {
-        let mut ratios: Vec<f64> = a.iter().zip(b).filter(|(_, b)| **b > 0.0).map(|(a, b)| a / b).collect();
+        let mut ratios: Vec<f64> =
+            a.iter().zip(b).filter(|(a, b)| **a > 0.0 && **b > 0.0).map(|(a, b)| a / b).collect();
         if ratios.is_empty() {
             return None;
         }

@@ -314,15 +314,19 @@ mod tests {
         assert!(text.contains("(The machine was busy: load average up to 3.5 on 2 cores during the table."), "{text}");
         let steady = Ratio::of(&[1050.0, 1060.0, 1070.0], &[1000.0, 1000.0, 1000.0]).unwrap();
         assert_eq!(steady.reading(), Reading::WithinNoise, "a steady 6% is not called a gain");
-        let starved = Ratio::of(&[1000.0, 2000.0, 3000.0], &[0.0, 1000.0, 1000.0]).unwrap();
+        let starved = Ratio::of(&[1000.0, 2000.0, 3000.0, 0.0], &[0.0, 1000.0, 1000.0, 1000.0]).unwrap();
         assert_eq!(
             (starved.rounds, starved.low, starved.high),
             (2, 2.0, 3.0),
             "a round that answered nothing has no ratio"
         );
-        let nine = [0.0, 1.1, 1.2, 1.2, 1.3, 1.3, 1.4, 1.5, 50.0].map(|x| x * 1000.0);
+        let nine = [0.1, 1.1, 1.2, 1.2, 1.3, 1.3, 1.4, 1.5, 50.0].map(|x| x * 1000.0);
         let trimmed = Ratio::of(&nine, &[1000.0; 9]).unwrap();
-        assert_eq!(trimmed.to_string(), "1.30x (1.10-1.50)", "a starved round at each end is left out of the range");
+        assert_eq!(
+            trimmed.to_string(),
+            "1.30x (1.10-1.50)",
+            "the most extreme round at each end is left out of the range"
+        );
         assert_eq!(trimmed.reading(), Reading::Faster);
         let capped =
             [row(WorkloadKind::Uncached, "event", &[100]), row(WorkloadKind::Uncached, "event-async", &[1600])];

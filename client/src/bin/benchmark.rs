@@ -1,6 +1,8 @@
 //! `benchmark`: what `./benchmark.sh` runs. See [`client::suite`].
 //!
-//! * default: the homework's two lines, then a table of the honest cases;
+//! * default: the homework's two lines, then a table of the honest cases in
+//!   interleaved rounds, the cost of each model (memory per idle connection,
+//!   lines of code: [`client::cost`]) and the verdict ([`client::verdict`]);
 //! * `--full`: models x concurrency x workloads, CSV and SVG in `results/<date>/`,
 //!   and nginx side by side when `nginx` and `wrk` are installed;
 //! * `--smoke`: every mode for a moment (CI runs it so the script cannot rot);
