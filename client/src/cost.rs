@@ -255,7 +255,7 @@ pub fn bytes(value: f64) -> String {
 /// The cost table: per model, memory per idle connection and lines read.
 pub fn table(costs: &[Cost], repo: Option<&Path>) -> String {
     let mut out = format!(
-        "{:<12} {:>12} {:>9} {:>14} {:>7} {:>9} {:>7}\n",
+        "{:<12} {:>13} {:>9} {:>15} {:>7} {:>9} {:>9}\n",
         "model", "per idle conn", "held", "MiB before/held", "lines", "own file", "machinery"
     );
     for cost in costs {
