@@ -57,9 +57,6 @@ const PROCESSES: &str = "fork";
 /// The verdict paragraph. `readers` is the reader pool of `event-async`,
 /// `conns` the connections of each workload, as (kind, conns); `costs` each
 /// model's memory per idle connection and lines of code.
-// handout: stage 6: from this run's rows, say when the event-based design was worth it against threads and
-//   processes and when asynchronous reads paid, by how much (with each ratio's range), and at what cost; read
-//   docs/guide/06-was-it-worth-it.md
 pub fn verdict(
     rows: &[Row],
     readers: usize,
@@ -212,7 +209,7 @@ pub fn verdict(
         out.push_str(&format!(
             "* Completion for sockets too (uring-net: every socket and file operation on io_uring, no epoll) \
              against event: {}. Where it leads on cached files, it is the system calls it does not make, not \
-             asynchronous reads (docs/guide/09-readiness-and-completion.md).\n",
+             asynchronous reads (docs/guide/04b-readiness-and-completion.md).\n",
             completion.join(", ")
         ));
     }
@@ -229,7 +226,7 @@ pub fn verdict(
     if !tokio.is_empty() {
         out.push_str(&format!(
             "* async/await (tokio: a task per connection, reads on its blocking pool): {}. Against event-async \
-             the difference is what the runtime adds, not the design (docs/guide/08-async-await.md).\n",
+             the difference is what the runtime adds, not the design (docs/guide/02d-async-await.md).\n",
             tokio.join("; ")
         ));
     }

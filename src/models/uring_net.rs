@@ -35,7 +35,7 @@
 //! The connection state machine ([`Conn`]) is the same as every model's: it
 //! reads from and writes to a [`Staged`] socket, memory the loop moves to
 //! and from the kernel by completions. Who owns a buffer, and when, is the
-//! lesson (`docs/guide/09-readiness-and-completion.md` draws it): a buffer in
+//! lesson (`docs/guide/04b-readiness-and-completion.md` draws it): a buffer in
 //! a submitted entry is the kernel's until its completion, so a connection
 //! is freed only once its last operation has completed (or been
 //! cancelled), never while the kernel may still write into it.
@@ -325,6 +325,9 @@ impl Techniques {
 /// Runs the `uring-net` model: `--workers` loops, each on its own ring.
 pub fn run(server: Server) -> Result<(), ServerError> {
     probe(false)?; // refused before announcing, naming the model to use instead
+                   // Opened now, while fds are free: it is wanted when they are not.
+    let dev_null = std::fs::File::open("/dev/null").map_err(ServerError::io("cannot open /dev/null"))?;
+    let _ = NO_PIPE.set(dev_null);
     fan_out::run_per_worker(&server, completion_loop)
 }
 
@@ -513,10 +516,12 @@ impl Sink for Staged {
     }
 }
 
+/// `/dev/null`, opened by [`run`]: see [`no_pipe`].
+static NO_PIPE: OnceLock<std::fs::File> = OnceLock::new();
+
 /// A read-only fd: `sendfile` to it fails (`EBADF`), which closes a
 /// connection that could get no pipe (the process is out of fds).
 fn no_pipe() -> &'static std::fs::File {
-    static NO_PIPE: OnceLock<std::fs::File> = OnceLock::new();
     NO_PIPE.get_or_init(|| std::fs::File::open("/dev/null").expect("/dev/null opens"))
 }
 
@@ -759,10 +764,6 @@ struct Loop<'a> {
     techniques: Techniques,
 }
 
-// handout: stage 4: (optional part, chapter 9) the completion loop: set up the ring (probe()), the buffer
-//   ring and the signal pipes, submit a multishot accept, then until stopped and nothing is in flight:
-//   submit_and_wait(1), and for each completion dispatch on its Op (accept, receive, send, read,
-//   signal); read docs/guide/09-readiness-and-completion.md
 fn completion_loop(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
     let set_up = || -> io::Result<(IoUring, BufferRing, SignalPipes, Computations, Techniques)> {
         let defer_taskrun = !server.without.contains(&Technique::DeferTaskrun);
