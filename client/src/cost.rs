@@ -147,7 +147,8 @@ pub fn model_lines(repo: &Path, model: &str) -> Option<ModelLines> {
     Some(lines)
 }
 
-/// Lines of every `.rs` file under `dir`, recursively.
+/// Lines of every `.rs` file under `dir`, recursively, but the files of
+/// tests (`tests.rs`, `proptests.rs`: modules `#[cfg(test)]` declares).
 pub fn tree_lines(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries
@@ -156,7 +157,9 @@ pub fn tree_lines(dir: &Path) -> usize {
             let path = entry.path();
             if path.is_dir() {
                 tree_lines(&path)
-            } else if path.extension().is_some_and(|ext| ext == "rs") {
+            } else if path.extension().is_some_and(|ext| ext == "rs")
+                && !path.file_stem().is_some_and(|stem| stem.to_string_lossy().ends_with("tests"))
+            {
                 std::fs::read_to_string(&path).map_or(0, |text| lines_of_code(&text))
             } else {
                 0

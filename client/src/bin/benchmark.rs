@@ -166,8 +166,12 @@ fn run(mut args: Args) -> Result<()> {
     let repo = cost::repository();
     let mut costs = Vec::new();
     for model in &models {
-        eprint!("\rholding idle connections: {model}          ");
-        let memory = if args.smoke { None } else { Some(cost::idle_memory(&server, &root, model)?) };
+        let memory = if args.smoke {
+            None
+        } else {
+            eprint!("\rholding idle connections: {model}          ");
+            Some(cost::idle_memory(&server, &root, model)?)
+        };
         let lines = repo.as_deref().and_then(|repo| cost::model_lines(repo, model));
         costs.push(cost::Cost { model: model.to_string(), memory, lines });
     }
