@@ -35,6 +35,16 @@ pub enum Until {
     Elapsed(Duration),
     /// Run exactly this many requests in total.
     Requests(u64),
+    /// Connect and run for `warm_up` without counting (new connections
+    /// made, a thread or a process started per connection by the server,
+    /// caches warm), then count for `counted` as [`Until::Elapsed`] does: a
+    /// short measurement of the steady state, not of setting it up.
+    WarmedUp {
+        /// Uncounted time from the first connect.
+        warm_up: Duration,
+        /// Counted time after it.
+        counted: Duration,
+    },
 }
 
 /// What to run.
@@ -194,11 +204,17 @@ pub fn run(plan: &LoadPlan) -> Result<Report> {
     // Requests not yet started, shared by every thread (unbounded: i64::MAX).
     let budget = Arc::new(AtomicI64::new(match plan.until {
         Until::Requests(n) => i64::try_from(n).unwrap_or(i64::MAX),
-        Until::Elapsed(_) => i64::MAX,
+        Until::Elapsed(_) | Until::WarmedUp { .. } => i64::MAX,
     }));
-    let started = Instant::now();
+    let connected = Instant::now();
+    // Responses that complete before `started` are checked but not counted.
+    let started = match plan.until {
+        Until::WarmedUp { warm_up, .. } => connected + warm_up,
+        _ => connected,
+    };
     let stop_starting_at = match plan.until {
         Until::Elapsed(duration) => Some(started + duration),
+        Until::WarmedUp { counted, .. } => Some(started + counted),
         Until::Requests(_) => None,
     };
     let results: Vec<Result<Tally>> = std::thread::scope(|scope| {
@@ -206,12 +222,12 @@ pub fn run(plan: &LoadPlan) -> Result<Report> {
             .map(|t| {
                 let ids: Vec<usize> = (t..plan.conns).step_by(threads).collect();
                 let budget = Arc::clone(&budget);
-                scope.spawn(move || Worker::new(plan, ids, budget, stop_starting_at)?.run())
+                scope.spawn(move || Worker::new(plan, ids, budget, stop_starting_at, started)?.run())
             })
             .collect();
         workers.into_iter().map(|w| w.join().unwrap_or_else(|_| bail!("a bench thread panicked"))).collect()
     });
-    let elapsed = started.elapsed();
+    let elapsed = Instant::now().saturating_duration_since(started);
     let mut report =
         Report { ok: 0, errors: 0, error_samples: Vec::new(), body_bytes: 0, elapsed, latency_us: new_histogram() };
     for tally in results {
@@ -297,6 +313,8 @@ struct Worker<'a> {
     conns: Vec<BenchConn>,
     budget: Arc<AtomicI64>,
     stop_starting_at: Option<Instant>,
+    /// Responses completed before this are checked, not counted (warm-up).
+    counting_from: Instant,
     tally: Tally,
     /// Body length first seen per path: later responses must match it.
     lengths: HashMap<usize, u64>,
@@ -316,6 +334,7 @@ impl<'a> Worker<'a> {
         ids: Vec<usize>,
         budget: Arc<AtomicI64>,
         stop_starting_at: Option<Instant>,
+        counting_from: Instant,
     ) -> Result<Self> {
         let requests = plan.paths.iter().map(|path| encode_request(plan, path)).collect();
         let conns = ids
@@ -334,6 +353,7 @@ impl<'a> Worker<'a> {
             conns,
             budget,
             stop_starting_at,
+            counting_from,
             tally: Tally { ok: 0, errors: 0, error_samples: Vec::new(), body_bytes: 0, latency_us: new_histogram() },
             lengths: HashMap::new(),
             requests,
@@ -482,9 +502,11 @@ impl<'a> Worker<'a> {
             ));
         }
         let latency = conn.request_started.elapsed();
-        self.tally.ok += 1;
-        self.tally.body_bytes += done.body_len;
-        let _ = self.tally.latency_us.record((latency.as_micros() as u64).max(1));
+        if Instant::now() >= self.counting_from {
+            self.tally.ok += 1;
+            self.tally.body_bytes += done.body_len;
+            let _ = self.tally.latency_us.record((latency.as_micros() as u64).max(1));
+        }
         if self.plan.no_keepalive || done.server_closes {
             self.drop_stream(index);
         }

@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod chart;
 pub mod child;
+pub mod cost;
 pub mod fetch;
 pub mod grade;
 pub mod json;
