@@ -40,6 +40,8 @@ pub mod defaults {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
     /// A response that makes no write progress this long is dropped.
     pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Most events `--trace` records (about 90 bytes each) before it stops.
+    pub const TRACE_EVENTS: usize = 500_000;
 }
 
 /// Which server design runs. Each variant's line is its `--help` entry;
@@ -315,6 +317,10 @@ pub struct Config {
     /// nothing stays invisible to the server for a second, and idle or
     /// stalled clients are what the early stages are about.
     pub defer_accept: bool,
+    /// `--trace FILE`: record what the server does, written at a graceful stop.
+    pub trace: Option<PathBuf>,
+    /// `--trace-events N`: the most events the trace holds.
+    pub trace_events: usize,
 }
 
 impl Default for Config {
@@ -342,6 +348,8 @@ impl Default for Config {
             write_timeout: defaults::WRITE_TIMEOUT,
             quiet: false,
             defer_accept: false,
+            trace: None,
+            trace_events: defaults::TRACE_EVENTS,
         }
     }
 }

@@ -139,6 +139,9 @@ struct TimelineCli {
     /// The picture's title (default: the file's name).
     #[arg(long)]
     title: Option<String>,
+    /// Draw the whole trace, including a server's idle waits before the first request and after the last.
+    #[arg(long)]
+    whole: bool,
 }
 
 /// Scores a server against the assignment (docs/assignment.md), stage by
@@ -337,7 +340,7 @@ fn timeline_main(cli: TimelineCli) -> ExitCode {
         print!("{}", trace.summary());
         if let Some(out) = &cli.svg {
             let title = cli.title.clone().unwrap_or_else(|| cli.file.display().to_string());
-            client::timeline::draw_svg(&trace, out, &title)?;
+            client::timeline::draw_svg(&trace, out, &title, cli.whole)?;
         }
         Ok(())
     };

@@ -324,6 +324,31 @@ impl Trace {
         }
     }
 
+    /// The part of the trace where something happened: without a server's
+    /// idle waits at either end (the loop waiting for a first client, or
+    /// for the signal that stops it), unless nothing else is there.
+    pub fn busy_span(&self) -> (f64, f64) {
+        let idle = |slice: &&Slice| IDLE_SLICES.contains(&slice.name.as_str());
+        let threads = self.threads.iter().flat_map(|t| t.slices.iter());
+        // A server's requests say best when it was busy (its last turn, a
+        // stop, comes after them); otherwise whatever is not a wait.
+        let busy: Vec<&Slice> = if self.async_slices.is_empty() {
+            threads.filter(|s| !idle(s)).collect()
+        } else {
+            self.async_slices.iter().collect()
+        };
+        let busy = busy.into_iter();
+        let first = busy.clone().map(|s| s.start).fold(f64::INFINITY, f64::min);
+        let last = busy.map(Slice::end).fold(f64::NEG_INFINITY, f64::max);
+        if first.is_finite() && last > first {
+            let margin = (last - first) * 0.02;
+            let (whole_first, whole_last) = self.span();
+            ((first - margin).max(whole_first), (last + margin).min(whole_last))
+        } else {
+            self.span()
+        }
+    }
+
     /// A few lines a person can read: per slice name, how many, the total
     /// and the longest; and the threads.
     pub fn summary(&self) -> String {
@@ -375,6 +400,10 @@ fn nest(slices: &mut [Slice]) {
     }
 }
 
+/// Slices that are a server waiting for something to do: left out of
+/// [`Trace::busy_span`].
+const IDLE_SLICES: [&str; 3] = ["turn", "wait", "submit and wait"];
+
 /// Picture size and layout, pixels.
 const WIDTH: u32 = 1000;
 const LABEL_WIDTH: i32 = 130;
@@ -411,7 +440,9 @@ impl Legend {
         // Well-known names keep a meaning across pictures: waiting is
         // grey-blue, blocking work red.
         let fixed = match name {
-            "wait" => Some(RGBColor(158, 202, 225)),
+            "turn" => Some(RGBColor(225, 225, 225)),
+            "wait" | "submit and wait" => Some(RGBColor(158, 202, 225)),
+            "serve" => Some(RGBColor(116, 196, 118)),
             "handle" => Some(RGBColor(49, 130, 189)),
             "read" | "compute" => Some(RGBColor(214, 39, 40)),
             "request" => Some(RGBColor(199, 199, 199)),
@@ -457,7 +488,9 @@ fn push_bar(bars: &mut Vec<Bar>, bar: Bar) {
 /// Draws `trace` into an SVG file: a row per thread (or client), time
 /// across, nested slices drawn inside the slices holding them, instants
 /// as red ticks, and requests in flight below the threads.
-pub fn draw_svg(trace: &Trace, out: &Path, title: &str) -> Result<()> {
+///
+/// With `whole` false, only [`Trace::busy_span`] is drawn.
+pub fn draw_svg(trace: &Trace, out: &Path, title: &str, whole: bool) -> Result<()> {
     let threads: Vec<&Thread> = trace.threads.iter().take(MAX_ROWS).collect();
     let hidden_threads = trace.threads.len() - threads.len();
     // Asynchronous slices packed greedily into rows; the last row takes the overflow.
@@ -482,9 +515,10 @@ pub fn draw_svg(trace: &Trace, out: &Path, title: &str) -> Result<()> {
 
     let root = SVGBackend::new(out, (WIDTH, height)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_error)?;
-    let (first, last) = trace.span();
+    let (first, last) = if whole { trace.span() } else { trace.busy_span() };
     let plot_width = (WIDTH as i32 - LABEL_WIDTH - RIGHT_MARGIN) as f64;
-    let x_of = |ts: f64| LABEL_WIDTH as f64 + (ts - first) / (last - first) * plot_width;
+    let x_of = |ts: f64| LABEL_WIDTH as f64 + (ts.clamp(first, last) - first) / (last - first) * plot_width;
+    let outside = |slice: &Slice| slice.end() < first || slice.start > last;
     let text = |size: u32| ("sans-serif", size).into_font().color(&BLACK);
     root.draw(&Text::new(title.to_string(), (LABEL_WIDTH, 8), text(16))).map_err(draw_error)?;
 
@@ -502,7 +536,7 @@ pub fn draw_svg(trace: &Trace, out: &Path, title: &str) -> Result<()> {
         // Outer slices first, so that nested ones are drawn over them.
         let deepest = thread.slices.iter().map(|s| s.depth).max().unwrap_or(0);
         for depth in 0..=deepest {
-            for slice in thread.slices.iter().filter(|s| s.depth == depth) {
+            for slice in thread.slices.iter().filter(|s| s.depth == depth && !outside(s)) {
                 let inset = (2 + 4 * depth as i32).min(ROW_HEIGHT / 2 - 2);
                 push_bar(
                     &mut bars,
@@ -516,7 +550,7 @@ pub fn draw_svg(trace: &Trace, out: &Path, title: &str) -> Result<()> {
                 );
             }
         }
-        for (ts, _) in &thread.instants {
+        for (ts, _) in thread.instants.iter().filter(|(ts, _)| (first..=last).contains(ts)) {
             ticks.push((x_of(*ts) as i32, top, top + ROW_HEIGHT));
         }
     }
@@ -535,7 +569,7 @@ pub fn draw_svg(trace: &Trace, out: &Path, title: &str) -> Result<()> {
     }
     for (lane, slices) in by_lane.iter().enumerate() {
         let top = async_top + lane as i32 * ROW_HEIGHT;
-        for slice in slices {
+        for slice in slices.iter().filter(|s| !outside(s)) {
             push_bar(
                 &mut bars,
                 Bar {
@@ -568,8 +602,7 @@ pub fn draw_svg(trace: &Trace, out: &Path, title: &str) -> Result<()> {
     let mut tick = 0.0;
     while tick <= span_ms + 1e-9 {
         let x = x_of(first + tick * 1000.0) as i32;
-        root.draw(&PathElement::new(vec![(x, axis_y), (x, axis_y + 4)], BLACK.stroke_width(1)))
-            .map_err(draw_error)?;
+        root.draw(&PathElement::new(vec![(x, axis_y), (x, axis_y + 4)], BLACK.stroke_width(1))).map_err(draw_error)?;
         let label = if step < 1.0 { format!("{tick:.1}") } else { format!("{tick:.0}") };
         root.draw(&Text::new(label, (x, axis_y + 6), text(10).pos(Pos::new(HPos::Center, VPos::Top))))
             .map_err(draw_error)?;
@@ -696,7 +729,7 @@ mod tests {
         assert_eq!(trace.async_slices.len(), 1);
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("t.svg");
-        draw_svg(&trace, &out, "test").unwrap();
+        draw_svg(&trace, &out, "test", false).unwrap();
         let svg = std::fs::read_to_string(&out).unwrap();
         assert!(svg.contains("loop") && svg.contains("<rect"), "{svg}");
     }

@@ -90,6 +90,13 @@ struct Args {
     /// connection, but a silent client stays invisible for about a second.
     #[arg(long)]
     defer_accept: bool,
+    /// Record what the server does (loop turns, waits, reads, requests, signals) as Chrome
+    /// trace-event JSON, written to FILE at a graceful stop; draw it with `client timeline`.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// With --trace: the most events recorded (about 90 bytes each); past it recording stops.
+    #[arg(long, default_value_t = defaults::TRACE_EVENTS, value_name = "N", requires = "trace")]
+    trace_events: usize,
 }
 
 const AFTER_HELP: &str = "\
@@ -134,6 +141,8 @@ impl From<Args> for Config {
             write_timeout: args.write_timeout.0,
             quiet: args.quiet,
             defer_accept: args.defer_accept,
+            trace: args.trace,
+            trace_events: args.trace_events,
         }
     }
 }
@@ -150,6 +159,11 @@ fn check_model_flags(args: &Args) {
     }
     if args.model != Model::UringNet && args.zero_copy != ZeroCopy::default() {
         only_for("--zero-copy", Model::UringNet);
+    }
+    if args.trace.is_some() && matches!(args.model, Model::Fork | Model::Prefork) {
+        let message =
+            "--trace records the threads of one process; fork and prefork serve in many (try --model threads or pool)";
+        Args::command().error(clap::error::ErrorKind::ArgumentConflict, message).exit()
     }
     if args.model != Model::Tokio && args.runtime != Runtime::default() {
         only_for("--runtime", Model::Tokio);

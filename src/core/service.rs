@@ -148,6 +148,7 @@ impl Service {
 impl Work {
     /// Does the work here, in the calling thread, blocking it.
     pub fn run_blocking(self) -> Response {
+        let _work = crate::trace::span(if matches!(self, Work::Read(_)) { "read" } else { "compute" }); // --trace
         match self {
             Work::Read(read) => read.run_blocking(),
             Work::Compute(n) => compute_fib(n),

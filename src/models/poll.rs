@@ -24,6 +24,7 @@ use crate::conn::{ConnId, Inline};
 use crate::connections::Connections;
 use crate::error::ServerError;
 use crate::server::Server;
+use crate::trace;
 
 /// Serves every client from one thread with `poll(2)` until stopped.
 // handout: stage 2: the select loop again with poll(2): start with Connections::start_readiness_loop(&server); each
@@ -63,11 +64,14 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         // 2. Wait until some of it is possible.
         let timeout =
             connections.wait_timeout().map(|t| Timespec::try_from(t).unwrap_or(Timespec { tv_sec: 1, tv_nsec: 0 }));
+        let (_turn, mut wait) = (trace::span("turn"), trace::span("wait")); // --trace
         match rustix::event::poll(&mut watched, timeout.as_ref()) {
-            Ok(_) => {}
+            Ok(ready) => wait.arg("ready", ready as u64),
             Err(rustix::io::Errno::INTR) => continue,
             Err(errno) => return Err(ServerError::io("poll")(io::Error::from(errno))),
         }
+        drop(wait);
+        let _handle = trace::span("handle");
 
         // 3. Do it. (Error and hang-up flags count as ready: advancing the
         // connection is what discovers and cleans up the failure.)

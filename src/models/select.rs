@@ -30,6 +30,7 @@ use crate::conn::Inline;
 use crate::connections::Connections;
 use crate::error::ServerError;
 use crate::server::Server;
+use crate::trace;
 
 /// Serves every client from one thread with `select(2)` until stopped.
 // handout: stage 2: start with Connections::start_readiness_loop(&server) (the signal pipe and the connection table);
@@ -64,11 +65,14 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         }
 
         // 2. Wait until some of it is possible.
+        let (_turn, mut wait) = (trace::span("turn"), trace::span("wait")); // --trace
         match select(&mut readable, &mut writable, connections.wait_timeout()) {
-            Ok(_) => {}
+            Ok(ready) => wait.arg("ready", ready as u64),
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(ServerError::io("select")(err)),
         }
+        drop(wait);
+        let _handle = trace::span("handle");
 
         // 3. Do it.
         for action in signal_pipe.take() {

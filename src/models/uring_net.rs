@@ -86,6 +86,7 @@ use crate::service::{FileRead, Service, Work};
 use crate::signals::{self, SignalAction};
 use crate::slab::Slab;
 use crate::thread_pool::ThreadPool;
+use crate::trace;
 
 use super::async_reads::delay_queue::DelayQueue;
 use super::async_reads::READER_KEEP_ALIVE;
@@ -836,14 +837,18 @@ impl Loop<'_> {
                 Some(ts) => args.timespec(ts),
                 None => args,
             };
+            let (_turn, mut wait) = (trace::span("turn"), trace::span("submit and wait")); // --trace
             match self.ring.submitter().submit_with_args(1, &args) {
-                Ok(_) => {}
+                Ok(submitted) => wait.arg("submitted", submitted as u64),
                 Err(err) if matches!(err.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
                 Err(err) => return Err(ServerError::io("io_uring_enter")(err)),
             }
 
             // 2. Handle each completion.
             completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+            wait.arg("reaped", completions.len() as u64);
+            drop(wait);
+            let _handle = trace::span("handle");
             for (user_data, result, flags) in completions.drain(..) {
                 self.on_completion(user_data, result, flags);
             }

@@ -69,6 +69,7 @@ impl<'a> StoppableAcceptor<'a> {
     /// Blocks until a client may be waiting on the listener (`true`) or a
     /// stop has begun (`false`): `poll(2)` on the listener and the stop pipe.
     pub fn wait(&self) -> bool {
+        let _wait = crate::trace::span("wait"); // --trace
         while !self.live.is_stopping() {
             let mut wait_for = [PollFd::new(self.listener, PollFlags::IN), PollFd::new(&self.stop_pipe, PollFlags::IN)];
             match rustix::event::poll(&mut wait_for, None) {
@@ -188,6 +189,7 @@ impl BlockingConnection {
     /// to check the connection's time limits, so a slow or idle client
     /// cannot hold a thread (or the only slot, in `iterative`) for ever.
     pub fn serve(self, service: &Service, limits: Limits) {
+        let _serve = crate::trace::span("serve"); // --trace: one connection, start to end
         let mut stream = &*self.stream;
         let _ = stream.set_read_timeout(Some(SWEEP_INTERVAL));
         let _ = stream.set_write_timeout(Some(SWEEP_INTERVAL));

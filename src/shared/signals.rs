@@ -52,11 +52,16 @@ pub fn action_for(signal: i32) -> Option<SignalAction> {
 //   docs/guide/05-signals-and-the-cache.md
 pub fn clear_cache(service: &Service) {
     let cleared = service.cache().clear();
+    crate::trace::instant(
+        "SIGHUP: cache cleared",
+        [Some(("files", cleared.files as u64)), Some(("bytes", cleared.bytes))],
+    );
     always!("cache cleared: {} files, {} bytes", cleared.files, cleared.bytes);
 }
 
 /// Logs that a stop has begun.
 pub fn log_stopping(in_flight: usize) {
+    crate::trace::instant("stop signal", [Some(("in_flight", in_flight as u64)), None]);
     let connections = if in_flight == 1 { "connection" } else { "connections" };
     info!("stopping: finishing {in_flight} {connections} (at most {}s)", STOP_GRACE.as_secs());
 }
