@@ -277,6 +277,25 @@ pub fn request_end(id: u64) {
     }
 }
 
+/// A request's asynchronous slice that ends when dropped, for code that
+/// answers a request in one scope (the `tokio` model's `answer`).
+#[must_use = "the request's slice ends when dropped"]
+#[derive(Debug)]
+pub struct RequestSlice(u64);
+
+/// Begins a request's slice, ended when the guard is dropped.
+#[inline]
+pub fn request() -> RequestSlice {
+    RequestSlice(request_begin())
+}
+
+impl Drop for RequestSlice {
+    #[inline]
+    fn drop(&mut self) {
+        request_end(self.0);
+    }
+}
+
 /// Marks a moment on this thread (a signal, a cache clear), with up to two numbers.
 #[inline]
 pub fn instant(name: &'static str, args: Args) {

@@ -392,7 +392,8 @@ fn nest(slices: &mut [Slice]) {
     slices.sort_by(|a, b| a.start.total_cmp(&b.start).then(b.dur.total_cmp(&a.dur)));
     let mut stack: Vec<f64> = Vec::new();
     for slice in slices.iter_mut() {
-        while stack.last().is_some_and(|&end| end <= slice.start) {
+        // Times written in µs with three decimals: a nanosecond of rounding is no overlap.
+        while stack.last().is_some_and(|&end| end <= slice.start + 0.0015) {
             stack.pop();
         }
         slice.depth = stack.len();

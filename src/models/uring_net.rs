@@ -1498,6 +1498,7 @@ impl Loop<'_> {
         self.stop_deadline = Some(Instant::now() + signals::STOP_GRACE);
         self.accept_paused_until = None; // no accept resumes: its deadline must not end every wait
         signals::log_stopping(self.entries.len());
+        trace::instant("stop signal", [Some(("in_flight", self.entries.len() as u64)), None]);
         if self.accepting {
             self.cancel(CancelBuilder::user_data(Op::Accept.tag(0)));
         }

@@ -112,6 +112,7 @@ impl<S: Sink + Read> Connections<S> {
         }
         self.stop_deadline = Some(Instant::now() + signals::STOP_GRACE);
         signals::log_stopping(self.open.len());
+        crate::trace::instant("stop signal", [Some(("in_flight", self.open.len() as u64)), None]);
         let ids: Vec<ConnId> = self.open.iter().map(|(id, _)| id).collect();
         for id in ids {
             if let Some(connection) = self.open.get_mut(id) {

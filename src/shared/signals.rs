@@ -61,7 +61,6 @@ pub fn clear_cache(service: &Service) {
 
 /// Logs that a stop has begun.
 pub fn log_stopping(in_flight: usize) {
-    crate::trace::instant("stop signal", [Some(("in_flight", in_flight as u64)), None]);
     let connections = if in_flight == 1 { "connection" } else { "connections" };
     info!("stopping: finishing {in_flight} {connections} (at most {}s)", STOP_GRACE.as_secs());
 }
@@ -130,6 +129,7 @@ pub fn spawn_watcher(service: Arc<Service>, on_stop: impl FnOnce() -> usize + Se
                 Some(SignalAction::ClearCache) => clear_cache(&service),
                 Some(SignalAction::Stop) => {
                     if let Some(stop) = on_stop.take() {
+                        crate::trace::instant("stop signal", [None; 2]); // before the model can end and write the trace
                         log_stopping(stop());
                         std::thread::spawn(|| {
                             std::thread::sleep(STOP_GRACE);

@@ -23,5 +23,6 @@ mod protocol;
 mod sandbox;
 mod scaling;
 mod signals;
+mod timelines;
 mod tokio_runtimes;
 mod user_reports;
