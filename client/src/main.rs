@@ -218,6 +218,10 @@ struct GradeCli {
     /// List the tests (stage, points, name, what each proves) and exit.
     #[arg(long)]
     list: bool,
+    /// Record each test's exchanges (connect, sent, first byte, last byte per request) in
+    /// DIR/<test>.json, as trace-event JSON; draw one with `client timeline`.
+    #[arg(long, value_name = "DIR")]
+    timeline: Option<std::path::PathBuf>,
     /// The server command, after `--`, with {port}, {root}, {delay} placeholders.
     #[arg(last = true)]
     command: Vec<String>,
@@ -391,6 +395,9 @@ fn run_grade(cli: GradeCli) -> anyhow::Result<bool> {
             dir.display()
         );
         return Ok(true);
+    }
+    if let Some(dir) = &cli.timeline {
+        client::timeline::grading::record_into(dir)?;
     }
     let setup = match cli.service.as_str() {
         "time" => Setup::Time,

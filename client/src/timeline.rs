@@ -662,6 +662,160 @@ fn draw_error(err: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("drawing a timeline: {err}")
 }
 
+/// `client grade --timeline DIR`: each test's exchanges, as the grader's
+/// connections saw them, in `DIR/<test>.json`. The grader's wire code
+/// holds a [`Watch`] per connection; [`capture`] gathers a test's.
+pub mod grading {
+    use std::path::{Path, PathBuf};
+    use std::sync::{Mutex, OnceLock};
+    use std::time::Instant;
+
+    use super::{Recording, RequestRecord, MAX_RECORDED_REQUESTS};
+
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    static CURRENT: Mutex<Option<Capture>> = Mutex::new(None);
+
+    /// The test being recorded.
+    #[derive(Debug)]
+    struct Capture {
+        epoch: Instant,
+        next_client: usize,
+        recording: Recording,
+    }
+
+    /// Records every test's exchanges into `dir` (created if need be).
+    pub fn record_into(dir: &Path) -> anyhow::Result<()> {
+        use anyhow::Context;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let _ = DIR.set(dir.to_path_buf());
+        Ok(())
+    }
+
+    fn current() -> std::sync::MutexGuard<'static, Option<Capture>> {
+        CURRENT.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts recording the test `name`; its file is written when the
+    /// guard is dropped. Nothing happens unless [`record_into`] was called.
+    pub fn capture(name: &str) -> Option<Written> {
+        let dir = DIR.get()?;
+        *current() = Some(Capture { epoch: Instant::now(), next_client: 0, recording: Recording::default() });
+        Some(Written { path: dir.join(format!("{name}.json")), name: name.to_string() })
+    }
+
+    /// Writes a test's timeline when dropped.
+    #[derive(Debug)]
+    pub struct Written {
+        path: PathBuf,
+        name: String,
+    }
+
+    impl Drop for Written {
+        fn drop(&mut self) {
+            let Some(capture) = current().take() else { return };
+            if capture.recording.requests.is_empty() {
+                return;
+            }
+            if let Err(err) = capture.recording.write(&self.path, &format!("client grade: {}", self.name)) {
+                eprintln!("client grade: {err:#}");
+            }
+        }
+    }
+
+    /// The moments of the exchange in flight on one grader connection.
+    #[derive(Debug, Clone, Copy)]
+    struct Marks {
+        start: Instant,
+        connected: Option<Instant>,
+        sent: Option<Instant>,
+        first_byte: Option<Instant>,
+    }
+
+    /// One grader connection's exchanges, recorded while a test is
+    /// captured (and nothing otherwise).
+    #[derive(Debug)]
+    pub struct Watch(Option<Exchanges>);
+
+    #[derive(Debug)]
+    struct Exchanges {
+        client: usize,
+        path: String,
+        marks: Option<Marks>,
+    }
+
+    impl Watch {
+        /// A connection about to connect.
+        pub fn connecting() -> Watch {
+            let mut current = current();
+            let Some(capture) = current.as_mut() else { return Watch(None) };
+            let client = capture.next_client;
+            capture.next_client += 1;
+            let marks = Marks { start: Instant::now(), connected: None, sent: None, first_byte: None };
+            Watch(Some(Exchanges { client, path: String::new(), marks: Some(marks) }))
+        }
+
+        /// The connect finished.
+        pub fn connected(&mut self) {
+            if let Some(marks) = self.0.as_mut().and_then(|e| e.marks.as_mut()) {
+                marks.connected.get_or_insert_with(Instant::now);
+            }
+        }
+
+        /// `bytes` were written: a request (its first line names it).
+        pub fn sent(&mut self, bytes: &[u8]) {
+            let Some(exchanges) = &mut self.0 else { return };
+            let now = Instant::now();
+            let fresh = Marks { start: now, connected: Some(now), sent: None, first_byte: None };
+            let marks = exchanges.marks.get_or_insert(fresh);
+            marks.sent = Some(now);
+            if exchanges.path.is_empty() || marks.first_byte.is_none() {
+                let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+                exchanges.path = String::from_utf8_lossy(&line[..line.len().min(60)]).into_owned();
+            }
+        }
+
+        /// `n` bytes arrived.
+        pub fn received(&mut self, n: usize) {
+            if let Some(marks) = self.0.as_mut().and_then(|e| e.marks.as_mut()).filter(|_| n > 0) {
+                marks.first_byte.get_or_insert_with(Instant::now);
+            }
+        }
+
+        /// The exchange ended: a reply of `outcome` (its body bytes) or why not.
+        pub fn done(&mut self, outcome: Result<u64, String>) {
+            let Some(exchanges) = &mut self.0 else { return };
+            let Some(marks) = exchanges.marks.take() else { return };
+            let mut current = current();
+            let Some(capture) = current.as_mut() else { return };
+            if capture.recording.requests.len() >= MAX_RECORDED_REQUESTS {
+                capture.recording.left_out += 1;
+                return;
+            }
+            let since = |at: Instant| at.saturating_duration_since(capture.epoch);
+            capture.recording.requests.push(RequestRecord {
+                client: exchanges.client,
+                path: std::mem::take(&mut exchanges.path),
+                start: since(marks.start),
+                connected: marks.connected.map(since),
+                sent: marks.sent.map(since),
+                first_byte: marks.first_byte.map(since),
+                end: since(Instant::now()),
+                outcome,
+            });
+        }
+    }
+
+    impl Drop for Watch {
+        /// A connection dropped mid-exchange (or that never sent a byte):
+        /// recorded too, as the grader left it.
+        fn drop(&mut self) {
+            if self.0.as_ref().is_some_and(|e| e.marks.is_some()) {
+                self.done(Err("the grader closed the connection without a complete reply".into()));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -331,3 +331,37 @@ fn a_server_trace_is_drawn_with_its_loop_and_reader_threads() {
     assert!(texts.iter().any(|t| t.starts_with("reader")), "a reader's row: {texts:?}");
     assert!(texts.iter().any(|t| t.starts_with("in flight")), "the requests in flight: {texts:?}");
 }
+
+#[test]
+fn grading_with_a_timeline_writes_a_valid_trace_per_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let timelines = dir.path().join("timelines");
+    let server = env!("CARGO_BIN_EXE_server");
+    let output = Command::new(client_bin())
+        .args(["grade", "--stages", "2", "--logs"])
+        .arg(dir.path().join("logs"))
+        .arg("--timeline")
+        .arg(&timelines)
+        .args(["--", server, "--model", "select", "--port", "{port}", "--root", "{root}", "--read-delay-ms", "{delay}"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    let files: Vec<PathBuf> = std::fs::read_dir(&timelines).unwrap().map(|entry| entry.unwrap().path()).collect();
+    assert!(files.len() >= 2, "a timeline per stage-2 test: {files:?}");
+    let stalled = timelines.join("concurrency.stalled_client.json");
+    for file in &files {
+        let checked = validate(&std::fs::read_to_string(file).unwrap());
+        assert!(checked.count("request") + checked.count("request failed") > 0, "{}: no exchanges", file.display());
+    }
+    // The stalled client sends half a request, and the rest only after
+    // another client was served: that whole request lies inside its send.
+    let checked = validate(&std::fs::read_to_string(stalled).unwrap());
+    let sends = checked.slices.iter().filter(|s| s.1 == "send");
+    let served_meanwhile = sends.clone().any(|send| {
+        checked
+            .slices
+            .iter()
+            .any(|r| r.1 == "request" && r.0 != send.0 && r.2 >= send.2 && r.2 + r.3 <= send.2 + send.3)
+    });
+    assert!(served_meanwhile, "no request served while the stalled client was sending: {:?}", checked.slices);
+}
