@@ -10,7 +10,7 @@
 #   ./benchmark.sh --vs-nginx      the performance goals against nginx (about 8 min; needs nginx
 #                                  and wrk, without them only the slow-storage table)
 #   ./benchmark.sh --async-await   tokio beside event and event-async, then their RSS holding
-#                                  10,000 idle connections (about 1 min; docs/guide/08-async-await.md)
+#                                  10,000 idle connections (about 1 min; docs/guide/02d-async-await.md)
 #   ./benchmark.sh --techniques    what each io_uring technique of uring-net buys: uring-net with
 #                                  one turned off at a time, beside uring-net and event (about 7 min)
 #

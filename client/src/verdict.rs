@@ -118,7 +118,7 @@ pub fn verdict(rows: &[Row], readers: usize, conns: &[(WorkloadKind, usize)]) ->
         };
         out.push_str(&format!(
             "* Completion for sockets too (uring-net: every socket and file operation on io_uring, no epoll), \
-             against event: {}. {why} (docs/guide/09-readiness-and-completion.md).\n",
+             against event: {}. {why} (docs/guide/04b-readiness-and-completion.md).\n",
             completion.join(", ")
         ));
     }
@@ -138,7 +138,7 @@ pub fn verdict(rows: &[Row], readers: usize, conns: &[(WorkloadKind, usize)]) ->
             "* async/await (tokio: a task per connection, reads on its blocking pool, a worker thread per core): \
              {}. Its reads leave its threads as event-async's do, so against event-async the difference is what \
              the runtime adds (a scheduler, wakers, more threads), not the design \
-             (docs/guide/08-async-await.md).\n",
+             (docs/guide/02d-async-await.md).\n",
             tokio.join("; ")
         ));
     }

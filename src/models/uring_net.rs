@@ -35,7 +35,7 @@
 //! The connection state machine ([`Conn`]) is the same as every model's: it
 //! reads from and writes to a [`Staged`] socket, memory the loop moves to
 //! and from the kernel by completions. Who owns a buffer, and when, is the
-//! lesson (`docs/guide/09-readiness-and-completion.md` draws it): a buffer in
+//! lesson (`docs/guide/04b-readiness-and-completion.md` draws it): a buffer in
 //! a submitted entry is the kernel's until its completion, so a connection
 //! is freed only once its last operation has completed (or been
 //! cancelled), never while the kernel may still write into it.
@@ -760,10 +760,10 @@ struct Loop<'a> {
     techniques: Techniques,
 }
 
-// handout: stage 4: (optional part, chapter 9) the completion loop: set up the ring (probe()), the buffer
+// handout: stage 4: (optional part, chapter 4b) the completion loop: set up the ring (probe()), the buffer
 //   ring and the signal pipes, submit a multishot accept, then until stopped and nothing is in flight:
 //   submit_and_wait(1), and for each completion dispatch on its Op (accept, receive, send, read,
-//   signal); read docs/guide/09-readiness-and-completion.md
+//   signal); read docs/guide/04b-readiness-and-completion.md
 fn completion_loop(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
     let set_up = || -> io::Result<(IoUring, BufferRing, SignalPipes, Computations, Techniques)> {
         let defer_taskrun = !server.without.contains(&Technique::DeferTaskrun);

@@ -221,7 +221,7 @@ fn hostile_traffic_leaks_no_file_descriptor() {
 
 #[test]
 fn a_client_that_hangs_up_mid_response_leaves_no_fd_behind() {
-    // Cancellation (docs/guide/08-async-await.md): the response in flight is
+    // Cancellation (docs/guide/02d-async-await.md): the response in flight is
     // abandoned at its next write, and the file it streams closes with it.
     let root = tempfile::tempdir().unwrap();
     let big = std::fs::File::create(root.path().join("big")).unwrap();

@@ -34,6 +34,8 @@ use clap::{Parser, Subcommand};
 use syn::spanned::Spanned;
 use syn::visit::Visit;
 
+mod lab;
+
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", about = "The kit's maintenance tasks")]
 struct Cli {
@@ -49,6 +51,18 @@ enum Task {
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=6))]
         stage: u8,
         /// Where to write it [default: handout/stage-N].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write a student handout for one stage, cut from the labs (labs/rust, labs/c).
+    Lab {
+        /// The lab's language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: lab::Lang,
+        /// The stage (1 to 5): its programs' lessons become TODOs.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
+        stage: u8,
+        /// Where to write it [default: handout/lab-<lang>-stage-N].
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -80,6 +94,16 @@ const HANDOUT_MARK: &str = ".handout";
 
 fn main() -> Result<()> {
     match Cli::parse().task {
+        Task::Lab { lang, stage, out } => {
+            let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask lives in the workspace")?;
+            let out = out.unwrap_or_else(|| repo.join(format!("handout/lab-{}-stage-{stage}", lang.name())));
+            let cuts = lab::write_handout(repo, lang, stage, &out)?;
+            println!("stage {stage} lab handout in {}: {} to write", out.display(), cuts.len());
+            for (file, region) in cuts {
+                println!("  {}:{}: {}", file.display(), region.line, region.todo);
+            }
+            Ok(())
+        }
         Task::Handout { stage, out } => {
             let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask lives in the workspace")?;
             if let Ok(own) = std::fs::read_to_string(repo.join(HANDOUT_MARK)) {
@@ -507,7 +531,7 @@ fn task(stage: u8) -> StageTask {
             "Many clients at once",
             "Write the `select(2)` loop (one thread, non-blocking sockets, the interest sets rebuilt every turn), \
              the same loop with `poll(2)`, then on epoll through mio, where the interest list lives in the kernel. \
-             (The process and thread models, chapter 7, answer the question without an event loop: they are \
+             (The process and thread models, chapter 2c, answer the question without an event loop: they are \
              the comparison, not the exercise; grade the three loops.)",
             &["select", "poll", "event"],
         ),

@@ -7,7 +7,7 @@
 //! * `--vs-nginx`: the performance goal table against nginx (`docs/performance.md`),
 //!   then slow storage against the ideal rate (which needs no nginx);
 //! * `--async-await`: `tokio` (both runtime flavours) beside `event` and `event-async`, the costs
-//!   `docs/guide/08-async-await.md` quotes (rates, p99, idle memory);
+//!   `docs/guide/02d-async-await.md` quotes (rates, p99, idle memory);
 //! * `--techniques`: `uring-net` with each io_uring technique turned off alone, beside
 //!   `uring-net` with all of them and `event` ([`client::techniques`]).
 
