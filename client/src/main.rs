@@ -142,6 +142,9 @@ struct TimelineCli {
     /// Draw the whole trace, including a server's idle waits before the first request and after the last.
     #[arg(long)]
     whole: bool,
+    /// Make the time axis this many milliseconds long (to draw two traces on one scale).
+    #[arg(long, value_name = "MS")]
+    span_ms: Option<f64>,
 }
 
 /// Scores a server against the assignment (docs/assignment.md), stage by
@@ -344,7 +347,8 @@ fn timeline_main(cli: TimelineCli) -> ExitCode {
         print!("{}", trace.summary());
         if let Some(out) = &cli.svg {
             let title = cli.title.clone().unwrap_or_else(|| cli.file.display().to_string());
-            client::timeline::draw_svg(&trace, out, &title, cli.whole)?;
+            let picture = client::timeline::Picture { title, whole: cli.whole, span_ms: cli.span_ms };
+            client::timeline::draw_svg(&trace, out, &picture)?;
         }
         Ok(())
     };

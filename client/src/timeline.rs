@@ -186,6 +186,8 @@ pub struct Slice {
     pub dur: f64,
     /// How deeply it nests in other slices of its thread (0: outermost).
     pub depth: usize,
+    /// Its numeric arguments (`submitted`, `reaped`, `events`).
+    pub args: Vec<(String, f64)>,
 }
 
 impl Slice {
@@ -261,7 +263,11 @@ impl Trace {
                 "X" => {
                     let ts = ts.ok_or_else(|| anyhow!("event {index} ({name}) has no \"ts\""))?;
                     let dur = field("dur").and_then(|v| v.as_f64()).unwrap_or(0.0);
-                    thread.slices.push(Slice { name, start: ts, dur, depth: 0 });
+                    let args = field("args")
+                        .and_then(|a| a.as_object())
+                        .map(|a| a.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect())
+                        .unwrap_or_default();
+                    thread.slices.push(Slice { name, start: ts, dur, depth: 0, args });
                 }
                 "B" => {
                     let ts = ts.ok_or_else(|| anyhow!("event {index} ({name}) has no \"ts\""))?;
@@ -272,7 +278,13 @@ impl Trace {
                     let Some((begun, start)) = open.get_mut(&key).and_then(Vec::pop) else {
                         bail!("event {index}: an \"E\" on pid {} tid {} with no \"B\" open", key.0, key.1);
                     };
-                    thread.slices.push(Slice { name: begun, start, dur: (ts - start).max(0.0), depth: 0 });
+                    thread.slices.push(Slice {
+                        name: begun,
+                        start,
+                        dur: (ts - start).max(0.0),
+                        depth: 0,
+                        args: vec![],
+                    });
                 }
                 "b" | "e" => {
                     let ts = ts.ok_or_else(|| anyhow!("event {index} ({name}) has no \"ts\""))?;
@@ -282,7 +294,8 @@ impl Trace {
                     if ph == "b" {
                         open_async.insert(async_key, (name, ts));
                     } else if let Some((begun, start)) = open_async.remove(&async_key) {
-                        trace.async_slices.push(Slice { name: begun, start, dur: (ts - start).max(0.0), depth: 0 });
+                        let slice = Slice { name: begun, start, dur: (ts - start).max(0.0), depth: 0, args: vec![] };
+                        trace.async_slices.push(slice);
                     }
                 }
                 "i" | "I" | "n" => {
@@ -374,6 +387,20 @@ impl Trace {
         for (name, (count, total, longest)) in by_name {
             let _ = writeln!(out, "{name:<24} {count:>8} {:>12.3} {:>12.3}", total / 1000.0, longest / 1000.0);
         }
+        // Numbers the slices carry (entries submitted and reaped per
+        // io_uring_enter, events per epoll_wait): their mean and maximum.
+        let mut numbers: BTreeMap<(&str, &str), (usize, f64, f64)> = BTreeMap::new();
+        for slice in self.threads.iter().flat_map(|t| t.slices.iter()) {
+            for (key, value) in slice.args.iter().filter(|(key, _)| key != "bytes") {
+                let entry = numbers.entry((&slice.name, key)).or_default();
+                entry.0 += 1;
+                entry.1 += value;
+                entry.2 = entry.2.max(*value);
+            }
+        }
+        for ((name, key), (count, sum, most)) in numbers {
+            let _ = writeln!(out, "{name}: {key} per slice: mean {:.1}, most {most}", sum / count as f64);
+        }
         let instants: usize = self.threads.iter().map(|t| t.instants.len()).sum();
         if instants > 0 {
             let _ = writeln!(out, "instants: {instants}");
@@ -414,8 +441,9 @@ const HEADER_HEIGHT: i32 = 44;
 const FOOTER_HEIGHT: i32 = 56;
 /// Most thread rows drawn; more are summed up in one line.
 const MAX_ROWS: usize = 48;
-/// Most rows of overlapping asynchronous slices (requests in flight).
-const MAX_ASYNC_ROWS: usize = 16;
+/// Most rows of overlapping asynchronous slices (requests in flight)
+/// drawn one bar each; more are drawn as a count.
+const MAX_ASYNC_ROWS: usize = 8;
 
 const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
@@ -474,25 +502,70 @@ struct Bar {
     color: RGBColor,
 }
 
-fn push_bar(bars: &mut Vec<Bar>, bar: Bar) {
-    if let Some(last) = bars.last_mut() {
-        let same_place = last.y0 == bar.y0 && last.y1 == bar.y1 && last.color == bar.color;
+/// The bars to draw, in drawing order, and the last one at each height
+/// and color (the one a thin neighbour may merge into).
+#[derive(Default)]
+struct Bars {
+    list: Vec<Bar>,
+    last_at: HashMap<(i32, i32, (u8, u8, u8)), usize>,
+}
+
+fn push_bar(bars: &mut Bars, bar: Bar) {
+    let place = (bar.y0, bar.y1, (bar.color.0, bar.color.1, bar.color.2));
+    if let Some(last) = bars.last_at.get(&place).map(|&index| &mut bars.list[index]) {
         let both_thin = last.x1 - last.x0 < 2.0 && bar.x1 - bar.x0 < 2.0;
-        if same_place && both_thin && bar.x0 <= last.x1 + 0.5 && bar.x0 >= last.x0 {
+        if both_thin && bar.x0 <= last.x1 + 0.5 && bar.x0 >= last.x0 {
             last.x1 = last.x1.max(bar.x1);
             return;
         }
     }
-    bars.push(bar);
+    bars.last_at.insert(place, bars.list.len());
+    bars.list.push(bar);
+}
+
+/// How to draw a trace.
+#[derive(Debug, Clone, Default)]
+pub struct Picture {
+    /// The title above it.
+    pub title: String,
+    /// Draw the whole trace, idle waits at either end included (else
+    /// [`Trace::busy_span`]).
+    pub whole: bool,
+    /// The time axis spans this many milliseconds, so that two pictures
+    /// share a scale (default: what the trace spans).
+    pub span_ms: Option<f64>,
+}
+
+/// A row of numbers the slices carry (`reaped` per `submit and wait`):
+/// a bar per slice, at its end, as tall as its value against the largest.
+struct NumberRow {
+    label: String,
+    bars: Vec<(f64, f64)>,
+    most: f64,
+}
+
+fn number_rows(trace: &Trace) -> Vec<NumberRow> {
+    let mut rows: BTreeMap<String, NumberRow> = BTreeMap::new();
+    for slice in trace.threads.iter().flat_map(|t| t.slices.iter()) {
+        // A client's body sizes say nothing about timing.
+        for (key, value) in slice.args.iter().filter(|(key, _)| key != "bytes") {
+            let label = format!("{}: {key}", slice.name);
+            let row = rows.entry(label.clone()).or_insert(NumberRow { label, bars: Vec::new(), most: 0.0 });
+            row.bars.push((slice.end(), *value));
+            row.most = row.most.max(*value);
+        }
+    }
+    rows.into_values().collect()
 }
 
 /// Draws `trace` into an SVG file: a row per thread (or client), time
 /// across, nested slices drawn inside the slices holding them, instants
-/// as red ticks, and requests in flight below the threads.
-///
-/// With `whole` false, only [`Trace::busy_span`] is drawn.
-pub fn draw_svg(trace: &Trace, out: &Path, title: &str, whole: bool) -> Result<()> {
+/// as red ticks, the numbers slices carry as bars, and requests in flight
+/// below the threads.
+pub fn draw_svg(trace: &Trace, out: &Path, picture: &Picture) -> Result<()> {
+    let title = picture.title.as_str();
     let threads: Vec<&Thread> = trace.threads.iter().take(MAX_ROWS).collect();
+    let numbers = number_rows(trace);
     let hidden_threads = trace.threads.len() - threads.len();
     // Asynchronous slices packed greedily into rows; the last row takes the overflow.
     let mut lane_ends: Vec<f64> = Vec::new();
@@ -500,23 +573,27 @@ pub fn draw_svg(trace: &Trace, out: &Path, title: &str, whole: bool) -> Result<(
     for slice in &trace.async_slices {
         let lane = match lane_ends.iter().position(|&end| end <= slice.start) {
             Some(lane) => lane,
-            None if lane_ends.len() < MAX_ASYNC_ROWS => {
+            None => {
                 lane_ends.push(f64::NEG_INFINITY);
                 lane_ends.len() - 1
             }
-            None => MAX_ASYNC_ROWS - 1,
         };
         lane_ends[lane] = lane_ends[lane].max(slice.end());
         lanes.push((lane, slice));
     }
-    let async_rows = lane_ends.len();
+    // More overlapping than rows allow: one row counting them instead.
+    let counted = lane_ends.len() > MAX_ASYNC_ROWS;
+    let async_rows = if counted { 2 } else { lane_ends.len() };
     let async_gap = if async_rows > 0 { ROW_HEIGHT } else { 0 };
-    let rows = threads.len() as i32 + async_rows as i32;
+    let rows = threads.len() as i32 + numbers.len() as i32 + async_rows as i32;
     let height = (HEADER_HEIGHT + rows * ROW_HEIGHT + async_gap + FOOTER_HEIGHT) as u32;
 
     let root = SVGBackend::new(out, (WIDTH, height)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_error)?;
-    let (first, last) = if whole { trace.span() } else { trace.busy_span() };
+    let (first, mut last) = if picture.whole { trace.span() } else { trace.busy_span() };
+    if let Some(span_ms) = picture.span_ms {
+        last = first + span_ms * 1000.0;
+    }
     let plot_width = (WIDTH as i32 - LABEL_WIDTH - RIGHT_MARGIN) as f64;
     let x_of = |ts: f64| LABEL_WIDTH as f64 + (ts.clamp(first, last) - first) / (last - first) * plot_width;
     let outside = |slice: &Slice| slice.end() < first || slice.start > last;
@@ -524,8 +601,9 @@ pub fn draw_svg(trace: &Trace, out: &Path, title: &str, whole: bool) -> Result<(
     root.draw(&Text::new(title.to_string(), (LABEL_WIDTH, 8), text(16))).map_err(draw_error)?;
 
     let mut legend = Legend { names: Vec::new() };
-    let mut bars: Vec<Bar> = Vec::new();
+    let mut bars = Bars::default();
     let mut ticks: Vec<(i32, i32, i32)> = Vec::new();
+    let mut ends: Vec<(i32, i32, i32)> = Vec::new();
     for (row, thread) in threads.iter().enumerate() {
         let top = HEADER_HEIGHT + row as i32 * ROW_HEIGHT;
         root.draw(&Text::new(
@@ -554,17 +632,65 @@ pub fn draw_svg(trace: &Trace, out: &Path, title: &str, whole: bool) -> Result<(
         for (ts, _) in thread.instants.iter().filter(|(ts, _)| (first..=last).contains(ts)) {
             ticks.push((x_of(*ts) as i32, top, top + ROW_HEIGHT));
         }
+        // A client's request ends with its response: a dark mark, so that
+        // back-to-back requests show where one answer came.
+        for slice in thread.slices.iter().filter(|s| s.depth == 0 && s.name.starts_with("request") && !outside(s)) {
+            ends.push((x_of(slice.end()) as i32, top + 2, top + ROW_HEIGHT - 2));
+        }
     }
-    let async_top = HEADER_HEIGHT + threads.len() as i32 * ROW_HEIGHT + async_gap;
-    if async_rows > 0 {
+    for (index, row) in numbers.iter().enumerate() {
+        let top = HEADER_HEIGHT + (threads.len() + index) as i32 * ROW_HEIGHT;
         root.draw(&Text::new(
-            format!("in flight ({} asynchronous slices)", trace.async_slices.len()),
+            format!("{} (most {})", row.label.rsplit(": ").next().unwrap_or(&row.label), row.most),
+            (LABEL_WIDTH - 6, top + ROW_HEIGHT / 2),
+            text(10).pos(Pos::new(HPos::Right, VPos::Center)),
+        ))
+        .map_err(draw_error)?;
+        let bottom = top + ROW_HEIGHT - 2;
+        let mut tallest_at: BTreeMap<i32, f64> = BTreeMap::new();
+        for &(ts, value) in row.bars.iter().filter(|(ts, _)| (first..=last).contains(ts)) {
+            let x = x_of(ts) as i32;
+            let tallest = tallest_at.entry(x).or_insert(0.0);
+            *tallest = tallest.max(value);
+        }
+        // One bar per pixel column, the tallest there.
+        for (x, value) in tallest_at {
+            let height = ((value / row.most.max(1.0)) * (ROW_HEIGHT - 4) as f64).round().max(1.0) as i32;
+            root.draw(&Rectangle::new([(x, bottom - height), (x + 1, bottom)], RGBColor(84, 39, 143).filled()))
+                .map_err(draw_error)?;
+        }
+    }
+    let async_top = HEADER_HEIGHT + (threads.len() + numbers.len()) as i32 * ROW_HEIGHT + async_gap;
+    if async_rows > 0 {
+        let shown = if counted { "how many at once" } else { "one bar each" };
+        root.draw(&Text::new(
+            format!("in flight: {} {}s ({shown})", trace.async_slices.len(), trace.async_slices[0].name),
             (LABEL_WIDTH, async_top - ROW_HEIGHT / 2),
             text(11).pos(Pos::new(HPos::Left, VPos::Center)),
         ))
         .map_err(draw_error)?;
     }
-    let mut by_lane: Vec<Vec<&Slice>> = vec![Vec::new(); async_rows];
+    if counted {
+        let top = async_top;
+        let bottom = top + async_rows as i32 * ROW_HEIGHT - 2;
+        let columns =
+            in_flight_columns(&trace.async_slices, |ts| x_of(ts) as i32 - LABEL_WIDTH, plot_width as usize + 1);
+        let most = columns.iter().copied().max().unwrap_or(0).max(1);
+        root.draw(&Text::new(
+            format!("at once (most {most})"),
+            (LABEL_WIDTH - 6, (top + bottom) / 2),
+            text(10).pos(Pos::new(HPos::Right, VPos::Center)),
+        ))
+        .map_err(draw_error)?;
+        let color = RGBColor(99, 99, 99);
+        for (column, &count) in columns.iter().enumerate().filter(|(_, &count)| count > 0) {
+            let height = (count as f64 / most as f64 * (bottom - top - 2) as f64).round().max(1.0) as i32;
+            let x = LABEL_WIDTH + column as i32;
+            root.draw(&Rectangle::new([(x, bottom - height), (x + 1, bottom)], color.filled())).map_err(draw_error)?;
+        }
+        lanes.clear();
+    }
+    let mut by_lane: Vec<Vec<&Slice>> = vec![Vec::new(); if counted { 0 } else { async_rows }];
     for (lane, slice) in lanes {
         by_lane[lane].push(slice);
     }
@@ -583,7 +709,7 @@ pub fn draw_svg(trace: &Trace, out: &Path, title: &str, whole: bool) -> Result<(
             );
         }
     }
-    for bar in &bars {
+    for bar in &bars.list {
         // A pixel's gap between wide neighbours, so back-to-back slices stay apart.
         let x1 = if bar.x1 - bar.x0 > 3.0 { bar.x1 - 1.0 } else { bar.x1 };
         let (x0, x1) = (bar.x0.round() as i32, (x1.round() as i32).max(bar.x0.round() as i32 + 1));
@@ -591,6 +717,9 @@ pub fn draw_svg(trace: &Trace, out: &Path, title: &str, whole: bool) -> Result<(
     }
     for &(x, y0, y1) in &ticks {
         root.draw(&PathElement::new(vec![(x, y0), (x, y1)], RED.stroke_width(2))).map_err(draw_error)?;
+    }
+    for &(x, y0, y1) in &ends {
+        root.draw(&PathElement::new(vec![(x, y0), (x, y1)], BLACK.stroke_width(2))).map_err(draw_error)?;
     }
 
     // The time axis, in milliseconds from the first event.
@@ -619,12 +748,17 @@ pub fn draw_svg(trace: &Trace, out: &Path, title: &str, whole: bool) -> Result<(
     if !ticks.is_empty() {
         entries.push("instant (signal, cache clear)".to_string());
     }
+    if !ends.is_empty() {
+        entries.push("response complete".to_string());
+    }
     if hidden_threads > 0 {
         entries.push(format!("(+{hidden_threads} threads not drawn)"));
     }
     for name in entries {
         let color = if name.starts_with("instant") {
             RED
+        } else if name == "response complete" {
+            BLACK
         } else if name.starts_with("(+") {
             WHITE
         } else {
@@ -637,6 +771,28 @@ pub fn draw_svg(trace: &Trace, out: &Path, title: &str, whole: bool) -> Result<(
     }
     root.present().map_err(draw_error)?;
     Ok(())
+}
+
+/// The most slices in flight at once in each pixel column, `column`
+/// giving a time's column: a sweep over their starts and ends.
+fn in_flight_columns(slices: &[Slice], column: impl Fn(f64) -> i32, width: usize) -> Vec<usize> {
+    let mut edges: Vec<(f64, i32)> = slices.iter().flat_map(|s| [(s.start, 1), (s.end(), -1)]).collect();
+    // Ends before starts at one moment: back-to-back requests are not two at once.
+    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut columns = vec![0usize; width];
+    let clamp = |ts: f64| column(ts).clamp(0, width as i32 - 1) as usize;
+    let mut count: i64 = 0;
+    let mut last = 0;
+    for (ts, delta) in edges {
+        let here = clamp(ts);
+        for slot in &mut columns[last..=here.max(last)] {
+            *slot = (*slot).max(count.max(0) as usize);
+        }
+        count += i64::from(delta);
+        columns[here] = columns[here].max(count.max(0) as usize);
+        last = here;
+    }
+    columns
 }
 
 /// A round step (1, 2 or 5 times a power of ten) near `rough`.
@@ -884,7 +1040,7 @@ mod tests {
         assert_eq!(trace.async_slices.len(), 1);
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("t.svg");
-        draw_svg(&trace, &out, "test", false).unwrap();
+        draw_svg(&trace, &out, &Picture { title: "test".into(), ..Picture::default() }).unwrap();
         let svg = std::fs::read_to_string(&out).unwrap();
         assert!(svg.contains("loop") && svg.contains("<rect"), "{svg}");
     }
