@@ -507,8 +507,11 @@ struct Bar {
 #[derive(Default)]
 struct Bars {
     list: Vec<Bar>,
-    last_at: HashMap<(i32, i32, (u8, u8, u8)), usize>,
+    last_at: HashMap<Place, usize>,
 }
+
+/// Where a bar is drawn: its top, its bottom, its color.
+type Place = (i32, i32, (u8, u8, u8));
 
 fn push_bar(bars: &mut Bars, bar: Bar) {
     let place = (bar.y0, bar.y1, (bar.color.0, bar.color.1, bar.color.2));
