@@ -823,7 +823,7 @@ fn draw_error(err: impl std::fmt::Display) -> anyhow::Error {
 
 /// `client grade --timeline DIR`: each test's exchanges, as the grader's
 /// connections saw them, in `DIR/<test>.json`. The grader's wire code
-/// holds a [`Watch`] per connection; [`capture`] gathers a test's.
+/// holds a [`Watch`](grading::Watch) per connection; [`capture`](grading::capture) gathers a test's.
 pub mod grading {
     use std::path::{Path, PathBuf};
     use std::sync::{Mutex, OnceLock};
