@@ -69,6 +69,7 @@ Examples:
   client bench --conns 3 --requests 3 --no-keepalive --path a --path b --path c
   client bench --http --conns 50 --duration 3 --path /1k.bin --addr 127.0.0.1:8080
   client bench --conns 10000 --duration 5 --path data/1k.bin --csv results.csv
+  client bench --conns 3 --requests 12 --path test.txt --timeline t.json   # then: client timeline t.json --svg t.svg
 
 Exit status: 0 if every response was correct, 1 if any was wrong, 2 on a
 usage or connection error."

@@ -106,6 +106,7 @@ Examples:
   server --model event-async --read-delay-ms 100        # slow storage, asynchronous reads
   server --model prefork --workers 8 --root fixtures    # 8 worker processes
   server --model tokio --root fixtures                  # a tokio task (an async fn) per connection
+  server --read-delay-ms 10 --trace t.json              # at the stop: client timeline t.json --svg t.svg
 
 Protocols on the same port: one path per line (`OK <size>` + bytes, or
 `ERR <code> <reason>`), or HTTP/1.1 GET/HEAD (curl, browsers, wrk).
