@@ -235,12 +235,13 @@ pub fn span(name: &'static str) -> Span {
 }
 
 impl Span {
-    /// Attaches a number to the slice (at most two are kept).
+    /// Attaches a number to the slice (at most two are kept); `value` is
+    /// only computed when tracing.
     #[inline]
-    pub fn arg(&mut self, key: &'static str, value: u64) {
+    pub fn arg(&mut self, key: &'static str, value: impl FnOnce() -> u64) {
         if let Some((_, _, _, args)) = &mut self.open {
             if let Some(slot) = args.iter_mut().find(|slot| slot.is_none()) {
-                *slot = Some((key, value));
+                *slot = Some((key, value()));
             }
         }
     }

@@ -314,9 +314,10 @@ impl Conn {
         while self.may_start_request() {
             let Some(parsed) = self.parser.next_request() else { break };
             queued = true;
-            self.traced = crate::trace::request_begin(); // --trace: until its response is queued
-                                                         // The next request's clock starts with its first byte, which
-                                                         // may already be buffered behind this one.
+            // --trace: the request's slice, until its response is queued.
+            self.traced = crate::trace::request_begin();
+            // The next request's clock starts with its first byte, which
+            // may already be buffered behind this one.
             self.request_started = self.parser.has_partial_request().then(Instant::now);
             match parsed {
                 Err(malformed) => self.respond(malformed.framing, Response::Refused(malformed.refusal)),

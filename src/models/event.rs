@@ -105,7 +105,7 @@ fn event_loop<B: Backend>(server: &Server, seat: Seat<'_>) -> Result<(), ServerE
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(ServerError::io("epoll_wait")(err)),
         }
-        wait.arg("events", events.iter().count() as u64);
+        wait.arg("events", || events.iter().count() as u64);
         drop(wait);
         let _handle = trace::span("handle");
 

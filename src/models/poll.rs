@@ -66,7 +66,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
             connections.wait_timeout().map(|t| Timespec::try_from(t).unwrap_or(Timespec { tv_sec: 1, tv_nsec: 0 }));
         let (_turn, mut wait) = (trace::span("turn"), trace::span("wait")); // --trace
         match rustix::event::poll(&mut watched, timeout.as_ref()) {
-            Ok(ready) => wait.arg("ready", ready as u64),
+            Ok(ready) => wait.arg("ready", || ready as u64),
             Err(rustix::io::Errno::INTR) => continue,
             Err(errno) => return Err(ServerError::io("poll")(io::Error::from(errno))),
         }

@@ -67,7 +67,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         // 2. Wait until some of it is possible.
         let (_turn, mut wait) = (trace::span("turn"), trace::span("wait")); // --trace
         match select(&mut readable, &mut writable, connections.wait_timeout()) {
-            Ok(ready) => wait.arg("ready", ready as u64),
+            Ok(ready) => wait.arg("ready", || ready as u64),
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(ServerError::io("select")(err)),
         }

@@ -839,14 +839,14 @@ impl Loop<'_> {
             };
             let (_turn, mut wait) = (trace::span("turn"), trace::span("submit and wait")); // --trace
             match self.ring.submitter().submit_with_args(1, &args) {
-                Ok(submitted) => wait.arg("submitted", submitted as u64),
+                Ok(submitted) => wait.arg("submitted", || submitted as u64),
                 Err(err) if matches!(err.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
                 Err(err) => return Err(ServerError::io("io_uring_enter")(err)),
             }
 
             // 2. Handle each completion.
             completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
-            wait.arg("reaped", completions.len() as u64);
+            wait.arg("reaped", || completions.len() as u64);
             drop(wait);
             let _handle = trace::span("handle");
             for (user_data, result, flags) in completions.drain(..) {
