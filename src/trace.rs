@@ -20,12 +20,14 @@
 
 use std::cell::Cell;
 use std::collections::HashSet;
+use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
+use crate::error::ServerError;
 use crate::log::always;
 
 static TRACER: OnceLock<Tracer> = OnceLock::new();
@@ -184,9 +186,12 @@ impl Tracer {
 }
 
 /// Starts recording if `path` is given; the returned guard writes the file
-/// when dropped (when the model's loop has returned).
-pub fn start(path: Option<&Path>, cap: usize) -> Option<Recording> {
-    let path = path?;
+/// when dropped (when the model's loop has returned). The file is created
+/// now, so that a path that cannot be written stops the server at start,
+/// not after the run.
+pub fn start(path: Option<&Path>, cap: usize) -> Result<Option<Recording>, ServerError> {
+    let Some(path) = path else { return Ok(None) };
+    let file = File::create(path).map_err(ServerError::io(format!("cannot write the trace to {}", path.display())))?;
     let tracer = Tracer {
         epoch: Instant::now(),
         cap: cap.max(1),
@@ -200,19 +205,20 @@ pub fn start(path: Option<&Path>, cap: usize) -> Option<Recording> {
     // One recording per process: a second start (a test calling `start`
     // twice) records into the first.
     let _ = TRACER.set(tracer);
-    Some(Recording { path: path.to_path_buf() })
+    Ok(Some(Recording { path: path.to_path_buf(), file: Some(file) }))
 }
 
 /// Writes the trace file when dropped.
 #[derive(Debug)]
 pub struct Recording {
     path: PathBuf,
+    file: Option<File>,
 }
 
 impl Drop for Recording {
     fn drop(&mut self) {
-        let Some(tracer) = TRACER.get() else { return };
-        let written = std::fs::File::create(&self.path).and_then(|file| tracer.write(&mut BufWriter::new(file)));
+        let (Some(tracer), Some(file)) = (TRACER.get(), self.file.take()) else { return };
+        let written = tracer.write(&mut BufWriter::new(file));
         match written {
             Ok(()) => always!("trace written to {}", self.path.display()),
             Err(err) => always!("trace: cannot write {}: {err}", self.path.display()),

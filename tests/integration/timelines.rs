@@ -252,13 +252,20 @@ fn past_its_cap_a_trace_stops_recording_and_says_so() {
 }
 
 #[test]
-fn tracing_fork_or_prefork_is_refused_with_a_reason() {
+fn tracing_fork_or_prefork_or_into_a_missing_directory_is_refused_with_a_reason() {
     let output = Command::new(env!("CARGO_BIN_EXE_server"))
         .args(["--model", "prefork", "--port", "0", "--trace", "never.json"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("one process"));
+    // A trace that cannot be written stops the server at start, not after the run.
+    let output = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["--port", "0", "--trace", "/nonexistent-dir/trace.json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot write the trace to /nonexistent-dir/trace.json"));
 }
 
 /// The Python student server on a free port: (the child, its address).
