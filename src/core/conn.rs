@@ -392,9 +392,9 @@ impl Conn {
         let resume = match self.phase {
             Phase::Serving => Resume::Serving,
             Phase::Draining => Resume::Draining,
-            Phase::Waiting { .. } | Phase::Closing | Phase::Lingering { .. } | Phase::Done => {
-                unreachable!("a request started while none may start")
-            }
+            // Requests start only while Serving or Draining; were one ever
+            // to start otherwise, the connection answers it and closes.
+            Phase::Waiting { .. } | Phase::Closing | Phase::Lingering { .. } | Phase::Done => Resume::Closing,
         };
         self.phase = Phase::Waiting { framing, resume };
     }

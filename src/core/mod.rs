@@ -6,9 +6,15 @@
 //! ([`output`]). Nothing here waits for anything but the call it makes: a
 //! model decides where and when these run.
 
+// Nothing a client sends or the disk holds may bring a server down, so the
+// core has no `unwrap`, `expect` or `panic!` (its tests may).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod cache;
 pub mod conn;
 pub mod output;
+#[cfg(test)]
+mod proptests;
 pub mod protocol;
 pub mod refusal;
 pub mod sandbox;

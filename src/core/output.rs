@@ -86,16 +86,19 @@ enum Piece {
 impl Piece {
     fn remaining(&self) -> u64 {
         match self {
-            Piece::Owned { bytes, sent } => (bytes.len() - sent) as u64,
-            Piece::Shared { sent, end, .. } => (end - sent) as u64,
-            Piece::File { offset, len, .. } => len - offset,
+            Piece::Owned { bytes, sent } => bytes.len().saturating_sub(*sent) as u64,
+            Piece::Shared { sent, end, .. } => end.saturating_sub(*sent) as u64,
+            Piece::File { offset, len, .. } => len.saturating_sub(*offset),
         }
     }
 
     fn unsent_bytes(&self) -> Option<&[u8]> {
         match self {
-            Piece::Owned { bytes, sent } => Some(&bytes[*sent..]),
-            Piece::Shared { bytes, sent, end } => Some(&bytes[*sent..*end]),
+            // Never out of range (a Shared piece is cut from its buffer's
+            // own length); were it ever, nothing is sent and the write of
+            // nothing closes the connection, as a broken stream should.
+            Piece::Owned { bytes, sent } => Some(bytes.get(*sent..).unwrap_or_default()),
+            Piece::Shared { bytes, sent, end } => Some(bytes.get(*sent..*end).unwrap_or_default()),
             Piece::File { .. } => None,
         }
     }
@@ -141,7 +144,8 @@ impl Output {
             _ if head_only => return,
             Selection::NotModified | Selection::Unsatisfiable => return,
             Selection::Full => (0, body.len()),
-            Selection::Partial { start, end } => (start, end),
+            // Within the body, as `select` makes it.
+            Selection::Partial { start, end } => (start.min(end), end.min(body.len())),
         };
         match body {
             _ if start == end => {}
@@ -158,7 +162,8 @@ impl Output {
     }
 
     fn push(&mut self, piece: Piece) {
-        self.queued_bytes += piece.remaining();
+        // Saturating: a file's size is what the disk says, up to u64::MAX.
+        self.queued_bytes = self.queued_bytes.saturating_add(piece.remaining());
         self.pieces.push_back(piece);
     }
 
@@ -185,14 +190,14 @@ impl Output {
                 // Sends bytes `offset..len` of the file.
                 Piece::File { file, offset, len } => {
                     set_nodelay_once(&mut self.nodelay_set, sink);
-                    let want = (*len - *offset).min(SENDFILE_CHUNK_BYTES as u64) as usize;
+                    let want = len.saturating_sub(*offset).min(SENDFILE_CHUNK_BYTES as u64) as usize;
                     match send_file(sink.as_fd(), file, offset, want) {
                         // The file shrank after it was opened: the promised
                         // length can no longer be met, so the stream is broken.
                         Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while sending")),
                         Ok(n) => {
                             // send_file advanced `offset` itself.
-                            self.queued_bytes -= n as u64;
+                            self.queued_bytes = self.queued_bytes.saturating_sub(n as u64);
                             if *offset >= *len {
                                 self.pieces.pop_front();
                             }
@@ -238,9 +243,10 @@ impl Output {
     /// Drops `n` bytes written by `writev` from the in-memory pieces at the
     /// front of the queue.
     fn consume(&mut self, mut n: u64) {
-        self.queued_bytes -= n;
+        self.queued_bytes = self.queued_bytes.saturating_sub(n);
         while n > 0 {
-            let front = self.pieces.front_mut().expect("wrote no more than was queued");
+            // writev wrote no more than was queued.
+            let Some(front) = self.pieces.front_mut() else { return };
             let remaining = front.remaining();
             if n < remaining {
                 if let Piece::Owned { sent, .. } | Piece::Shared { sent, .. } = front {

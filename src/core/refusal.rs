@@ -28,6 +28,10 @@ pub enum Refusal {
     /// 500: an unexpected I/O error while serving.
     #[error("internal error")]
     Internal,
+    /// 501: an HTTP request whose body is sent in a transfer coding the
+    /// server does not implement (any but `chunked`).
+    #[error("not implemented")]
+    NotImplemented,
     /// 503: the server is at its connection limit.
     #[error("overloaded")]
     Overloaded,
@@ -44,6 +48,7 @@ impl Refusal {
             Refusal::LineTooLong => 414,
             Refusal::HeadTooLarge => 431,
             Refusal::Internal => 500,
+            Refusal::NotImplemented => 501,
             Refusal::Overloaded => 503,
         }
     }
@@ -58,6 +63,7 @@ impl Refusal {
             Refusal::LineTooLong => "URI Too Long",
             Refusal::HeadTooLarge => "Request Header Fields Too Large",
             Refusal::Internal => "Internal Server Error",
+            Refusal::NotImplemented => "Not Implemented",
             Refusal::Overloaded => "Service Unavailable",
         }
     }
@@ -65,7 +71,14 @@ impl Refusal {
     /// After these the stream can no longer be trusted to be in sync (or the
     /// server wants the client gone), so the connection is closed.
     pub fn closes_connection(self) -> bool {
-        matches!(self, Refusal::BadRequest | Refusal::LineTooLong | Refusal::HeadTooLarge | Refusal::Overloaded)
+        matches!(
+            self,
+            Refusal::BadRequest
+                | Refusal::LineTooLong
+                | Refusal::HeadTooLarge
+                | Refusal::NotImplemented
+                | Refusal::Overloaded
+        )
     }
 }
 

@@ -147,12 +147,18 @@ impl Service {
 
 impl Work {
     /// Does the work here, in the calling thread, blocking it.
+    ///
+    /// A bug that panics here costs its request a 500, not the thread that
+    /// runs it (an event loop's, a reader's, a connection's): the panic
+    /// hook has printed it, and the cache, the one state the work shares,
+    /// stays usable ([`FileCache`]'s lock ignores poisoning).
     pub fn run_blocking(self) -> Response {
         let _work = crate::trace::span(if matches!(self, Work::Read(_)) { "read" } else { "compute" }); // --trace
-        match self {
+        let run = std::panic::AssertUnwindSafe(|| match self {
             Work::Read(read) => read.run_blocking(),
             Work::Compute(n) => compute_fib(n),
-        }
+        });
+        std::panic::catch_unwind(run).unwrap_or(Response::Refused(Refusal::Internal))
     }
 }
 
@@ -178,7 +184,13 @@ impl FileRead {
         if !self.reads_into_memory() {
             return self.finish(Ok(Vec::new()));
         }
-        let mut content = Vec::with_capacity(self.file.len as usize);
+        // Reserved up front, but without trusting the size to fit in
+        // memory: a file too large for it (a large --cache-max-file) is a
+        // 500, not an abort.
+        let mut content = Vec::new();
+        if content.try_reserve_exact(usize::try_from(self.file.len).unwrap_or(usize::MAX)).is_err() {
+            return self.finish(Err(io::ErrorKind::OutOfMemory.into()));
+        }
         let result = (&mut self.file.file).take(self.file.len).read_to_end(&mut content).map(|_| content);
         self.finish(result)
     }

@@ -326,6 +326,9 @@ impl Techniques {
 /// Runs the `uring-net` model: `--workers` loops, each on its own ring.
 pub fn run(server: Server) -> Result<(), ServerError> {
     probe(false)?; // refused before announcing, naming the model to use instead
+                   // Opened now, while fds are free: it is wanted when they are not.
+    let dev_null = std::fs::File::open("/dev/null").map_err(ServerError::io("cannot open /dev/null"))?;
+    let _ = NO_PIPE.set(dev_null);
     fan_out::run_per_worker(&server, completion_loop)
 }
 
@@ -514,10 +517,12 @@ impl Sink for Staged {
     }
 }
 
+/// `/dev/null`, opened by [`run`]: see [`no_pipe`].
+static NO_PIPE: OnceLock<std::fs::File> = OnceLock::new();
+
 /// A read-only fd: `sendfile` to it fails (`EBADF`), which closes a
 /// connection that could get no pipe (the process is out of fds).
 fn no_pipe() -> &'static std::fs::File {
-    static NO_PIPE: OnceLock<std::fs::File> = OnceLock::new();
     NO_PIPE.get_or_init(|| std::fs::File::open("/dev/null").expect("/dev/null opens"))
 }
 

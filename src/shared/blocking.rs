@@ -188,8 +188,17 @@ impl BlockingConnection {
     /// A read timeout of [`SWEEP_INTERVAL`] wakes the thread now and then
     /// to check the connection's time limits, so a slow or idle client
     /// cannot hold a thread (or the only slot, in `iterative`) for ever.
+    ///
+    /// A bug that panics while serving takes this connection only, closed
+    /// as the unwinding drops it: not its thread (`iterative`'s only one, a
+    /// `pool` or `prefork` worker).
     pub fn serve(self, service: &Service, limits: Limits) {
         let _serve = crate::trace::span("serve"); // --trace: one connection, start to end
+        let serve = std::panic::AssertUnwindSafe(|| self.serve_to_the_end(service, limits));
+        let _ = std::panic::catch_unwind(serve);
+    }
+
+    fn serve_to_the_end(&self, service: &Service, limits: Limits) {
         let mut stream = &*self.stream;
         let _ = stream.set_read_timeout(Some(SWEEP_INTERVAL));
         let _ = stream.set_write_timeout(Some(SWEEP_INTERVAL));

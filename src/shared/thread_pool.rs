@@ -9,6 +9,8 @@
 //!   Tokio's blocking pool do (the stage-4 models' readers, `--readers`): a
 //!   fixed pool of N readers would cap the reads in flight at N whatever
 //!   the number of clients (`docs/performance.md`).
+//!
+//! A job that panics takes only itself: its thread goes on to the next.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -123,7 +125,10 @@ fn work(shared: &Shared) {
         // The lock is held only while taking a job, not while running it.
         if let Some(job) = state.jobs.pop_front() {
             drop(state);
-            job();
+            // A job that panics (a bug) ends, and only it: the thread lives
+            // on to take the next (the panic hook has printed the panic).
+            // Without this a pool of N was N panics from answering nothing.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
             state = shared.lock();
             continue;
         }
@@ -208,6 +213,23 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(pool.threads(), 0, "idle threads exit after keep_alive");
+    }
+
+    /// A panicking job ends alone: the one thread of a fixed pool, and an
+    /// elastic pool's threads, go on serving, and the counts stay right.
+    #[test]
+    fn a_job_that_panics_leaves_the_pool_serving() {
+        for pool in [ThreadPool::fixed("test", 1).unwrap(), ThreadPool::elastic("test", 1, Duration::from_secs(10))] {
+            let (done, finished) = mpsc::channel();
+            for round in 0..3 {
+                pool.execute(|| panic!("a bug in a job (this panic is expected)"));
+                let done = done.clone();
+                pool.execute(move || done.send(round).unwrap());
+                assert_eq!(finished.recv_timeout(Duration::from_secs(5)), Ok(round), "the pool stopped serving");
+            }
+            assert_eq!(pool.threads(), 1, "the thread outlived the panics");
+            drop(pool);
+        }
     }
 
     #[test]

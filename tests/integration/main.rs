@@ -20,6 +20,7 @@ mod models;
 mod orphans;
 mod processes;
 mod protocol;
+mod robustness;
 mod sandbox;
 mod scaling;
 mod signals;

@@ -308,4 +308,52 @@ fn the_reported_targets_are_answered_as_nginx_answers_them() {
         let received = late_body_download(addr, "close", 20_000).expect("the whole response");
         assert_eq!(split_response(&received).1, big(), "{addr}");
     }
+    // Issue 34, side by side: a file from 1964 (the same ETag; nginx shows
+    // Last-Modified as 1970, ours leaves it out), and the framing rules.
+    let old = root.path().join("old.txt");
+    std::fs::write(&old, b"x\n").unwrap();
+    let before_1970 = std::time::UNIX_EPOCH - crate::robustness::BEFORE_1970;
+    std::fs::File::options().write(true).open(&old).unwrap().set_modified(before_1970).unwrap();
+    let (theirs, mine) = (ask(nginx.addr, "GET", "/old.txt", &[]), ask(ours.addr, "GET", "/old.txt", &[]));
+    assert_eq!((mine.status, mine.header("etag")), (theirs.status, theirs.header("etag")), "a file from 1964");
+    assert_eq!((theirs.header("last-modified"), mine.header("last-modified")), (Some(EPOCH), None));
+    let ending = "Host: t\r\n\r\n";
+    for (request, differs) in [
+        (
+            format!(
+                "GET /test.txt HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n{ending}GET / HTTP/1.1\r\n{ending}"
+            ),
+            None,
+        ),
+        ("GET /test.txt HTTP/1.1\r\nHost: x/y\r\n\r\n".to_string(), None),
+        ("GET /test.txt HTTP/1.1\r\nHost: x y\r\n\r\n".to_string(), None),
+        ("GET /test.txt HTTP/1.1\r\nHost:\r\n\r\n".to_string(), None),
+        // RFC 9112 section 6.3 makes this 400 a MUST; nginx answers 501.
+        (format!("GET /test.txt HTTP/1.1\r\nTransfer-Encoding: gzip\r\n{ending}"), Some((400, 501))),
+        (format!("GET /test.txt HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n{ending}"), None),
+        (format!("\r\nGET /test.txt HTTP/1.1\r\n{ending}"), None),
+        (format!("GET\t/test.txt HTTP/1.1\r\n{ending}"), None),
+        // nginx takes the MAY of section 3 (any whitespace parts the words);
+        // ours answers its SHOULD, 400, as a proxy in front may not parse it so.
+        (format!("GET /test.txt HTTP/1.1 \r\n{ending}"), Some((400, 200))),
+    ] {
+        let status = |addr| {
+            let mut http = HttpClient::connect(addr);
+            http.send(request.as_bytes());
+            let reply = http.read(false).expect("a response");
+            // A refusal closes the connection, and nothing else was answered.
+            let closed = reply.status < 400 || http.is_closed_by_server();
+            (reply.status, closed)
+        };
+        let (mine, theirs) = (status(ours.addr), status(nginx.addr));
+        let expected = differs.map_or(theirs.0, |(ours, nginx)| {
+            assert_eq!(theirs.0, nginx, "{request:?}: nginx changed its answer");
+            ours
+        });
+        assert_eq!(mine.0, expected, "{request:?}");
+        assert!(mine.1 && theirs.1, "{request:?}: closed (ours, nginx's): {mine:?} {theirs:?}");
+    }
 }
+
+/// nginx's Last-Modified for a time before 1970.
+const EPOCH: &str = "Thu, 01 Jan 1970 00:00:00 GMT";

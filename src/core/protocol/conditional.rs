@@ -9,9 +9,20 @@
 //! elsewhere); they are weighed against the file's size and modification
 //! time only when the response is queued, by [`Conditions::select`].
 //!
-//! The entity tag is nginx's: `"<mtime in hex>-<size in hex>"`, strong. A
-//! request validator in any other form cannot match ours, so it is kept as
-//! "never matches" rather than as text.
+//! The entity tag is nginx's: `"<mtime in hex>-<size in hex>"`, strong,
+//! with a `-` before the hex digits of a modification time before 1970
+//! (`"-b49d800-2"` for 1964, as nginx writes it). A request validator in any
+//! other form cannot match ours, so it is kept as "never matches" rather
+//! than as text.
+//!
+//! `Last-Modified` shows the modification time only where a date can say
+//! it truthfully ([`last_modified`]): a time in the future is replaced by
+//! the response's own date (RFC 9110 section 8.8.2.1 says MUST), and a
+//! time before 1970 is left out (the HTTP dates the kit writes and reads,
+//! with `httpdate`, run from 1970 to 9999; nginx writes 1970 instead, so an
+//! `If-Modified-Since` of 1970 matches every such file). The date
+//! conditions (`If-Modified-Since`, an `If-Range` date) are weighed only
+//! against a modification time that `Last-Modified` shows as it is.
 //!
 //! List-valued headers (RFC 9110 section 5.3) are read whole: every member
 //! of `If-None-Match` is compared (section 13.1.2: any member matches),
@@ -26,7 +37,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Conditions {
     if_none_match: Option<TagList>,
-    if_modified_since: Option<u64>,
+    if_modified_since: Option<i64>,
     range: Option<RangeSpec>,
     if_range: Option<Validator>,
     /// GET (a range applies) rather than HEAD (it does not).
@@ -36,7 +47,8 @@ pub struct Conditions {
 /// An entity tag in our own format, weak or strong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct EntityTag {
-    mtime: u64,
+    /// Seconds since 1970, negative before.
+    mtime: i64,
     size: u64,
     weak: bool,
 }
@@ -52,7 +64,7 @@ enum TagList {
 /// `If-Range`: a date, a tag, or something that can never match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Validator {
-    Date(u64),
+    Date(i64),
     Tag(EntityTag),
     Never,
 }
@@ -120,8 +132,12 @@ impl Conditions {
     /// at `modified` (`None` for computed content, which has no validators
     /// and is always sent whole).
     pub fn select(&self, len: u64, modified: Option<SystemTime>) -> Selection {
-        let Some(mtime) = modified.map(unix_seconds) else { return Selection::Full };
+        let Some(modified) = modified else { return Selection::Full };
+        let mtime = unix_seconds(modified);
         let ours = EntityTag { mtime, size: len, weak: false };
+        // A date condition is weighed only against a time Last-Modified
+        // shows as it is (the module docs); the clock is read only then.
+        let shown_mtime = || (last_modified(modified, SystemTime::now()) == Some(modified)).then_some(mtime);
         // If-None-Match, when present, overrides If-Modified-Since.
         match &self.if_none_match {
             Some(TagList::Any) => return Selection::NotModified,
@@ -132,7 +148,7 @@ impl Conditions {
                 }
             }
             None => {
-                if self.if_modified_since.is_some_and(|since| mtime <= since) {
+                if self.if_modified_since.is_some_and(|since| shown_mtime().is_some_and(|mtime| mtime <= since)) {
                     return Selection::NotModified;
                 }
             }
@@ -140,7 +156,7 @@ impl Conditions {
         let Some(range) = self.range.filter(|_| self.is_get) else { return Selection::Full };
         let range_still_valid = match self.if_range {
             None => true,
-            Some(Validator::Date(date)) => mtime == date,
+            Some(Validator::Date(date)) => shown_mtime() == Some(date),
             Some(Validator::Tag(tag)) => !tag.weak && tag == ours,
             Some(Validator::Never) => false,
         };
@@ -161,11 +177,24 @@ impl Conditions {
     }
 }
 
+/// The date `Last-Modified` shows for content modified at `modified`, in
+/// a response sent at `now` (the module docs): the time itself, `now` for
+/// a time in the future, nothing for a time before 1970.
+pub fn last_modified(modified: SystemTime, now: SystemTime) -> Option<SystemTime> {
+    if modified < UNIX_EPOCH {
+        None
+    } else {
+        Some(modified.min(now))
+    }
+}
+
 /// Appends the entity tag of content of `len` bytes modified at
 /// `modified`, quoted, to `out` (no allocation: this runs per response).
 pub fn append_entity_tag(len: u64, modified: SystemTime, out: &mut Vec<u8>) {
     use std::io::Write;
-    let _ = write!(out, "\"{:x}-{:x}\"", unix_seconds(modified), len);
+    let mtime = unix_seconds(modified);
+    let sign = if mtime < 0 { "-" } else { "" };
+    let _ = write!(out, "\"{sign}{:x}-{:x}\"", mtime.unsigned_abs(), len);
 }
 
 /// The entity tag as a string, for tests.
@@ -176,11 +205,20 @@ fn entity_tag(len: u64, modified: SystemTime) -> String {
     String::from_utf8(out).unwrap()
 }
 
-fn unix_seconds(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+/// Whole seconds since 1970, rounded down (as `stat`'s `st_mtime`):
+/// negative before 1970, saturating at the ends of `i64`.
+fn unix_seconds(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+        Err(before) => {
+            let before = before.duration();
+            let seconds = before.as_secs().saturating_add(u64::from(before.subsec_nanos() > 0));
+            0i64.saturating_sub_unsigned(seconds)
+        }
+    }
 }
 
-fn parse_date(text: &str) -> Option<u64> {
+fn parse_date(text: &str) -> Option<i64> {
     httpdate::parse_http_date(text).ok().map(unix_seconds)
 }
 
@@ -190,8 +228,18 @@ fn parse_tag(text: &str) -> Option<EntityTag> {
         None => (false, text),
     };
     let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
+    let (negative, inner) = match inner.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, inner),
+    };
     let (mtime, size) = inner.split_once('-')?;
-    Some(EntityTag { mtime: u64::from_str_radix(mtime, 16).ok()?, size: u64::from_str_radix(size, 16).ok()?, weak })
+    let hex = |digits: &str| {
+        // from_str_radix would also take a sign: ours are bare digits.
+        digits.bytes().all(|b| b.is_ascii_hexdigit()).then(|| u64::from_str_radix(digits, 16).ok()).flatten()
+    };
+    let magnitude = hex(mtime)?;
+    let mtime = if negative { 0i64.checked_sub_unsigned(magnitude)? } else { i64::try_from(magnitude).ok()? };
+    Some(EntityTag { mtime, size: hex(size)?, weak })
 }
 
 /// The members of every `If-None-Match` line. Members not in our format
@@ -225,7 +273,12 @@ fn parse_range(text: &str) -> Option<RangeSpec> {
         return None;
     }
     let (first, last) = spec.split_once('-')?;
-    let number = |digits: &str| digits.trim().parse::<u64>().ok();
+    // Digits only (`parse` would take a `+`); too many for a u64 is no
+    // range at all, so the whole content is sent.
+    let number = |digits: &str| {
+        let digits = digits.trim();
+        (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse::<u64>().ok()).flatten()
+    };
     match (first.trim().is_empty(), last.trim().is_empty()) {
         (true, false) => Some(RangeSpec::Suffix(number(last)?)),
         (false, true) => Some(RangeSpec::From(number(first)?)),
@@ -326,6 +379,44 @@ mod tests {
             Selection::Full,
             "a single-valued header sent twice is invalid, so ignored"
         );
+    }
+
+    /// Before 1970 and in the future: the entity tag is nginx's, and no
+    /// date condition is weighed against a time Last-Modified does not show.
+    #[test]
+    fn times_no_date_shows_have_tags_but_no_date_conditions() {
+        let old = UNIX_EPOCH - Duration::from_secs(189_388_800); // 1964-01-01
+        assert_eq!(entity_tag(2, old), "\"-b49d800-2\"", "as nginx writes it");
+        assert_eq!(entity_tag(2, UNIX_EPOCH - Duration::from_millis(500)), "\"-1-2\"", "rounded down, as st_mtime");
+        let now = SystemTime::now();
+        assert_eq!(last_modified(old, now), None);
+        let future = now + Duration::from_secs(3600);
+        assert_eq!(last_modified(future, now), Some(now), "RFC 9110 section 8.8.2.1");
+        assert_eq!(last_modified(modified(), now), Some(modified()));
+        let epoch = httpdate::fmt_http_date(UNIX_EPOCH);
+        let far = "Fri, 31 Dec 9999 23:59:59 GMT";
+        for (time, since) in [(old, epoch.as_str()), (future, far)] {
+            let ims = conditions(&[("If-Modified-Since", since)]);
+            assert_eq!(ims.select(LEN, Some(time)), Selection::Full, "{time:?}");
+            let tag = entity_tag(LEN, time);
+            assert_eq!(conditions(&[("If-None-Match", &tag)]).select(LEN, Some(time)), Selection::NotModified);
+            let if_range = conditions(&[("Range", "bytes=0-0"), ("If-Range", since)]);
+            assert_eq!(if_range.select(LEN, Some(time)), Selection::Full);
+        }
+        for extreme in [i64::MIN, -1, i64::MAX] {
+            let tag = EntityTag { mtime: extreme, size: u64::MAX, weak: false };
+            let text = if extreme < 0 {
+                format!("\"-{:x}-{:x}\"", extreme.unsigned_abs(), u64::MAX)
+            } else {
+                format!("\"{extreme:x}-{:x}\"", u64::MAX)
+            };
+            assert_eq!(parse_tag(&text), Some(tag), "{text}");
+        }
+        for never in ["\"+5-1\"", "\"--5-1\"", "\"8000000000000000-1\"", "\"-8000000000000001-1\""] {
+            assert_eq!(parse_tag(never), None, "{never}");
+        }
+        assert_eq!(select(&[("Range", "bytes=+5-")]), Selection::Full, "digits only");
+        assert_eq!(select(&[("Range", "bytes=0-99999999999999999999")]), Selection::Full, "past u64: no range");
     }
 
     #[test]

@@ -17,10 +17,18 @@
 //! is not used: one declared with `Content-Length` up to
 //! [`MAX_DISCARDED_BODY_BYTES`] is read and thrown away so the connection
 //! stays open; any other closes the connection after the response.
+//!
+//! At the edges, RFC 9112's rules (`docs/design.md`, "HTTP at its edges"):
+//! a `Content-Length` that is not a number a `u64` holds, a `Host` that is
+//! not `host[:port]`, or a `Transfer-Encoding` whose last coding is not
+//! chunked is 400 and closes (a coding before chunked: 501); a request line
+//! that is HTTP in all but its whitespace is 400 in HTTP. A file modified
+//! before 1970 gets no `Last-Modified`, one modified in the future the
+//! response's `Date` ([`last_modified`]); a clock before 1970 sends no `Date`.
 
 use std::time::SystemTime;
 
-use super::conditional::{append_entity_tag, Conditions, Selection};
+use super::conditional::{append_entity_tag, last_modified, Conditions, Selection};
 use super::{
     BodyFollows, Framing, HttpFraming, Malformed, ParseLimits, Parsed, Request, Response, MAX_DISCARDED_BODY_BYTES,
 };
@@ -31,20 +39,29 @@ const MAX_HEADERS: usize = 64;
 
 /// Whether the bytes at the start of a connection are an HTTP request line
 /// (`METHOD /target HTTP/1.x`), judged from the first line, complete or not.
+///
+/// The words may be parted by any whitespace RFC 9112 section 3 names
+/// (space, tab, VT, FF, a bare CR), and whitespace may trail the version: a
+/// line that is HTTP in all but its whitespace is answered in HTTP (a 400,
+/// since the parser takes single spaces only), not as a line-protocol path.
 pub(super) fn looks_like_http(pending: &[u8]) -> bool {
-    let Some(space) = pending.iter().position(|&b| b == b' ') else { return false };
+    let is_space = |b: &u8| matches!(b, b' ' | b'\t' | 0x0b | 0x0c | b'\r');
+    let Some(space) = pending.iter().position(is_space) else { return false };
     if space == 0 || !pending[..space].iter().all(u8::is_ascii_uppercase) {
         return false;
     }
     match pending.iter().position(|&b| b == b'\n') {
-        // A whole line: the version at its end decides, whatever the target.
+        // A whole line: the version as its last word decides, whatever the target.
         Some(end) => {
-            let line = pending[..end].strip_suffix(b"\r").unwrap_or(&pending[..end]);
-            line.len() > space + 9 && line[line.len() - 9..].starts_with(b" HTTP/")
+            let line = &pending[..end];
+            let words_end = line.iter().rposition(|b| !is_space(b)).map_or(0, |last| last + 1);
+            let last_word_start = line[..words_end].iter().rposition(is_space).map_or(0, |at| at + 1);
+            let has_target = last_word_start > space && line[space..last_word_start].iter().any(|b| !is_space(b));
+            has_target && line[last_word_start..words_end].starts_with(b"HTTP/")
         }
         // A partial line is judged by its start, so that an overlong URI
         // still gets an HTTP 414.
-        None => pending.get(space + 1) == Some(&b'/'),
+        None => pending[space..].iter().find(|b| !is_space(b)) == Some(&b'/'),
     }
 }
 
@@ -77,11 +94,20 @@ pub(super) fn parse(pending: &[u8], limits: &ParseLimits) -> Option<Parsed> {
         all(name).any(|h| h.value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
     };
     let http11 = request.version == Some(1);
-    // RFC 9112 section 6.3: Transfer-Encoding overrides Content-Length.
-    let declared_length = header("content-length").and_then(|v| std::str::from_utf8(v.trim_ascii()).ok()?.parse().ok());
+    // RFC 9112 section 6.3: differing Content-Length values make the
+    // framing unknowable, and so does one that is not a number or is too
+    // large for one (RFC 9110 section 8.6 says a recipient MUST anticipate
+    // such numbers): each MUST be answered 400, and the connection closed.
+    let mut lengths = all("content-length").map(|h| h.value.trim_ascii());
+    let first_length = lengths.next();
+    let lengths_differ = first_length.is_some_and(|first| lengths.any(|other| other != first));
+    let declared_length = first_length.map(parse_length);
+    let length_invalid = declared_length.is_some_and(|length| length.is_none());
+    let transfer_coding = TransferCoding::of(all("transfer-encoding"));
     let expects_continue = has_token("expect", "100-continue");
-    let body = match declared_length {
-        _ if header("transfer-encoding").is_some() => BodyFollows::Unknown,
+    // Section 6.3: Transfer-Encoding overrides Content-Length.
+    let body = match declared_length.flatten() {
+        _ if transfer_coding != TransferCoding::None => BodyFollows::Unknown,
         None | Some(0) => BodyFollows::Nothing,
         Some(_) if expects_continue => BodyFollows::Unknown,
         Some(len) if len <= MAX_DISCARDED_BODY_BYTES => BodyFollows::Bytes(len),
@@ -97,17 +123,28 @@ pub(super) fn parse(pending: &[u8], limits: &ParseLimits) -> Option<Parsed> {
         let framing = Framing::Http(framing);
         Some(Parsed { request: Err(Malformed { framing, refusal }), consumed: head_len, body })
     };
-    // RFC 9112 section 6.3: differing Content-Length values make the
-    // framing unknowable; section 3.2: HTTP/1.1 requires exactly one Host.
-    // Both MUST be answered 400, and the connection cannot be trusted after.
-    let mut lengths = all("content-length").map(|h| h.value.trim_ascii());
-    let first_length = lengths.next();
-    let lengths_differ = first_length.is_some_and(|first| lengths.any(|other| other != first));
-    let length_invalid = first_length.is_some_and(|v| v.is_empty() || !v.iter().all(u8::is_ascii_digit));
+    // RFC 9112 section 3.2: HTTP/1.1 requires exactly one Host, and a Host
+    // that is not a host (and port) is invalid. Each MUST be answered 400,
+    // as must a bad length (above), or a Transfer-Encoding whose last
+    // coding is not chunked (section 6.3: the body's end cannot be found);
+    // the connection cannot be trusted after any of them.
     let hosts = all("host").count();
-    if lengths_differ || length_invalid || (http11 && hosts != 1) || hosts > 1 {
+    let host_invalid = header("host").is_some_and(|host| !is_valid_host(host.trim_ascii()));
+    if lengths_differ
+        || length_invalid
+        || (http11 && hosts != 1)
+        || hosts > 1
+        || host_invalid
+        || transfer_coding == TransferCoding::Invalid
+    {
         framing.keep_alive = false;
         return refused(framing, Refusal::BadRequest);
+    }
+    // Section 6.1: a transfer coding the server does not implement (all
+    // but chunked) SHOULD be 501; the body is not read, so the connection closes.
+    if transfer_coding == TransferCoding::Unimplemented {
+        framing.keep_alive = false;
+        return refused(framing, Refusal::NotImplemented);
     }
     if method != "GET" && method != "HEAD" {
         framing.keep_alive = false;
@@ -124,6 +161,85 @@ pub(super) fn parse(pending: &[u8], limits: &ParseLimits) -> Option<Parsed> {
     framing.content_type = content_type(&path);
     let request = Request { target: path, framing: Framing::Http(framing), query: query.to_vec() };
     Some(Parsed { request: Ok(request), consumed: head_len, body })
+}
+
+/// A `Content-Length` value: digits only, and few enough for a `u64`
+/// (`None`: invalid). `parse` alone would also take a leading `+`.
+fn parse_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// What a request's `Transfer-Encoding` lines say of its body (RFC 9112
+/// section 6.1), read as one list over every line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TransferCoding {
+    /// No `Transfer-Encoding`.
+    None,
+    /// `chunked` alone: a body the parser does not look for the end of;
+    /// served, then the connection closes.
+    Chunked,
+    /// `chunked` last, after codings the server does not implement: 501.
+    Unimplemented,
+    /// The last coding is not `chunked` (or the list is empty, or chunked
+    /// twice): the body's length cannot be known, 400.
+    Invalid,
+}
+
+impl TransferCoding {
+    fn of<'a>(lines: impl Iterator<Item = &'a httparse::Header<'a>>) -> TransferCoding {
+        let mut seen_line = false;
+        let mut chunked_last = false;
+        let mut chunked_twice = false;
+        let mut others = false;
+        let codings = lines.inspect(|_| seen_line = true).flat_map(|h| h.value.split(|&b| b == b','));
+        for coding in codings.map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()) {
+            if coding.eq_ignore_ascii_case(b"chunked") {
+                chunked_twice |= chunked_last;
+                chunked_last = true;
+            } else {
+                others = true;
+                chunked_last = false;
+            }
+        }
+        match (seen_line, chunked_last && !chunked_twice, others) {
+            (false, _, _) => TransferCoding::None,
+            (true, false, _) => TransferCoding::Invalid,
+            (true, true, false) => TransferCoding::Chunked,
+            (true, true, true) => TransferCoding::Unimplemented,
+        }
+    }
+}
+
+/// Whether a `Host` value is `host[:port]` (RFC 9112 section 3.2, RFC 3986
+/// section 3.2.2): a registered name or IPv4 address, or an IP literal in
+/// brackets, not empty (RFC 9110 section 4.2.1: an `http` URI with an
+/// empty host MUST be rejected); the port digits only. The port is never
+/// turned into a number, so no length of it can overflow.
+fn is_valid_host(value: &[u8]) -> bool {
+    let (host, port) = if let Some(literal) = value.strip_prefix(b"[") {
+        let Some(end) = literal.iter().position(|&b| b == b']') else { return false };
+        let inside = &literal[..end];
+        let literal_ok =
+            !inside.is_empty() && inside.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:".contains(&b));
+        if !literal_ok {
+            return false;
+        }
+        (&b"x"[..], &literal[end + 1..])
+    } else {
+        let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
+        (&value[..end], &value[end..])
+    };
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    let name_ok =
+        !host.is_empty() && host.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b));
+    name_ok && port_ok
 }
 
 /// The path and the query (with its `?`, or empty) of a request target in
@@ -218,6 +334,10 @@ fn content_type(path: &[u8]) -> &'static str {
     }
 }
 
+/// The first second `httpdate` cannot format: 10000-01-01T00:00:00Z (it
+/// panics there, and before 1970).
+const YEAR_10000: u64 = 253_402_300_800;
+
 /// An HTTP date (`Date`, `Last-Modified`), formatted at most once per
 /// second per thread and kind, not per response (what that saved is in
 /// `docs/performance.md`).
@@ -228,13 +348,22 @@ impl DateMemo {
         DateMemo(std::cell::RefCell::new((u64::MAX, String::new())))
     }
 
-    fn append(&self, time: SystemTime, out: &mut Vec<u8>) {
-        let second = time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    /// Appends `name`, `time` as an HTTP date and a CRLF; nothing at all
+    /// for a time no HTTP date here can show (before 1970, from 10000 on):
+    /// the header is left out rather than the server brought down.
+    fn append_header(&self, name: &[u8], time: SystemTime, out: &mut Vec<u8>) {
+        let Ok(since_1970) = time.duration_since(SystemTime::UNIX_EPOCH) else { return };
+        let second = since_1970.as_secs();
+        if second >= YEAR_10000 {
+            return;
+        }
         let mut memo = self.0.borrow_mut();
         if memo.0 != second {
             *memo = (second, httpdate::fmt_http_date(time));
         }
+        out.extend_from_slice(name);
         out.extend_from_slice(memo.1.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
 }
 
@@ -276,16 +405,19 @@ pub fn encode_head(framing: &HttpFraming, response: &Response, selection: Select
         }
         (Response::Content(_), Selection::Partial { start, end }) => {
             out.extend_from_slice(b"206 Partial Content");
-            (framing.content_type, Some(end - start), None)
+            (framing.content_type, Some(end.saturating_sub(start)), None)
         }
         (Response::Content(body), Selection::Full) => {
             out.extend_from_slice(b"200 OK");
             (framing.content_type, Some(body.len()), None)
         }
     };
-    out.extend_from_slice(b"\r\nServer: fileserver\r\nDate: ");
-    NOW.with(|memo| memo.append(SystemTime::now(), out));
-    out.extend_from_slice(b"\r\nContent-Type: ");
+    out.extend_from_slice(b"\r\nServer: fileserver\r\n");
+    let now = SystemTime::now();
+    // A clock before 1970 writes no Date (RFC 9110 section 6.6.1: a server
+    // without a usable clock sends none).
+    NOW.with(|memo| memo.append_header(b"Date: ", now, out));
+    out.extend_from_slice(b"Content-Type: ");
     out.extend_from_slice(content_type.as_bytes());
     out.extend_from_slice(b"\r\n");
     if let Some(length) = length {
@@ -298,7 +430,7 @@ pub fn encode_head(framing: &HttpFraming, response: &Response, selection: Select
             out.extend_from_slice(b"Content-Range: bytes ");
             append_decimal(start, out);
             out.push(b'-');
-            append_decimal(end - 1, out);
+            append_decimal(end.saturating_sub(1), out);
             out.push(b'/');
             append_decimal(body.len(), out);
             out.extend_from_slice(b"\r\n");
@@ -309,9 +441,10 @@ pub fn encode_head(framing: &HttpFraming, response: &Response, selection: Select
         }
         // Files (content with a modification time) have validators and ranges.
         if let Some(modified) = body.modified() {
-            out.extend_from_slice(b"Last-Modified: ");
-            MODIFIED.with(|memo| memo.append(modified, out));
-            out.extend_from_slice(b"\r\nETag: ");
+            if let Some(shown) = last_modified(modified, now) {
+                MODIFIED.with(|memo| memo.append_header(b"Last-Modified: ", shown, out));
+            }
+            out.extend_from_slice(b"ETag: ");
             append_entity_tag(body.len(), modified, out);
             out.extend_from_slice(b"\r\nAccept-Ranges: bytes\r\n");
         }
@@ -454,5 +587,53 @@ mod tests {
         assert!(looks_like_http(b"OPTIONS * HTTP/1.1\r\n"));
         assert!(!looks_like_http(b"get /x HTTP/1.1\n"));
         assert!(!looks_like_http(b"GET /x\n"), "a complete line without a version is a path");
+        // HTTP in all but its whitespace (RFC 9112 section 3): answered in HTTP.
+        assert!(looks_like_http(b"GET\t/x\tHTTP/1.1\r\n"));
+        assert!(looks_like_http(b"GET /x HTTP/1.1 \r\n"), "a space after the version");
+        assert!(looks_like_http(b"GET  /x  HTTP/1.1\t\r\n"));
+        assert!(looks_like_http(b"GET\t/xxxxxxxxxx"), "partial, after a tab");
+        assert!(!looks_like_http(b"GET\tHTTP/1.1\n"), "the version must not be the second word");
+        assert!(!looks_like_http(b"a file HTTP/1.1\n"), "a path with spaces");
+    }
+
+    fn refusal_of(request: &[u8]) -> Option<Refusal> {
+        parse(request, &ParseLimits::default()).expect("a complete head").request.err().map(|malformed| {
+            assert!(!malformed.framing.closes_after() || malformed.refusal.closes_connection());
+            malformed.refusal
+        })
+    }
+
+    /// RFC 9112 sections 3.2 and 6.3, RFC 9110 section 8.6: each of these
+    /// is 400 (and the connection closes), never served.
+    #[test]
+    fn bad_hosts_lengths_and_transfer_codings_are_refused() {
+        let with = |header: &str| format!("GET /a.txt HTTP/1.1\r\n{header}\r\n\r\n").into_bytes();
+        let host = |value: &str| with(&format!("Host: {value}"));
+        for bad in ["x/y", "x y", "", "x:80x", "[::1", "[]", "a@b", "x\ty"] {
+            assert_eq!(refusal_of(&host(bad)), Some(Refusal::BadRequest), "Host: {bad:?}");
+        }
+        for good in ["x", "example.com:8080", "127.0.0.1", "[::1]:7070", "[v1.x]", "xn--bcher-kva.example", "h:"] {
+            assert_eq!(refusal_of(&host(good)), None, "Host: {good:?}");
+        }
+        let length = |value: &str| {
+            [&host("x")[..host("x").len() - 2], format!("Content-Length: {value}\r\n\r\n").as_bytes()].concat()
+        };
+        for bad in ["99999999999999999999", "18446744073709551616", "+5", "-1", "5 5", "0x10", ""] {
+            assert_eq!(refusal_of(&length(bad)), Some(Refusal::BadRequest), "Content-Length: {bad:?}");
+        }
+        assert_eq!(refusal_of(&length("18446744073709551615")), None, "u64::MAX is a length (too long to discard)");
+        let coding = |value: &str| {
+            [&host("x")[..host("x").len() - 2], format!("Transfer-Encoding: {value}\r\n\r\n").as_bytes()].concat()
+        };
+        for bad in ["gzip", "chunked, gzip", "", "chunked, chunked", "identity"] {
+            assert_eq!(refusal_of(&coding(bad)), Some(Refusal::BadRequest), "Transfer-Encoding: {bad:?}");
+        }
+        assert_eq!(refusal_of(&coding("gzip, chunked")), Some(Refusal::NotImplemented));
+        assert_eq!(refusal_of(&coding("Chunked")), None, "served, then closed");
+        let chunked = parse(&coding("chunked"), &ParseLimits::default()).unwrap();
+        assert_eq!(chunked.body, BodyFollows::Unknown);
+        // Over two lines, the codings are one list: gzip, then chunked.
+        let two = b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(refusal_of(two), Some(Refusal::NotImplemented));
     }
 }

@@ -211,7 +211,7 @@ enum Protocol {
 }
 
 /// An incremental request parser: one per connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Parser {
     /// Unparsed bytes; empty (and unallocated) between requests, so an idle
     /// connection costs no buffer.
@@ -229,6 +229,12 @@ pub struct Parser {
     body_left: u64,
     /// The last request announced a body whose end is not looked for.
     body_unknown: bool,
+}
+
+impl Default for Parser {
+    fn default() -> Parser {
+        Parser::new(ParseLimits::default())
+    }
 }
 
 impl Parser {
@@ -307,8 +313,13 @@ impl Parser {
         if pending.is_empty() || self.body_left > 0 || self.body_unknown {
             return None;
         }
-        let protocol =
-            *self.protocol.get_or_insert(if http::looks_like_http(pending) { Protocol::Http } else { Protocol::Line });
+        let protocol = match self.protocol {
+            Some(protocol) => protocol,
+            None => {
+                let protocol = detect(pending, self.last_read_short, self.limits.max_line_bytes)?;
+                *self.protocol.insert(protocol)
+            }
+        };
         let parsed = match protocol {
             Protocol::Line => line::parse(pending, &self.limits)?,
             Protocol::Http => http::parse(pending, &self.limits)?,
@@ -335,6 +346,37 @@ impl Parser {
             self.start = 0;
         }
     }
+}
+
+/// Which protocol the first bytes of a connection speak; `None` while
+/// they cannot tell yet.
+///
+/// The line protocol answers an empty line with `ERR 400` at once, but
+/// HTTP SHOULD ignore an empty line before a request line (RFC 9112
+/// section 2.2). So empty lines at the start are looked past: an HTTP
+/// request line after them makes the connection HTTP (`httparse` skips
+/// them); anything else is the line protocol, and its `ERR 400`. Empty
+/// lines with nothing after them wait for more only while more is on its
+/// way (`read_short` false: the last read filled its buffer); a line
+/// client that sent just `\n` is answered at once. A few capitals with
+/// nothing after them (a method cut short by the read) wait for the rest,
+/// which costs the line protocol nothing: it needs the whole line anyway.
+fn detect(pending: &[u8], read_short: bool, max_line_bytes: usize) -> Option<Protocol> {
+    /// Longer than any method a client sends: past it, no need to wait.
+    const LONGEST_METHOD: usize = 16;
+    let mut rest = pending;
+    while let Some(after) = rest.strip_prefix(b"\n").or_else(|| rest.strip_prefix(b"\r\n")) {
+        rest = after;
+    }
+    // A CR whose LF is still to come.
+    let first = rest.strip_suffix(b"\r").unwrap_or(rest);
+    if first.is_empty() {
+        return if read_short || pending.len() > max_line_bytes { Some(Protocol::Line) } else { None };
+    }
+    if first.len() <= LONGEST_METHOD && first.iter().all(u8::is_ascii_uppercase) {
+        return None;
+    }
+    Some(if http::looks_like_http(rest) { Protocol::Http } else { Protocol::Line })
 }
 
 thread_local! {
@@ -394,6 +436,54 @@ mod tests {
         let mut parser = Parser::new(limits);
         parser.feed(b"12345678\n");
         assert_eq!(target(parser.next_request()), b"12345678");
+    }
+
+    /// RFC 9112 section 2.2: an empty line before an HTTP request line is
+    /// ignored; before anything else, or alone, it stays the line
+    /// protocol's `ERR 400`.
+    #[test]
+    fn an_empty_line_before_an_http_request_is_skipped() {
+        let framing = |parsed: Option<Result<Request, Malformed>>| match parsed.expect("a request") {
+            Ok(request) => (request.framing, request.target),
+            Err(malformed) => (malformed.framing, malformed.refusal.code().to_string().into_bytes()),
+        };
+        for leading in [&b"\r\n"[..], b"\n", b"\r\n\r\n\n"] {
+            let mut parser = Parser::default();
+            parser.feed(&[leading, b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n"].concat());
+            let (framing, target) = framing(parser.next_request());
+            assert!(matches!(framing, Framing::Http(_)), "{leading:?}");
+            assert_eq!(target, b"a.txt");
+            // Between keep-alive requests too.
+            parser.feed(b"\r\nGET /b.txt HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert_eq!(parser.next_request().unwrap().unwrap().target, b"b.txt");
+        }
+        // Dribbled: a method cut short waits for the rest.
+        let mut parser = Parser::default();
+        parser.feed(b"\r\nGE");
+        assert!(parser.next_request().is_none());
+        parser.feed(b"T /a.txt HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(matches!(framing(parser.next_request()).0, Framing::Http(_)));
+        // Before a line-protocol request, or alone: ERR 400, as always.
+        for bytes in [&b"\r\na.txt\n"[..], b"\n", b"\r\n"] {
+            let mut parser = Parser::default();
+            parser.feed(bytes);
+            let (framing, code) = framing(parser.next_request());
+            assert_eq!((framing, code), (Framing::Line, b"400".to_vec()), "{bytes:?}");
+        }
+    }
+
+    /// A lone empty line waits while the read that brought it filled its
+    /// buffer (more is on its way), but not past the line limit.
+    #[test]
+    fn empty_lines_alone_wait_only_for_bytes_on_their_way() {
+        let limits = ParseLimits { max_line_bytes: 8, ..ParseLimits::default() };
+        let mut parser = Parser::new(limits);
+        parser.last_read_short = false;
+        parser.feed(b"\r\n\r\n");
+        assert!(parser.next_request().is_none());
+        parser.feed(b"\r\n\r\n\r\n");
+        let refused = parser.next_request().unwrap().unwrap_err();
+        assert_eq!((refused.framing, refused.refusal), (Framing::Line, Refusal::BadRequest));
     }
 
     #[test]
