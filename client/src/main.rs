@@ -7,7 +7,8 @@
 //!   2 on usage or connection errors.
 //! * `client bench ...`: the load generator; exit 1 if any response was wrong.
 //! * `client grade ... -- SERVER COMMAND`: the black-box grader; exit 1 if
-//!   any test failed.
+//!   any test failed, 3 if the machine could not grade.
+//! * `client class DIR`: grades every submission folder of DIR into one CSV.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
@@ -38,6 +39,7 @@ Subcommands (each has its own --help):
   client bench ...                         # the load generator: requests/s, MB/s, latency percentiles
   client timeline FILE --svg OUT           # draws a trace (server --trace, client bench --timeline)
   client grade ... -- SERVER COMMAND       # the grader: scores a server against docs/assignment.md
+  client class DIR --csv scores.csv        # a whole class: every folder of DIR built, graded, one CSV
 
 Exit status: 0 if everything was served, 1 if any request was refused (the
 reasons go to stderr), 2 on a usage or connection error."
@@ -164,8 +166,11 @@ Examples:
   client grade --addr 127.0.0.1:7070 --root /srv/files --stage 3     # a server already running
   client grade --stage 3 --format junit -- ./my-server --port {port} --root {root} > grade.xml
   client grade --stages 1,2,3 --write-gradescope bundle -- ./server --port {port} --root {root} --read-delay-ms {delay}
+  client grade --stage 3 --format prairielearn --submission /grade/student > /grade/results/results.json
+  printf 'small.txt\n' | client grade --replay -- ./my-server --port {port} --root {root}
 
-Exit status: 0 if every test passed, 1 if any failed, 2 if grading could not run."
+Exit status: 0 if every test passed, 1 if any failed, 2 if grading could not run, 3 if this
+machine cannot grade (no loopback, io_uring or AIO denied): not the submission's fault."
 )]
 struct GradeCli {
     /// Grade stages 1 to N (1 time, 2 concurrency, 3 files, 4 async reads, 5 cache and signals, 6 measurement).
@@ -202,9 +207,22 @@ struct GradeCli {
     #[arg(long, conflicts_with = "format")]
     json: bool,
     /// The report's format: text (a person's), json ({"score", "max", "tests"}), gradescope
-    /// (results.json), junit (XML for CI).
-    #[arg(long, value_parser = ["text", "json", "gradescope", "junit"])]
+    /// (results.json), junit (XML for CI), prairielearn (results.json), autolab (the scores line),
+    /// classroom (the GitHub Classroom runner result, base64), codegrade (the points, for fd 3).
+    #[arg(long, value_parser = FORMATS)]
     format: Option<String>,
+    /// Grade this submission folder: copied, built and run as its grade.toml says (or the config's
+    /// [submission]); a command after `--` replaces its `run`.
+    #[arg(long, value_name = "DIR", conflicts_with = "addr")]
+    submission: Option<std::path::PathBuf>,
+    /// The unprivileged user the server (and a build) runs as when the grader runs as root
+    /// (default: the config's run_as, else nobody).
+    #[arg(long, value_name = "USER")]
+    run_as: Option<String>,
+    /// Start the server as the grader would (--service, --delay), send it what stdin holds on one
+    /// connection, print what comes back, stop it: the replay lines of a report use this.
+    #[arg(long)]
+    replay: bool,
     /// Write a Gradescope autograder bundle (setup.sh, run_autograder, this client, course.toml) into
     /// DIR for the chosen stages, --config and the command after `--` (run in the submission's
     /// folder), then exit.
@@ -213,7 +231,8 @@ struct GradeCli {
     /// Write a log file per failing test (the exchange, the server's output) here.
     #[arg(long, default_value = "grade-logs")]
     logs: std::path::PathBuf,
-    /// Append `LABEL,score,max,failed tests` to this CSV file (grading a class).
+    /// Put this submission's row (label, score, max, a column per stage, failed tests, reason)
+    /// into this CSV file, replacing its row of the same label.
     #[arg(long, requires = "label")]
     csv: Option<std::path::PathBuf>,
     /// The submission's name in the CSV row.
@@ -227,6 +246,63 @@ struct GradeCli {
     #[arg(long, value_name = "DIR")]
     timeline: Option<std::path::PathBuf>,
     /// The server command, after `--`, with {port}, {root}, {delay} placeholders.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+/// `--format`'s values.
+const FORMATS: [&str; 8] = ["text", "json", "gradescope", "junit", "prairielearn", "autolab", "classroom", "codegrade"];
+
+/// Grades every submission of a class: each folder of DIR is one, with a
+/// `grade.toml` naming its `build` (optional) and its `run` (the server
+/// command with {port}, {root}, {delay}), or the course config's
+/// `[submission]` defaults. Builds run several at once, each under a time
+/// limit; gradings run one after another. One CSV row per submission.
+#[derive(Debug, Parser)]
+#[command(
+    name = "client class",
+    max_term_width = 100,
+    after_help = "\
+Examples:
+  client class submissions --config course.toml --csv scores.csv --jobs 4
+  client class submissions --csv scores.csv --reports reports -- ./server --port {port} --root {root}
+
+Each submission's folder of reports (report.txt, report.json, build.log, grade-logs/, work/) goes
+under --reports. The CSV is written whole (a regrade replaces it): label, score, max (the same on
+every row), a column per stage, the failed tests, and the reason for a 0 or for no score (the
+machine could not grade: the score is left empty).
+
+Exit status: 0 when every submission was graded (whatever its score), 2 if the class could not be."
+)]
+struct ClassCli {
+    /// The folder of submissions: one folder each.
+    dir: std::path::PathBuf,
+    /// The course's TOML config: stages, points, repeat, run_as, [mechanism], [submission].
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// The CSV of scores to write.
+    #[arg(long, default_value = "scores.csv")]
+    csv: std::path::PathBuf,
+    /// Where each submission's folder of reports goes.
+    #[arg(long, default_value = "reports")]
+    reports: std::path::PathBuf,
+    /// Builds at once.
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
+    /// Grade stages 1 to N (unless the config names its stages).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u8).range(1..=6))]
+    stage: u8,
+    /// Multiply every deadline by this (slow machines); overrides the config.
+    #[arg(long)]
+    stretch: Option<f64>,
+    /// Run each test N times; the worst run counts.
+    #[arg(long)]
+    repeat: Option<u32>,
+    /// The unprivileged user submissions run as when the grader runs as root (default: the
+    /// config's run_as, else nobody).
+    #[arg(long, value_name = "USER")]
+    run_as: Option<String>,
+    /// A server command for every submission (after `--`), replacing their `run`.
     #[arg(last = true)]
     command: Vec<String>,
 }
@@ -252,6 +328,10 @@ fn main() -> ExitCode {
     if subcommand.as_ref().is_some_and(|arg| arg == "timeline") {
         let args = std::iter::once("client timeline".into()).chain(std::env::args_os().skip(2));
         return timeline_main(TimelineCli::parse_from(args));
+    }
+    if subcommand.as_ref().is_some_and(|arg| arg == "class") {
+        let args = std::iter::once("client class".into()).chain(std::env::args_os().skip(2));
+        return class_main(ClassCli::parse_from(args));
     }
     let cli = Cli::parse();
     std::thread::sleep(cli.delay);
@@ -362,10 +442,21 @@ fn timeline_main(cli: TimelineCli) -> ExitCode {
     }
 }
 
+/// How a grading ended, for the exit status.
+enum Graded {
+    /// Every test passed (0).
+    Passed,
+    /// Some test failed (1).
+    Failed,
+    /// The machine could not grade (3).
+    NotGradable,
+}
+
 fn grade_main(cli: GradeCli) -> ExitCode {
     match run_grade(cli) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
+        Ok(Graded::Passed) => ExitCode::SUCCESS,
+        Ok(Graded::Failed) => ExitCode::from(1),
+        Ok(Graded::NotGradable) => ExitCode::from(3),
         Err(err) => {
             eprintln!("client grade: {err:#}");
             ExitCode::from(2)
@@ -373,23 +464,38 @@ fn grade_main(cli: GradeCli) -> ExitCode {
     }
 }
 
-/// Grades; `Ok(false)` when some test failed.
-fn run_grade(cli: GradeCli) -> anyhow::Result<bool> {
-    use client::grade::{self, target::Setup, Config, Plan};
+/// The user student code runs as: none unless the grader runs as root;
+/// as root, `asked` (the flag or the config), else `nobody`.
+fn student_user(asked: Option<&str>) -> anyhow::Result<Option<client::grade::target::User>> {
+    if !rustix::process::geteuid().is_root() {
+        return Ok(None);
+    }
+    client::grade::target::User::lookup(asked.unwrap_or("nobody")).map(Some)
+}
+
+/// How this client was invoked, for replay lines to paste.
+fn client_as_invoked() -> String {
+    std::env::args().next().filter(|arg| arg.contains('/')).unwrap_or_else(|| "client".into())
+}
+
+/// Grades; how it ended.
+fn run_grade(cli: GradeCli) -> anyhow::Result<Graded> {
+    use client::grade::{self, report::ReplayVia, target::Setup, Config, Plan};
     if cli.list {
         for check in grade::checks::catalog() {
             println!("{}  {:>2}  {:<28} {}", check.stage, check.points, check.name, check.description);
         }
-        return Ok(true);
+        return Ok(Graded::Passed);
     }
     let config = match &cli.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    if cli.addr.is_none() && cli.command.is_empty() {
+    if cli.addr.is_none() && cli.command.is_empty() && cli.submission.is_none() && cli.write_gradescope.is_none() {
         anyhow::bail!(
             "give the server command after `--`, e.g. client grade -- ./my-server --port {{port}} --root {{root}} \
-             --read-delay-ms {{delay}} (or --addr HOST:PORT --root DIR for a server already running)"
+             --read-delay-ms {{delay}} (or --submission DIR, or --addr HOST:PORT --root DIR for a server already \
+             running)"
         );
     }
     let stages = cli.stages.or(config.stages.clone()).unwrap_or_else(|| (1..=cli.stage).collect());
@@ -399,7 +505,7 @@ fn run_grade(cli: GradeCli) -> anyhow::Result<bool> {
             "client grade: Gradescope autograder in {}: zip its files (not the folder) and upload them",
             dir.display()
         );
-        return Ok(true);
+        return Ok(Graded::Passed);
     }
     if let Some(dir) = &cli.timeline {
         client::timeline::grading::record_into(dir)?;
@@ -408,26 +514,65 @@ fn run_grade(cli: GradeCli) -> anyhow::Result<bool> {
         "time" => Setup::Time,
         _ => Setup::Files { delay_ms: cli.delay },
     };
+    let user =
+        if cli.addr.is_some() { None } else { student_user(cli.run_as.as_deref().or(config.run_as.as_deref()))? };
+    if cli.replay {
+        return replay(&cli.command, setup, user).map(|()| Graded::Passed);
+    }
+    // A submission folder: copied, built, its command found.
+    let scratch = tempfile::Builder::new().prefix("grade-submission-").tempdir()?;
+    let mut command = cli.command.clone();
+    let mut workdir = None;
+    if let Some(dir) = &cli.submission {
+        use client::grade::submission;
+        let recipe = submission::recipe(dir, &config.submission).map_err(|e| anyhow::anyhow!(e.reason))?;
+        let work = scratch.path().join("work");
+        if user.is_some() {
+            std::fs::set_permissions(scratch.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        }
+        let log = cli.logs.join("build.log");
+        std::fs::create_dir_all(&cli.logs)?;
+        let prepared = submission::prepare(dir, &work, &recipe, user.as_ref(), &log, Some(&cli.command))
+            .map_err(|e| anyhow::anyhow!("{} (the build's output: {})", e.reason, log.display()))?;
+        command = prepared.command;
+        workdir = Some(prepared.workdir);
+    }
     let reference = std::env::current_exe().ok().map(|exe| exe.with_file_name("server")).filter(|p| p.exists());
-    let plan = Plan {
-        command: cli.command,
-        addr: cli.addr.map(|addr| (addr, setup)),
-        root: cli.root,
-        stages,
-        stretch: cli.stretch.or(config.stretch).unwrap_or(1.0).max(0.1),
-        repeat: cli.repeat.or(config.repeat).unwrap_or(1),
-        stop_after_failures: cli.stop_after.or(config.stop_after_failures),
-        points: config.points,
-        visibility: config.visibility,
-        reference,
-    };
+    let mut plan = Plan::new(command.clone(), stages);
+    plan.addr = cli.addr.map(|addr| (addr, setup));
+    plan.root = cli.root;
+    plan.stretch = cli.stretch.or(config.stretch).unwrap_or(1.0).max(0.1);
+    plan.repeat = cli.repeat.or(config.repeat).unwrap_or(1);
+    plan.stop_after_failures = cli.stop_after.or(config.stop_after_failures);
+    plan.points = config.points;
+    plan.visibility = config.visibility;
+    plan.reference = reference;
+    plan.single_thread = config.mechanism.single_thread();
+    plan.launch = grade::target::Launch { user, workdir: workdir.clone() };
+    // A submission's copy is gone after grading: its replays say so by
+    // starting from the submission's own folder.
+    plan.replay_via = Some(ReplayVia { client: client_as_invoked(), command, workdir: cli.submission.clone() });
     let report = grade::grade(&plan)?;
     let format = if cli.json { "json" } else { cli.format.as_deref().unwrap_or("text") };
     match format {
         "json" => println!("{}", report.json()),
         "gradescope" => println!("{}", report.gradescope()),
         "junit" => print!("{}", report.junit()),
+        "prairielearn" => println!("{}", grade::formats::prairielearn(&report)),
+        "autolab" => print!("{}", grade::formats::autolab(&report)),
+        "classroom" => println!("{}", grade::formats::classroom(&report)),
+        "codegrade" => {
+            eprint!("{}", report.text());
+            if let Some(points) = grade::formats::codegrade(&report) {
+                println!("{points}");
+            }
+        }
         _ => print!("{}", report.text()),
+    }
+    if let Some(why) = &report.not_gradable {
+        if format != "text" {
+            eprintln!("client grade: {why}");
+        }
     }
     let logged = report.write_logs(&cli.logs)?;
     if logged > 0 {
@@ -435,7 +580,113 @@ fn run_grade(cli: GradeCli) -> anyhow::Result<bool> {
         eprintln!("client grade: {exchanges} logged in {}", cli.logs.display());
     }
     if let (Some(csv), Some(label)) = (&cli.csv, &cli.label) {
-        report.append_csv(csv, label)?;
+        let mut sheet = grade::class::ScoreSheet::load(csv, plan.max_by_stage())?;
+        sheet.put(grade::class::Row::graded(label, &report, &sheet.stages.clone()));
+        sheet.write(csv)?;
     }
-    Ok(report.failed().is_empty())
+    Ok(match (&report.not_gradable, report.failed().is_empty()) {
+        (Some(_), _) => Graded::NotGradable,
+        (None, true) => Graded::Passed,
+        (None, false) => Graded::Failed,
+    })
+}
+
+/// `client grade --replay`: starts the server as the grader would for
+/// `setup` (the grader's files in a new root, a free port, as the student
+/// user when root), sends stdin on one connection, copies what comes back
+/// to stdout until the server closes it or is quiet for a second, and
+/// stops the server.
+fn replay(
+    command: &[String],
+    setup: client::grade::target::Setup,
+    user: Option<client::grade::target::User>,
+) -> anyhow::Result<()> {
+    use client::grade::{
+        fixture::Fixture,
+        target::{Launch, Target},
+    };
+    use std::io::{Read, Write};
+    anyhow::ensure!(!command.is_empty(), "give the server command after `--`");
+    let mut request = Vec::new();
+    std::io::stdin().read_to_end(&mut request).context("cannot read the bytes to send from stdin")?;
+    let fixture = Fixture::create()?;
+    if let Some(user) = &user {
+        fixture.open_to_others()?;
+        client::grade::target::open_command_to(command, None, user)?;
+    }
+    let launch = Launch { user, workdir: None };
+    let target = Target::launch(command, &fixture.root(), setup, Duration::from_secs(10), &launch)?;
+    eprintln!("client grade --replay: the server listens on {}; sending {} bytes", target.addr, request.len());
+    let mut stream = std::net::TcpStream::connect_timeout(&target.addr, Duration::from_secs(5))?;
+    stream.write_all(&request)?;
+    // Like nc: the connection stays open for writing; the reply ends when
+    // the server closes, or after a quiet second (a kept-alive connection).
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut stdout = std::io::stdout().lock();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => stdout.write_all(&buffer[..n])?,
+            Err(err) if matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(err) => return Err(err).context("cannot read the reply"),
+        }
+    }
+    stdout.flush()?;
+    Ok(())
+}
+
+fn class_main(cli: ClassCli) -> ExitCode {
+    match run_class(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("client class: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_class(cli: ClassCli) -> anyhow::Result<()> {
+    use client::grade::{self, class, report::ReplayVia, Config, Plan};
+    let config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let stages = config.stages.clone().unwrap_or_else(|| (1..=cli.stage).collect());
+    let mut plan = Plan::new(cli.command.clone(), stages);
+    plan.stretch = cli.stretch.or(config.stretch).unwrap_or(1.0).max(0.1);
+    plan.repeat = cli.repeat.or(config.repeat).unwrap_or(1);
+    plan.stop_after_failures = config.stop_after_failures;
+    plan.points = config.points;
+    plan.visibility = config.visibility;
+    plan.reference = std::env::current_exe().ok().map(|exe| exe.with_file_name("server")).filter(|p| p.exists());
+    plan.single_thread = config.mechanism.single_thread();
+    plan.launch.user = student_user(cli.run_as.as_deref().or(config.run_as.as_deref()))?;
+    plan.replay_via = Some(ReplayVia { client: client_as_invoked(), command: Vec::new(), workdir: None });
+    if let Some(user) = &plan.launch.user {
+        eprintln!("client class: running as root: submissions build and run as {}", user.name);
+    }
+    let job = class::ClassJob {
+        dir: cli.dir,
+        csv: cli.csv,
+        reports: cli.reports,
+        jobs: cli.jobs,
+        defaults: config.submission,
+        plan,
+    };
+    let max = job.plan.max_by_stage().iter().map(|(_, max)| max).sum::<u32>();
+    let sheet = class::run(&job, |row| {
+        let score = row.score.map_or("not graded".to_string(), |score| format!("{score}/{max}"));
+        let why = if row.reason.is_empty() { String::new() } else { format!(" ({})", row.reason) };
+        println!("{}: {score}{why}", row.label);
+    })?;
+    eprintln!(
+        "client class: {} in {}; reports in {}",
+        grade::report::plural(sheet.rows().count() as u64, "submission"),
+        job.csv.display(),
+        job.reports.display()
+    );
+    Ok(())
 }

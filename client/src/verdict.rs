@@ -17,9 +17,6 @@ fn best<'a>(rows: &[Row], kind: WorkloadKind, models: &[&'a str]) -> Option<(&'a
 
 /// The verdict paragraph. `readers` is the reader pool of `event-async`,
 /// `conns` the connections of each workload, as (kind, conns).
-// handout: stage 6: from this run's rows, say when the asynchronous design was worth it and by how much (slow
-//   storage, cached files, large files, fib), and what limits each model; read
-//   docs/guide/06-was-it-worth-it.md
 pub fn verdict(rows: &[Row], readers: usize, conns: &[(WorkloadKind, usize)]) -> String {
     let conns_of = |kind| conns.iter().find(|(k, _)| *k == kind).map_or(0, |(_, c)| *c);
     let mut out =

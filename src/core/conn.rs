@@ -290,25 +290,6 @@ impl Conn {
 
     /// Answers complete buffered requests, in order, until one has to wait or
     /// the output queue is full. Returns whether any output was queued.
-    // handout: stage 3: while may_start_request(): take the parser's next complete request (none: break), restart
-    //   request_started if a partial one follows, then answer it: a malformed one with its refusal,
-    //   else service.plan(): Ready -> respond, Blocking -> executor.execute (Some -> respond, None
-    //   -> wait_for_work and stop); return whether output was queued; read
-    //   docs/guide/03-serving-files-safely.md
-    // handout: stand-in: // One request per connection, then close: no pipelining.
-    // handout: stand-in: let Some(parsed) = self.parser.next_request() else { return false };
-    // handout: stand-in: match parsed {
-    // handout: stand-in:     Err(malformed) => self.respond(malformed.framing, Response::Refused(malformed.refusal)),
-    // handout: stand-in:     Ok(request) => match service.plan(&request) {
-    // handout: stand-in:         Plan::Ready(response) => self.respond(request.framing, response),
-    // handout: stand-in:         Plan::Blocking(work) => match executor.execute(id, work) {
-    // handout: stand-in:             Some(response) => self.respond(request.framing, response),
-    // handout: stand-in:             None => self.wait_for_work(request.framing),
-    // handout: stand-in:         },
-    // handout: stand-in:     },
-    // handout: stand-in: }
-    // handout: stand-in: self.close_when_done();
-    // handout: stand-in: true
     fn serve_buffered(&mut self, service: &Service, executor: &mut dyn Executor, id: ConnId) -> bool {
         let mut queued = false;
         while self.may_start_request() {

@@ -217,8 +217,6 @@ impl FileRead {
 }
 
 /// The time service's answer: `now` in RFC 3339, UTC, to the second, and a newline.
-// handout: stage 1: format `now` as 2026-11-27T12:00:00Z plus a newline (humantime::format_rfc3339_seconds); read
-//   docs/guide/01-iterative.md
 fn time_of_day(now: SystemTime) -> Vec<u8> {
     format!("{}\n", humantime::format_rfc3339_seconds(now)).into_bytes()
 }

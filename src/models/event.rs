@@ -66,15 +66,6 @@ pub fn run_with_backend<B: Backend>(server: Server) -> Result<(), ServerError> {
 }
 
 /// One event loop, accepting on its seat's listener until stopped.
-// handout: stage 2: set up with seat.take_place(...) a mio Poll, its registry (try_clone), the listener
-//   (non-blocking, LISTENER, READABLE), Signals::new(seat.signals()) (SIGNALS) and B::open(server.readers,
-//   &registry, COMPLETIONS); then Connections::new(seat.max_open_conns(), server.limits),
-//   Events::with_capacity(EVENTS_PER_WAIT), and while !connections.should_exit(): poll() with the
-//   earlier of wait_timeout() and backend.next_deadline(); for each event: LISTENER -> accept(),
-//   SIGNALS -> on_signal for each signal's signals::action_for (deregister the listener once stopping), a
-//   connection's Token -> advance() then update_interest(); then backend.completed() -> complete()
-//   each; close_expired(), and accept() again if accepting was paused; read
-//   docs/guide/02b-event-loop.md
 fn event_loop<B: Backend>(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
     let listener = seat.listener;
     let set_up = || -> io::Result<_> {

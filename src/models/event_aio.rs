@@ -204,9 +204,6 @@ struct AioRead {
 
 impl AioRead {
     /// Submits the read of `buffer.len()` bytes of `fd` at `offset`.
-    // handout: stage 4: zero a boxed libc::aiocb, fill aio_fildes, aio_buf, aio_nbytes, aio_offset and
-    //   (Notification::request) aio_sigevent, then aio_read(3) it (-1: the OS error); read
-    //   docs/guide/04-asynchronous-reads.md
     fn start(fd: i32, buffer: &mut [u8], offset: u64) -> io::Result<AioRead> {
         // SAFETY: aiocb is a plain C struct for which all-zero is a valid,
         // empty value (the documented way to initialise one).
@@ -228,8 +225,6 @@ impl AioRead {
     }
 
     /// `None` while in progress, else the byte count or error.
-    // handout: stage 4: aio_error(3): EINPROGRESS -> None; else mark it finished and aio_return(3) it once:
-    //   Ok(bytes) if the status was 0, else that error; read docs/guide/04-asynchronous-reads.md
     fn result(&mut self) -> Option<io::Result<usize>> {
         // SAFETY: the control block was submitted by aio_read and not yet
         // reaped (aio_return is called at most once, below).

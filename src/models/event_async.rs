@@ -55,9 +55,6 @@ pub struct ThreadPoolReads {
 }
 
 impl Executor for ThreadPoolReads {
-    // handout: stage 4: send the work to self.pool; on the reader thread run it (work.run_blocking()) and post the
-    //   response to self.completions (which wakes the loop); return None; read
-    //   docs/guide/04-asynchronous-reads.md
     fn execute(&mut self, conn: ConnId, work: Work) -> Option<Response> {
         let completions = self.completions.clone();
         self.pool.execute(move || completions.post(conn, work.run_blocking()));

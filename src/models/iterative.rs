@@ -25,9 +25,6 @@ use crate::error::ServerError;
 use crate::server::Server;
 
 /// Serves one connection at a time until stopped.
-// handout: stage 1: install a StoppableAcceptor, announce the server, then while wait() says a client knocks:
-//   accept(1) it and serve() it (read its requests, write the answers, until it hangs up); read
-//   docs/guide/01-iterative.md
 pub fn run(server: Server) -> Result<(), ServerError> {
     let acceptor = StoppableAcceptor::install(&server)?;
     server.announce()?;

@@ -27,11 +27,6 @@ use crate::server::Server;
 use crate::trace;
 
 /// Serves every client from one thread with `poll(2)` until stopped.
-// handout: stage 2: the select loop again with poll(2): start with Connections::start_readiness_loop(&server); each
-//   turn one pollfd per signal-pipe fd, for the listener while is_accepting(), and per client (IN
-//   for wants_read, OUT for wants_write), poll() with wait_timeout() (a Duration: Timespec::try_from
-//   it), then the same three steps (no
-//   FD_SETSIZE: accept_pending(..., |_| true)); read docs/guide/02a-select-and-poll.md
 pub fn run(server: Server) -> Result<(), ServerError> {
     let (mut signal_pipe, mut connections) = Connections::start_readiness_loop(&server)?;
     let Server { listener, service, .. } = &server;

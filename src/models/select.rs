@@ -33,12 +33,6 @@ use crate::server::Server;
 use crate::trace;
 
 /// Serves every client from one thread with `select(2)` until stopped.
-// handout: stage 2: start with Connections::start_readiness_loop(&server) (the signal pipe and the connection table);
-//   while !connections.should_exit(): 1. fill two FdSets: the signal pipe's fds, the listener while
-//   is_accepting(), each client's socket by conn.wants_read()/wants_write(); 2. select() with
-//   connections.wait_timeout() (EINTR: go round again); 3. take the pipe's signals (on_signal),
-//   advance() every ready client, close_expired(), and accept_pending(..., FdSet::fits) if the
-//   listener is ready; read docs/guide/02a-select-and-poll.md
 pub fn run(server: Server) -> Result<(), ServerError> {
     let (mut signal_pipe, mut connections) = Connections::start_readiness_loop(&server)?;
     let Server { listener, service, .. } = &server;

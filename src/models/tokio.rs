@@ -200,10 +200,6 @@ async fn accept_until_stopped(
 /// `select!`s below, and each of those waits holds no bytes of its own:
 /// what was read is in `parser`, what is owed is in `output`, both locals
 /// of this function, so a timer or a stop that wins a race loses nothing.
-// handout: stage 2: (optional part, chapter 2d) the connection as one async fn: in a loop, answer every request
-//   the parser holds (answer().await, queue it on output, at most MAX_QUEUED_OUTPUT_BYTES), send(...).await
-//   what is owed; closing? return; then select! on read_some(...).await, the request or idle deadline
-//   (limits) and stopping.changed(); read docs/guide/02d-async-await.md
 async fn serve_connection(stream: TcpStream, service: &Service, limits: Limits, mut stopping: watch::Receiver<bool>) {
     let mut output = Output::default();
     if let Some(greeting) = service.greeting() {

@@ -83,10 +83,6 @@ impl KernelReads for Uring {
         Ok(Uring { ring, eventfd, in_flight: HashMap::new(), next_id: 0 })
     }
 
-    // handout: stage 4: (optional third part) build an opcode::Read for the unfilled buffer at its offset tagged
-    //   with a new user_data id, push it on the submission queue (unsafe: say why the buffer
-    //   outlives it), keep the read in in_flight, submit(); read
-    //   docs/guide/04-asynchronous-reads.md
     fn submit(&mut self, mut read: PendingRead) -> Result<(), (PendingRead, io::Error)> {
         let id = self.next_id;
         self.next_id += 1;
@@ -112,9 +108,6 @@ impl KernelReads for Uring {
         Ok(())
     }
 
-    // handout: stage 4: (optional third part) drain the eventfd, then for each completion take its read out of
-    //   in_flight by user_data: a result >= 0 is the byte count, else -errno; read
-    //   docs/guide/04-asynchronous-reads.md
     fn reap(&mut self, finished: &mut Vec<(PendingRead, io::Result<usize>)>) {
         // Reset the eventfd so its next completion is a new event.
         let mut count = [0u8; 8];

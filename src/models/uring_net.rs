@@ -765,10 +765,6 @@ struct Loop<'a> {
     techniques: Techniques,
 }
 
-// handout: stage 4: (optional part, chapter 4b) the completion loop: set up the ring (probe()), the buffer
-//   ring and the signal pipes, submit a multishot accept, then until stopped and nothing is in flight:
-//   submit_and_wait(1), and for each completion dispatch on its Op (accept, receive, send, read,
-//   signal); read docs/guide/04b-readiness-and-completion.md
 fn completion_loop(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
     let set_up = || -> io::Result<(IoUring, BufferRing, SignalPipes, Computations, Techniques)> {
         let defer_taskrun = !server.without.contains(&Technique::DeferTaskrun);

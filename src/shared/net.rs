@@ -28,10 +28,6 @@ pub struct ListenOptions {
 
 /// Binds and listens on `addr`. `SO_REUSEADDR` lets a restarted server bind
 /// while old connections linger in `TIME_WAIT`.
-// handout: stage 1: make a TCP socket of addr's family (AddressFamily::INET or INET6) with tcp_socket,
-//   set SO_REUSEADDR (and SO_REUSEPORT if options.reuse_port), bind(2) it to addr, listen(2) with
-//   LISTEN_BACKLOG, defer_accept_until_data if options.wait_for_request; an Errno becomes the
-//   io::Error of ServerError::Bind with .into(); read docs/guide/01-iterative.md
 pub fn listen(addr: SocketAddr, options: ListenOptions) -> Result<TcpListener, ServerError> {
     let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
     let bound = || -> rustix::io::Result<TcpListener> {

@@ -48,8 +48,6 @@ pub fn action_for(signal: i32) -> Option<SignalAction> {
 }
 
 /// Clears the cache and logs `cache cleared: <files> files, <bytes> bytes`.
-// handout: stage 5: clear service.cache() and log `cache cleared: <files> files, <bytes> bytes` with always!; read
-//   docs/guide/05-signals-and-the-cache.md
 pub fn clear_cache(service: &Service) {
     let cleared = service.cache().clear();
     crate::trace::instant(

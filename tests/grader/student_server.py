@@ -47,7 +47,21 @@ BUGS = [
     "blocking-fifo",   # opens files without O_NONBLOCK: a FIFO blocks its one loop
     "aborts-on-control",  # abort()s on a control byte in a request
     "one-request",     # answers one request, then reads and never answers again
+    # Mistakes made writing the loop:
+    "drop-unsent",     # forgets what a non-blocking send did not take
+    "blocking-send",   # sends with a blocking call from the loop
+    "one-line-per-read",  # answers one line per readable event, leaves the rest in the buffer
+    "crlf-split",      # counts a `\r` still waiting for its `\n` against the 4096 bytes
+    "lost-wakeup",     # a reader thread finishes but never wakes the loop
 ]
+
+
+def too_long(buf, bug):
+    """Whether a line with no newline yet is already over the limit; a `\\r`
+    at its end may be half of `\\r\\n`, not counted until the next byte."""
+    if buf.endswith(b"\r") and bug != "crlf-split":
+        return len(buf) - 1 > MAX_LINE
+    return len(buf) > MAX_LINE
 
 
 def log(text):
@@ -215,7 +229,10 @@ class Server:
                 busy = [c for c in conns.values() if c.out or c.waiting]
                 if not busy or time.monotonic() - self.stopping > STOP_GRACE:
                     os._exit(0)
-            for key, events in self.sel.select(timeout=0.25):
+            # The tick only serves the graceful stop; with the lost wakeup
+            # the loop sleeps until an event, as most loops do.
+            tick = None if self.bug == "lost-wakeup" and self.stopping is None else 0.25
+            for key, events in self.sel.select(timeout=tick):
                 if key.data == "listener":
                     self.accept(listener, conns)
                 elif key.data == "wake":
@@ -291,10 +308,14 @@ class Server:
                     newline = conn.inbuf.find(b"\n")
                     if newline >= 0:
                         del conn.inbuf[newline + 1:]
+        lines = 0
         while not conn.waiting and not conn.closing and self.bug != "hangs" and not self.answered_enough():
+            if self.bug == "one-line-per-read" and (lines or not readable):
+                break
+            lines += 1
             newline = conn.inbuf.find(b"\n")
             if newline < 0:
-                if len(conn.inbuf) > MAX_LINE:
+                if too_long(conn.inbuf, self.bug):
                     conn.out.append(memoryview(b"ERR 414 request line too long\n"))
                     conn.closing = True
                 break
@@ -304,15 +325,28 @@ class Server:
         if conn.peer_done and not conn.waiting and not conn.inbuf.count(b"\n"):
             conn.closing = True
         while conn.out:
+            if self.bug == "blocking-send":
+                try:
+                    conn.sock.setblocking(True)
+                    conn.sock.sendall(conn.out.popleft())
+                    conn.sock.setblocking(False)
+                except OSError:
+                    conn.out.clear()
+                    conn.closing = True
+                    return
+                continue
             try:
                 sent = conn.sock.send(conn.out[0])
             except (BlockingIOError, InterruptedError):
+                if self.bug == "drop-unsent":
+                    conn.out.popleft()
+                    continue
                 return
             except OSError:
                 conn.out.clear()
                 conn.closing = True
                 return
-            if sent == len(conn.out[0]):
+            if sent == len(conn.out[0]) or self.bug == "drop-unsent":
                 conn.out.popleft()
             else:
                 conn.out[0] = conn.out[0][sent:]
@@ -346,6 +380,8 @@ class Server:
             except OSError:
                 result = Refused(500, "internal error")
             self.done.put((conn, line, generation, result))
+            if self.bug == "lost-wakeup":
+                return
             try:
                 self.wake_w.send(b"x")
             except BlockingIOError:
@@ -397,7 +433,7 @@ class Server:
         while True:
             newline = inbuf.find(b"\n")
             if newline < 0:
-                if len(inbuf) > MAX_LINE:
+                if too_long(inbuf, self.bug):
                     sock.sendall(b"ERR 414 request line too long\n")
                     return
                 try:

@@ -1,17 +1,30 @@
-//! Every command the README and the guide show runs as written, in order,
-//! so the docs cannot drift from the programs.
+//! Every command the README, the guide and the instructors' page show runs
+//! as written, in order, so the docs cannot drift from the programs.
 //!
 //! Each file's `sh` blocks run in one bash, as a reader would paste them
 //! into one terminal, in a scratch directory holding a copy of `fixtures/`
-//! (chapter 6 edits a fixture) and `target/release/` linked to the binaries
-//! under test. Ports are the kernel's: the docs' 7070, 7071, 7072 and 8080
-//! are replaced by free ports, and `SERVER_PORT`/`SERVER_ADDR` point the
-//! flag-less `server` and `client` at the first. Nothing is added to the
-//! commands: no wait after a background server starts, as none is added
-//! when a person pastes a block (the client itself waits for a server that
-//! is starting; `client --wait`). Skipped: the two set-up commands the CI
-//! runs itself (`cargo ...`, `./benchmark.sh ...`) and lines whose program
-//! is not installed (wrk, nginx), each with a note.
+//! (chapter 6 edits a fixture) and of `docs/`, `target/release/` linked to
+//! the binaries under test, `target/debug/` to the client and the Rust labs
+//! and `labs/c/build/` to the C labs. Ports are the kernel's: the docs'
+//! 7070, 7071, 7072 and 8080 are replaced by free ports, and
+//! `SERVER_PORT`/`SERVER_ADDR` point the flag-less `server` and `client` at
+//! the first. Nothing is added to the commands: no wait after a background
+//! server starts, as none is added when a person pastes a block (the client
+//! itself waits for a server that is starting; `client --wait`). Skipped:
+//! the set-up commands the CI runs itself (`cargo ...`, `make ...`,
+//! `./benchmark.sh ...`) and lines whose program is not installed (wrk,
+//! nginx), each with a note.
+//!
+//! The chapters that teach from the labs (1 to 5) ship in the handouts
+//! (`cargo xtask lab`), so their blocks are tagged: ```` ```sh rust ```` and
+//! ```` ```sh c ```` run one language's labs, ```` ```sh reference ```` the
+//! kit's reference server (which no handout holds), and a plain
+//! ```` ```sh ```` block runs anywhere. Here every block runs; in the
+//! stage-N handouts (Rust and C), each as the student has it after the
+//! stage is written, the stage-N chapters' blocks of that language and the
+//! plain ones run as written, with no reference server anywhere on the
+//! PATH. Their code excerpts are quoted from the labs (`labs/rust/`,
+//! `labs/c/`) or the reference server, and checked against the source.
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -48,7 +61,8 @@ fn documents() -> Vec<PathBuf> {
         .collect();
     chapters.sort(); // README.md sorts after the numbered chapters: put it first
     chapters.sort_by_key(|path| path.file_name().unwrap() != "README.md");
-    [vec![repo.join("README.md")], chapters].concat()
+    // The instructors' page last: its class is graded from the kit's own server.
+    [vec![repo.join("README.md")], chapters, vec![repo.join("docs/instructors.md")]].concat()
 }
 
 /// The fenced blocks of a Markdown file opened with "```" + `lang`, in
@@ -71,9 +85,30 @@ fn fenced_blocks(markdown: &str, lang: &str) -> Vec<Vec<String>> {
     blocks
 }
 
-/// The `sh` blocks of a Markdown file, in order.
+/// The `sh` blocks of a Markdown file, in order, each with its tag
+/// (```` ```sh rust ````: "rust"; a plain ```` ```sh ````: "").
+fn tagged_shell_blocks(markdown: &str) -> Vec<(String, String)> {
+    let mut blocks = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in markdown.lines() {
+        match (&mut current, line.trim_end()) {
+            (None, fence) if fence == "```sh" || fence.starts_with("```sh ") => {
+                current = Some((fence["```sh".len()..].trim().to_string(), String::new()));
+            }
+            (Some(_), "```") => blocks.extend(current.take()),
+            (Some((_, block)), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+/// The `sh` blocks of a Markdown file, in order, whatever their tag.
 fn shell_blocks(markdown: &str) -> Vec<String> {
-    fenced_blocks(markdown, "sh").into_iter().map(|lines| lines.iter().map(|l| format!("{l}\n")).collect()).collect()
+    tagged_shell_blocks(markdown).into_iter().map(|(_, block)| block).collect()
 }
 
 fn free_port() -> u16 {
@@ -96,7 +131,7 @@ fn script(blocks: &[String], ports: &[(u16, u16)]) -> String {
         for line in block.lines() {
             let command = line.split(" #").next().unwrap_or("").trim();
             let program = command.split_whitespace().next().unwrap_or("");
-            if program == "cargo" || program == "./benchmark.sh" {
+            if ["cargo", "make", "./benchmark.sh"].contains(&program) {
                 script.push_str(&format!(": skipped, the CI runs it itself: {command}\n"));
                 continue;
             }
@@ -118,19 +153,48 @@ fn script(blocks: &[String], ports: &[(u16, u16)]) -> String {
 fn scratch() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let copied = Command::new("cp").arg("-r").arg(repo.join("fixtures")).arg(dir.path()).status().unwrap();
-    assert!(copied.success(), "cannot copy the fixtures");
+    for copy in ["fixtures", "docs"] {
+        let copied = Command::new("cp").arg("-r").arg(repo.join(copy)).arg(dir.path()).status().unwrap();
+        assert!(copied.success(), "cannot copy {copy}");
+    }
     let release = dir.path().join("target/release");
     std::fs::create_dir_all(&release).unwrap();
     let client = client_bin(); // builds client and benchmark
     for binary in [PathBuf::from(env!("CARGO_BIN_EXE_server")), client.clone(), client.with_file_name("benchmark")] {
         std::os::unix::fs::symlink(&binary, release.join(binary.file_name().unwrap())).unwrap();
     }
+    link_labs(dir.path());
     dir
+}
+
+/// The Rust labs' programs, by name.
+const RUST_LABS: &[&str] =
+    &["stage1", "stage2-select", "stage2-epoll", "stage3", "stage4-threads", "stage4-aio", "stage5"];
+
+/// Links `dir/target/debug/` to the client and the Rust labs, and
+/// `dir/labs/c/build/` to the C labs, all complete: the programs as a
+/// student has them once the stage is written.
+fn link_labs(dir: &Path) {
+    let debug = dir.join("target/debug");
+    std::fs::create_dir_all(&debug).unwrap();
+    std::os::unix::fs::symlink(client_bin(), debug.join("client")).unwrap();
+    for name in RUST_LABS {
+        std::os::unix::fs::symlink(crate::labs::lab_bin(name), debug.join(name)).unwrap();
+    }
+    let c = dir.join("labs/c");
+    std::fs::create_dir_all(&c).unwrap();
+    let _ = std::fs::remove_dir_all(c.join("build"));
+    std::os::unix::fs::symlink(crate::labs_c::built(), c.join("build")).unwrap();
 }
 
 /// Runs `script` in `dir`; returns its combined output, or why it failed.
 fn run(script: &str, dir: &Path) -> Result<String, String> {
+    let path = std::env::var("PATH").unwrap();
+    run_with_path(script, dir, &format!("{}:{path}", dir.join("target/release").display()))
+}
+
+/// Runs `script` in `dir` with `path` as its PATH.
+fn run_with_path(script: &str, dir: &Path, path: &str) -> Result<String, String> {
     let log = dir.join("doc-check.log");
     // One open file for both streams, so their lines interleave as on a terminal.
     let output = std::fs::File::create(&log).unwrap();
@@ -138,7 +202,7 @@ fn run(script: &str, dir: &Path) -> Result<String, String> {
         .arg("-c")
         .arg(script)
         .current_dir(dir)
-        .env("PATH", format!("{}:{}", dir.join("target/release").display(), std::env::var("PATH").unwrap()))
+        .env("PATH", path)
         .stdin(Stdio::null())
         .stdout(output.try_clone().unwrap())
         .stderr(output)
@@ -212,30 +276,122 @@ fn the_runner_adds_no_wait_after_a_server_starts() {
     assert!(!script.contains("sleep") && !script.contains("/dev/tcp"), "{script}");
 }
 
-/// The `rust` blocks of a Markdown file that quote a source file: their
-/// first line names it (`// src/models/event.rs`).
+/// The `rust` and `c` blocks of a Markdown file that quote a source file:
+/// their first line names it (`// src/models/event.rs`,
+/// `// labs/c/stage1.c, in listen_on()`).
 fn quoted_excerpts(markdown: &str) -> Vec<(String, Vec<String>)> {
-    fenced_blocks(markdown, "rust")
+    [("rust", ".rs"), ("c", ".c")]
         .into_iter()
-        .filter_map(|lines| {
-            let file = lines.first()?.strip_prefix("// ").filter(|file| file.ends_with(".rs"))?.to_string();
-            Some((file, lines[1..].to_vec()))
+        .flat_map(|(lang, ext)| {
+            fenced_blocks(markdown, lang).into_iter().filter_map(move |lines| {
+                let named = lines.first()?.strip_prefix("// ")?;
+                let file = named.split([',', ' ']).next().filter(|file| file.ends_with(ext))?.to_string();
+                Some((file, lines[1..].to_vec()))
+            })
         })
         .collect()
+}
+
+/// A source file as the guide quotes it: a lab without its `// lab:`
+/// marker lines (the program as it reads once its stage is written).
+fn quotable(source: &str) -> Vec<&str> {
+    source.lines().filter(|line| !line.trim_start().starts_with("// lab:")).collect()
 }
 
 #[test]
 fn every_code_excerpt_in_the_guide_is_quoted_from_the_source_as_it_is() {
     let mut checked = 0;
     for document in documents() {
+        let mut quoted_labs = (0, 0);
         for (file, lines) in quoted_excerpts(&std::fs::read_to_string(&document).unwrap()) {
             let source = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(&file))
                 .unwrap_or_else(|_| panic!("{}: quotes {file}, which does not exist", document.display()));
-            let source: Vec<&str> = source.lines().collect();
+            let source = quotable(&source);
             let found = source.windows(lines.len()).any(|window| window.iter().zip(&lines).all(|(a, b)| a == b));
             assert!(found, "{}: this excerpt is no longer in {file}:\n{}", document.display(), lines.join("\n"));
+            quoted_labs.0 += usize::from(file.starts_with("labs/rust/"));
+            quoted_labs.1 += usize::from(file.starts_with("labs/c/"));
             checked += 1;
+        }
+        let name = document.file_name().unwrap().to_string_lossy().into_owned();
+        if lab_chapter_stage(&name).is_some() {
+            assert!(
+                quoted_labs.0 > 0 && quoted_labs.1 > 0,
+                "{name} teaches from the labs: it quotes labs/rust/ ({}) and labs/c/ ({})",
+                quoted_labs.0,
+                quoted_labs.1
+            );
         }
     }
     assert!(checked >= 7, "the chapters quote their code ({checked} excerpts)");
+}
+
+/// The stage of a chapter that teaches from the labs and ships in the
+/// handouts (`02a-select-and-poll.md`: 2), from its number; the side
+/// chapters (`02c`, `02d`, `04b`) and chapter 6 are the kit's alone.
+fn lab_chapter_stage(name: &str) -> Option<u8> {
+    let stage: u8 = name.get(..2)?.parse().ok()?;
+    let side = ["02c", "02d", "04b"].iter().any(|side| name.starts_with(side));
+    ((1..=5).contains(&stage) && !side).then_some(stage)
+}
+
+#[test]
+fn the_lab_chapters_commands_run_as_written_inside_their_stage_handouts() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let place = repo.join("target/docs-handouts");
+    let _ = std::fs::remove_dir_all(&place);
+    std::fs::create_dir_all(&place).unwrap();
+    // No reference server on the PATH: a chapter that needs one fails.
+    let path: Vec<String> = std::env::var("PATH")
+        .unwrap()
+        .split(':')
+        .filter(|dir| !Path::new(dir).join("server").exists())
+        .map(String::from)
+        .collect();
+    let ports: Vec<(u16, u16)> = [7070, 7071, 7072, 8080].into_iter().map(|port| (port, free_port())).collect();
+    let mut checked = 0;
+    for lang in ["rust", "c"] {
+        for stage in 1..=5u8 {
+            let handout = place.join(format!("{lang}-{stage}"));
+            let made = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                .args(["run", "--quiet", "--package", "xtask", "--", "lab", "--lang", lang, "--stage"])
+                .arg(stage.to_string())
+                .arg("--out")
+                .arg(&handout)
+                .current_dir(repo)
+                .output()
+                .unwrap();
+            assert!(
+                made.status.success(),
+                "xtask lab --lang {lang} --stage {stage}: {}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+            link_labs(&handout);
+            let guide = handout.join("docs/guide");
+            let mut chapters: Vec<String> = std::fs::read_dir(&guide)
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|name| lab_chapter_stage(name) == Some(stage))
+                .collect();
+            chapters.sort();
+            assert!(!chapters.is_empty(), "the {lang} stage-{stage} handout ships its chapter");
+            for chapter in chapters {
+                let page = std::fs::read_to_string(guide.join(&chapter)).unwrap();
+                let blocks = tagged_shell_blocks(&page);
+                assert!(blocks.iter().all(|(tag, _)| tag.is_empty()), "{lang} handout, {chapter}: tags are resolved");
+                let blocks: Vec<String> = blocks.into_iter().map(|(_, block)| block).collect();
+                assert!(!blocks.is_empty(), "{lang} handout, {chapter}: the chapter has commands to try");
+                let script = script(&blocks, &ports);
+                match run_with_path(&script, &handout, &path.join(":")) {
+                    Ok(output) => eprintln!("=== {lang} stage-{stage} handout: {chapter}\n{output}"),
+                    Err(why) => panic!(
+                        "the commands of {chapter} do not run as written in the {lang} stage-{stage} handout: {why}\n--- script ---\n{script}"
+                    ),
+                }
+                checked += 1;
+            }
+        }
+    }
+    std::fs::remove_dir_all(&place).unwrap();
+    assert_eq!(checked, 12, "six chapters, in two languages' handouts");
 }

@@ -20,12 +20,16 @@
 //! graded run shows the text). Earlier stages' programs ship complete with
 //! the marker lines dropped; later stages' programs do not ship.
 //!
-//! The handout is a workspace: the cut lab crate (or the C files) in
-//! `labs/`, the kit's `client` (and the `contract` it uses) so that
+//! The handout is a workspace laid out as the kit is: the cut lab crate
+//! in `labs/rust/` (or the C files in `labs/c/`), the kit's `client` (and the `contract` it uses) so that
 //! `client grade` builds beside the student's code, the contract and the
 //! grading docs, and a `README.md` from the lab's `HANDOUT.md` with
-//! `{stage}` replaced. Writing it checks that no line of a cut region is
-//! left anywhere in it.
+//! `{stage}` replaced, and with the lines between `<!-- stage K -->` and
+//! `<!-- /stage -->` kept only when K is the handout's stage (the commands
+//! that name a stage's programs). The guide's chapters of stages 1 to N
+//! ship in `docs/guide/`, with the listings of stage N cut (see
+//! [`guide_page`]). Writing it checks that no line of a cut region is left
+//! anywhere in it.
 
 use std::path::{Path, PathBuf};
 
@@ -66,6 +70,8 @@ const END: &str = "// lab:end";
 pub struct Region {
     /// The 1-based line of its `lab:begin`.
     pub line: usize,
+    /// The 1-based line of its `// TODO:` in the handout (cut programs).
+    pub handout_line: usize,
     /// Its statement, the todo lines joined by spaces.
     pub todo: String,
     /// The solution lines, as written.
@@ -141,6 +147,7 @@ pub fn cut(source: &str, lang: Lang, mode: Mode) -> Result<(String, Vec<Region>)
         ensure!(!todo.is_empty(), "line {}: a region states its task in `// lab:todo` lines", index + 1);
         ensure!(solution.iter().any(|l| !l.trim().is_empty()), "line {}: a region holds the solution lines", index + 1);
         let statement = todo.join(" ");
+        let handout_line = out.lines().count() + 1;
         match mode {
             Mode::Complete => {
                 for line in &solution {
@@ -168,9 +175,20 @@ pub fn cut(source: &str, lang: Lang, mode: Mode) -> Result<(String, Vec<Region>)
                 }
             }
         }
-        regions.push(Region { line: index + 1, todo: statement, solution });
+        regions.push(Region { line: index + 1, handout_line, todo: statement, solution });
     }
     Ok((out, regions))
+}
+
+/// A cut Rust program with the warnings its TODOs cause (imports and
+/// helpers not used yet, code after a `todo!`) allowed, after its module
+/// docs, so that the build shows the student's own mistakes.
+fn quiet_until_written(text: &str) -> String {
+    let docs = text.lines().take_while(|line| line.starts_with("//!")).count();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.insert(docs, "// Until the TODOs are written, their helpers and imports are unused: remove this line then.");
+    lines.insert(docs + 1, "#![allow(unused, unreachable_code)]");
+    lines.join("\n") + "\n"
 }
 
 /// `text` inside a `todo!("...")`: escaped, and with braces doubled since
@@ -179,13 +197,29 @@ fn rust_literal(text: &str) -> String {
     text.escape_debug().to_string().replace('{', "{{").replace('}', "}}")
 }
 
-/// Whether a line may appear in a handout though a region holds it: blank,
-/// only brackets and punctuation, or a bare jump (`break;`, `return 0;`).
+/// Whether a line may appear in a handout though a region holds it: one
+/// that says nothing of the answer. Blank, brackets and punctuation, an
+/// attribute, or two words at most (`loop {`, `break;`, `return 0;`,
+/// `} else {`, `enum Phase {`, `phase: Phase,`).
 pub fn is_trivial(line: &str) -> bool {
     let line = line.trim();
-    line.chars().all(|c| "{}()[];,".contains(c))
-        || ["break;", "continue;", "return;", "return 0;", "return -1;", "Ok(())", "} else {", "else {"].contains(&line)
+    line.chars().all(|c| "{}()[];,".contains(c)) || line.starts_with("#[") || words(line) <= 2
 }
+
+/// The words of a line: runs of letters, digits and underscores.
+fn words(line: &str) -> usize {
+    line.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|word| !word.is_empty()).count()
+}
+
+/// Kit files a handout leaves out: `bare` (a benchmark's epoll server)
+/// would answer stage 2.
+const LEFT_OUT: &[&str] = &["client/src/bin/bare.rs"];
+
+/// The kit's own crates, copied as they are: written without the labs, so
+/// a short line in common with a region (`match self.stream.read(&mut
+/// buf) {`) is an idiom, not a copy. There a leak is a line of 4 words or
+/// more.
+const KIT_COPIES: &[&str] = &["client", "contract"];
 
 /// The stage a program's file name says (`stage2-select.rs`: 2).
 fn stage_of(name: &str) -> Option<u8> {
@@ -217,7 +251,9 @@ pub fn write_handout(repo: &Path, lang: Lang, stage: u8, out: &Path) -> Result<V
         program_dir.display(),
         lang.extension()
     );
-    let labs_out = out.join("labs");
+    // The repository's layout (`labs/rust/`, `labs/c/`): the guide's
+    // excerpts and commands name the same paths in the kit and here.
+    let labs_out = out.join("labs").join(lang.name());
     let programs_out = match lang {
         Lang::Rust => labs_out.join("src/bin"),
         Lang::C => labs_out.clone(),
@@ -228,7 +264,12 @@ pub fn write_handout(repo: &Path, lang: Lang, stage: u8, out: &Path) -> Result<V
         let from = program_dir.join(name);
         let source = std::fs::read_to_string(&from).with_context(|| format!("cannot read {}", from.display()))?;
         let mode = if *of == stage { Mode::Cut } else { Mode::Complete };
-        let (text, regions) = cut(&source, lang, mode).with_context(|| format!("in {}", from.display()))?;
+        let (mut text, mut regions) = cut(&source, lang, mode).with_context(|| format!("in {}", from.display()))?;
+        if mode == Mode::Cut && lang == Lang::Rust {
+            text = quiet_until_written(&text);
+            // Its two lines come before every region (which never sits in the module docs).
+            regions.iter_mut().for_each(|region| region.handout_line += 2);
+        }
         if *of == stage {
             ensure!(!regions.is_empty(), "{}: the stage-{stage} program marks no lesson", from.display());
         }
@@ -255,8 +296,8 @@ pub fn write_handout(repo: &Path, lang: Lang, stage: u8, out: &Path) -> Result<V
     }
     // The grader, built beside the student's code: `client grade` runs
     // from the handout as written, with no PATH change.
-    for crate_dir in ["client", "contract"] {
-        copy_tree(&repo.join(crate_dir), &out.join(crate_dir))?;
+    for crate_dir in KIT_COPIES {
+        copy_tree(repo, &repo.join(crate_dir), &out.join(crate_dir))?;
     }
     for file in ["Cargo.lock", "rustfmt.toml"] {
         copy_file(&repo.join(file), &out.join(file))?;
@@ -266,23 +307,193 @@ pub fn write_handout(repo: &Path, lang: Lang, stage: u8, out: &Path) -> Result<V
         copy_file(&repo.join("docs").join(doc), &out.join("docs").join(doc))?;
     }
     let members = match lang {
-        Lang::Rust => r#"["labs", "client", "contract"]"#,
+        Lang::Rust => r#"["labs/rust", "client", "contract"]"#,
         Lang::C => r#"["client", "contract"]"#,
     };
     std::fs::write(
         out.join("Cargo.toml"),
         format!(
-            "# The stage-{stage} handout: your code in labs/, the grader in client/.\n\
-             [workspace]\nmembers = {members}\nresolver = \"2\"\n"
+            "# The stage-{stage} handout: your code in labs/{lang}/, the grader in client/.\n\
+             [workspace]\nmembers = {members}\nresolver = \"2\"\n",
+            lang = lang.name()
         ),
     )?;
     std::fs::write(out.join(".gitignore"), "/target\n/grade-logs\n")?;
+    prune_lock(out)?;
     let page = std::fs::read_to_string(lab.join("HANDOUT.md"))
         .with_context(|| format!("{} is the handout's README template", lab.join("HANDOUT.md").display()))?;
-    std::fs::write(out.join("README.md"), page.replace("{stage}", &stage.to_string()))?;
+    let page = front_page(&page, stage).with_context(|| format!("in {}", lab.join("HANDOUT.md").display()))?;
+    std::fs::write(out.join("README.md"), page)?;
+    write_guide(repo, lang, stage, out)?;
     let leaks = leaks(out, cuts.iter().map(|(_, region)| region))?;
     ensure!(leaks.is_empty(), "lines of a cut region are left in the handout:\n{}", leaks.join("\n"));
     Ok(cuts)
+}
+
+/// Trims the kit's `Cargo.lock` to the handout's smaller workspace, so
+/// the student's first `cargo build` does not rewrite a file they never
+/// touched (and `--locked` works there too).
+fn prune_lock(out: &Path) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // Offline and members only: no version moves, nothing is downloaded.
+    let done = std::process::Command::new(cargo)
+        .args(["update", "--workspace", "--offline", "--quiet"])
+        .current_dir(out)
+        .output()
+        .context("cannot run cargo update to trim the handout's Cargo.lock")?;
+    if !done.status.success() {
+        // Not fatal: the handout builds with the kit's lock, and cargo trims it then.
+        eprintln!(
+            "note: the handout's Cargo.lock is the kit's, untrimmed (cargo update --offline: {})",
+            String::from_utf8_lossy(&done.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The handout's README from its template: `{stage}` is the stage, and
+/// a `<!-- stage K -->` ... `<!-- /stage -->` section stays only in the
+/// stage-K handout, without its markers.
+pub fn front_page(template: &str, stage: u8) -> Result<String> {
+    let mut page = String::new();
+    let mut section: Option<u8> = None;
+    for (index, line) in template.lines().enumerate() {
+        let trimmed = line.trim();
+        if let Some(rest) = trimmed.strip_prefix("<!-- stage ").and_then(|rest| rest.strip_suffix("-->")) {
+            ensure!(section.is_none(), "line {}: a stage section inside a stage section", index + 1);
+            section = Some(rest.trim().parse().with_context(|| format!("line {}: {rest:?} is no stage", index + 1))?);
+            continue;
+        }
+        if trimmed == "<!-- /stage -->" {
+            ensure!(section.take().is_some(), "line {}: no stage section to close", index + 1);
+            continue;
+        }
+        if section.is_none_or(|of| of == stage) {
+            page.push_str(&line.replace("{stage}", &stage.to_string()));
+            page.push('\n');
+        }
+    }
+    ensure!(section.is_none(), "a stage section is not closed with `<!-- /stage -->`");
+    Ok(page)
+}
+
+/// The guide's chapters that teach from the labs, with their stage: a
+/// stage-N handout ships those of stages 1 to N (the side chapters are
+/// about the reference server, which no handout ships).
+pub const CHAPTERS: &[(&str, u8)] = &[
+    ("01-iterative.md", 1),
+    ("02a-select-and-poll.md", 2),
+    ("02b-event-loop.md", 2),
+    ("03-serving-files-safely.md", 3),
+    ("04-asynchronous-reads.md", 4),
+    ("05-signals-and-the-cache.md", 5),
+];
+
+const ANSWER: &str = "<!-- lab:answer -->";
+const ANSWER_END: &str = "<!-- /lab:answer -->";
+
+/// Writes `docs/guide/` of the stage-`stage` handout: the chapters up to
+/// the stage, each as [`guide_page`] makes it, and an index.
+fn write_guide(repo: &Path, lang: Lang, stage: u8, out: &Path) -> Result<()> {
+    let guide = out.join("docs/guide");
+    std::fs::create_dir_all(&guide)?;
+    let mut index = format!(
+        "# The guide, chapters 1 to {stage}\n\n\
+         The kit's guide, as far as this stage. Each chapter shows what you write (the\n\
+         listings of `labs/`, in Rust and in C), then how the kit's reference server does\n\
+         the same at scale, then what to predict and measure. The listings of stage\n\
+         {stage} are left out: they are yours to write. Links to the reference server's\n\
+         source (`src/`) and to the other chapters point into the kit, which this\n\
+         handout does not hold.\n\n"
+    );
+    for (name, of) in CHAPTERS.iter().filter(|(_, of)| *of <= stage) {
+        let from = repo.join("docs/guide").join(name);
+        let text = std::fs::read_to_string(&from).with_context(|| format!("cannot read {}", from.display()))?;
+        let page = guide_page(&text, lang, *of == stage).with_context(|| format!("in {}", from.display()))?;
+        let title = page.lines().next().unwrap_or(name).trim_start_matches("# ").to_string();
+        index.push_str(&format!("- [{title}]({name})\n"));
+        std::fs::write(guide.join(name), page)?;
+    }
+    std::fs::write(guide.join("README.md"), index)?;
+    Ok(())
+}
+
+/// A chapter as a handout of `lang` ships it. Between `<!-- lab:answer -->`
+/// and `<!-- /lab:answer -->` are the listings a student writes at the
+/// chapter's stage: with `cut_answers` they become one line saying so,
+/// else the markers go. A ```` ```sh reference ```` block runs the kit's
+/// reference server: it stays, as text, under a line saying where it runs.
+/// A ```` ```sh rust ```` or ```` ```sh c ```` block runs one language's
+/// labs: kept as ```` ```sh ```` in that language's handout, left out of
+/// the other's.
+pub fn guide_page(chapter: &str, lang: Lang, cut_answers: bool) -> Result<String> {
+    let mut page = String::new();
+    let mut in_answer = false;
+    let mut fence: Option<bool> = None; // inside a fenced block: whether it is kept
+    for (index, line) in chapter.lines().enumerate() {
+        let trimmed = line.trim_end();
+        if fence.is_none() && trimmed == ANSWER {
+            ensure!(!in_answer, "line {}: an answer inside an answer", index + 1);
+            in_answer = true;
+            if cut_answers {
+                page.push_str(
+                    "*(Here the kit's guide shows the listings, in Rust and in C. In this handout they are \
+                     yours to write, at the `// TODO:` lines of your programs.)*\n",
+                );
+            }
+            continue;
+        }
+        if fence.is_none() && trimmed == ANSWER_END {
+            ensure!(in_answer, "line {}: no answer to close", index + 1);
+            in_answer = false;
+            continue;
+        }
+        let keep = !(in_answer && cut_answers);
+        match (fence, trimmed) {
+            (None, opening) if opening.starts_with("```") => {
+                let info: Vec<&str> = opening[3..].split_whitespace().collect();
+                let (shown, kept) = match info[..] {
+                    ["sh", "reference"] => {
+                        if keep {
+                            page.push_str("In the kit, with its reference server (not part of this handout):\n\n");
+                        }
+                        ("```text".to_string(), true)
+                    }
+                    ["sh", tag] if tag == "rust" || tag == "c" => ("```sh".to_string(), tag == lang.name()),
+                    ["sh", ..] if info.len() > 1 => {
+                        bail!("line {}: {opening:?}: sh blocks are tagged rust, c or reference", index + 1)
+                    }
+                    _ => (trimmed.to_string(), true),
+                };
+                fence = Some(kept);
+                if keep && kept {
+                    page.push_str(&shown);
+                    page.push('\n');
+                }
+            }
+            (Some(kept), "```") => {
+                fence = None;
+                if keep && kept {
+                    page.push_str("```\n");
+                }
+            }
+            (Some(kept), _) => {
+                if keep && kept {
+                    page.push_str(line);
+                    page.push('\n');
+                }
+            }
+            (None, _) => {
+                if keep {
+                    page.push_str(line);
+                    page.push('\n');
+                }
+            }
+        }
+    }
+    ensure!(!in_answer, "an answer is not closed with `{ANSWER_END}`");
+    ensure!(fence.is_none(), "a fenced block is not closed");
+    Ok(page)
 }
 
 /// Lines of `regions` (not trivial ones) found in a file under `root`, as
@@ -305,8 +516,10 @@ pub fn leaks<'a>(root: &Path, regions: impl IntoIterator<Item = &'a Region>) -> 
                 continue;
             }
             let Ok(text) = std::fs::read_to_string(&path) else { continue };
-            for line in text.lines().map(str::trim).filter(|line| cut.contains(line)) {
-                found.push(format!("{}: {line}", path.strip_prefix(root).unwrap_or(&path).display()));
+            let relative = path.strip_prefix(root).unwrap_or(&path);
+            let kit = KIT_COPIES.iter().any(|dir| relative.starts_with(dir));
+            for line in text.lines().map(str::trim).filter(|line| cut.contains(line) && (!kit || words(line) >= 4)) {
+                found.push(format!("{}: {line}", relative.display()));
             }
         }
     }
@@ -322,16 +535,16 @@ fn copy_file(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+fn copy_tree(repo: &Path, from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
     for entry in std::fs::read_dir(from).with_context(|| format!("cannot list {}", from.display()))? {
         let entry = entry?;
         let path = entry.path();
         if path.is_dir() {
             if entry.file_name() != "target" {
-                copy_tree(&path, &to.join(entry.file_name()))?;
+                copy_tree(repo, &path, &to.join(entry.file_name()))?;
             }
-        } else {
+        } else if !LEFT_OUT.iter().any(|left_out| path.strip_prefix(repo).is_ok_and(|p| p == Path::new(left_out))) {
             copy_file(&path, &to.join(entry.file_name()))?;
         }
     }
@@ -363,7 +576,8 @@ mod tests {
     fn a_rust_region_becomes_its_todo_text_and_a_todo_or_its_stub() {
         let (handout, regions) = cut(RUST, Lang::Rust, Mode::Cut).unwrap();
         assert_eq!(regions.len(), 2);
-        assert_eq!(regions[0].line, 3);
+        assert_eq!((regions[0].line, regions[0].handout_line), (3, 3));
+        assert_eq!((regions[1].line, regions[1].handout_line), (9, 6));
         assert_eq!(regions[1].solution, vec!["    let z = 2;".to_string()]);
         let expected = "fn main() {
     let x = 1;
@@ -423,10 +637,10 @@ mod tests {
 
     #[test]
     fn trivial_lines_are_brackets_and_bare_jumps() {
-        for line in ["", "   }", "});", "break;", "return 0;"] {
+        for line in ["", "   }", "});", "break;", "return 0;", "loop {", "#[derive(Debug, PartialEq)]"] {
             assert!(is_trivial(line), "{line:?}");
         }
-        for line in ["let z = 2;", "close(fd);", "return n;"] {
+        for line in ["let z = 2;", "close(fd, 0);", "return n + 1;"] {
             assert!(!is_trivial(line), "{line:?}");
         }
     }
@@ -444,6 +658,37 @@ mod tests {
         let out = repo.path().join("out");
         let err = write_handout(repo.path(), Lang::C, 1, &out).unwrap_err().to_string();
         assert!(err.contains("labs/c does not exist"), "{err}");
+    }
+
+    #[test]
+    fn the_front_page_keeps_its_stage_sections_only() {
+        let template = "# Stage {stage}\n<!-- stage 1 -->\nrun stage1\n<!-- /stage -->\n<!-- stage 2 -->\nrun stage2-select\n<!-- /stage -->\nend\n";
+        assert_eq!(front_page(template, 2).unwrap(), "# Stage 2\nrun stage2-select\nend\n");
+        assert_eq!(front_page(template, 3).unwrap(), "# Stage 3\nend\n");
+        assert!(front_page("<!-- stage 1 -->\nopen\n", 1).is_err());
+        assert!(front_page("<!-- /stage -->\n", 1).is_err());
+    }
+
+    #[test]
+    fn a_chapter_loses_its_answers_and_the_other_language_and_marks_the_reference() {
+        let chapter = "# 1. Title\ntext\n<!-- lab:answer -->\n```rust\n// labs/rust/src/bin/stage1.rs\nlet y = 2;\n```\n\
+                       <!-- /lab:answer -->\n```sh rust\n./target/debug/stage1 &\n```\n```sh c\nlabs/c/build/stage1 &\n```\n\
+                       ```sh reference\n./target/release/server &\n```\n";
+        let cut = guide_page(chapter, Lang::Rust, true).unwrap();
+        assert!(!cut.contains("let y = 2;") && cut.contains("yours to write"), "{cut}");
+        assert!(cut.contains("```sh\n./target/debug/stage1 &\n```") && !cut.contains("labs/c/build"), "{cut}");
+        assert!(
+            cut.contains("reference server (not part of this handout):\n\n```text\n./target/release/server &"),
+            "{cut}"
+        );
+        let kept = guide_page(chapter, Lang::C, false).unwrap();
+        assert!(
+            kept.contains("let y = 2;") && !kept.contains("lab:answer") && !kept.contains("yours to write"),
+            "{kept}"
+        );
+        assert!(kept.contains("```sh\nlabs/c/build/stage1 &") && !kept.contains("debug/stage1"), "{kept}");
+        assert!(guide_page("<!-- lab:answer -->\nx\n", Lang::C, true).is_err());
+        assert!(guide_page("```sh python\nx\n```\n", Lang::C, true).is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A Gradescope autograder, written by `client grade --write-gradescope DIR`:
 //! `setup.sh` (run once when the image is built), `run_autograder` (run
-//! for every submission: grades it, writes `results.json`), this client
+//! for every submission: builds it as its `grade.toml` says, in a copy,
+//! as an unprivileged user, grades it, writes `results.json`), this client
 //! binary (and the kit's `server` beside it, for stage 6's comparison), and
 //! `course.toml` (the instructor's points and visibility).
 //!
@@ -18,12 +19,20 @@ use anyhow::{ensure, Context, Result};
 /// Writes the bundle into `dir` (created if needed) for `stages`, with the
 /// config at `config` if any and the server command `command` (run in the
 /// submission's folder, with `{port}`, `{root}`, `{delay}`).
+/// Without a command, each submission's `grade.toml` (or the config's
+/// `[submission]`) names it.
 pub fn write(dir: &Path, stages: &[u8], config: Option<&Path>, command: &[String]) -> Result<()> {
-    ensure!(
-        !command.is_empty(),
-        "give the submission's server command after `--`, as run in its folder, e.g. -- ./server --port {{port}} \
-         --root {{root}} --read-delay-ms {{delay}}"
-    );
+    if command.is_empty() {
+        let has_run = config
+            .and_then(|path| super::Config::load(path).ok())
+            .is_some_and(|config| config.submission.run.is_some());
+        ensure!(
+            has_run || config.is_some(),
+            "give the submission's server command after `--`, as run in its folder (e.g. -- ./server --port {{port}} \
+             --root {{root}} --read-delay-ms {{delay}}), or a --config whose [submission] names `run` (each \
+             submission's grade.toml may name its own)"
+        );
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let client = std::env::current_exe().context("cannot find the client binary to copy")?;
     copy_executable(&client, &dir.join("client"))?;
@@ -38,8 +47,9 @@ pub fn write(dir: &Path, stages: &[u8], config: Option<&Path>, command: &[String
     std::fs::write(dir.join("course.toml"), course)?;
     let stages: Vec<String> = stages.iter().map(u8::to_string).collect();
     let command: Vec<String> = command.iter().map(|arg| shell_quote(arg)).collect();
+    let command = if command.is_empty() { String::new() } else { format!(" -- {}", command.join(" ")) };
     write_script(&dir.join("setup.sh"), SETUP)?;
-    let run = RUN.replace("@STAGES@", &stages.join(",")).replace("@COMMAND@", &command.join(" "));
+    let run = RUN.replace("@STAGES@", &stages.join(",")).replace("@COMMAND@", &command);
     write_script(&dir.join("run_autograder"), &run)?;
     Ok(())
 }
@@ -55,23 +65,28 @@ if [ -f /autograder/source/server ]; then chmod +x /autograder/source/server; fi
 
 const RUN: &str = r#"#!/usr/bin/env bash
 # Gradescope runs this for every submission; written by
-# `client grade --write-gradescope`. It grades stages @STAGES@ and writes
-# results.json (exit 2 of the grader, "grading could not run", is reported
-# as a score of 0 with the reason).
+# `client grade --write-gradescope`. It builds the submission as its
+# grade.toml says (in a copy, as an unprivileged user: Gradescope runs
+# this as root), grades stages @STAGES@ and writes results.json. Exit 2 of
+# the grader (the submission cannot be built or started) is a score of 0
+# with the reason; exit 3 (this machine cannot grade) writes no results,
+# so Gradescope shows the autograder as failed and the staff can rerun it.
 set -u
 source_dir="${AUTOGRADER_SOURCE:-/autograder/source}"
 submission="${SUBMISSION:-/autograder/submission}"
 results="${RESULTS:-/autograder/results}"
 mkdir -p "$results"
-cd "$submission" || exit 1
 "$source_dir/client" grade --stages @STAGES@ --config "$source_dir/course.toml" --format gradescope \
-  --logs "$results/grade-logs" -- @COMMAND@ > "$results/results.json" 2> "$results/grader.err"
+  --logs "$results/grade-logs" --submission "$submission"@COMMAND@ > "$results/results.json" 2> "$results/grader.err"
 status=$?
+cat "$results/grader.err" >&2
 if [ "$status" -eq 2 ]; then
   reason=$(tr -d '"\\' < "$results/grader.err" | tr '\n' ' ')
   printf '{"score":0,"output":"grading could not run: %s"}\n' "$reason" > "$results/results.json"
+elif [ "$status" -eq 3 ]; then
+  rm -f "$results/results.json"
+  exit 1
 fi
-cat "$results/grader.err" >&2
 exit 0
 "#;
 
@@ -88,7 +103,7 @@ fn copy_executable(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// `arg` as one shell word: as is when it is plain, else single-quoted.
-fn shell_quote(arg: &str) -> String {
+pub fn shell_quote(arg: &str) -> String {
     let plain = !arg.is_empty() && arg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./{}=:,@%+".contains(&b));
     if plain {
         arg.to_string()

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustix::process::Signal;
 
-use super::fixture::{Fixture, HIDDEN, SECRET, SLOW_FILES};
+use super::fixture::{pattern, Fixture, HIDDEN, LARGE_REPLY, SECRET, SLOW_FILES};
 use super::target::{Setup, Target};
 use super::wire::{contains, fetch, preview, Conn, Reply};
 
@@ -154,6 +154,22 @@ pub fn catalog() -> Vec<Check> {
             stalled_client,
         ),
         check("concurrency.many_clients", 2, 3, "20 connected clients are all answered", FILES, many_clients),
+        check(
+            "concurrency.large_reply",
+            2,
+            3,
+            "a reply larger than the socket buffers, to a client that stalls, arrives whole while another is served",
+            FILES,
+            large_reply,
+        ),
+        check(
+            "concurrency.stalled_reader",
+            2,
+            5,
+            "a client that stops reading a large reply does not stop another",
+            FILES,
+            stalled_reader,
+        ),
         check("files.small", 3, 2, "a small file, byte for byte", FILES, |c| file_exact(c, "small.txt")),
         check("files.empty", 3, 1, "an empty file: OK 0", FILES, |c| file_exact(c, "empty.txt")),
         check("files.one_mib", 3, 2, "a 1 MiB file, byte for byte", FILES, |c| file_exact(c, "1m.bin")),
@@ -192,6 +208,14 @@ pub fn catalog() -> Vec<Check> {
             FILES,
             line_limit,
         ),
+        check(
+            "protocol.line_limit_split",
+            3,
+            1,
+            "4096 bytes and a `\\r` in one write, the `\\n` in the next: served",
+            FILES,
+            line_limit_split,
+        ),
         check("protocol.pipelined", 3, 3, "five requests in one write: five replies, in order", FILES, pipelined),
         check("protocol.dribbled", 3, 2, "a request sent one byte at a time", FILES, dribbled),
         check("protocol.slow_reader", 3, 3, "a client that reads slowly still gets every byte", FILES, slow_reader),
@@ -211,6 +235,14 @@ pub fn catalog() -> Vec<Check> {
             "a cached file is answered while slow reads are pending",
             Setup::Files { delay_ms: SLOW_DELAY_MS },
             cached_while_pending,
+        ),
+        check(
+            "async.wakeup",
+            4,
+            3,
+            "a lone slow read is answered when it completes, with no other traffic",
+            Setup::Files { delay_ms: SLOW_DELAY_MS },
+            wakeup,
         ),
         local(check("cache.stale_until_sighup", 5, 3, "an edited file is served from the cache", FILES, stale)),
         local(check("cache.fresh_after_sighup", 5, 3, "after SIGHUP the new content is served", FILES, fresh)),
@@ -363,6 +395,92 @@ fn many_clients(ctx: &mut Ctx) -> Outcome {
     Outcome::Pass(None)
 }
 
+/// The receive buffer of a client that reads slowly (the kernel doubles
+/// it): the large reply then waits in the server's send buffer, full.
+const SLOW_RCVBUF: usize = 16 * 1024;
+
+const HINT_UNSENT: &str = "send may take only part of what you give it (or nothing: EAGAIN): keep what send did \
+     not take in the client's output buffer and wait for write readiness to send the rest";
+const HINT_BLOCKING_SEND: &str = "a blocking send in the loop stalls every client until one slow reader reads: \
+     make client sockets non-blocking, keep what send did not take, and send it when the socket is writable";
+
+/// Connects client A with a small receive buffer, asks for the large file,
+/// waits until its reply has begun and then reads nothing for a while: when
+/// this returns the server's send buffer for A is full, and the rest of the
+/// reply waits in the server (a loop that sends blocking is stuck in send).
+fn stalled_large_reply(ctx: &Ctx, sent: &str, hint: &'static str) -> Result<Conn, Outcome> {
+    let mut conn = Conn::open(ctx.addr(), ctx.budget(10.0)).map_err(|e| fail(sent, "a connection", e, HINT_START))?;
+    conn.set_receive_buffer(SLOW_RCVBUF).map_err(Outcome::Skip)?;
+    let request = line(LARGE_REPLY.as_bytes());
+    conn.send(&request).map_err(|e| fail(sent, "sent", e, hint))?;
+    conn.await_reply_start().map_err(|e| fail(sent, "the reply to A begins", e, hint))?;
+    std::thread::sleep(ctx.budget(0.3));
+    Ok(conn)
+}
+
+fn large_reply(ctx: &mut Ctx) -> Outcome {
+    let sent = format!(
+        "client A (a 16 KiB receive buffer): {LARGE_REPLY}, then reads nothing for 400 ms while client B asks for \
+         small.txt, then reads the rest (through its small window)"
+    );
+    let mut stalled = match stalled_large_reply(ctx, &sent, HINT_UNSENT) {
+        Ok(conn) => conn,
+        Err(outcome) => return outcome,
+    };
+    // B is answered while A's reply waits (or, from a loop that sends
+    // blocking, once A reads again: stalled_reader's business, not this one's).
+    let (addr, budget) = (ctx.addr(), ctx.budget(10.0));
+    let other = std::thread::spawn(move || fetch(addr, b"small.txt", budget));
+    std::thread::sleep(ctx.budget(0.1));
+    stalled.due_in(ctx.budget(5.0));
+    // Through A's small window the server's send buffer drains and fills
+    // again several times: each time send takes part, and the rest waits.
+    let got = stalled.reply();
+    let other = other.join().unwrap_or_else(|_| Err("the client thread failed".into()));
+    if let Err(outcome) = expect_ok(got, &ctx.fixture.content(LARGE_REPLY), &sent, HINT_UNSENT) {
+        return outcome;
+    }
+    // No answer for B while A stays connected: one client at a time. A wrong
+    // one: the clients' output mixed (each needs its own buffer).
+    let hint = if other.is_err() { HINT_CONCURRENCY } else { HINT_UNSENT };
+    match expect_ok(other, &ctx.fixture.content("small.txt"), &sent, hint) {
+        Ok(()) => Outcome::Pass(None),
+        Err(outcome) => outcome,
+    }
+}
+
+fn stalled_reader(ctx: &mut Ctx) -> Outcome {
+    let limit = ctx.budget(2.0);
+    let sent = format!(
+        "client A (a 16 KiB receive buffer): {LARGE_REPLY}, then reads nothing; 300 ms later client B: small.txt"
+    );
+    let stalled = match stalled_large_reply(ctx, &sent, HINT_BLOCKING_SEND) {
+        Ok(conn) => conn,
+        Err(outcome) => return outcome,
+    };
+    let asked = Instant::now();
+    let got = fetch(ctx.addr(), b"small.txt", limit);
+    let took = asked.elapsed();
+    // A hangs up with its reply unread: the server must cope (EPIPE or
+    // ECONNRESET on its next send), as with any client that goes away.
+    drop(stalled);
+    match got {
+        Ok(Reply::Ok(body)) if body == ctx.fixture.content("small.txt") => {
+            Outcome::Pass(Some(format!("B answered in {took:.1?} while A's reply waited")))
+        }
+        Err(err) => fail(
+            sent,
+            format!("B answered within {limit:?} while A reads nothing"),
+            format!("{err}: B waited for A"),
+            HINT_BLOCKING_SEND,
+        ),
+        other => match expect_ok(other, &ctx.fixture.content("small.txt"), &sent, HINT_BLOCKING_SEND) {
+            Ok(()) => Outcome::Pass(None),
+            Err(outcome) => outcome,
+        },
+    }
+}
+
 // Stage 3 ------------------------------------------------------------------
 
 const HINT_FILES: &str = "send exactly `OK <size>\\n` and then every byte of the file (loop until all is written)";
@@ -396,7 +514,7 @@ const HINT_RULES: &str = "see the rules table of docs/assignment.md: skip `.` an
 fn unreadable(ctx: &mut Ctx) -> Outcome {
     // Permissions do not bind root: where the grader itself can read the
     // file, so can a server run by the same user.
-    if std::fs::File::open(ctx.fixture.root().join("unreadable.txt")).is_ok() {
+    if ctx.target.reads_as_grader() && std::fs::File::open(ctx.fixture.root().join("unreadable.txt")).is_ok() {
         return Outcome::Skip("the file is readable here (the grader runs as root): not testable".into());
     }
     refused(ctx, &[b"unreadable.txt"], &[403])
@@ -454,6 +572,25 @@ fn line_limit(ctx: &mut Ctx) -> Outcome {
         Err(err) => fail(sent, "ERR 414", err, hint),
     };
     replaying(outcome, &over)
+}
+
+fn line_limit_split(ctx: &mut Ctx) -> Outcome {
+    let want = ctx.fixture.content("small.txt");
+    let hint = "a `\\r` at the end of what has arrived may be the first half of `\\r\\n`: do not count it against \
+         the 4096 bytes (nor answer 414) until the next byte shows it is not";
+    let sent = "a 4096-byte line (./././... small.txt) and \\r in one write, 50 ms later \\n";
+    let mut first = padded_small_txt(4096);
+    first.push(b'\r');
+    let result = Conn::open(ctx.addr(), ctx.budget(5.0)).and_then(|mut conn| {
+        conn.send(&first)?;
+        std::thread::sleep(Duration::from_millis(50));
+        conn.send(b"\n")?;
+        conn.reply()
+    });
+    match expect_ok(result, &want, sent, hint) {
+        Ok(()) => Outcome::Pass(None),
+        Err(outcome) => outcome,
+    }
 }
 
 /// Each path must be refused with one of `codes`, and no reply may carry
@@ -559,7 +696,8 @@ fn pipelined(ctx: &mut Ctx) -> Outcome {
 fn pipelined_once(ctx: &mut Ctx) -> Outcome {
     let names = ["small.txt", "1m.bin", "no-such-file.txt", "a..b.txt", "empty.txt"];
     let sent = "small.txt\\n1m.bin\\nno-such-file.txt\\na..b.txt\\nempty.txt\\n in one write";
-    let hint = "a read may hold several requests: answer every complete line in the buffer, in order";
+    let hint = "a read may hold several requests: answer every complete line in the buffer, in order, before \
+         waiting for readiness again (no event comes for bytes already read)";
     let mut conn = match Conn::open(ctx.addr(), ctx.budget(10.0)) {
         Ok(conn) => conn,
         Err(err) => return fail(sent, "five replies", err, HINT_START),
@@ -655,12 +793,34 @@ fn no_fd_leak(ctx: &mut Ctx) -> Outcome {
 const HINT_ASYNC: &str = "do not read files in the thread that waits for events: hand reads to a thread pool, \
      AIO or io_uring, and serve other clients meanwhile";
 
+const HINT_WAKEUP: &str = "the read completed but the loop never heard: wake it when a result is ready (a byte \
+     on a pipe it watches, a mio Waker, an eventfd, a signal), then send the reply";
+
+/// Connects and hangs up at once: an event that wakes the server's loop.
+fn poke(addr: SocketAddr, budget: Duration) {
+    let _ = Conn::open(addr, budget);
+}
+
+/// After a reply on `conn` did not begin in time: whether it begins within
+/// `budget` once another client connects. Then the result was there, and
+/// the loop only noticed it on the next event.
+fn answered_after_poke(conn: &mut Conn, addr: SocketAddr, budget: Duration) -> bool {
+    poke(addr, budget);
+    conn.due_in(budget);
+    conn.await_reply_start().is_ok()
+}
+
 /// Opens `paths.len()` connections, sends one request on each, and returns
-/// how long until every reply was in, checking each.
+/// how long until every reply was in, checking each. With reads of `delay`
+/// even a server that reads one file after another has begun the first
+/// reply after all of them; if none has begun by then, another client
+/// connects, and a reply that begins then shows a completion the loop
+/// never heard of.
 fn concurrent_reads(
     addr: SocketAddr,
     fixture: &Fixture,
     paths: &[String],
+    delay: Duration,
     budget: Duration,
 ) -> Result<Duration, Outcome> {
     let mut conns = Vec::new();
@@ -670,6 +830,20 @@ fn concurrent_reads(
     let started = Instant::now();
     for (conn, path) in conns.iter_mut().zip(paths) {
         conn.send(format!("{path}\n").as_bytes()).map_err(|e| fail(path.as_str(), "sent", e, HINT_ASYNC))?;
+    }
+    if let Some(first) = conns.first_mut() {
+        let all_one_after_another = delay.mul_f64(paths.len() as f64 + 2.0).max(Duration::from_secs(2));
+        first.due_in(all_one_after_another.min(budget));
+        if first.await_reply_start().is_err() {
+            let sent = format!("{} clients at once, each asking for a different uncached file", paths.len());
+            let expected = format!("the first reply within {all_one_after_another:?}");
+            if answered_after_poke(first, addr, budget) {
+                let got = "nothing until another client connected: then the reply came at once";
+                return Err(fail(sent, expected, got, HINT_WAKEUP));
+            }
+            return Err(fail(sent, expected, "no reply at all", HINT_ASYNC));
+        }
+        first.due_in(budget.saturating_sub(started.elapsed()));
     }
     // Each connection is closed once answered, so a server that serves one
     // client to its end before the next still gets through (slowly).
@@ -683,7 +857,7 @@ fn async_overlap(ctx: &mut Ctx) -> Outcome {
     let paths: Vec<String> = (0..SLOW_FILES).map(|i| format!("slow/{i}.txt")).collect();
     let delay = Duration::from_millis(SLOW_DELAY_MS);
     let limit = delay.mul_f64(3.0 * ctx.stretch);
-    match concurrent_reads(ctx.addr(), ctx.fixture, &paths, ctx.budget(10.0)) {
+    match concurrent_reads(ctx.addr(), ctx.fixture, &paths, delay.mul_f64(ctx.stretch), ctx.budget(10.0)) {
         Ok(took) if took <= limit => {
             Outcome::Pass(Some(format!("{} reads of {delay:?} each took {took:.0?}", paths.len())))
         }
@@ -697,10 +871,35 @@ fn async_overlap(ctx: &mut Ctx) -> Outcome {
     }
 }
 
+/// One request for a file no cache holds yet, alone: a reply that has not
+/// begun after a few delays is tried with another client's connection, to
+/// tell a loop that never heard the read complete from one that hangs.
+/// The reply, and the hint for a failure.
+fn fetch_uncached(ctx: &Ctx, path: &[u8]) -> (Result<Reply, String>, &'static str) {
+    let result = Conn::open(ctx.addr(), ctx.budget(5.0)).and_then(|mut conn| {
+        conn.send(&line(path))?;
+        conn.due_in(Duration::from_millis(4 * SLOW_DELAY_MS).mul_f64(ctx.stretch));
+        if conn.await_reply_start().is_err() {
+            return Ok(Err(answered_after_poke(&mut conn, ctx.addr(), ctx.budget(1.0))));
+        }
+        conn.due_in(ctx.budget(5.0));
+        conn.reply().map(Ok)
+    });
+    match result {
+        Ok(Ok(reply)) => (Ok(reply), HINT_ASYNC),
+        Ok(Err(true)) => {
+            (Err("nothing until another client connected: then the reply came at once".into()), HINT_WAKEUP)
+        }
+        Ok(Err(false)) => (Err("no reply before the deadline (the server hangs?)".into()), HINT_ASYNC),
+        Err(err) => (Err(err), HINT_ASYNC),
+    }
+}
+
 fn cached_while_pending(ctx: &mut Ctx) -> Outcome {
     let small = ctx.fixture.content("a..b.txt");
     // Warm the cache (this read takes one delay).
-    if let Err(outcome) = expect_ok(fetch(ctx.addr(), b"a..b.txt", ctx.budget(5.0)), &small, "a..b.txt", HINT_ASYNC) {
+    let (warmed, hint) = fetch_uncached(ctx, b"a..b.txt");
+    if let Err(outcome) = expect_ok(warmed, &small, "a..b.txt", hint) {
         return outcome;
     }
     let addr = ctx.addr();
@@ -731,6 +930,56 @@ fn cached_while_pending(ctx: &mut Ctx) -> Outcome {
         );
     }
     Outcome::Pass(Some(format!("answered in {took:.1?} while reads of {SLOW_DELAY_MS} ms were pending")))
+}
+
+/// How many times `async.wakeup` ran: each run asks for a file of its own,
+/// which no cache holds (a `repeat` in the course's config runs it again).
+static WAKEUP_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn wakeup(ctx: &mut Ctx) -> Outcome {
+    let name = format!("slow/lone-{}.txt", WAKEUP_RUNS.fetch_add(1, Ordering::SeqCst));
+    let want = pattern(4096, 42);
+    if let Err(err) = ctx.fixture.rewrite(&name, &want) {
+        return Outcome::Skip(format!("cannot add a file: {err}"));
+    }
+    let delay = Duration::from_millis(SLOW_DELAY_MS);
+    let limit = delay + (delay / 2).mul_f64(ctx.stretch);
+    let sent = format!("{name} (uncached: one read of {delay:?}), and no other client");
+    let expected = format!("the reply within {limit:?}");
+    let mut conn = match Conn::open(ctx.addr(), ctx.budget(5.0)) {
+        Ok(conn) => conn,
+        Err(err) => return fail(sent, expected, err, HINT_START),
+    };
+    let asked = Instant::now();
+    if let Err(err) = conn.send(&line(name.as_bytes())) {
+        return fail(sent, expected, err, HINT_START);
+    }
+    conn.due_in(limit);
+    if conn.await_reply_start().is_err() {
+        // Late, or never without another event? First wait a while longer
+        // untouched (a loop that looks for results only on a timer answers
+        // then), and only then connect another client. No replay line: the
+        // hang-up of a pasted `nc` would wake the loop.
+        conn.due_in(ctx.budget(1.0));
+        if conn.await_reply_start().is_ok() {
+            let got =
+                format!("the reply after {:.0?}: the loop heard late that the read had completed", asked.elapsed());
+            return fail(sent, expected, got, HINT_WAKEUP);
+        }
+        return if answered_after_poke(&mut conn, ctx.addr(), ctx.budget(1.0)) {
+            let got =
+                format!("nothing for {:.0?}; when another client connected, the reply came at once", asked.elapsed());
+            fail(sent, expected, got, HINT_WAKEUP)
+        } else {
+            fail(sent, expected, format!("no reply within {:.0?}", asked.elapsed()), HINT_WAKEUP)
+        };
+    }
+    let took = asked.elapsed();
+    conn.due_in(ctx.budget(5.0));
+    match expect_ok(conn.reply(), &want, &sent, HINT_ASYNC) {
+        Ok(()) => Outcome::Pass(Some(format!("answered in {took:.0?} (one read of {delay:?})"))),
+        Err(outcome) => outcome,
+    }
 }
 
 // Stage 5 ------------------------------------------------------------------
@@ -894,7 +1143,8 @@ fn sigterm(ctx: &mut Ctx) -> Outcome {
 /// uncached file: the homework's measurement.
 fn homework_time(ctx: &Ctx, addr: SocketAddr) -> Result<Duration, Outcome> {
     let paths: Vec<String> = (0..SLOW_FILES).map(|i| format!("slow/{i}.txt")).collect();
-    concurrent_reads(addr, ctx.fixture, &paths, ctx.budget(30.0))
+    let delay = Duration::from_millis(BENCH_DELAY_MS).mul_f64(ctx.stretch);
+    concurrent_reads(addr, ctx.fixture, &paths, delay, ctx.budget(30.0))
 }
 
 fn homework(ctx: &mut Ctx) -> Outcome {
@@ -940,5 +1190,52 @@ mod tests {
             let row = format!("| {} | {} | `{}` | {} |", check.stage, check.points, check.name, check.description);
             assert!(docs.contains(&row), "docs/grading.md lacks the row {row}");
         }
+    }
+
+    #[test]
+    fn the_guide_and_the_labs_give_each_test_and_each_stage_the_points_the_grader_gives() {
+        let checks = catalog();
+        let repo = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        // The chapters, and the labs' pages (the handouts' front pages are cut from them).
+        let mut pages = Vec::new();
+        let mut dirs = vec![repo.join("docs/guide"), repo.join("labs")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten() {
+                let path = entry.unwrap().path();
+                if path.is_dir() && !path.ends_with("target") {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|ext| ext == "md") {
+                    pages.push(path);
+                }
+            }
+        }
+        let mut seen = 0;
+        for path in pages {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for line in text.lines() {
+                // A table row: | `name` | points | ...
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                if let [_, name, points, ..] = cells[..] {
+                    let name = name.trim_matches('`');
+                    if let (Some(check), Ok(points)) = (checks.iter().find(|c| c.name == name), points.parse::<u32>()) {
+                        assert_eq!(points, check.points, "{}: {name} is worth {} points", path.display(), check.points);
+                        seen += 1;
+                    }
+                }
+                // A sentence: Stage N is worth P points
+                if let Some((_, rest)) = line.split_once("Stage ") {
+                    if let Some((stage, rest)) = rest.split_once(" is worth ") {
+                        if let (Ok(stage), Some(Ok(total))) =
+                            (stage.parse::<u8>(), rest.split_whitespace().next().map(str::parse::<u32>))
+                        {
+                            let want: u32 = checks.iter().filter(|c| c.stage == stage).map(|c| c.points).sum();
+                            assert_eq!(total, want, "{}: stage {stage} is worth {want} points", path.display());
+                            seen += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(seen > 10, "the guide's point tables were found ({seen} rows)");
     }
 }

@@ -13,6 +13,13 @@ pub const SECRET: &[u8] = b"SECRET-OUTSIDE-THE-ROOT-7f3a9c\n";
 /// all the same (a hidden name): told apart from [`SECRET`] in reports.
 pub const HIDDEN: &[u8] = b"a hidden file inside the root\n";
 
+/// The content of `mutable.txt` as made (the cache tests edit it).
+const MUTABLE: &[u8] = b"version one\n";
+
+/// A file larger than any socket's buffers (Linux's default send buffer
+/// grows to at most 4 MiB): no server can send it in one call.
+pub const LARGE_REPLY: &str = "16m.bin";
+
 /// Files read concurrently by the stage-4 tests, one per client.
 pub const SLOW_FILES: usize = 8;
 
@@ -29,11 +36,19 @@ pub struct Fixture {
 
 /// The bytes of a deterministic test file of `len` bytes.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| ((i * 31 + seed as usize * 7) % 251) as u8).collect()
+    // Byte i is (31 i + 7 seed) mod 251: one period of 251 bytes, copied
+    // over (byte by byte, an unoptimised grader took seconds for 80 MiB).
+    let period: Vec<u8> = (0..251).map(|i| ((i * 31 + seed as usize * 7) % 251) as u8).collect();
+    let mut bytes = Vec::with_capacity(len);
+    while bytes.len() < len {
+        let take = period.len().min(len - bytes.len());
+        bytes.extend_from_slice(&period[..take]);
+    }
+    bytes
 }
 
 impl Fixture {
-    /// Creates the tree in a temporary directory (about 65 MiB, most of it one file).
+    /// Creates the tree in a temporary directory (about 81 MiB, most of it two files).
     pub fn create() -> Result<Fixture> {
         let dir = tempfile::Builder::new().prefix("grade-").tempdir().context("cannot create a temporary root")?;
         let root = dir.path().join("root");
@@ -57,16 +72,17 @@ impl Fixture {
         std::fs::create_dir_all(root.join("slow"))?;
         std::fs::create_dir_all(&outside)?;
         std::fs::write(outside.join("secret.txt"), SECRET)?;
-        let files: [(&str, Vec<u8>); 9] = [
+        let files: [(&str, Vec<u8>); 10] = [
             ("small.txt", b"small file, served whole\n".to_vec()),
             ("empty.txt", Vec::new()),
             ("1m.bin", pattern(1 << 20, 1)),
             ("64m.bin", pattern(64 << 20, 2)),
+            (LARGE_REPLY, pattern(16 << 20, 3)),
             ("a..b.txt", b"two dots inside a name are not an escape\n".to_vec()),
             ("name with spaces.txt", b"spaces are part of the name\n".to_vec()),
             ("dir/sub/nested.txt", b"nested\n".to_vec()),
             (".hidden", HIDDEN.to_vec()),
-            ("mutable.txt", b"version one\n".to_vec()),
+            ("mutable.txt", MUTABLE.to_vec()),
         ];
         for (name, content) in files {
             std::fs::write(root.join(name), content).with_context(|| format!("cannot write {name}"))?;
@@ -102,6 +118,35 @@ impl Fixture {
     /// The content the grader expects for `name` under the root.
     pub fn content(&self, name: &str) -> Vec<u8> {
         std::fs::read(self.root().join(name)).unwrap_or_default()
+    }
+
+    /// Restores what the tests change (the file the cache tests edit), so
+    /// that a repeated test starts from the files as they were made.
+    pub fn reset(&self) -> Result<()> {
+        self.rewrite("mutable.txt", MUTABLE)
+    }
+
+    /// Makes the tree readable to a server that runs as another user (the
+    /// grader runs as root; the server as `nobody`): the temporary folder
+    /// is private when made, and every folder above it must let others
+    /// pass (`o+x`, which lists nothing). The secret outside the root is
+    /// readable too, on purpose: a server that follows a symlink out must
+    /// be able to leak it, or `sandbox.symlinks` would pass by accident.
+    /// `unreadable.txt` stays unreadable: that is its test.
+    pub fn open_to_others(&self) -> Result<()> {
+        let dir = self.dir.path();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("cannot open {} to the server's user", dir.display()))?;
+        let mut above = dir.parent();
+        while let Some(folder) = above {
+            let mode = std::fs::metadata(folder)?.permissions().mode();
+            if mode & 0o001 == 0 {
+                std::fs::set_permissions(folder, std::fs::Permissions::from_mode(mode | 0o001))
+                    .with_context(|| format!("cannot let the server's user pass through {}", folder.display()))?;
+            }
+            above = folder.parent();
+        }
+        Ok(())
     }
 
     /// Rewrites `name` (the cache tests edit a file behind the server's back).
@@ -146,5 +191,15 @@ impl Drop for Fixture {
                 std::fs::remove_file(path)
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_pattern_is_byte_i_times_31_plus_7_seed_mod_251() {
+        let bytes = super::pattern(1000, 3);
+        assert!(bytes.iter().enumerate().all(|(i, &b)| b as usize == (i * 31 + 21) % 251));
+        assert_eq!(bytes.len(), 1000);
     }
 }

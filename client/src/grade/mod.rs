@@ -8,11 +8,25 @@
 //! says what was sent, what was expected, what came back, and where to
 //! look. Nothing the server does can hang or crash the grader, and nothing
 //! it started outlives it ([`target`]).
+//!
+//! Around that core: a grader running as root runs student code as an
+//! unprivileged user ([`target::User`]); a machine that cannot grade is
+//! told from a submission that fails ([`machine`]); the mechanism a course
+//! asks for is proved by behaviour, threads counted ([`mechanism`]); a
+//! submission folder is copied and built as its `grade.toml` says
+//! ([`submission`]); a class is graded into one CSV ([`class`]); and the
+//! report is written in the formats course platforms read ([`formats`],
+//! [`report`], [`bundle`]).
 
 pub mod bundle;
 pub mod checks;
+pub mod class;
 pub mod fixture;
+pub mod formats;
+pub mod machine;
+pub mod mechanism;
 pub mod report;
+pub mod submission;
 pub mod target;
 pub mod wire;
 
@@ -26,8 +40,9 @@ use serde::Deserialize;
 
 use checks::{Check, Ctx, Failure, Outcome};
 use fixture::Fixture;
+use machine::NotGradable;
 use report::{Report, Status, TestResult};
-use target::{Setup, Target};
+use target::{Launch, Setup, Target};
 
 /// An instructor's settings (`--config FILE`, TOML). Every field is optional.
 #[derive(Debug, Default, Deserialize)]
@@ -48,6 +63,32 @@ pub struct Config {
     /// default), `hidden`, `after_due_date` or `after_published`.
     #[serde(default)]
     pub visibility: BTreeMap<String, String>,
+    /// The unprivileged user student code runs as when the grader runs as
+    /// root (default `nobody`).
+    pub run_as: Option<String>,
+    /// What the course asks of the mechanism, proved by behaviour.
+    #[serde(default)]
+    pub mechanism: MechanismConfig,
+    /// `client class`: the build and run of a submission whose folder has
+    /// no `grade.toml` (or whose `grade.toml` leaves one out).
+    #[serde(default)]
+    pub submission: submission::Recipe,
+}
+
+/// `[mechanism]`: how a stage must be served.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MechanismConfig {
+    /// `"single-thread"`: the concurrency tests fail for a server that
+    /// serves them with more than one thread (or process).
+    pub stage2: Option<String>,
+}
+
+impl MechanismConfig {
+    /// Whether stage 2 must be served by a single thread.
+    pub fn single_thread(&self) -> bool {
+        self.stage2.as_deref() == Some("single-thread")
+    }
 }
 
 impl Config {
@@ -59,6 +100,13 @@ impl Config {
         let names: Vec<&str> = checks::catalog().iter().map(|c| c.name).collect();
         for name in config.points.keys().chain(config.visibility.keys()) {
             anyhow::ensure!(names.contains(&name.as_str()), "{}: no test is named {name:?}", path.display());
+        }
+        if let Some(asked) = &config.mechanism.stage2 {
+            anyhow::ensure!(
+                ["single-thread", "any"].contains(&asked.as_str()),
+                "{}: [mechanism] stage2 is {asked:?}; use \"single-thread\" or \"any\"",
+                path.display()
+            );
         }
         for (name, visibility) in &config.visibility {
             anyhow::ensure!(
@@ -98,10 +146,56 @@ pub struct Plan {
     pub visibility: BTreeMap<String, String>,
     /// The kit's reference server, for stage 6.
     pub reference: Option<PathBuf>,
+    /// How to start the server: as which user, in which folder.
+    pub launch: Launch,
+    /// Stage 2 must be served by one thread (`[mechanism] stage2`).
+    pub single_thread: bool,
+    /// Replay lines start the server themselves this way (a server the
+    /// grader started is gone when the report is read); `None`: `nc` lines
+    /// to the graded address.
+    pub replay_via: Option<report::ReplayVia>,
+}
+
+impl Plan {
+    /// A plan for `command` with the defaults of `client grade`.
+    pub fn new(command: Vec<String>, stages: Vec<u8>) -> Plan {
+        Plan {
+            command,
+            addr: None,
+            root: None,
+            stages,
+            stretch: 1.0,
+            repeat: 1,
+            stop_after_failures: None,
+            points: BTreeMap::new(),
+            visibility: BTreeMap::new(),
+            reference: None,
+            launch: Launch::default(),
+            single_thread: false,
+            replay_via: None,
+        }
+    }
+
+    /// The points each stage is worth, and in all: the same for every
+    /// submission graded with this plan, whatever it passed or skipped.
+    pub fn max_by_stage(&self) -> Vec<(u8, u32)> {
+        let mut stages: Vec<(u8, u32)> = self.stages.iter().map(|&stage| (stage, 0)).collect();
+        stages.sort_unstable();
+        stages.dedup();
+        for check in checks::catalog() {
+            if let Some((_, max)) = stages.iter_mut().find(|(stage, _)| *stage == check.stage) {
+                *max += self.points.get(check.name).copied().unwrap_or(check.points);
+            }
+        }
+        stages
+    }
 }
 
 /// Runs the plan and returns the report.
 pub fn grade(plan: &Plan) -> Result<Report> {
+    if let Err(why) = machine::preflight() {
+        return Ok(Report::not_gradable(why));
+    }
     let fixture = match (&plan.addr, &plan.root) {
         (Some(_), Some(root)) => Fixture::create_in(root)?,
         (Some(_), None) => {
@@ -109,6 +203,18 @@ pub fn grade(plan: &Plan) -> Result<Report> {
         }
         (None, _) => Fixture::create()?,
     };
+    if let Some(user) = &plan.launch.user {
+        fixture
+            .open_to_others()
+            .with_context(|| format!("cannot make the grader's files readable to {}", user.name))?;
+        if plan.addr.is_none() {
+            let opened = target::open_command_to(&plan.command, plan.launch.workdir.as_deref(), user)?;
+            if !opened.is_empty() {
+                let names: Vec<String> = opened.iter().map(|path| path.display().to_string()).collect();
+                eprintln!("client grade: the server runs as {}; opened to it: {}", user.name, names.join(", "));
+            }
+        }
+    }
     let checks: Vec<Check> = checks::catalog().into_iter().filter(|c| plan.stages.contains(&c.stage)).collect();
     let mut results = Vec::new();
     let mut session = Session::default();
@@ -123,6 +229,9 @@ pub fn grade(plan: &Plan) -> Result<Report> {
             run_check(plan, check, &fixture, &mut session)
         };
         if let Some(err) = session.cannot_run.take() {
+            if let Some(why) = err.downcast_ref::<NotGradable>() {
+                return Ok(Report::not_gradable(why.clone()));
+            }
             return Err(err);
         }
         let mut result = TestResult::new(check, max, outcome);
@@ -136,7 +245,7 @@ pub fn grade(plan: &Plan) -> Result<Report> {
         results.push(result);
     }
     let server_log = session.current.as_ref().map(Target::log).unwrap_or_default();
-    Ok(Report { results, remote: plan.addr.is_some(), server_log })
+    Ok(Report { results, remote: plan.addr.is_some(), server_log, not_gradable: None })
 }
 
 /// The server of the moment, and the set-ups that would not start (tried
@@ -152,27 +261,55 @@ struct Session {
     cannot_run: Option<anyhow::Error>,
 }
 
-/// Runs `check` `repeat` times (each on a ready server); it passes only
-/// if every run passes.
+/// Runs `check` `repeat` times; it passes only if every run passes, and
+/// the first failing run is the one reported (the worst run counts). Every
+/// run after the first starts from the fixture's files as they were made
+/// and, where the grader starts the server, from a new server: a test
+/// that edits a file or fills the cache must not meet its own leftovers
+/// (the second `cache.stale_until_sighup` would otherwise take the edited
+/// file for the original, and `async.overlap` would read from the cache).
 fn run_check(plan: &Plan, check: &Check, fixture: &Fixture, session: &mut Session) -> Outcome {
+    let mut runs = plan.repeat.max(1);
+    // A server someone else runs cannot be restarted: its cache would
+    // make a second stage-4 run prove nothing.
+    if plan.addr.is_some() && check.stage == 4 {
+        runs = 1;
+    }
     let mut last = Outcome::Skip("not run".into());
-    for _ in 0..plan.repeat.max(1) {
+    for run in 1..=runs {
+        if run > 1 {
+            if let Err(err) = fixture.reset() {
+                return Outcome::Skip(format!("cannot restore the test files for run {run}: {err:#}"));
+            }
+            if plan.addr.is_none() {
+                session.current = None; // stopped: `ready` starts a new one
+            }
+        }
         if let Err(outcome) = ready(plan, check, fixture, session) {
             return outcome;
         }
         let target = session.current.as_mut().expect("readied above");
+        let sampler = (plan.single_thread && check.stage == 2 && target.is_local())
+            .then(|| target.pid().and_then(|pid| mechanism::Sampler::start(pid, target.addr.port())));
         let mut ctx = Ctx { target, fixture, stretch: plan.stretch, reference: plan.reference.clone() };
         last = (check.run)(&mut ctx);
+        if let Some(sampler) = sampler {
+            last = single_thread_verdict(last, sampler.map(mechanism::Sampler::finish));
+        }
         if let Outcome::Fail(failure) = &mut last {
             // A crash explains itself better than any symptom: a Rust
             // panic (a handout's todo!() among them), or any last words.
             if let Some(words) = last_words(&ctx.target.log()) {
                 failure.got.push_str(&format!(" (the server said: {words})"));
             }
-        }
-        if let Outcome::Fail(failure) = &mut last {
-            let addr = ctx.target.addr;
-            failure.replay = failure.request.as_deref().map(|request| report::replay_line(request, addr).into());
+            let (addr, local) = (ctx.target.addr, ctx.target.is_local());
+            failure.replay = failure.request.as_deref().map(|request| match (&plan.replay_via, local) {
+                (Some(via), true) => report::replay_starting(request, via, check.setup).into(),
+                _ => report::replay_line(request, addr).into(),
+            });
+            if runs > 1 {
+                failure.got.push_str(&format!(" (run {run} of {runs})"));
+            }
         }
         session.event = after_check(plan, check, session);
         if let (Outcome::Fail(failure), Some(event)) = (&mut last, &session.event) {
@@ -182,7 +319,42 @@ fn run_check(plan: &Plan, check: &Check, fixture: &Fixture, session: &mut Sessio
             break;
         }
     }
+    if let (Outcome::Pass(Some(note)), true) = (&mut last, runs > 1) {
+        note.push_str(&format!(" (the last of {runs} runs, all passed)"));
+    }
     last
+}
+
+/// A stage-2 test's outcome when the course asks for one thread: a pass
+/// served by more than one thread (or process) fails, saying so. `peak`
+/// is `None` where threads cannot be counted (then the test stands, with
+/// a note).
+fn single_thread_verdict(outcome: Outcome, peak: Option<Option<mechanism::Peak>>) -> Outcome {
+    match (outcome, peak) {
+        (Outcome::Pass(_), None) => {
+            Outcome::Pass(Some("threads not counted: that needs /proc (Linux); the behaviour alone was graded".into()))
+        }
+        (Outcome::Pass(note), Some(Some(peak))) if peak.threads > 1 => Outcome::Fail(Failure {
+            sent: "the test's clients, while the grader counted the server's threads every half millisecond".into(),
+            expected: "every client served by one thread (the course asks for a single-threaded loop: \
+                       [mechanism] stage2 = \"single-thread\")"
+                .into(),
+            got: format!(
+                "{} at once{}",
+                report::plural(peak.threads as u64, "thread"),
+                if peak.processes > 1 { format!(", in {} processes", peak.processes) } else { String::new() }
+            ) + &note.map(|note| format!(" ({note})")).unwrap_or_default(),
+            hint: "wait for every client in one loop (select/poll/epoll over non-blocking sockets): no thread or \
+                   process per client, no thread pool",
+            request: None,
+            replay: None,
+        }),
+        (Outcome::Pass(note), Some(Some(peak))) => {
+            let counted = format!("one thread served every client (counted: {})", peak.threads);
+            Outcome::Pass(Some(note.map_or(counted.clone(), |note| format!("{note}; {counted}"))))
+        }
+        (outcome, _) => outcome,
+    }
 }
 
 /// After a test, makes sure the next one starts from a live, answering
@@ -257,12 +429,14 @@ fn died(status: std::process::ExitStatus, check: &Check) -> String {
 const PROBE_PATH: &str = "no-such-file-probe.txt";
 
 /// The last panic in a server's output (Rust prints `panicked at FILE:LINE:`
-/// and the message on the next line), in one line.
+/// and the message on the next line), or the last `TODO:` line (a C lab's
+/// stand-in says which part is not written), in one line.
 fn last_words(log: &str) -> Option<String> {
     let lines: Vec<&str> = log.lines().collect();
-    let at = lines.iter().rposition(|line| line.contains("panicked at"))?;
+    let at = lines.iter().rposition(|line| line.contains("panicked at") || line.contains("TODO: "))?;
     let mut words = lines[at].trim().to_string();
-    if let Some(next) = lines.get(at + 1).filter(|l| !l.trim().is_empty() && !l.starts_with("note:")) {
+    let panicked = lines[at].contains("panicked at");
+    if let Some(next) = lines.get(at + 1).filter(|l| panicked && !l.trim().is_empty() && !l.starts_with("note:")) {
         words.push(' ');
         words.push_str(next.trim());
     }
@@ -295,14 +469,20 @@ fn ready(plan: &Plan, check: &Check, fixture: &Fixture, session: &mut Session) -
         return Err(Outcome::Fail(failure.clone()));
     }
     let patience = Duration::from_secs_f64(10.0 * plan.stretch);
-    match Target::start(&plan.command, &fixture.root(), check.setup, patience) {
+    match Target::launch(&plan.command, &fixture.root(), check.setup, patience, &plan.launch) {
         Ok(target) => {
             *current = Some(target);
             Ok(())
         }
-        Err(err) if err.downcast_ref::<target::CannotSpawn>().is_some() => {
+        Err(err)
+            if err.downcast_ref::<target::CannotSpawn>().is_some() || err.downcast_ref::<NotGradable>().is_some() =>
+        {
             session.cannot_run = Some(err);
             Err(Outcome::Skip("grading cannot run".into()))
+        }
+        Err(err) if machine::fault_in(&format!("{err:#}")).is_some() => {
+            session.cannot_run = machine::fault_in(&format!("{err:#}")).map(anyhow::Error::new);
+            Err(Outcome::Skip("not gradable here".into()))
         }
         Err(err) => {
             let failure = Failure {
@@ -334,6 +514,8 @@ mod tests {
             "thread 'main' panicked at src/models/select.rs:37:5: not yet implemented: stage 2: loop"
         );
         assert_eq!(last_words("all is well\n"), None);
+        let c = "listening on 127.0.0.1:1\nstage3: TODO: respond(), a request answered is not written yet\n";
+        assert_eq!(last_words(c).unwrap(), "stage3: TODO: respond(), a request answered is not written yet");
     }
 
     #[test]

@@ -37,11 +37,21 @@ pub struct CannotSpawn {
     pub program: String,
     /// Why `exec` failed.
     pub err: std::io::Error,
+    /// The user it was to run as, if not the grader.
+    pub user: Option<User>,
 }
 
 impl std::fmt::Display for CannotSpawn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "cannot start {:?}: {} (is the path right? is it executable?)", self.program, self.err)
+        match &self.user {
+            Some(user) if self.err.kind() == std::io::ErrorKind::PermissionDenied => write!(
+                f,
+                "cannot start {:?} as {}: {} (the grader runs as root, so the server runs as {}: make the program \
+                 and every folder above it readable to that user, e.g. chmod o+rx, or choose another with --run-as)",
+                self.program, user.name, self.err, user.name
+            ),
+            _ => write!(f, "cannot start {:?}: {} (is the path right? is it executable?)", self.program, self.err),
+        }
     }
 }
 
@@ -71,6 +81,103 @@ pub struct Target {
     /// How it was started.
     pub setup: Setup,
     process: Option<Process>,
+    /// The user it runs as, when not the grader's own ([`Launch::user`]).
+    user: Option<User>,
+}
+
+/// An unprivileged user to run student code as: a grader running as root
+/// never runs a submission as root (it could then read every file, which
+/// also makes `files.unreadable` untestable, and do anything else).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Its name, for messages.
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary gid.
+    pub gid: u32,
+}
+
+impl User {
+    /// Looks `name` up in the user database (getpwnam_r(3)); a number is
+    /// taken as a uid whose gid is the same number.
+    pub fn lookup(name: &str) -> Result<User> {
+        if let Ok(uid) = name.parse::<u32>() {
+            anyhow::ensure!(uid != 0, "student code must not run as root (uid 0): choose an unprivileged user");
+            return Ok(User { name: name.to_string(), uid, gid: uid });
+        }
+        let c_name = std::ffi::CString::new(name).context("a user name has no NUL byte")?;
+        let mut entry: libc::passwd = unsafe_zeroed_passwd();
+        let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call: the name is a
+        // NUL-terminated string, `entry` and `found` are ours, and the
+        // buffer's length is passed with it; the strings the entry points
+        // to live in `buffer`, which outlives every use of them below.
+        let status =
+            unsafe { libc::getpwnam_r(c_name.as_ptr(), &mut entry, buffer.as_mut_ptr(), buffer.len(), &mut found) };
+        anyhow::ensure!(
+            status == 0 && !found.is_null(),
+            "there is no user {name:?} on this machine to run student code as; create one or choose another \
+             with --run-as (or `run_as` in the config)"
+        );
+        anyhow::ensure!(entry.pw_uid != 0, "{name:?} is root: student code must run as an unprivileged user");
+        Ok(User { name: name.to_string(), uid: entry.pw_uid, gid: entry.pw_gid })
+    }
+}
+
+/// A `passwd` of zeroes, for getpwnam_r to fill.
+fn unsafe_zeroed_passwd() -> libc::passwd {
+    // SAFETY: `passwd` is a plain C struct of integers and pointers, for
+    // which all zeroes (null pointers) is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Lets `user` reach what `template` names (a program `./server`, a script
+/// `python3 /home/me/server.py`) and the folder it runs in: every folder
+/// above gets `o+x` (pass through, list nothing), a file `o+r` (and `o+x`
+/// when it is executable). A root grader then never needs to run student
+/// code as root because the instructor's folder is private. Returns what
+/// it changed, for a note.
+pub fn open_command_to(template: &[String], workdir: Option<&Path>, user: &User) -> Result<Vec<std::path::PathBuf>> {
+    use std::os::unix::fs::PermissionsExt;
+    let base = match workdir {
+        Some(dir) => dir.to_path_buf(),
+        None => std::env::current_dir().context("cannot find the current folder")?,
+    };
+    let mut wanted: Vec<std::path::PathBuf> = vec![base.clone()];
+    for word in template.iter().filter(|word| word.contains('/') && !word.contains('{')) {
+        let path = base.join(word);
+        if path.exists() {
+            wanted.push(path);
+        }
+    }
+    let mut changed = Vec::new();
+    for path in wanted {
+        let path = std::fs::canonicalize(&path).with_context(|| format!("cannot resolve {}", path.display()))?;
+        let metadata = std::fs::metadata(&path)?;
+        let mode = metadata.permissions().mode();
+        let own = if metadata.is_dir() { 0o005 } else { 0o004 | ((mode & 0o100) >> 6) };
+        for (folder, bits) in std::iter::once((path.as_path(), own)).chain(path.ancestors().skip(1).map(|a| (a, 0o001)))
+        {
+            let mode = std::fs::metadata(folder)?.permissions().mode();
+            if mode & bits != bits {
+                std::fs::set_permissions(folder, std::fs::Permissions::from_mode(mode | bits))
+                    .with_context(|| format!("cannot open {} to {}", folder.display(), user.name))?;
+                changed.push(folder.to_path_buf());
+            }
+        }
+    }
+    Ok(changed)
+}
+
+/// How to start a server beyond its command: as which user, in which folder.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// Run it as this user (the grader runs as root); `None`: as the grader.
+    pub user: Option<User>,
+    /// Its working directory; `None`: the grader's.
+    pub workdir: Option<std::path::PathBuf>,
 }
 
 /// A server the grader started.
@@ -114,6 +221,8 @@ struct Output {
     cache_clears: usize,
     /// The address of its first `listening on <ip>:<port>` line.
     announced: Option<SocketAddr>,
+    /// Streams read to their end (stdout, stderr): 2 when all is read.
+    closed: usize,
 }
 
 /// The address in a `listening on <ip>:<port>` line; an unspecified IP
@@ -149,6 +258,7 @@ fn collect(stream: impl Read + Send + 'static, output: Arc<Mutex<Output>>) {
             }
             line.clear();
         }
+        output.lock().unwrap_or_else(|p| p.into_inner()).closed += 1;
     });
 }
 
@@ -167,10 +277,24 @@ impl Target {
     /// connections and stays up. If the server dies and its port still
     /// accepts, another program took the port first: a new port is tried.
     pub fn start(template: &[String], root: &Path, setup: Setup, patience: Duration) -> Result<Target> {
+        Target::launch(template, root, setup, patience, &Launch::default())
+    }
+
+    /// [`Target::start`], as `launch` says (a user, a working directory).
+    pub fn launch(
+        template: &[String],
+        root: &Path,
+        setup: Setup,
+        patience: Duration,
+        launch: &Launch,
+    ) -> Result<Target> {
         for _ in 0..PORT_ATTEMPTS {
             // The kernel names a free port; the server binds it a moment later.
-            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            if let Some(target) = Target::start_on(port, template, root, setup, patience)? {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .map_err(|err| super::machine::NotGradable(format!("no free port on 127.0.0.1: {err}")))?
+                .port();
+            if let Some(target) = Target::start_on(port, template, root, setup, patience, launch)? {
                 return Ok(target);
             }
         }
@@ -185,17 +309,28 @@ impl Target {
         root: &Path,
         setup: Setup,
         patience: Duration,
+        launch: &Launch,
     ) -> Result<Option<Target>> {
         let args = expand(template, port, root, setup);
         let (program, rest) = args.split_first().context("the server command is empty")?;
-        let mut child = crate::child::die_with_parent(&mut Command::new(program))
+        let mut command = Command::new(program);
+        if let Some(user) = &launch.user {
+            // std drops the supplementary groups too (setgroups) when root
+            // changes its uid; the death signal is asked for after the
+            // change (pre_exec runs last), so the kernel keeps it.
+            command.uid(user.uid).gid(user.gid);
+        }
+        if let Some(dir) = &launch.workdir {
+            command.current_dir(dir);
+        }
+        let mut child = crate::child::die_with_parent(&mut command)
             .args(rest)
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|err| CannotSpawn { program: program.clone(), err })?;
+            .map_err(|err| CannotSpawn { program: program.clone(), err, user: launch.user.clone() })?;
         let group = Pid::from_child(&child);
         let output = Arc::new(Mutex::new(Output::default()));
         collect(child.stdout.take().expect("piped"), Arc::clone(&output));
@@ -211,12 +346,14 @@ impl Target {
             // A server that announced itself and then died is graded as it
             // is: the tests report its failures, with its log.
             if let Some(announced) = process.announced() {
-                return Ok(Some(Target { addr: announced, setup, process: Some(process) }));
+                return Ok(Some(Target { addr: announced, setup, process: Some(process), user: launch.user.clone() }));
             }
             if let Some(status) = process.child.try_wait()? {
                 // Its own listener closed with it (and with its group): if
                 // the port still accepts, another program holds it.
                 process.stop();
+                // Its last words may still be in the pipes: read them before quoting them.
+                process.drained(Duration::from_secs(1));
                 if accepted_since.is_some() && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                     return Ok(None);
                 }
@@ -229,7 +366,7 @@ impl Target {
                 accepted_since = Some(Instant::now());
             }
             if accepted_since.is_some_and(|since| since.elapsed() >= UNANNOUNCED_GRACE) {
-                return Ok(Some(Target { addr, setup, process: Some(process) }));
+                return Ok(Some(Target { addr, setup, process: Some(process), user: launch.user.clone() }));
             }
             if Instant::now() > deadline {
                 let log = process.log_text();
@@ -245,7 +382,19 @@ impl Target {
 
     /// A server someone else started (`--addr`): no signals, no pid.
     pub fn remote(addr: SocketAddr, setup: Setup) -> Target {
-        Target { addr, setup, process: None }
+        Target { addr, setup, process: None, user: None }
+    }
+
+    /// Whether the server reads files with the grader's own rights (so a
+    /// file the grader can read, it can read too): not when it runs as
+    /// another user.
+    pub fn reads_as_grader(&self) -> bool {
+        self.user.is_none()
+    }
+
+    /// The user it runs as, when not the grader's.
+    pub fn user(&self) -> Option<&User> {
+        self.user.as_ref()
     }
 
     /// Whether the grader started it (and so can signal it and read its fds).
@@ -305,6 +454,15 @@ impl Target {
 impl Process {
     fn log_text(&self) -> String {
         self.output.lock().unwrap_or_else(|p| p.into_inner()).tail.clone()
+    }
+
+    /// Waits (up to `patience`) until both of its streams are read to
+    /// their end: after it exited, what it wrote last is then in the log.
+    fn drained(&self, patience: Duration) {
+        let deadline = Instant::now() + patience;
+        while Instant::now() < deadline && self.output.lock().unwrap_or_else(|p| p.into_inner()).closed < 2 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Where its `listening on` line says it listens, once printed.
@@ -375,7 +533,8 @@ mod tests {
     #[test]
     fn a_death_is_named_by_its_signal() {
         let aborted = shell("kill -ABRT $$");
-        let mut target = Target::start_on(1, &aborted, Path::new("/"), Setup::Time, Duration::from_secs(5));
+        let mut target =
+            Target::start_on(1, &aborted, Path::new("/"), Setup::Time, Duration::from_secs(5), &Launch::default());
         // It dies before it is ready: the error quotes the signal.
         let message = format!("{:#}", target.as_mut().unwrap_err());
         assert!(message.contains("SIGABRT") || message.contains("signal: 6"), "{message}");
@@ -421,7 +580,9 @@ mod tests {
         let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = squatter.local_addr().unwrap().port();
         let failing = shell("sleep 0.2; echo 'cannot bind: address in use' >&2; exit 1");
-        let attempt = Target::start_on(port, &failing, Path::new("/"), Setup::Time, Duration::from_secs(5)).unwrap();
+        let attempt =
+            Target::start_on(port, &failing, Path::new("/"), Setup::Time, Duration::from_secs(5), &Launch::default())
+                .unwrap();
         assert!(attempt.is_none(), "graded the program that took the port: {attempt:?}");
     }
 
@@ -437,7 +598,9 @@ mod tests {
             drop(listener);
         });
         let dies = shell("sleep 0.3; echo 'not yet implemented: stage 1' >&2; exit 101");
-        let err = Target::start_on(port, &dies, Path::new("/"), Setup::Time, Duration::from_secs(5)).unwrap_err();
+        let err =
+            Target::start_on(port, &dies, Path::new("/"), Setup::Time, Duration::from_secs(5), &Launch::default())
+                .unwrap_err();
         closer.join().unwrap();
         let message = format!("{err:#}");
         assert!(message.contains("exited") && message.contains("not yet implemented"), "{message}");
@@ -448,9 +611,10 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let at = listener.local_addr().unwrap();
         let announcing = shell(&format!("echo 'listening on {at}'; exec sleep 5"));
-        let target = Target::start_on(1, &announcing, Path::new("/"), Setup::Time, Duration::from_secs(5))
-            .unwrap()
-            .expect("started");
+        let target =
+            Target::start_on(1, &announcing, Path::new("/"), Setup::Time, Duration::from_secs(5), &Launch::default())
+                .unwrap()
+                .expect("started");
         assert_eq!(target.addr, at);
     }
 }

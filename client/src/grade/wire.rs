@@ -67,6 +67,20 @@ impl Conn {
         Ok(Conn { stream, deadline, buffered: Vec::new(), watch })
     }
 
+    /// Makes everything on this connection due within `budget` from now
+    /// (a test that waits in steps, each with its own deadline).
+    pub fn due_in(&mut self, budget: Duration) {
+        self.deadline = Instant::now() + budget;
+    }
+
+    /// Sets this end's receive buffer to about `bytes` (the kernel doubles
+    /// it): small, a client that reads slowly holds little, and a large
+    /// reply must wait in the server.
+    pub fn set_receive_buffer(&self, bytes: usize) -> WireResult<()> {
+        rustix::net::sockopt::set_socket_recv_buffer_size(&self.stream, bytes)
+            .map_err(|err| format!("cannot set SO_RCVBUF: {err}"))
+    }
+
     fn left(&self) -> WireResult<Duration> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -160,7 +174,8 @@ impl Conn {
                 return Ok(Reply::Ok(body));
             }
             let want = pause.map_or(size - body.len(), |(bytes, _)| bytes);
-            if self.fill(want)? == 0 {
+            let filled = self.fill(want).map_err(|err| format!("{err}, after {} of {size} body bytes", body.len()))?;
+            if filled == 0 {
                 return Err(format!("the connection closed after {} of {size} body bytes", body.len()));
             }
             if let Some((_, gap)) = pause {

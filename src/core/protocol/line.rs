@@ -8,13 +8,6 @@ use super::{BodyFollows, Framing, Malformed, ParseLimits, Parsed, Request, Respo
 use crate::refusal::Refusal;
 
 /// Finds one `\n`-terminated line at the front of `pending`.
-// handout: stage 3: find the \n, drop a \r before it, refuse an empty line (400) or one over max_line_bytes (414,
-//   even before its \n arrives), else return the Request and the bytes consumed; read
-//   docs/guide/03-serving-files-safely.md
-// handout: stand-in: // One line, no limits: no `\r`, empty or overlong line refused.
-// handout: stand-in: let newline = pending.iter().position(|&b| b == b'\n')?;
-// handout: stand-in: let request = Request::line(pending[..newline].to_vec());
-// handout: stand-in: Some(Parsed { request: Ok(request), consumed: newline + 1, body: BodyFollows::Nothing })
 pub(super) fn parse(pending: &[u8], limits: &ParseLimits) -> Option<Parsed> {
     let refuse = |refusal, consumed| {
         Some(Parsed {
@@ -25,7 +18,9 @@ pub(super) fn parse(pending: &[u8], limits: &ParseLimits) -> Option<Parsed> {
     };
     let Some(newline) = pending.iter().position(|&b| b == b'\n') else {
         // No newline yet: wait for more, unless the line is already too long.
-        return if pending.len() > limits.max_line_bytes { refuse(Refusal::LineTooLong, pending.len()) } else { None };
+        // A `\r` at the end may be the first half of `\r\n`: not counted yet.
+        let counted = pending.strip_suffix(b"\r").unwrap_or(pending).len();
+        return if counted > limits.max_line_bytes { refuse(Refusal::LineTooLong, pending.len()) } else { None };
     };
     let mut line = &pending[..newline];
     if let [rest @ .., b'\r'] = line {

@@ -487,6 +487,20 @@ mod tests {
     }
 
     #[test]
+    fn a_line_at_the_limit_whose_crlf_is_split_is_served() {
+        let limits = ParseLimits { max_line_bytes: 8, ..ParseLimits::default() };
+        let mut parser = Parser::new(limits);
+        parser.feed(b"12345678\r");
+        assert!(parser.next_request().is_none(), "the \\r may be half of \\r\\n: wait for the next byte");
+        parser.feed(b"\n");
+        assert_eq!(target(parser.next_request()), b"12345678");
+
+        let mut parser = Parser::new(limits);
+        parser.feed(b"12345678\rx");
+        assert_eq!(parser.next_request().unwrap().unwrap_err().refusal, Refusal::LineTooLong);
+    }
+
+    #[test]
     fn an_empty_line_is_malformed() {
         let mut parser = Parser::default();
         parser.feed(b"\r\n");

@@ -1,0 +1,532 @@
+//! Stage 4, with the book's asynchronous I/O: the `stage3` server, whose
+//! file reads go to `aio_read(3)`, a control block (fd, buffer, length,
+//! offset) that the loop owns until `aio_return`. On Linux a finished read
+//! raises a realtime signal whose handler writes a byte to a socket the
+//! loop polls (the self-pipe trick); the loop then asks `aio_error` of each
+//! read. macOS has no realtime signals, so elsewhere the loop polls
+//! `aio_error` every millisecond while reads are in flight. glibc runs
+//! `aio_read` on its own threads. Cost: a control block and a buffer per read.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, TcpListener};
+use std::num::NonZeroUsize;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use labs::{check, Args, Context, Result, Service};
+use lru::LruCache;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Registry, Token};
+
+fn main() -> std::process::ExitCode {
+    labs::main(serve)
+}
+
+/// A TCP socket listening on 127.0.0.1:`port`.
+fn listen(port: u16) -> std::io::Result<TcpListener> {
+    // SAFETY: socket(2) takes no pointers; the fd it returns is owned below.
+    let fd = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) })?;
+    // SAFETY: fd is a new socket that nothing else owns; OwnedFd closes it.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let (yes, yes_len) = (1 as libc::c_int, std::mem::size_of::<libc::c_int>() as libc::socklen_t);
+    // SAFETY: the option points at a live c_int of the length given.
+    let option = (&yes as *const libc::c_int).cast();
+    check(unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, option, yes_len) })?;
+    // SAFETY: sockaddr_in is plain data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    addr.sin_family = libc::AF_INET as libc::sa_family_t;
+    addr.sin_port = port.to_be(); // network byte order
+    addr.sin_addr.s_addr = u32::from(Ipv4Addr::LOCALHOST).to_be();
+    let addr_len = std::mem::size_of_val(&addr) as libc::socklen_t;
+    // SAFETY: addr is a live sockaddr_in of the length given.
+    check(unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), addr_len) })?;
+    // SAFETY: fd is a bound socket.
+    check(unsafe { libc::listen(fd, libc::SOMAXCONN) })?;
+    Ok(TcpListener::from(socket))
+}
+
+/// The time `at`, in RFC 3339 UTC: `2026-11-27T12:00:00Z`.
+fn rfc3339_utc(at: SystemTime) -> String {
+    let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    // Howard Hinnant's civil_from_days: eras of 400 years, years from March.
+    let days = (secs / 86_400) as i64 + 719_468; // days since 0000-03-01
+    let (era, day_of_era) = (days.div_euclid(146_097), days.rem_euclid(146_097));
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let (hour, minute, second) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z")
+}
+
+/// Files the cache keeps (each at most one piece).
+const CACHE_FILES: NonZeroUsize = NonZeroUsize::new(1024).unwrap();
+
+type Done = (FileRead, io::Result<Vec<u8>>);
+
+/// A read handed to the system. Until `aio_return` the system writes `buffer` and reads
+/// `file`: the loop keeps both (the control block boxed, the buffer on the heap: neither moves).
+struct FileRead {
+    token: Token,
+    file: File,
+    control: Box<libc::aiocb>,
+    buffer: Vec<u8>,
+    offset: usize,
+    due: Instant, // not submitted before: the simulated slow disk
+    submitted: bool,
+}
+
+/// What every client's handling uses; the cache keeps small files whole, by request line.
+struct Server {
+    root: OwnedFd,
+    cache: LruCache<Vec<u8>, Vec<u8>>,
+    pending: Vec<FileRead>,
+    delay: Duration,
+}
+
+/// The longest request line, the `\r\n` not counted.
+const MAX_LINE_BYTES: usize = 4096;
+/// The most of a file read into memory at a time.
+const PIECE_BYTES: usize = 64 * 1024;
+
+/// Where a client is: it may send requests, or it is closed once `output` is sent.
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    Requests,
+    Closing,
+}
+
+/// A client: what the loop keeps of it between events.
+struct Client {
+    stream: TcpStream,
+    /// Received bytes not yet answered: a partial request, or several.
+    input: Vec<u8>,
+    /// Bytes owed to the client that the socket has not taken yet.
+    output: Vec<u8>,
+    /// The file being sent, after what `output` holds of it.
+    body: Option<Body>,
+    phase: Phase,
+    /// What the kernel watches for on its behalf.
+    interest: Option<Interest>,
+}
+
+/// The rest of a file being sent.
+struct Body {
+    /// The file; `None` while a read of it is pending.
+    file: Option<File>,
+    /// Bytes still to read from it (the size promised in `OK <size>`).
+    left: usize,
+    offset: usize,
+    /// No piece read yet: the next read is a cache miss, and slow.
+    fresh: bool,
+    /// The request line to cache the file under, if it is read whole.
+    cache_as: Option<Vec<u8>>,
+}
+
+impl Client {
+    /// Takes everything the client sent.
+    fn receive(&mut self) {
+        let mut incoming = [0u8; 16 * 1024];
+        while self.phase == Phase::Requests {
+            match self.stream.read(&mut incoming) {
+                Ok(0) => self.phase = Phase::Closing,
+                Ok(n) => self.input.extend_from_slice(&incoming[..n]),
+                Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => self.forget(),
+            }
+        }
+    }
+
+    /// Answers the complete requests in `input`, in order, until one has a file to send.
+    fn answer(&mut self, server: &mut Server) {
+        while self.body.is_none() && self.phase == Phase::Requests {
+            let Some(newline) = self.input.iter().position(|&byte| byte == b'\n') else {
+                if self.input.len() > MAX_LINE_BYTES + 1 {
+                    self.refuse("414 request line too long");
+                }
+                return; // the rest of the line is yet to come
+            };
+            let taken: Vec<u8> = self.input.drain(..=newline).collect();
+            let line = taken[..newline].strip_suffix(b"\r").unwrap_or(&taken[..newline]).to_vec();
+            if line.len() > MAX_LINE_BYTES {
+                return self.refuse("414 request line too long");
+            }
+            if line.is_empty() || line.iter().any(u8::is_ascii_control) {
+                return self.refuse("400 malformed request");
+            }
+            // lab:begin
+            // lab:todo a file in the cache is answered at once, from memory, even while slow reads of other
+            // lab:todo files are pending; a small file (one piece) read whole is kept for the next request.
+            if let Some(bytes) = server.cache.get(&line) {
+                self.output.extend_from_slice(format!("OK {}\n", bytes.len()).as_bytes());
+                self.output.extend_from_slice(bytes);
+                continue;
+            }
+            let cache_as = Some(line.clone());
+            // lab:stub let cache_as = None;
+            // lab:end
+            match open_file(&server.root, &line) {
+                Ok((file, size)) => {
+                    self.output.extend_from_slice(format!("OK {size}\n").as_bytes());
+                    let cache_as = cache_as.filter(|_| size <= PIECE_BYTES);
+                    self.body =
+                        (size > 0).then_some(Body { file: Some(file), left: size, offset: 0, fresh: true, cache_as });
+                }
+                Err((code, reason)) => self.output.extend_from_slice(format!("ERR {code} {reason}\n").as_bytes()),
+            }
+        }
+    }
+
+    /// Answers the last request this client may send, then closes it.
+    fn refuse(&mut self, code_and_reason: &str) {
+        self.output.extend_from_slice(format!("ERR {code_and_reason}\n").as_bytes());
+        (self.input, self.phase) = (Vec::new(), Phase::Closing);
+    }
+
+    /// Moves answers along until the socket is full, a read is pending, or nothing is owed.
+    fn pump(&mut self, server: &mut Server, token: Token) {
+        loop {
+            self.answer(server); // only once no file is being sent
+            if self.output.is_empty() {
+                let Some(body) = &mut self.body else { return };
+                // lab:begin
+                // lab:todo the next piece is read away from the loop, which serves other clients meanwhile; the
+                // lab:todo completion (finish_read) resumes this client. One read per client at a time, its file
+                // lab:todo untouched by the loop until it is back; only a cache miss waits out --read-delay-ms.
+                if let Some(file) = body.file.take() {
+                    let delay = if std::mem::take(&mut body.fresh) { server.delay } else { Duration::ZERO };
+                    let (buffer, offset, due) =
+                        (vec![0; body.left.min(PIECE_BYTES)], body.offset, Instant::now() + delay);
+                    // SAFETY: aiocb is plain data; all zeroes is a valid value.
+                    let control = Box::new(unsafe { std::mem::zeroed() });
+                    server.pending.push(FileRead { token, file, control, buffer, offset, due, submitted: false });
+                }
+                return;
+                // lab:end
+            }
+            self.send();
+            if !self.output.is_empty() {
+                return; // the socket is full: wait for its writable event
+            }
+        }
+    }
+
+    /// Takes a finished read: its bytes are owed to the client.
+    fn finish_read(&mut self, (read, bytes): Done, server: &mut Server) {
+        // lab:begin
+        // lab:todo a finished read gives the file back and its bytes are owed next, in order; a read that
+        // lab:todo failed or came back empty (the file shrank) cannot keep OK <size>: close the client. A
+        // lab:todo client forgotten meanwhile takes nothing. A small file read whole goes in the cache.
+        let Some(body) = &mut self.body else { return }; // forgotten meanwhile: the file closes here
+        body.file = Some(read.file);
+        match bytes {
+            Ok(bytes) if !bytes.is_empty() => {
+                body.left -= bytes.len();
+                body.offset += bytes.len();
+                if let Some(key) = body.cache_as.take().filter(|_| body.left == 0) {
+                    server.cache.put(key, bytes.clone());
+                }
+                self.output = bytes;
+                self.body.take_if(|body| body.left == 0);
+            }
+            _ => self.forget(),
+        }
+        // lab:end
+    }
+
+    /// Sends what is owed until it is all sent or the socket is full.
+    fn send(&mut self) {
+        while !self.output.is_empty() {
+            match self.stream.write(&self.output) {
+                Ok(sent) => drop(self.output.drain(..sent)),
+                Err(err) if err.kind() == ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return self.forget(),
+            }
+        }
+    }
+
+    /// The client is gone or cannot be answered: owe it nothing, close it.
+    fn forget(&mut self) {
+        (self.phase, self.output, self.body) = (Phase::Closing, Vec::new(), None);
+    }
+
+    /// Tells the kernel what to watch for now; false once the client is done.
+    fn watch(&mut self, registry: &Registry, token: Token) -> bool {
+        let mut wanted = (self.phase == Phase::Requests).then_some(Interest::READABLE);
+        if !self.output.is_empty() || self.body.is_some() {
+            wanted = Some(wanted.map_or(Interest::WRITABLE, |read| read | Interest::WRITABLE));
+        }
+        let changed = match (self.interest, wanted) {
+            (None, Some(wanted)) => registry.register(&mut self.stream, token, wanted),
+            (Some(had), Some(wanted)) if had != wanted => registry.reregister(&mut self.stream, token, wanted),
+            (Some(_), None) => registry.deregister(&mut self.stream),
+            _ => Ok(()),
+        };
+        self.interest = wanted;
+        changed.is_ok() && wanted.is_some()
+    }
+}
+
+/// Opens the file a request names under the root: the file and its size, or a refusal.
+fn open_file(root: &OwnedFd, request: &[u8]) -> std::result::Result<(File, usize), (u16, &'static str)> {
+    if request.starts_with(b"/") {
+        return Err((403, "absolute paths are refused"));
+    }
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for component in request.split(|&byte| byte == b'/') {
+        match component {
+            b"" | b"." => continue,
+            b".." => return Err((403, "`..` is refused")),
+            hidden if hidden.starts_with(b".") => return Err((403, "hidden files are refused")),
+            name => parts.push(name),
+        }
+    }
+    let Ok(path) = CString::new(parts.join(&b'/')) else { return Err((400, "NUL in the path")) };
+    if parts.is_empty() {
+        return Err((403, "the root is a directory"));
+    }
+    let file = match open_beneath(root, &path) {
+        Ok(fd) => File::from(fd),
+        Err(err) => {
+            return Err(match err.raw_os_error() {
+                Some(libc::ENOENT | libc::ENOTDIR) => (404, "no such file"),
+                Some(libc::EXDEV | libc::ELOOP | libc::EMLINK) => (403, "the path leaves the root"),
+                Some(libc::EACCES | libc::EPERM) => (403, "permission denied"),
+                Some(libc::EISDIR) => (403, "not a regular file"),
+                _ => (500, "cannot open the file"),
+            })
+        }
+    };
+    match file.metadata() {
+        Ok(meta) if meta.is_file() => Ok((file, meta.len() as usize)),
+        Ok(_) => Err((403, "not a regular file")),
+        Err(_) => Err((500, "cannot stat the file")),
+    }
+}
+
+/// Opens `path` beneath `root` with the kernel's own check (Linux 5.6+).
+#[cfg(target_os = "linux")]
+fn open_beneath(root: &OwnedFd, path: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: open_how is plain data; zero is "no flags, no mode".
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    let how_size = std::mem::size_of::<libc::open_how>();
+    // SAFETY: path is NUL-terminated; how is live and its size is given.
+    match check(unsafe { libc::syscall(libc::SYS_openat2, root.as_raw_fd(), path.as_ptr(), &how, how_size) }) {
+        // SAFETY: a new fd that nothing else owns.
+        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }),
+        Err(err) if err.raw_os_error() == Some(libc::ENOSYS) => open_walking(root, path.to_bytes()),
+        Err(err) => Err(err),
+    }
+}
+
+/// Opens `path` beneath `root`: no `openat2` here, so by the portable walk.
+#[cfg(not(target_os = "linux"))]
+fn open_beneath(root: &OwnedFd, path: &CStr) -> io::Result<OwnedFd> {
+    open_walking(root, path.to_bytes())
+}
+
+/// `RESOLVE_BENEATH` by hand: each component opened with `O_NOFOLLOW`, a symlink's target
+/// walked in its place; `..` (from a target) never above the root; an absolute target: `EXDEV`.
+fn open_walking(root: &OwnedFd, path: &[u8]) -> io::Result<OwnedFd> {
+    let error = |errno| Err(io::Error::from_raw_os_error(errno));
+    let mut todo: Vec<Vec<u8>> = path.split(|&byte| byte == b'/').rev().map(<[u8]>::to_vec).collect();
+    let (mut dirs, mut links): (Vec<OwnedFd>, usize) = (Vec::new(), 0);
+    while let Some(component) = todo.pop() {
+        let at = dirs.last().unwrap_or(root).as_raw_fd();
+        match component.as_slice() {
+            b"" | b"." => continue,
+            b".." if dirs.pop().is_none() => return error(libc::EXDEV),
+            b".." => continue,
+            _ => {}
+        }
+        let last = todo.iter().all(|rest| rest.is_empty() || rest == b".");
+        let kind = if last { libc::O_NONBLOCK } else { libc::O_DIRECTORY };
+        let name = CString::new(component).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: name is NUL-terminated; openat takes no other pointer.
+        match check(unsafe {
+            libc::openat(at, name.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | kind)
+        }) {
+            // SAFETY: a new fd that nothing else owns.
+            Ok(fd) if last => return Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+            // SAFETY: the same: a new fd that nothing else owns.
+            Ok(fd) => dirs.push(unsafe { OwnedFd::from_raw_fd(fd) }),
+            Err(err) if matches!(err.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR | libc::EMLINK)) => {
+                let mut target = vec![0u8; 4096];
+                // SAFETY: name is NUL-terminated; target is live and its length is given.
+                let read = unsafe { libc::readlinkat(at, name.as_ptr(), target.as_mut_ptr().cast(), target.len()) };
+                let Ok(length) = check(read) else { return Err(err) }; // not a symlink after all
+                target.truncate(length as usize);
+                links += 1;
+                if target.starts_with(b"/") || links > 40 {
+                    return error(if links > 40 { libc::ELOOP } else { libc::EXDEV });
+                }
+                todo.extend(target.split(|&byte| byte == b'/').rev().map(<[u8]>::to_vec));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    error(libc::EISDIR) // the path ends at a directory
+}
+
+/// The realtime signal a finished read raises: the first that glibc leaves free.
+#[cfg(target_os = "linux")]
+fn completion_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+/// The loop's end of the completion signal: a socket, readable once a read finishes.
+#[cfg(target_os = "linux")]
+fn listen_for_completions(registry: &Registry) -> io::Result<Option<mio::net::UnixStream>> {
+    // lab:begin
+    // lab:todo the completion signal reaches the loop as an event, even while it sleeps in its poll; its
+    // lab:todo handler only does what is async-signal-safe (a byte written, none of the loop's data touched);
+    // lab:todo set up before the first read. Read signal-safety(7), signal_hook::low_level::pipe's docs.
+    let (read_end, write_end) = std::os::unix::net::UnixStream::pair()?;
+    signal_hook::low_level::pipe::register(completion_signal(), write_end)?;
+    read_end.set_nonblocking(true)?;
+    let mut read_end = mio::net::UnixStream::from_std(read_end);
+    registry.register(&mut read_end, COMPLETIONS, Interest::READABLE)?;
+    Ok(Some(read_end))
+    // lab:end
+}
+
+/// No usable completion signal here: the loop polls instead.
+#[cfg(not(target_os = "linux"))]
+fn listen_for_completions(_: &Registry) -> io::Result<Option<mio::net::UnixStream>> {
+    Ok(None)
+}
+
+/// Submits the reads that are due, and takes the finished ones out, with their results.
+fn advance(pending: &mut Vec<FileRead>) -> Vec<Done> {
+    // lab:begin
+    // lab:todo a read whose delay is over starts, returning at once: from the file at the offset into the
+    // lab:todo buffer, asking to be told of its end (Linux: the realtime signal the loop listens for; else
+    // lab:todo none, the loop polls); one that cannot start (EAGAIN) ends with that error. Each finished read
+    // lab:todo is taken out with its bytes or error, reaped exactly once; the others stay, their block and
+    // lab:todo buffer in place. Never wait here. Read aio_read(3), aio_error(3), aio_return(3), sigevent(7).
+    let (now, mut finished) = (Instant::now(), Vec::new());
+    for mut read in std::mem::take(pending) {
+        if !read.submitted && read.due <= now {
+            let control = &mut *read.control;
+            (control.aio_fildes, control.aio_buf) = (read.file.as_raw_fd(), read.buffer.as_mut_ptr().cast());
+            (control.aio_nbytes, control.aio_offset) = (read.buffer.len(), read.offset as libc::off_t);
+            #[cfg(target_os = "linux")]
+            let (notify, signal) = (libc::SIGEV_SIGNAL, completion_signal());
+            #[cfg(not(target_os = "linux"))]
+            let (notify, signal) = (libc::SIGEV_NONE, 0);
+            (control.aio_sigevent.sigev_notify, control.aio_sigevent.sigev_signo) = (notify, signal);
+            // SAFETY: the block and the buffer it points to stay in `read`, which is kept until reaped.
+            if let Err(err) = check(unsafe { libc::aio_read(control) }) {
+                finished.push((read, Err(err)));
+                continue;
+            }
+            read.submitted = true;
+        }
+        // SAFETY: the block was submitted and is not yet reaped.
+        let status = if read.submitted { unsafe { libc::aio_error(&*read.control) } } else { libc::EINPROGRESS };
+        match status {
+            libc::EINPROGRESS => pending.push(read),
+            -1 => finished.push((read, Err(io::Error::last_os_error()))),
+            error => {
+                // SAFETY: the read has finished (aio_error said so); aio_return reaps it, once.
+                let returned = unsafe { libc::aio_return(&mut *read.control) };
+                let mut bytes = std::mem::take(&mut read.buffer);
+                bytes.truncate(returned.max(0) as usize);
+                let result = if error == 0 { Ok(bytes) } else { Err(io::Error::from_raw_os_error(error)) };
+                finished.push((read, result));
+            }
+        }
+    }
+    finished
+    // lab:end
+}
+
+/// The poll's timeout: the next read's due time; 1 ms while reads run where no signal comes.
+fn timeout(pending: &[FileRead]) -> Option<Duration> {
+    let now = Instant::now();
+    let next_due = pending.iter().filter(|read| !read.submitted).map(|read| read.due.saturating_duration_since(now));
+    let polling = cfg!(not(target_os = "linux")) && pending.iter().any(|read| read.submitted);
+    next_due.chain(polling.then_some(Duration::from_millis(1))).min()
+}
+
+/// The tokens of the listener and of the completion signal; clients get the others.
+const LISTENER: Token = Token(usize::MAX);
+const COMPLETIONS: Token = Token(usize::MAX - 1);
+
+fn serve(args: Args) -> Result<()> {
+    let root = File::options().read(true).custom_flags(libc::O_DIRECTORY).open(&args.root);
+    let root = OwnedFd::from(root.context("opening the root directory")?);
+    let listener = listen(args.port).context(format!("listening on port {}", args.port))?;
+    labs::announce(listener.local_addr().context("getsockname")?)?;
+    listener.set_nonblocking(true).context("making the listener non-blocking")?;
+    let mut listener = mio::net::TcpListener::from_std(listener);
+    let mut poll = Poll::new().context("epoll_create")?;
+    poll.registry().register(&mut listener, LISTENER, Interest::READABLE).context("registering the listener")?;
+    let mut completions = listen_for_completions(poll.registry()).context("listening for completion signals")?;
+    let mut server = Server { root, cache: LruCache::new(CACHE_FILES), pending: Vec::new(), delay: args.read_delay() };
+    let mut events = Events::with_capacity(256);
+    let mut clients: HashMap<Token, Client> = HashMap::new();
+    let mut next_token = 0;
+    loop {
+        match poll.poll(&mut events, timeout(&server.pending)) {
+            Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+            result => result.context("epoll_wait")?,
+        }
+        for event in &events {
+            let token = event.token();
+            if token == LISTENER {
+                loop {
+                    let stream = match listener.accept() {
+                        Ok((stream, _)) => stream,
+                        Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+                        Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+                        Err(err) => break eprintln!("accept: {err}"), // EMFILE: the next event tries again
+                    };
+                    let (input, output, phase) = (Vec::new(), Vec::new(), Phase::Requests);
+                    let mut client = Client { stream, input, output, body: None, phase, interest: None };
+                    if args.service == Service::Time {
+                        client.output = format!("{}\n", rfc3339_utc(SystemTime::now())).into_bytes();
+                        client.phase = Phase::Closing;
+                    }
+                    next_token += 1;
+                    client.pump(&mut server, Token(next_token));
+                    if client.watch(poll.registry(), Token(next_token)) {
+                        clients.insert(Token(next_token), client);
+                    }
+                }
+                continue;
+            }
+            if token == COMPLETIONS {
+                // Empty the socket first: a signal that comes after this wakes the next poll.
+                while completions.as_mut().is_some_and(|signals| signals.read(&mut [0; 64]).is_ok_and(|n| n > 0)) {}
+                continue;
+            }
+            let Some(client) = clients.get_mut(&token) else { continue };
+            client.receive();
+            client.pump(&mut server, token);
+            if !client.watch(poll.registry(), token) {
+                clients.remove(&token);
+            }
+        }
+        // Every turn, whatever woke it: due reads start, finished ones reach their clients.
+        for done in advance(&mut server.pending) {
+            let token = done.0.token;
+            let Some(client) = clients.get_mut(&token) else { continue }; // gone: the read is dropped here
+            client.finish_read(done, &mut server);
+            client.pump(&mut server, token);
+            if !client.watch(poll.registry(), token) {
+                clients.remove(&token);
+            }
+        }
+    }
+}
