@@ -1,15 +1,19 @@
 //! Everything a server run is configured with, and every default, once.
 //!
-//! The `server` binary's flags, [`Config::default`], the connection limits
-//! and the parser limits all take their defaults from [`defaults`], so a
-//! default is written in one place. Tests and the benchmark only ever go
+//! [`Config`] is the `server` binary's command line: clap parses the flags
+//! straight into it, with the defaults from [`defaults`], and refuses a flag
+//! the chosen model does not read. [`crate::server::Server::bind`] turns it
+//! into what a model runs with. Tests and the benchmark only ever go
 //! through the flags.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
+
+use crate::conn::Limits;
+use crate::protocol::ParseLimits;
 
 /// The default of every setting (`server --help` shows them).
 pub mod defaults {
@@ -49,7 +53,7 @@ pub mod defaults {
 /// (`crate::models::<name>`, linked from the crate's stage table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Model {
-    /// Stage 1: one client at a time, blocking accept and reads.
+    /// Stage 1: one client at a time: wait for a client, accept it, serve it with blocking reads.
     Iterative,
     /// Stage 2: a process per connection (fork after accept).
     Fork,
@@ -78,41 +82,23 @@ pub enum Model {
 }
 
 impl Model {
-    /// Every model, in the order of the stages: the one list tests, the
-    /// benchmark and the docs take the models from.
-    pub const ALL: [Model; 13] = [
-        Model::Iterative,
-        Model::Fork,
-        Model::Prefork,
-        Model::Threads,
-        Model::Pool,
-        Model::Select,
-        Model::Poll,
-        Model::Event,
-        Model::EventAsync,
-        Model::EventAio,
-        Model::Uring,
-        Model::Tokio,
-        Model::UringNet,
-    ];
+    /// Every model, in the order of the stages (the order of the enum,
+    /// which clap lists in `--help`).
+    pub fn all() -> &'static [Model] {
+        <Model as clap::ValueEnum>::value_variants()
+    }
 
-    /// The name `--model` takes.
+    /// The name `--model` takes: the contract's list, which the client
+    /// (which does not link the server) takes the models from, is the one
+    /// source of the names; a test checks that clap spells them the same.
     pub fn name(self) -> &'static str {
-        match self {
-            Model::Iterative => "iterative",
-            Model::Fork => "fork",
-            Model::Prefork => "prefork",
-            Model::Threads => "threads",
-            Model::Pool => "pool",
-            Model::Select => "select",
-            Model::Poll => "poll",
-            Model::Event => "event",
-            Model::EventAsync => "event-async",
-            Model::EventAio => "event-aio",
-            Model::Uring => "uring",
-            Model::Tokio => "tokio",
-            Model::UringNet => "uring-net",
-        }
+        contract::MODELS[self as usize]
+    }
+
+    /// Whether the model reads files (and computes fib) off the thread
+    /// that waits for sockets, on at most `--readers` threads.
+    pub fn reads_off_the_loop(self) -> bool {
+        contract::ASYNCHRONOUS_READS.contains(&self.name())
     }
 
     /// What `--workers N` counts for this model; `None` for models that
@@ -262,99 +248,190 @@ impl ServiceKind {
     }
 }
 
-/// The complete configuration of one server run.
-#[derive(Debug, Clone)]
+/// The complete configuration of one server run: the `server` binary's
+/// flags, parsed by clap straight into this struct, so each setting, its
+/// flag, its help and its default are written once, here.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "server",
+    version,
+    max_term_width = 100,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP
+)]
 pub struct Config {
-    /// The server design.
+    /// Server design: how it waits and where blocking work runs.
+    #[arg(long, value_enum, default_value_t = Model::Event)]
     pub model: Model,
-    /// What it serves.
+    /// What to serve: files from --root, the time of day, or fib(n).
+    #[arg(long, value_enum, default_value_t = ServiceKind::File)]
     pub service: ServiceKind,
-    /// Address to bind.
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
     pub addr: IpAddr,
-    /// Port to bind; 0 lets the kernel pick (read it from `listening on`).
+    /// Port to listen on; 0 picks a free one (read it from the `listening on` line).
+    #[arg(long, env = "SERVER_PORT", default_value_t = defaults::PORT)]
     pub port: u16,
-    /// Directory files are served from.
+    /// Directory to serve files from; nothing outside it is ever sent.
+    #[arg(long, default_value = ".", value_name = "DIR")]
     pub root: PathBuf,
-    /// Serve files and directories whose name starts with `.`.
+    /// Serve files and directories whose names start with a dot.
+    #[arg(long)]
     pub allow_hidden: bool,
-    /// Byte budget of the file cache; 0 disables it.
-    pub cache_bytes: u64,
-    /// Files larger than this are never cached, but streamed.
-    pub cache_max_file_bytes: u64,
-    /// Simulated storage latency added to every read that misses the cache.
-    pub read_delay: Duration,
-    /// Connections served at once (`--max-conns`); more are refused with 503.
-    /// The server may lower it to what the open-file limit allows.
+    /// Byte budget of the file cache (e.g. 64MiB); 0 disables caching.
+    #[arg(long, default_value_t = ByteSize(defaults::CACHE_BYTES), value_name = "BYTES")]
+    pub cache_size: ByteSize,
+    /// Largest file kept in the cache; larger files are streamed with sendfile.
+    #[arg(long, default_value_t = ByteSize(defaults::CACHE_MAX_FILE_BYTES), value_name = "BYTES")]
+    pub cache_max_file: ByteSize,
+    /// Simulated storage latency: every read that misses the cache waits this long.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub read_delay_ms: u64,
+    /// Most connections served at once; more are refused with 503. The
+    /// server may lower it to what the open-file limit allows.
+    #[arg(long, default_value_t = defaults::MAX_CONNS, value_name = "N", value_parser = at_least_one)]
     pub max_conns: usize,
-    /// Most reader threads of `event-async` (and of the other async models'
-    /// fib work, and the size of `tokio`'s blocking pool); they start on
-    /// demand and stop when idle.
+    /// Asynchronous models (event-async, event-aio, uring, tokio,
+    /// uring-net): most reader threads for file reads and fib (started on
+    /// demand, stopped after 10 s idle).
+    #[arg(long, default_value_t = defaults::READERS, value_name = "N", value_parser = at_least_one)]
     pub readers: usize,
-    /// `--workers N`: event loops, worker processes or pool threads, as
-    /// [`Model::workers`] says; `None` takes the model's default.
+    /// Event models: event loops on SO_REUSEPORT listeners (default 1).
+    /// prefork: worker processes; pool: pool threads; tokio: runtime worker
+    /// threads (default: one per core).
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub workers: Option<usize>,
-    /// `--runtime`: how `tokio` runs its workers (other models ignore it).
+    /// tokio: one multi-thread runtime with --workers threads, or one
+    /// current-thread runtime per worker, each on its own SO_REUSEPORT listener.
+    #[arg(long, value_enum, default_value_t = Runtime::MultiThread)]
     pub runtime: Runtime,
-    /// Longest request line accepted.
-    pub max_line_bytes: usize,
-    /// Longest HTTP head accepted.
-    pub max_head_bytes: usize,
-    /// A request must arrive complete within this time of its first byte.
-    pub request_timeout: Duration,
-    /// `--without`: the `uring-net` techniques turned off.
+    /// uring-net: turn a technique off, to measure what it buys (repeat
+    /// or list with commas).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "TECHNIQUE")]
     pub without: Vec<Technique>,
-    /// `--zero-copy`: when `uring-net` sends without copying.
+    /// uring-net: when sends are zero-copy (IORING_OP_SEND_ZC), for sends
+    /// of 4 KiB or more.
+    #[arg(long, value_enum, default_value_t = ZeroCopy::Remote)]
     pub zero_copy: ZeroCopy,
-    /// Idle keep-alive connections are closed after this.
-    pub idle_timeout: Duration,
-    /// A response that makes no write progress this long is dropped.
-    pub write_timeout: Duration,
-    /// Do not log per-event lines to stderr.
+    /// Longest request line accepted, in bytes; longer lines get 414.
+    #[arg(long, default_value_t = ByteSize(defaults::MAX_LINE_BYTES as u64), value_name = "BYTES")]
+    pub max_line: ByteSize,
+    /// Longest HTTP head (request line and headers) accepted; longer gets 431.
+    #[arg(long, default_value_t = ByteSize(defaults::MAX_HEAD_BYTES as u64), value_name = "BYTES")]
+    pub max_head: ByteSize,
+    /// Seconds a request may take to arrive after its first byte (slow senders are dropped).
+    #[arg(long, default_value_t = Seconds(defaults::REQUEST_TIMEOUT), value_name = "SECS")]
+    pub request_timeout: Seconds,
+    /// Seconds an idle keep-alive connection is kept open.
+    #[arg(long, default_value_t = Seconds(defaults::IDLE_TIMEOUT), value_name = "SECS")]
+    pub idle_timeout: Seconds,
+    /// Seconds a response may make no write progress before it is dropped.
+    #[arg(long, default_value_t = Seconds(defaults::WRITE_TIMEOUT), value_name = "SECS")]
+    pub write_timeout: Seconds,
+    /// Log only warnings and cache clears.
+    #[arg(long)]
     pub quiet: bool,
-    /// `--defer-accept`: hand a connection to the server only once its
-    /// first bytes are in (Linux's `TCP_DEFER_ACCEPT`, nginx's `listen ...
-    /// deferred`). Off by default: with it, a client that connects and says
-    /// nothing stays invisible to the server for a second, and idle or
-    /// stalled clients are what the early stages are about.
+    /// Hand a connection over only once its request has arrived (Linux
+    /// TCP_DEFER_ACCEPT, nginx's `listen ... deferred`): saves a wake-up per
+    /// connection, but a silent client stays invisible for about a second.
+    /// Off by default: idle and stalled clients are what the early stages
+    /// are about.
+    #[arg(long)]
     pub defer_accept: bool,
-    /// `--trace FILE`: record what the server does, written at a graceful stop.
+    /// Record what the server does (loop turns, waits, reads, requests, signals) as Chrome
+    /// trace-event JSON, written to FILE at a graceful stop; draw it with `client timeline`.
+    #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
-    /// `--trace-events N`: the most events the trace holds.
+    /// With --trace: the most events recorded (about 90 bytes each); past it recording stops.
+    #[arg(long, default_value_t = defaults::TRACE_EVENTS, value_name = "N", requires = "trace")]
     pub trace_events: usize,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            model: Model::Event,
-            service: ServiceKind::File,
-            addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            port: defaults::PORT,
-            root: PathBuf::from("."),
-            allow_hidden: false,
-            cache_bytes: defaults::CACHE_BYTES,
-            cache_max_file_bytes: defaults::CACHE_MAX_FILE_BYTES,
-            read_delay: Duration::ZERO,
-            max_conns: defaults::MAX_CONNS,
-            readers: defaults::READERS,
-            workers: None,
-            runtime: Runtime::default(),
-            without: Vec::new(),
-            zero_copy: ZeroCopy::default(),
-            max_line_bytes: defaults::MAX_LINE_BYTES,
-            max_head_bytes: defaults::MAX_HEAD_BYTES,
-            request_timeout: defaults::REQUEST_TIMEOUT,
-            idle_timeout: defaults::IDLE_TIMEOUT,
-            write_timeout: defaults::WRITE_TIMEOUT,
-            quiet: false,
-            defer_accept: false,
-            trace: None,
-            trace_events: defaults::TRACE_EVENTS,
-        }
+const ABOUT: &str = "A small file server that comes in many models, from an iterative loop to an epoll event \
+loop, for learning and measuring event-based concurrency.";
+
+const LONG_ABOUT: &str = "A small file server that comes in many models, from an iterative loop to an epoll event \
+loop, for learning and measuring event-based concurrency.
+
+The first line on stdout is `listening on <ip>:<port>`; logs go to stderr.
+`kill -HUP <pid>` clears the file cache; SIGINT/SIGTERM stop gracefully.";
+
+const AFTER_HELP: &str = "\
+Examples:
+  server --root fixtures                                # event model on 127.0.0.1:7070
+  server --model select --service time --port 0         # the homework's stage 2
+  server --model event-async --read-delay-ms 100        # slow storage, asynchronous reads
+  server --model prefork --workers 8 --root fixtures    # 8 worker processes
+  server --model tokio --root fixtures                  # a tokio task (an async fn) per connection
+  server --read-delay-ms 10 --trace t.json              # at the stop: client timeline t.json --svg t.svg
+
+Protocols on the same port: one path per line (`OK <size>` + bytes, or
+`ERR <code> <reason>`), or HTTP/1.1 GET/HEAD (curl, browsers, wrk).
+
+Signals: SIGHUP clears the cache (logs `cache cleared: <files> files, <bytes> bytes`);
+SIGINT/SIGTERM stop accepting, finish responses in flight (5 s at most), exit 0.
+
+Exit status: 0 after a graceful stop, 1 if the server cannot start (the message
+says why and what to try), 2 on a usage error (a flag the model does not use is one).";
+
+/// A count that must be at least one (`--workers`, `--readers`, `--max-conns`).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{text:?} is not a count (try 4)")),
     }
 }
 
+/// Whether a model reads a flag.
+type ReadBy = fn(Model) -> bool;
+
+/// The flags only some models read, and which: a flag given to a model
+/// that would ignore it is a usage error, not a silent no-op.
+const MODEL_FLAGS: [(&str, ReadBy); 5] = [
+    ("workers", |model| model.workers().is_some()),
+    ("readers", Model::reads_off_the_loop),
+    ("runtime", |model| model == Model::Tokio),
+    ("without", |model| model == Model::UringNet),
+    ("zero_copy", |model| model == Model::UringNet),
+];
+
 impl Config {
+    /// The configuration the command line gives, or the usage error (exit
+    /// status 2) when the line is malformed or gives a flag the chosen
+    /// model does not use.
+    pub fn from_command_line() -> Config {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Config::command().get_matches();
+        let config = Config::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
+        let given = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+        if let Err(message) = config.check_flags(given) {
+            Config::command().error(clap::error::ErrorKind::ArgumentConflict, message).exit()
+        }
+        config
+    }
+
+    /// Refuses a flag (`given` says whether the command line set it) the
+    /// model does not read, naming the models that do.
+    fn check_flags(&self, given: impl Fn(&str) -> bool) -> Result<(), String> {
+        if self.trace.is_some() && matches!(self.model, Model::Fork | Model::Prefork) {
+            return Err("--trace records the threads of one process; fork and prefork serve in many (try --model threads or pool)".into());
+        }
+        for (id, reads) in MODEL_FLAGS {
+            if given(id) && !reads(self.model) {
+                let users: Vec<&str> = Model::all().iter().filter(|m| reads(**m)).map(|m| m.name()).collect();
+                let flag = format!("--{}", id.replace('_', "-"));
+                return Err(format!(
+                    "{flag} applies to --model {} only (this run is --model {})",
+                    users.join(", "),
+                    self.model
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// How many workers (`--workers`) this run uses: the flag, or the model's default.
     pub fn workers(&self) -> usize {
         self.workers.or(self.model.workers().map(Workers::default_count)).unwrap_or(1)
@@ -373,6 +450,24 @@ impl Config {
             Some(Workers::RuntimeThreads) => self.runtime == Runtime::CurrentThreadPerCore,
             _ => false,
         }
+    }
+
+    /// What each connection may take: sizes and times.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            parse: ParseLimits {
+                max_line_bytes: usize::try_from(self.max_line.0).unwrap_or(usize::MAX),
+                max_head_bytes: usize::try_from(self.max_head.0).unwrap_or(usize::MAX),
+            },
+            request_timeout: self.request_timeout.0,
+            idle_timeout: self.idle_timeout.0,
+            write_timeout: self.write_timeout.0,
+        }
+    }
+
+    /// The simulated storage latency (`--read-delay-ms`).
+    pub fn read_delay(&self) -> Duration {
+        Duration::from_millis(self.read_delay_ms)
     }
 }
 
@@ -445,7 +540,8 @@ mod tests {
 
     #[test]
     fn the_models_are_the_ones_the_contract_names() {
-        assert_eq!(Model::ALL.map(Model::name), contract::MODELS);
+        let names: Vec<&str> = Model::all().iter().map(|m| m.name()).collect();
+        assert_eq!(names, contract::MODELS);
     }
 
     fn size(text: &str) -> Result<u64, String> {
@@ -477,8 +573,8 @@ mod tests {
     #[test]
     fn every_model_is_listed_once_and_named_as_clap_spells_it() {
         use clap::ValueEnum;
-        assert_eq!(Model::ALL.len(), Model::value_variants().len());
-        for model in Model::ALL {
+        assert_eq!(Model::all().len(), contract::MODELS.len());
+        for &model in Model::all() {
             let spelled = model.to_possible_value().expect("every model is selectable");
             assert_eq!(spelled.get_name(), model.name());
         }

@@ -10,7 +10,7 @@
 //! | stage | question | models |
 //! |---|---|---|
 //! | 1 | a one-at-a-time time server | [`iterative`](models::iterative) |
-//! | 2 | many clients at once | [`select`](models::select), [`poll`](models::poll), [`event`](models::event); with processes and threads: [`fork`](models::fork), [`prefork`](models::prefork), [`threads`](models::threads), [`pool`](models::pool); with async/await: [`tokio`](models::tokio) |
+//! | 2 | many clients at once | [`select`](models::select), [`poll`](models::poll), [`event`](models::event); with processes and threads: [`fork`](models::fork), [`prefork`](models::prefork), [`threads`](models::threads), [`pool`](models::pool); with async/await: [`tokio`](models::async_await) |
 //! | 3 | files from a sandboxed root | every model, through the shared [`core`] |
 //! | 4 | asynchronous reads | [`event-async`](models::event_async), [`event-aio`](models::event_aio), [`uring`](models::uring); completion for sockets too: [`uring-net`](models::uring_net) |
 //! | 5 | signals and the cache | every model ([`signals`], [`cache`]) |
@@ -26,7 +26,7 @@
 //! * [`shared`]: the machinery the models' loops share: [`server`], the
 //!   connection table ([`connections`]), [`fan_out`], [`signals`], the thread pools;
 //! * [`models`]: one file per model, each holding its own wait-and-dispatch
-//!   loop; [`backend`](models::async_reads) is what the stage-4 models share.
+//!   loop; [`backend`] is what the stage-4 models share.
 //!
 //! `docs/design.md` draws how these layers depend on each other and follows
 //! one request through them; the guide in `docs/guide/` walks through the
@@ -53,8 +53,8 @@ mod trace;
 // The parts' modules by their short names, so every file says `crate::conn`
 // whichever folder it lives in.
 use self::core::{cache, conn, output, protocol, refusal, sandbox, service};
-use models::async_reads as backend;
-use shared::{blocking, connections, fan_out, net, process, server, signals, slab, thread_pool};
+use models::backend;
+use shared::{blocking, connections, fan_out, lifecycle, net, process, server, signals, slab, thread_pool};
 
 pub use config::{Config, Model, ServiceKind};
 pub use error::ServerError;

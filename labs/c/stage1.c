@@ -5,7 +5,7 @@
 // client the others wait in the kernel's listen queue: that is fine for a
 // reply that takes microseconds, and the reason for every later stage.
 //
-//   ./stage1 --port 0 --service time
+//   cd labs/c && build/stage1 --port 0 --service time
 #include "lab.h"
 
 #include <errno.h>

@@ -4,7 +4,7 @@
 // epoll reports only those that became ready, once (edge-triggered): reads
 // drain to EAGAIN; writability is asked for only while output is owed.
 //
-//   ./stage2-epoll --port 0 --root ../../fixtures
+//   cd labs/c && build/stage2-epoll --port 0 --root ../../docs
 #include "lab.h"
 
 #include <stdio.h>

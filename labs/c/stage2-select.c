@@ -6,7 +6,7 @@
 // (the book's "manual stack management").
 // Files are read inline, whole: a slow disk stalls everyone (stage 4).
 //
-//   ./stage2-select --port 0 --root ../../fixtures
+//   cd labs/c && build/stage2-select --port 0 --root ../../docs
 #include "lab.h"
 
 #include <errno.h>
@@ -230,7 +230,7 @@ static void drop_client(struct client *c) {
 // lab:todo Accept every client that is waiting (until EAGAIN), each non-blocking, each
 // lab:todo with a fresh state. A descriptor select cannot watch (FD_SETSIZE or more)
 // lab:todo must never reach an fd_set: send that client `ERR 503 <reason>` and close it
-// lab:todo (the grader opens more than a thousand clients). man 2 accept, man 2 select.
+// lab:todo (try it: a thousand clients at once). man 2 accept, man 2 select.
 static void accept_clients(int listener) {
     for (;;) {
         int fd = accept(listener, NULL, NULL);

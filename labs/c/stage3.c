@@ -10,7 +10,7 @@
 // client has taken the last: memory per client stays bounded, and a slow
 // reader never stalls the others. Reads still block the loop (stage 4).
 //
-//   ./stage3 --port 0 --root ../../fixtures
+//   cd labs/c && build/stage3 --port 0 --root ../../docs
 #include "lab.h"
 
 #include <errno.h>

@@ -12,7 +12,7 @@
 // From here on, small files are kept in memory (the cache), so a cached
 // file is answered at once while slow reads are pending.
 //
-//   ./stage4-aio --port 0 --root ../../fixtures --read-delay-ms 250
+//   cd labs/c && build/stage4-aio --port 0 --root ../../docs --read-delay-ms 250
 #include "lab.h"
 
 #include <aio.h>

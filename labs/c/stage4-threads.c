@@ -9,7 +9,7 @@
 // state; a reader touches a client's file and buffer only while the read
 // is its own. From here on, small files are kept in memory (the cache).
 //
-//   ./stage4-threads --port 0 --root ../../fixtures --read-delay-ms 250
+//   cd labs/c && build/stage4-threads --port 0 --root ../../docs --read-delay-ms 250
 #include "lab.h"
 
 #include <errno.h>

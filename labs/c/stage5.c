@@ -10,7 +10,7 @@
 // flight when the cache was cleared must not put its old bytes back: each
 // read remembers the cache generation it started in.
 //
-//   ./stage5 --port 0 --root ../../fixtures &
+//   cd labs/c && build/stage5 --port 0 --root ../../docs &
 //   kill -HUP %1     # stderr: cache cleared
 //   kill %1          # a graceful stop
 #include "lab.h"

@@ -48,7 +48,6 @@
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
-use crate::config::defaults;
 use crate::output::{Output, Sink, Then};
 use crate::protocol::{Framing, ParseLimits, Parser, Response};
 use crate::refusal::Refusal;
@@ -92,26 +91,81 @@ pub struct Limits {
     pub write_timeout: Duration,
 }
 
+#[cfg(test)] // a run's limits come from its Config (`Config::limits`)
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             parse: ParseLimits::default(),
-            request_timeout: defaults::REQUEST_TIMEOUT,
-            idle_timeout: defaults::IDLE_TIMEOUT,
-            write_timeout: defaults::WRITE_TIMEOUT,
+            request_timeout: crate::config::defaults::REQUEST_TIMEOUT,
+            idle_timeout: crate::config::defaults::IDLE_TIMEOUT,
+            write_timeout: crate::config::defaults::WRITE_TIMEOUT,
         }
     }
 }
 
-/// Identifies a connection to an executor (a loop's slab id).
-pub use crate::slab::ConnId;
+/// A connection's id, as its loop's table (`shared/slab.rs`) hands it
+/// out and an executor hands it back with a completion: the slot's index
+/// and the generation the slot had when the connection was stored. Two
+/// plain numbers, compared as a pair: no arithmetic that can overflow,
+/// however often a slot is reused, and an id of a closed connection never
+/// matches the next one in its slot (`docs/design.md`, "Stale events").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    index: u32,
+    generation: u32,
+}
 
-/// Where the blocking part of a request runs.
+impl ConnId {
+    /// The id of slot `index` in its `generation`.
+    pub fn new(index: u32, generation: u32) -> ConnId {
+        ConnId { index, generation }
+    }
+
+    /// The slot's index.
+    pub fn index(self) -> u32 {
+        self.index
+    }
+
+    /// The slot's generation when the connection was stored.
+    pub fn generation(self) -> u32 {
+        self.generation
+    }
+
+    /// The id as one number, for an API that carries a `usize` (a mio
+    /// `Token`): the index in the low 32 bits, the generation above. Ids
+    /// of tables below 4 billion slots stay below `usize::MAX - 2^32`, so
+    /// the top few values are free for a loop's own tokens.
+    pub fn to_usize(self) -> usize {
+        (self.generation as usize) << 32 | self.index as usize
+    }
+
+    /// The id [`ConnId::to_usize`] packed.
+    pub fn from_usize(packed: usize) -> ConnId {
+        ConnId { index: packed as u32, generation: (packed >> 32) as u32 }
+    }
+}
+
+/// Where the blocking part of a request runs, and how its response comes
+/// back: the one seam between a loop and its blocking work (`docs/design.md`,
+/// "The plan/execute seam"). [`Inline`] runs it on the spot; the stage-4
+/// backends (`models/backend/`) run it elsewhere and hand the responses
+/// back through [`Executor::completed`].
 pub trait Executor {
     /// Runs `work` for connection `conn` and returns its response now, or
     /// starts it elsewhere and returns `None`; the loop then calls
     /// [`Conn::complete`] with the response once it is done.
     fn execute(&mut self, conn: ConnId, work: Work) -> Option<Response>;
+
+    /// Appends work finished elsewhere since the last call, as
+    /// (connection, response), to `done`. An executor that finishes all
+    /// its work in [`Executor::execute`] has none.
+    fn completed(&mut self, _done: &mut Vec<(ConnId, Response)>) {}
+
+    /// When the loop must ask for completions even if nothing wakes it (a
+    /// simulated storage delay running out); `None` if never.
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
 }
 
 /// Runs the work right here, blocking the caller.

@@ -12,8 +12,8 @@
 //! block every other client while they run. That is deliberate: it is the
 //! "Sync I/O" half of the homework's comparison. The asynchronous models
 //! reuse this very loop ([`run_with_backend`]) and only change *where the work runs*
-//! by naming another [`Backend`]: `run_with_backend::<Inline>` here,
-//! `run_with_backend::<Coalescing<ThreadPoolReads>>` in `event-async`.
+//! by opening another [`Executor`]: [`Inline`] here, `ThreadPoolReads` (its
+//! reads merged by `Coalescing`) in `event-async`.
 //!
 //! **Cost.** One thread; per client a socket, a `Conn`, and an epoll entry.
 //! Syscalls per cached request: one `epoll_wait` (shared), one `read`,
@@ -34,11 +34,13 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::backend::Backend;
-use crate::conn::{ConnId, Inline};
+use crate::backend::Open;
+use crate::conn::{ConnId, Executor, Inline};
 use crate::connections::{Connection, Connections};
 use crate::error::ServerError;
 use crate::fan_out::{self, Seat};
+use crate::lifecycle::Lifecycle;
+use crate::net::{self, Accepted};
 use crate::server::Server;
 use crate::service::Service;
 use crate::signals;
@@ -55,18 +57,18 @@ const EVENTS_PER_WAIT: usize = 1024;
 
 /// Runs the `event` model: the loop below with blocking work inline.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    run_with_backend::<Inline>(server)
+    run_with_backend(server, |_readers, _registry, _token| Ok(Inline))
 }
 
 /// The mio event loop, shared by `event`, `event-async`, `event-aio` and
-/// `uring`; they differ only in the backend `B`. With `--workers N`,
-/// [`fan_out`] runs N of these loops.
-pub fn run_with_backend<B: Backend>(server: Server) -> Result<(), ServerError> {
-    fan_out::run_per_worker(&server, event_loop::<B>)
+/// `uring`; they differ only in the backend each loop opens with `open`.
+/// With `--workers N`, [`fan_out`] runs N of these loops.
+pub fn run_with_backend<B: Executor>(server: Server, open: Open<B>) -> Result<(), ServerError> {
+    fan_out::run_per_worker(&server, |server, seat| event_loop(server, seat, open))
 }
 
 /// One event loop, accepting on its seat's listener until stopped.
-fn event_loop<B: Backend>(server: &Server, seat: Seat<'_>) -> Result<(), ServerError> {
+fn event_loop<B: Executor>(server: &Server, seat: Seat<'_>, open: Open<B>) -> Result<(), ServerError> {
     let listener = seat.listener;
     let set_up = || -> io::Result<_> {
         let poll = Poll::new()?;
@@ -75,7 +77,7 @@ fn event_loop<B: Backend>(server: &Server, seat: Seat<'_>) -> Result<(), ServerE
         registry.register(&mut SourceFd(&listener.as_raw_fd()), LISTENER, Interest::READABLE)?;
         let mut signals = Signals::new(seat.signals())?;
         registry.register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let backend = B::open(server.readers, &registry, COMPLETIONS)?;
+        let backend = open(server.config.readers, &registry, COMPLETIONS)?;
         Ok((poll, registry, signals, backend))
     };
     let Some((mut poll, registry, mut signals, mut backend)) = seat.take_place(set_up())? else {
@@ -83,13 +85,14 @@ fn event_loop<B: Backend>(server: &Server, seat: Seat<'_>) -> Result<(), ServerE
     };
     let service = &server.service;
     let mut connections = Connections::new(seat.max_open_conns(), server.limits);
+    let mut lifecycle = Lifecycle::default();
     let mut events = Events::with_capacity(EVENTS_PER_WAIT);
     let mut done = Vec::new();
-    while !connections.should_exit() {
+    while !lifecycle.should_exit(connections.len()) {
+        // 1. Wait for events (or until a timer of the loop or the backend is due).
         let _turn = trace::span("turn"); // --trace: the turn, its wait, then its handling
-                                         // 1. Wait for events (or until a timer of the table or the backend is due).
         let backend_due = backend.next_deadline().map(|at| at.saturating_duration_since(Instant::now()));
-        let timeout = [connections.wait_timeout(), backend_due].into_iter().flatten().min();
+        let timeout = [lifecycle.wait_timeout(connections.len()), backend_due].into_iter().flatten().min();
         let mut wait = trace::span("wait");
         match poll.poll(&mut events, timeout) {
             Ok(()) => {}
@@ -103,15 +106,17 @@ fn event_loop<B: Backend>(server: &Server, seat: Seat<'_>) -> Result<(), ServerE
         // 2. Handle each ready source.
         for event in events.iter() {
             match event.token() {
-                LISTENER if connections.is_accepting() => {
-                    accept(listener, &mut connections, service, &mut backend, &registry)
+                LISTENER if lifecycle.is_accepting() => {
+                    accept(listener, &mut connections, &mut lifecycle, service, &mut backend, &registry)
                 }
                 LISTENER => {}
                 SIGNALS => {
                     for action in signals.pending().filter_map(signals::action_for) {
-                        connections.on_signal(action, service, &mut backend);
+                        if lifecycle.on_signal(action, service, connections.len()) {
+                            connections.finish_all(service, &mut backend);
+                        }
                     }
-                    if connections.is_stopping() {
+                    if lifecycle.is_stopping() {
                         let _ = registry.deregister(&mut SourceFd(&listener.as_raw_fd()));
                     }
                 }
@@ -135,22 +140,35 @@ fn event_loop<B: Backend>(server: &Server, seat: Seat<'_>) -> Result<(), ServerE
 
         // 4. Housekeeping: time limits, and accepts paused for lack of fds
         // (no event will announce that some were freed).
-        connections.close_expired();
-        if connections.is_accept_paused() && connections.is_accepting() {
-            accept(listener, &mut connections, service, &mut backend, &registry);
+        if lifecycle.sweep_is_due() {
+            connections.close_expired();
+        }
+        if lifecycle.pause_has_ended() && lifecycle.is_accepting() {
+            accept(listener, &mut connections, &mut lifecycle, service, &mut backend, &registry);
         }
     }
     Ok(())
 }
 
+/// Accepts every connection waiting on the listener (edge-triggered: all
+/// of them, until `WouldBlock`), does what it can for each at once, and
+/// registers those still open. Out of fds, accepting pauses briefly.
 fn accept(
     listener: &TcpListener,
     connections: &mut Connections<TcpStream>,
+    lifecycle: &mut Lifecycle,
     service: &Service,
-    backend: &mut impl Backend,
+    backend: &mut impl Executor,
     registry: &Registry,
 ) {
-    for id in connections.accept_pending(listener, service, backend, |_| true) {
+    loop {
+        let stream = match net::accept(listener, true) {
+            Accepted::Connection(stream) => stream,
+            Accepted::Retry => continue,
+            Accepted::Drained => return,
+            Accepted::Pause => return lifecycle.pause_accepting(),
+        };
+        let Some(id) = connections.admit(stream, service, backend) else { continue };
         let Some(connection) = connections.get_mut(id) else { continue };
         let fd = connection.socket.as_raw_fd();
         connection.writable_registered = connection.conn.wants_write();

@@ -57,7 +57,9 @@ use crate::server::Server;
 
 /// Runs the `event-aio` model: the mio loop with reads by `aio_read`.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    event::run_with_backend::<Coalescing<KernelBackend<PosixAio>>>(server)
+    event::run_with_backend(server, |readers, registry, token| {
+        KernelBackend::<PosixAio>::open(readers, registry, token).map(Coalescing::new)
+    })
 }
 
 /// How the loop learns that reads have finished: the one place where the

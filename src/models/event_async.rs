@@ -31,7 +31,7 @@ use std::io;
 
 use mio::{Registry, Token};
 
-use crate::backend::{Backend, Coalescing, Completions, READER_KEEP_ALIVE};
+use crate::backend::{Coalescing, Completions, READER_KEEP_ALIVE};
 use crate::conn::{ConnId, Executor};
 use crate::error::ServerError;
 use crate::models::event;
@@ -42,7 +42,9 @@ use crate::thread_pool::ThreadPool;
 
 /// Runs the `event-async` model: the mio loop with reads on a thread pool.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    event::run_with_backend::<Coalescing<ThreadPoolReads>>(server)
+    event::run_with_backend(server, |readers, registry, token| {
+        ThreadPoolReads::open(readers, registry, token).map(Coalescing::new)
+    })
 }
 
 /// Runs every piece of blocking work on a pool of reader threads that
@@ -54,20 +56,20 @@ pub struct ThreadPoolReads {
     completions: Completions,
 }
 
+impl ThreadPoolReads {
+    /// Up to `readers` threads, started as reads arrive, whose results
+    /// wake the loop polling `registry` with `token` (an [`Open`](crate::backend::Open)).
+    pub fn open(readers: usize, registry: &Registry, token: Token) -> io::Result<ThreadPoolReads> {
+        let pool = ThreadPool::elastic("reader", readers, READER_KEEP_ALIVE);
+        Ok(ThreadPoolReads { pool, completions: Completions::new(registry, token)? })
+    }
+}
+
 impl Executor for ThreadPoolReads {
     fn execute(&mut self, conn: ConnId, work: Work) -> Option<Response> {
         let completions = self.completions.clone();
         self.pool.execute(move || completions.post(conn, work.run_blocking()));
         None
-    }
-}
-
-impl Backend for ThreadPoolReads {
-    /// Up to `--readers` threads, started as reads arrive, whose results
-    /// wake the loop polling `registry` with `token`.
-    fn open(readers: usize, registry: &Registry, token: Token) -> io::Result<ThreadPoolReads> {
-        let pool = ThreadPool::elastic("reader", readers, READER_KEEP_ALIVE);
-        Ok(ThreadPoolReads { pool, completions: Completions::new(registry, token)? })
     }
 
     fn completed(&mut self, done: &mut Vec<(ConnId, Response)>) {

@@ -66,7 +66,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
             let stream = match net::accept(listener, false) {
                 Accepted::Connection(stream) => stream,
                 Accepted::Drained => break,
-                Accepted::OutOfFds => {
+                Accepted::Pause => {
                     std::thread::sleep(FD_EXHAUSTION_PAUSE);
                     break;
                 }
@@ -78,7 +78,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
             }
             // The child: one connection, served with blocking calls; its
             // own signal watcher, installed before its signals unblock.
-            let pid = process::fork_child(&process::ALL_BLOCKED, || {
+            let pid = process::fork_child(|| {
                 let live = Arc::new(BlockingConnections::default());
                 let stopping = Arc::clone(&live);
                 if signals::spawn_watcher(Arc::clone(service), move || stopping.stop()).is_err() {

@@ -8,13 +8,16 @@
 //! fine. Now against `--service file --read-delay-ms 500` with three paths
 //! each: the waits add up.
 //!
-//! **How it waits.** Blocking `accept`, then blocking `read`/`write` on one
-//! socket. **Where blocking work runs.** Inline, in the only thread.
+//! **How it waits.** In `poll(2)` on the listener and a stop pipe until a
+//! client knocks (a blocking `accept` would be simpler, but no signal could
+//! end it), then `accept` (which does not block) and blocking
+//! `read`/`write` on one socket. **Where blocking work runs.** Inline, in
+//! the only thread.
 //! **Cost.** One thread, one connection's memory; clients queue in the
 //! kernel's listen backlog.
 //!
 //! The only machinery beside the loop is [`StoppableAcceptor`]: `SIGTERM`
-//! must be able to interrupt a blocked `accept` and a blocked `read`.
+//! must be able to end the wait for a client and a blocked `read`.
 //!
 //! ```text
 //! server --model iterative --root fixtures   # then: client 0 ./test.txt

@@ -4,7 +4,8 @@
 //! blocking part of a request runs*; parsing, the sandbox, the cache and the
 //! connection state machine are shared (`docs/design.md` draws the layers).
 
-pub mod async_reads;
+pub mod async_await;
+pub mod backend;
 pub mod event;
 pub mod event_aio;
 pub mod event_async;
@@ -15,7 +16,6 @@ pub mod pool;
 pub mod prefork;
 pub mod select;
 pub mod threads;
-pub mod tokio;
 #[cfg(target_os = "linux")]
 pub mod uring;
 #[cfg(target_os = "linux")]
@@ -44,7 +44,7 @@ pub fn start(config: Config) -> Result<(), ServerError> {
         Model::Event => event::run(server),
         Model::EventAsync => event_async::run(server),
         Model::EventAio => event_aio::run(server),
-        Model::Tokio => tokio::run(server),
+        Model::Tokio => async_await::run(server),
         #[cfg(target_os = "linux")]
         Model::Uring => uring::run(server),
         #[cfg(target_os = "linux")]

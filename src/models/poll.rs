@@ -17,26 +17,36 @@
 //! ```
 
 use std::io;
+use std::net::{TcpListener, TcpStream};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 
 use crate::conn::{ConnId, Inline};
 use crate::connections::Connections;
 use crate::error::ServerError;
+use crate::lifecycle::Lifecycle;
+use crate::net::{self, Accepted};
 use crate::server::Server;
+use crate::service::Service;
+use crate::signals::{self, SelfPipe};
 use crate::trace;
 
 /// Serves every client from one thread with `poll(2)` until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    let (mut signal_pipe, mut connections) = Connections::start_readiness_loop(&server)?;
+    let mut signal_pipe =
+        SelfPipe::install(&signals::HANDLED).map_err(ServerError::io("cannot install signal handlers"))?;
+    server.announce()?;
     let Server { listener, service, .. } = &server;
+    listener.set_nonblocking(true).map_err(ServerError::io("cannot make the listener non-blocking"))?;
+    let mut connections: Connections<TcpStream> = Connections::new(server.max_open_conns, server.limits);
+    let mut lifecycle = Lifecycle::default();
 
-    while !connections.should_exit() {
+    while !lifecycle.should_exit(connections.len()) {
         // 1. Say what we are interested in: signal pipes, listener, clients.
-        let [clear_fd, stop_fd] = signal_pipe.fds();
-        let mut watched =
-            vec![PollFd::from_borrowed_fd(clear_fd, PollFlags::IN), PollFd::from_borrowed_fd(stop_fd, PollFlags::IN)];
-        let accepting = connections.is_accepting();
+        let mut watched: Vec<PollFd> =
+            signal_pipe.fds().map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN)).collect();
+        let listener_at = watched.len();
+        let accepting = lifecycle.is_accepting();
         if accepting {
             watched.push(PollFd::new(listener, PollFlags::IN));
         }
@@ -57,8 +67,9 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         }
 
         // 2. Wait until some of it is possible.
-        let timeout =
-            connections.wait_timeout().map(|t| Timespec::try_from(t).unwrap_or(Timespec { tv_sec: 1, tv_nsec: 0 }));
+        let timeout = lifecycle
+            .wait_timeout(connections.len())
+            .map(|t| Timespec::try_from(t).unwrap_or(Timespec { tv_sec: 1, tv_nsec: 0 }));
         let (_turn, mut wait) = (trace::span("turn"), trace::span("wait")); // --trace
         match rustix::event::poll(&mut watched, timeout.as_ref()) {
             Ok(ready) => wait.arg("ready", || ready as u64),
@@ -71,7 +82,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         // 3. Do it. (Error and hang-up flags count as ready: advancing the
         // connection is what discovers and cleans up the failure.)
         let is_ready = |pollfd: &PollFd| !pollfd.revents().is_empty();
-        let listener_ready = accepting && is_ready(&watched[2]);
+        let listener_ready = accepting && is_ready(&watched[listener_at]);
         let ready: Vec<ConnId> = watched[first_connection..]
             .iter()
             .zip(&ids)
@@ -81,15 +92,39 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         drop(watched);
 
         for action in signal_pipe.take() {
-            connections.on_signal(action, service, &mut Inline);
+            if lifecycle.on_signal(action, service, connections.len()) {
+                connections.finish_all(service, &mut Inline);
+            }
         }
         for id in ready {
             connections.advance(id, service, &mut Inline);
         }
-        connections.close_expired();
-        if listener_ready && connections.is_accepting() {
-            connections.accept_pending(listener, service, &mut Inline, |_| true);
+        if lifecycle.sweep_is_due() {
+            connections.close_expired();
+        }
+        if listener_ready && lifecycle.is_accepting() {
+            accept(listener, &mut connections, &mut lifecycle, service);
         }
     }
     Ok(())
+}
+
+/// Accepts every connection waiting on the (non-blocking) listener; any fd
+/// number will do for `poll`. Out of fds, accepting pauses briefly.
+fn accept(
+    listener: &TcpListener,
+    connections: &mut Connections<TcpStream>,
+    lifecycle: &mut Lifecycle,
+    service: &Service,
+) {
+    loop {
+        match net::accept(listener, true) {
+            Accepted::Connection(stream) => {
+                connections.admit(stream, service, &mut Inline);
+            }
+            Accepted::Retry => {}
+            Accepted::Drained => return,
+            Accepted::Pause => return lifecycle.pause_accepting(),
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! server model.
 //!
 //! **What it teaches.** `threads` creates a thread per connection, without
-//! bound. Here `--threads N` workers (default: one per core) are started
+//! bound. Here `--workers N` workers (default: one per core) are started
 //! once and take connections from a queue ([`ThreadPool`]), so thread
 //! creation is paid at start-up and memory is bounded. The queue is bounded
 //! too: connections queued or being served count against `--max-conns`,
@@ -15,7 +15,7 @@
 //! **Where blocking work runs.** On the worker serving the connection.
 //!
 //! ```text
-//! server --model pool --threads 8 --root fixtures
+//! server --model pool --workers 8 --root fixtures
 //! ```
 
 use std::sync::Arc;

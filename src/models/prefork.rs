@@ -3,7 +3,7 @@
 //!
 //! **What it teaches.** Forking per connection pays for a `fork` every
 //! time; prefork pays it N times at start-up. The parent binds, forks
-//! `--threads N` workers (default: one per core), and from then on only
+//! `--workers N` workers (default: one per core), and from then on only
 //! supervises: it forwards `SIGHUP` and `SIGTERM` to the workers and
 //! replaces any worker that dies. Each worker is the iterative server on
 //! the *shared* listening socket: the kernel hands each new connection to
@@ -17,7 +17,7 @@
 //! a worker until it leaves, so N must cover the concurrency you expect.
 //!
 //! ```text
-//! server --model prefork --threads 8 --root fixtures
+//! server --model prefork --workers 8 --root fixtures
 //! ```
 
 use std::collections::HashSet;
@@ -63,7 +63,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
 /// signal watcher, installed before its signals are unblocked, so that a
 /// forwarded signal is never lost or fatal.
 fn spawn_worker(server: &Server) -> Result<Pid, ServerError> {
-    process::fork_child(&process::ALL_BLOCKED, || match StoppableAcceptor::install(server) {
+    process::fork_child(|| match StoppableAcceptor::install(server) {
         Ok(acceptor) => {
             process::unblock_all();
             // The iterative loop; every worker polls the one listener, and

@@ -23,29 +23,40 @@
 //! ```
 
 use std::io;
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
-use crate::conn::Inline;
+use crate::conn::{refuse, Inline};
 use crate::connections::Connections;
 use crate::error::ServerError;
+use crate::lifecycle::Lifecycle;
+use crate::net::{self, Accepted};
+use crate::refusal::Refusal;
 use crate::server::Server;
+use crate::service::Service;
+use crate::signals::{self, SelfPipe};
 use crate::trace;
 
 /// Serves every client from one thread with `select(2)` until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
-    let (mut signal_pipe, mut connections) = Connections::start_readiness_loop(&server)?;
+    let mut signal_pipe =
+        SelfPipe::install(&signals::HANDLED).map_err(ServerError::io("cannot install signal handlers"))?;
+    server.announce()?;
     let Server { listener, service, .. } = &server;
+    listener.set_nonblocking(true).map_err(ServerError::io("cannot make the listener non-blocking"))?;
     let listener_fd = listener.as_raw_fd();
+    let mut connections: Connections<TcpStream> = Connections::new(server.max_open_conns, server.limits);
+    let mut lifecycle = Lifecycle::default();
 
-    while !connections.should_exit() {
+    while !lifecycle.should_exit(connections.len()) {
         // 1. Say what we are interested in.
         let mut readable = FdSet::new();
         let mut writable = FdSet::new();
         for fd in signal_pipe.fds() {
             readable.insert(fd.as_raw_fd());
         }
-        if connections.is_accepting() {
+        if lifecycle.is_accepting() {
             readable.insert(listener_fd);
         }
         for (_, connection) in connections.iter() {
@@ -60,7 +71,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
 
         // 2. Wait until some of it is possible.
         let (_turn, mut wait) = (trace::span("turn"), trace::span("wait")); // --trace
-        match select(&mut readable, &mut writable, connections.wait_timeout()) {
+        match select(&mut readable, &mut writable, lifecycle.wait_timeout(connections.len())) {
             Ok(ready) => wait.arg("ready", || ready as u64),
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(ServerError::io("select")(err)),
@@ -70,7 +81,9 @@ pub fn run(server: Server) -> Result<(), ServerError> {
 
         // 3. Do it.
         for action in signal_pipe.take() {
-            connections.on_signal(action, service, &mut Inline);
+            if lifecycle.on_signal(action, service, connections.len()) {
+                connections.finish_all(service, &mut Inline);
+            }
         }
         let ready: Vec<_> = connections
             .iter()
@@ -83,12 +96,37 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         for id in ready {
             connections.advance(id, service, &mut Inline);
         }
-        connections.close_expired();
-        if connections.is_accepting() && readable.contains(listener_fd) {
-            connections.accept_pending(listener, service, &mut Inline, FdSet::fits);
+        if lifecycle.sweep_is_due() {
+            connections.close_expired();
+        }
+        if lifecycle.is_accepting() && readable.contains(listener_fd) {
+            accept(listener, &mut connections, &mut lifecycle, service);
         }
     }
     Ok(())
+}
+
+/// Accepts every connection waiting on the (non-blocking) listener. One
+/// whose fd is too large for an `fd_set` could never be watched: it is told
+/// 503 and closed, and the server goes on serving. Out of fds, accepting
+/// pauses briefly.
+fn accept(
+    listener: &TcpListener,
+    connections: &mut Connections<TcpStream>,
+    lifecycle: &mut Lifecycle,
+    service: &Service,
+) {
+    loop {
+        match net::accept(listener, true) {
+            Accepted::Connection(stream) if !FdSet::fits(stream.as_raw_fd()) => refuse(stream, Refusal::Overloaded),
+            Accepted::Connection(stream) => {
+                connections.admit(stream, service, &mut Inline);
+            }
+            Accepted::Retry => {}
+            Accepted::Drained => return,
+            Accepted::Pause => return lifecycle.pause_accepting(),
+        }
+    }
 }
 
 /// A `fd_set` bitmap: the syscall boundary, kept safe for the loop above.

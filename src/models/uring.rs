@@ -8,8 +8,11 @@
 //! interface: two rings shared with the kernel, one where the program
 //! queues requests (submission queue entries: "read N bytes of fd F at
 //! offset O into this buffer") and one where the kernel posts results
-//! (completion queue entries). One `io_uring_enter` submits a batch; no
-//! thread of ours blocks and no signal is needed. The ring is told to
+//! (completion queue entries). One `io_uring_enter` could submit a whole
+//! batch; this model submits each read as the loop plans it (one syscall
+//! per read, as `event-aio` makes one `aio_read` per read), and
+//! `uring-net` shows the batch. No thread of ours blocks and no signal is
+//! needed. The ring is told to
 //! signal an eventfd on every completion, and that eventfd sits in the
 //! mio (epoll) set, so completions wake the same loop as sockets do.
 //!
@@ -51,7 +54,9 @@ pub const RING_ENTRIES: u32 = 256;
 /// Runs the `uring` model: the mio loop with reads submitted to io_uring.
 pub fn run(server: Server) -> Result<(), ServerError> {
     new_ring()?; // refused before announcing, naming the model to use instead
-    event::run_with_backend::<Coalescing<KernelBackend<Uring>>>(server)
+    event::run_with_backend(server, |readers, registry, token| {
+        KernelBackend::<Uring>::open(readers, registry, token).map(Coalescing::new)
+    })
 }
 
 /// Sets up a ring, or explains that this kernel refuses io_uring and which

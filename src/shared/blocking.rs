@@ -15,12 +15,11 @@
 //! end-of-stream, and bytes the client sends after it would then make the
 //! close a reset.)
 
-use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
@@ -34,7 +33,7 @@ use crate::server::Server;
 use crate::service::Service;
 use crate::signals;
 
-/// A listener whose blocking `accept` a `SIGINT`/`SIGTERM` interrupts, and
+/// A listener whose wait for clients (`poll(2)` beside a stop pipe) a `SIGINT`/`SIGTERM` ends, and
 /// the connections it has handed out, so the same signal reaches them too.
 /// `SIGHUP` clears the cache from the watcher thread.
 #[derive(Debug)]
@@ -100,7 +99,7 @@ impl<'a> StoppableAcceptor<'a> {
                 }
                 self.live.admit(stream, max_open)
             }
-            Accepted::OutOfFds => {
+            Accepted::Pause => {
                 std::thread::sleep(FD_EXHAUSTION_PAUSE);
                 None
             }
@@ -123,10 +122,8 @@ impl<'a> StoppableAcceptor<'a> {
 #[derive(Debug, Default)]
 pub struct BlockingConnections {
     stopping: AtomicBool,
-    next_id: AtomicU64,
-    /// Shared with each [`BlockingConnection`] (not `dup`ed: a connection
-    /// costs one fd, not two).
-    streams: Mutex<HashMap<u64, Arc<TcpStream>>>,
+    /// Connections admitted and not yet dropped.
+    open: AtomicUsize,
 }
 
 /// A connection admitted into [`BlockingConnections`], to be served (perhaps
@@ -134,13 +131,12 @@ pub struct BlockingConnections {
 #[derive(Debug)]
 pub struct BlockingConnection {
     live: Arc<BlockingConnections>,
-    id: u64,
-    stream: Arc<TcpStream>,
+    stream: TcpStream,
 }
 
 impl Drop for BlockingConnection {
     fn drop(&mut self) {
-        self.live.lock().remove(&self.id);
+        self.live.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -154,28 +150,22 @@ impl BlockingConnections {
     /// docs); returns how many there are.
     pub fn stop(&self) -> usize {
         self.stopping.store(true, Ordering::SeqCst);
-        self.lock().len()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<TcpStream>>> {
-        self.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.open.load(Ordering::SeqCst)
     }
 
     fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.open.load(Ordering::SeqCst) == 0
     }
 
     /// Admits `stream` if fewer than `max_open` are live; otherwise tells
     /// the client `ERR 503` and closes it.
     pub fn admit(self: &Arc<Self>, stream: TcpStream, max_open: usize) -> Option<BlockingConnection> {
-        if self.lock().len() >= max_open {
+        let room = |open: usize| (open < max_open).then_some(open + 1);
+        if self.open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, room).is_err() {
             refuse(stream, Refusal::Overloaded);
             return None;
         }
-        let stream = Arc::new(stream);
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(id, Arc::clone(&stream));
-        Some(BlockingConnection { live: Arc::clone(self), id, stream })
+        Some(BlockingConnection { live: Arc::clone(self), stream })
     }
 }
 
@@ -199,7 +189,7 @@ impl BlockingConnection {
     }
 
     fn serve_to_the_end(&self, service: &Service, limits: Limits) {
-        let mut stream = &*self.stream;
+        let mut stream = &self.stream;
         let _ = stream.set_read_timeout(Some(SWEEP_INTERVAL));
         let _ = stream.set_write_timeout(Some(SWEEP_INTERVAL));
         let mut conn = Conn::new(service, limits);

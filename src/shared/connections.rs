@@ -1,25 +1,20 @@
 //! The table of open connections that every readiness loop keeps.
 //!
-//! `select`, `poll` and the mio loops differ in how they *wait*; what they do
-//! with a connection once it is ready is the same and lives here: admit it
-//! (or refuse it when the server is full), advance it, deliver completed
-//! work, drop it when it is done, and drain everything on a graceful stop.
+//! `select`, `poll` and the mio loops differ in how they *wait* (and each
+//! accepts in its own file); what they do with a connection once it is
+//! accepted or ready is the same and lives here: admit it (or refuse it
+//! when the server is full), advance it, deliver completed work, drop it
+//! when it is done, and ask every one to finish on a graceful stop. When
+//! to accept, sweep and exit is the loop's [`Lifecycle`](crate::lifecycle::Lifecycle).
 
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::conn::{refuse, Conn, ConnId, Executor, Limits, Status, SWEEP_INTERVAL};
-use crate::error::ServerError;
-use crate::log::info;
-use crate::net::{self, Accepted, FD_EXHAUSTION_PAUSE};
+use crate::conn::{refuse, Conn, ConnId, Executor, Limits, Status};
 use crate::output::Sink;
 use crate::protocol::Response;
 use crate::refusal::Refusal;
-use crate::server::Server;
 use crate::service::Service;
-use crate::signals::{self, SelfPipe, SignalAction};
 use crate::slab::Slab;
 
 /// One open connection: its socket and its protocol state.
@@ -34,31 +29,19 @@ pub struct Connection<S> {
     pub writable_registered: bool,
 }
 
-/// Every open connection of one loop, by id.
+/// Every open connection of one loop, by id: a table, and the few things
+/// done to a connection in it.
 #[derive(Debug)]
 pub struct Connections<S> {
     open: Slab<Connection<S>>,
     max_conns: usize,
     limits: Limits,
-    /// When connections were last checked against their time limits.
-    last_sweep: Instant,
-    /// While set, accepting is paused because the process ran out of fds.
-    accept_paused_until: Option<Instant>,
-    /// Set by a graceful stop: exit when every connection is done, or then.
-    stop_deadline: Option<Instant>,
 }
 
 impl<S: Sink + Read> Connections<S> {
     /// An empty table that admits at most `max_conns` connections.
     pub fn new(max_conns: usize, limits: Limits) -> Connections<S> {
-        Connections {
-            open: Slab::default(),
-            max_conns,
-            limits,
-            last_sweep: Instant::now(),
-            accept_paused_until: None,
-            stop_deadline: None,
-        }
+        Connections { open: Slab::default(), max_conns, limits }
     }
 
     /// Whether one more connection fits.
@@ -77,42 +60,30 @@ impl<S: Sink + Read> Connections<S> {
         }
         let conn = Conn::new(service, self.limits);
         let id = self.open.insert(Connection { socket, conn, writable_registered: false });
-        self.advance(id, service, executor).map(|_| id)
+        self.advance(id, service, executor);
+        self.open.get(id).is_some().then_some(id)
     }
 
     /// Advances connection `id` after an event; drops it if it is done.
-    /// Returns the client if it stays open. Unknown ids (a stale event for a
-    /// connection already closed) are ignored.
-    pub fn advance(&mut self, id: ConnId, service: &Service, executor: &mut dyn Executor) -> Option<&Connection<S>> {
-        let connection = self.open.get_mut(id)?;
+    /// Unknown ids (a stale event for a connection already closed) are
+    /// ignored.
+    pub fn advance(&mut self, id: ConnId, service: &Service, executor: &mut dyn Executor) {
+        let Some(connection) = self.open.get_mut(id) else { return };
         if connection.conn.advance(&mut connection.socket, service, executor, id) == Status::Closed {
             self.open.remove(id);
-            return None;
         }
-        self.open.get(id)
     }
 
     /// Delivers the response of work that ran elsewhere, then advances.
-    pub fn complete(
-        &mut self,
-        id: ConnId,
-        response: Response,
-        service: &Service,
-        executor: &mut dyn Executor,
-    ) -> Option<&Connection<S>> {
-        self.open.get_mut(id)?.conn.complete(response);
-        self.advance(id, service, executor)
+    pub fn complete(&mut self, id: ConnId, response: Response, service: &Service, executor: &mut dyn Executor) {
+        let Some(connection) = self.open.get_mut(id) else { return };
+        connection.conn.complete(response);
+        self.advance(id, service, executor);
     }
 
-    /// Graceful stop: every connection finishes what is in flight and closes.
-    /// Idle connections close at once.
-    pub fn begin_stop(&mut self, service: &Service, executor: &mut dyn Executor) {
-        if self.stop_deadline.is_some() {
-            return;
-        }
-        self.stop_deadline = Some(Instant::now() + signals::STOP_GRACE);
-        signals::log_stopping(self.open.len());
-        crate::trace::instant("stop signal", [Some(("in_flight", self.open.len() as u64)), None]);
+    /// Graceful stop: every connection finishes what is in flight and
+    /// closes; idle connections close at once.
+    pub fn finish_all(&mut self, service: &Service, executor: &mut dyn Executor) {
         let ids: Vec<ConnId> = self.open.iter().map(|(id, _)| id).collect();
         for id in ids {
             if let Some(connection) = self.open.get_mut(id) {
@@ -122,68 +93,11 @@ impl<S: Sink + Read> Connections<S> {
         }
     }
 
-    /// Acts on a signal: clear the cache, or begin a graceful stop.
-    pub fn on_signal(&mut self, action: SignalAction, service: &Service, executor: &mut dyn Executor) {
-        match action {
-            SignalAction::ClearCache => signals::clear_cache(service),
-            SignalAction::Stop => self.begin_stop(service, executor),
-        }
-    }
-
-    /// Whether accepting was paused for lack of fds (the loop must retry by
-    /// itself once the pause is over: no new event will say so).
-    pub fn is_accept_paused(&self) -> bool {
-        self.accept_paused_until.is_some()
-    }
-
-    /// Whether a stop has begun.
-    pub fn is_stopping(&self) -> bool {
-        self.stop_deadline.is_some()
-    }
-
-    /// Whether the loop should exit: stopping, and everyone served or out
-    /// of time (then it says how many connections it drops unfinished).
-    pub fn should_exit(&self) -> bool {
-        let Some(deadline) = self.stop_deadline else { return false };
-        if self.open.is_empty() {
-            return true;
-        }
-        let out_of_time = Instant::now() >= deadline;
-        if out_of_time {
-            info!("stop grace period over: closing {} connections unfinished", self.open.len());
-        }
-        out_of_time
-    }
-
-    /// Whether the loop should wait for new connections now.
-    pub fn is_accepting(&self) -> bool {
-        self.stop_deadline.is_none() && self.accept_paused_until.is_none_or(|until| Instant::now() >= until)
-    }
-
-    /// How long the loop may wait before something here needs attention
-    /// (an accept pause ending, the stop deadline, the next sweep for
-    /// expired connections); `None` is "forever".
-    pub fn wait_timeout(&self) -> Option<Duration> {
-        let now = Instant::now();
-        let next_sweep = (!self.open.is_empty()).then_some(self.last_sweep + SWEEP_INTERVAL);
-        [self.accept_paused_until, self.stop_deadline, next_sweep]
-            .into_iter()
-            .flatten()
-            .map(|at| at.saturating_duration_since(now))
-            .min()
-    }
-
     /// Closes connections that outlived a time limit (slow senders, idle
-    /// keep-alives, stalled readers). Scanning every connection costs
-    /// O(n), so it runs at most once per [`SWEEP_INTERVAL`]: at 10,000
-    /// connections that is a few microseconds a second, and a timer wheel
-    /// would buy nothing worth its code.
+    /// keep-alives, stalled readers); the loop calls it when its
+    /// [`Lifecycle`](crate::lifecycle::Lifecycle) says a sweep is due.
     pub fn close_expired(&mut self) {
         let now = Instant::now();
-        if now < self.last_sweep + SWEEP_INTERVAL {
-            return;
-        }
-        self.last_sweep = now;
         self.open.retain(|connection| !connection.conn.is_expired(now));
     }
 
@@ -205,49 +119,5 @@ impl<S: Sink + Read> Connections<S> {
     /// Number of open connections.
     pub fn len(&self) -> usize {
         self.open.len()
-    }
-}
-
-impl Connections<TcpStream> {
-    /// What a hand-written readiness loop (`select`, `poll`) starts with:
-    /// the signal self-pipe installed, then the server announced, the
-    /// listener made non-blocking, and an empty table.
-    pub fn start_readiness_loop(server: &Server) -> Result<(SelfPipe, Connections<TcpStream>), ServerError> {
-        let signal_pipe = SelfPipe::install().map_err(ServerError::io("cannot install signal handlers"))?;
-        server.announce()?;
-        server.listener.set_nonblocking(true).map_err(ServerError::io("cannot make the listener non-blocking"))?;
-        Ok((signal_pipe, Connections::new(server.max_open_conns, server.limits)))
-    }
-
-    /// Accepts every pending connection on a non-blocking listener. `fits`
-    /// decides whether the loop can watch an fd at all (select's FD_SETSIZE);
-    /// those that do not fit are refused with 503. Returns the ids admitted.
-    /// Out of fds, it pauses accepting briefly and keeps serving the rest.
-    pub fn accept_pending(
-        &mut self,
-        listener: &TcpListener,
-        service: &Service,
-        executor: &mut dyn Executor,
-        fits: impl Fn(RawFd) -> bool,
-    ) -> Vec<ConnId> {
-        let mut admitted = Vec::new();
-        self.accept_paused_until = None;
-        loop {
-            let stream = match net::accept(listener, true) {
-                Accepted::Connection(stream) => stream,
-                Accepted::Drained => break,
-                Accepted::Retry => continue,
-                Accepted::OutOfFds => {
-                    self.accept_paused_until = Some(Instant::now() + FD_EXHAUSTION_PAUSE);
-                    break;
-                }
-            };
-            if !fits(stream.as_raw_fd()) {
-                refuse(stream, Refusal::Overloaded);
-                continue;
-            }
-            admitted.extend(self.admit(stream, service, executor));
-        }
-        admitted
     }
 }

@@ -133,13 +133,6 @@ pub fn connection_capacity() -> usize {
 /// How long to stop accepting when the process is out of file descriptors.
 pub const FD_EXHAUSTION_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// True for accept errors that mean "out of file descriptors": the server
-/// should pause accepting and keep serving, not exit.
-pub fn is_fd_exhaustion(err: &io::Error) -> bool {
-    use rustix::io::Errno;
-    matches!(Errno::from_io_error(err), Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM))
-}
-
 /// What one `accept(2)` gave, its errors sorted once for every model.
 #[derive(Debug)]
 pub enum Accepted {
@@ -147,12 +140,48 @@ pub enum Accepted {
     Connection(TcpStream),
     /// No connection is waiting (`WouldBlock`): go back to waiting.
     Drained,
-    /// The process is out of fds: pause accepting for [`FD_EXHAUSTION_PAUSE`]
-    /// and keep serving the connections already open.
-    OutOfFds,
-    /// This attempt failed for a reason of its own (`ECONNABORTED`, `EINTR`):
-    /// try again.
+    /// Accepting cannot go on for now: the process is out of fds (or
+    /// memory), or the listener itself failed, so that accepting again at
+    /// once would fail the same way (and spin). Pause accepting for
+    /// [`FD_EXHAUSTION_PAUSE`] and keep serving the connections already open.
+    Pause,
+    /// This attempt failed for a reason of its own (the client gave up
+    /// first, a signal, a network error of that connection): try again.
     Retry,
+}
+
+/// Sorts an error of `accept(2)` (or of an accept completion): which
+/// errors belong to one connection (retry at once), which to the process or
+/// the listener (pause). Logs it.
+pub fn sort_accept_error(err: &io::Error) -> Accepted {
+    use rustix::io::Errno;
+    if err.kind() == io::ErrorKind::WouldBlock {
+        return Accepted::Drained;
+    }
+    // Linux hands pending network errors of the new connection to accept
+    // (accept(2), "Error handling"); a firewall's refusal is EPERM.
+    let one_connection = [
+        Errno::CONNABORTED,
+        Errno::PROTO,
+        Errno::PERM,
+        Errno::NETDOWN,
+        Errno::NOPROTOOPT,
+        Errno::HOSTDOWN,
+        Errno::HOSTUNREACH,
+        Errno::OPNOTSUPP,
+        Errno::NETUNREACH,
+    ];
+    match Errno::from_io_error(err) {
+        Some(Errno::INTR) => Accepted::Retry,
+        Some(errno) if one_connection.contains(&errno) => {
+            crate::log::info!("accept: {err}");
+            Accepted::Retry
+        }
+        _ => {
+            crate::log::info!("accept: {err}; pausing accepts for {FD_EXHAUSTION_PAUSE:?}");
+            Accepted::Pause
+        }
+    }
 }
 
 /// Accepts one connection from `listener`: a non-blocking socket for the
@@ -162,16 +191,37 @@ pub fn accept(listener: &TcpListener, nonblocking: bool) -> Accepted {
     let accepted = if nonblocking { accept_nonblocking(listener) } else { listener.accept().map(|(stream, _)| stream) };
     match accepted {
         Ok(stream) => Accepted::Connection(stream),
-        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Accepted::Drained,
-        Err(err) if err.kind() == io::ErrorKind::Interrupted => Accepted::Retry,
-        Err(err) if is_fd_exhaustion(&err) => {
-            crate::log::info!("accept: {err}; pausing accepts for {FD_EXHAUSTION_PAUSE:?}");
-            Accepted::OutOfFds
+        Err(err) => sort_accept_error(&err),
+    }
+}
+
+#[cfg(test)]
+mod accept_tests {
+    use super::*;
+
+    /// A listener that has failed (here: a socket that never listened)
+    /// fails every accept the same way: that pauses accepting rather than
+    /// retrying at once, which would spin the loop at 100% CPU.
+    #[test]
+    fn a_failing_listener_pauses_accepting_instead_of_spinning() {
+        let socket = tcp_socket(AddressFamily::INET).unwrap();
+        rustix::net::bind(&socket, &"127.0.0.1:0".parse::<SocketAddr>().unwrap()).unwrap();
+        let never_listened = TcpListener::from(socket);
+        for nonblocking in [true, false] {
+            let accepted = accept(&never_listened, nonblocking);
+            assert!(matches!(accepted, Accepted::Pause), "{accepted:?}");
         }
-        Err(err) => {
-            crate::log::info!("accept: {err}");
-            Accepted::Retry
-        }
+    }
+
+    #[test]
+    fn errors_of_one_connection_are_retried_and_an_empty_queue_is_drained() {
+        use rustix::io::Errno;
+        let sorted = |errno: Errno| sort_accept_error(&io::Error::from_raw_os_error(errno.raw_os_error()));
+        assert!(matches!(sorted(Errno::CONNABORTED), Accepted::Retry));
+        assert!(matches!(sorted(Errno::INTR), Accepted::Retry));
+        assert!(matches!(sorted(Errno::AGAIN), Accepted::Drained));
+        assert!(matches!(sorted(Errno::MFILE), Accepted::Pause));
+        assert!(matches!(sorted(Errno::BADF), Accepted::Pause));
     }
 }
 

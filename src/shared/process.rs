@@ -32,8 +32,8 @@ pub use handlers::{forget_parent_handlers, ParentSignals};
 #[cfg(target_os = "linux")]
 pub use signalfd::ParentSignals;
 
-/// Every signal the parent blocks: pass it to [`fork_child`] to keep them
-/// all blocked until the child has its own handlers, then [`unblock_all`].
+/// Every signal the parent blocks; a child forked by [`fork_child`] keeps
+/// them blocked until it has its own handlers, then calls [`unblock_all`].
 pub const ALL_BLOCKED: [Signal; 4] = [Signal::HUP, Signal::INT, Signal::TERM, Signal::CHILD];
 
 /// The signals a process-model parent handles: the usual three, plus
@@ -188,10 +188,10 @@ impl ParentSignals {
 }
 
 /// Forks; the child runs `child` and exits with status 0, the parent gets
-/// the child's pid. In the child the parent's blocked signals are
-/// unblocked again (except those in `keep_blocked`), so it starts as a
-/// normal process.
-pub fn fork_child(keep_blocked: &[Signal], child: impl FnOnce()) -> Result<Pid, ServerError> {
+/// the child's pid. The child starts with every signal in [`ALL_BLOCKED`]
+/// still blocked, so none is lost or fatal before `child` has installed
+/// its own handling and called [`unblock_all`].
+pub fn fork_child(child: impl FnOnce()) -> Result<Pid, ServerError> {
     let parent = rustix::process::getpid();
     // Where the parent catches signals with handlers, none may run in the
     // child before the child has replaced them: blocked across the fork.
@@ -219,9 +219,6 @@ pub fn fork_child(keep_blocked: &[Signal], child: impl FnOnce()) -> Result<Pid, 
             }
             #[cfg(not(target_os = "linux"))]
             forget_parent_handlers();
-            let unblock: Vec<Signal> =
-                ALL_BLOCKED.into_iter().filter(|signal| !keep_blocked.contains(signal)).collect();
-            let _ = SignalSet::of(&unblock).unblock();
             child();
             // Nothing of the parent's is left unflushed (stdout is flushed
             // right after the `listening on` line), so a plain exit is safe.

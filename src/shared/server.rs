@@ -5,16 +5,17 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use crate::cache::FileCache;
-use crate::config::{Config, Runtime, ServiceKind, Technique, ZeroCopy};
+use crate::config::{Config, ServiceKind};
 use crate::conn::Limits;
 use crate::error::ServerError;
 use crate::log::info;
 use crate::net::{self, ListenOptions};
-use crate::protocol::ParseLimits;
 use crate::sandbox::Root;
 use crate::service::Service;
 
-/// A bound listener and the shared service, ready for a model to run.
+/// A bound listener and the shared service, ready for a model to run,
+/// with the [`Config`] it was made from and what follows from it, worked
+/// out once.
 #[derive(Debug)]
 pub struct Server {
     /// The listening socket; [`Server::announce`] tells the world.
@@ -30,18 +31,9 @@ pub struct Server {
     pub max_open_conns: usize,
     /// `--workers`, resolved: event loops, processes or pool threads.
     pub workers: usize,
-    /// `--readers`: threads of the asynchronous models' reader pool.
-    pub readers: usize,
-    /// What the start-up log line says: the model and what it serves.
-    serving: String,
-    /// `--runtime`: how the `tokio` model runs its `--workers`.
-    pub runtime: Runtime,
-    /// `--without`: the `uring-net` techniques turned off.
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // read by uring-net only, which is Linux's
-    pub without: Vec<Technique>,
-    /// `--zero-copy`: when `uring-net` sends without copying.
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // read by uring-net only, which is Linux's
-    pub zero_copy: ZeroCopy,
+    /// The flags as given (`--readers`, `--runtime`, `--without`,
+    /// `--zero-copy` are read from here by the models that use them).
+    pub config: Config,
 }
 
 impl Server {
@@ -49,8 +41,8 @@ impl Server {
     /// listener. Nothing is announced yet.
     pub fn bind(config: Config) -> Result<Server, ServerError> {
         let root = Root::open(&config.root, config.allow_hidden)?;
-        let cache = Arc::new(FileCache::new(config.cache_bytes, config.cache_max_file_bytes));
-        let service = Arc::new(Service::new(config.service, root, cache, config.read_delay));
+        let cache = Arc::new(FileCache::new(config.cache_size.0, config.cache_max_file.0));
+        let service = Arc::new(Service::new(config.service, root, cache, config.read_delay()));
         let workers = config.workers();
         // Several event loops each bind their own listener to the same port.
         let listen_options = ListenOptions {
@@ -58,10 +50,6 @@ impl Server {
             wait_for_request: config.defer_accept && config.service.client_speaks_first(),
         };
         let listener = net::listen(SocketAddr::new(config.addr, config.port), listen_options)?;
-        let what = match config.service {
-            ServiceKind::File => format!("files from {}", config.root.display()),
-            other => format!("the {} service", other.name()),
-        };
         let capacity = net::connection_capacity();
         if capacity < config.max_conns {
             info!(
@@ -73,19 +61,10 @@ impl Server {
             listener,
             listen_options,
             service,
-            limits: Limits {
-                parse: ParseLimits { max_line_bytes: config.max_line_bytes, max_head_bytes: config.max_head_bytes },
-                request_timeout: config.request_timeout,
-                idle_timeout: config.idle_timeout,
-                write_timeout: config.write_timeout,
-            },
+            limits: config.limits(),
             max_open_conns: config.max_conns.min(capacity),
             workers,
-            readers: config.readers,
-            serving: format!("{} model serving {what}", config.model),
-            runtime: config.runtime,
-            without: config.without.clone(),
-            zero_copy: config.zero_copy,
+            config,
         })
     }
 
@@ -94,7 +73,11 @@ impl Server {
     /// ready, and a `SIGHUP` sent before the handler exists would kill it.
     pub fn announce(&self) -> Result<(), ServerError> {
         let local = net::announce(&self.listener)?;
-        info!("{} on {local} (pid {})", self.serving, std::process::id());
+        let what = match self.config.service {
+            ServiceKind::File => format!("files from {}", self.config.root.display()),
+            other => format!("the {} service", other.name()),
+        };
+        info!("{} model serving {what} on {local} (pid {})", self.config.model, std::process::id());
         Ok(())
     }
 }

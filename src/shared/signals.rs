@@ -7,7 +7,12 @@
 //! * mio loops register [`signal_hook_mio::v1_0::Signals`] in their `Poll`;
 //! * `select`/`poll` loops watch a [`SelfPipe`] (the classic self-pipe trick:
 //!   the handler writes a byte, the loop sees the pipe readable);
-//! * blocking models run [`spawn_watcher`], a thread that waits for signals.
+//! * blocking models run [`spawn_watcher`], a thread that waits for signals;
+//! * `tokio` awaits tokio's own signal streams, and `uring-net` keeps a
+//!   read of a self-pipe submitted on its ring;
+//! * the parents of `fork` and `prefork` read a `signalfd` (`process.rs`).
+//!
+//! `docs/design.md` ("Signals, per model") says which model uses which, and why.
 
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -63,45 +68,69 @@ pub fn log_stopping(in_flight: usize) {
     info!("stopping: finishing {in_flight} {connections} (at most {}s)", STOP_GRACE.as_secs());
 }
 
-/// The self-pipe for loops that wait with `select(2)` or `poll(2)`: one pipe
-/// per kind of request, so the loop knows which signal arrived.
+/// The self-pipe trick, for loops that can wait only on fds (`select(2)`,
+/// `poll(2)`, and `uring-net`, which reads the pipes through its ring): a
+/// handler per signal writes a byte to that signal's pipe, and the loop
+/// sees the read end readable. One pipe per signal, so the loop knows
+/// which arrived. Dropping it removes the handlers.
 #[derive(Debug)]
 pub struct SelfPipe {
-    clear: UnixStream,
-    stop: UnixStream,
-    // The write ends stay open as long as the handlers may write to them.
-    _writers: [UnixStream; 2],
+    /// Each signal handled, with the read end of its pipe.
+    pipes: Vec<(i32, UnixStream)>,
+    /// The handlers, removed on drop (they own the write ends).
+    handlers: Vec<signal_hook::SigId>,
 }
 
 impl SelfPipe {
-    /// Installs handlers that write a byte to the pipes.
-    pub fn install() -> io::Result<SelfPipe> {
-        let (clear, clear_writer) = UnixStream::pair()?;
-        let (stop, stop_writer) = UnixStream::pair()?;
-        for stream in [&clear, &stop, &clear_writer, &stop_writer] {
-            stream.set_nonblocking(true)?;
+    /// Installs handlers for `signals` that write a byte to their pipes.
+    pub fn install(signals: &[i32]) -> io::Result<SelfPipe> {
+        let mut self_pipe = SelfPipe { pipes: Vec::new(), handlers: Vec::new() };
+        for &signal in signals {
+            let (reader, writer) = UnixStream::pair()?;
+            reader.set_nonblocking(true)?;
+            writer.set_nonblocking(true)?; // the handler must never block
+            self_pipe.handlers.push(signal_hook::low_level::pipe::register(signal, writer)?);
+            self_pipe.pipes.push((signal, reader));
         }
-        signal_hook::low_level::pipe::register(SIGHUP, clear_writer.try_clone()?)?;
-        signal_hook::low_level::pipe::register(SIGINT, stop_writer.try_clone()?)?;
-        signal_hook::low_level::pipe::register(SIGTERM, stop_writer.try_clone()?)?;
-        Ok(SelfPipe { clear, stop, _writers: [clear_writer, stop_writer] })
+        Ok(self_pipe)
     }
 
     /// The fds to wait on for readability.
-    pub fn fds(&self) -> [BorrowedFd<'_>; 2] {
-        [self.clear.as_fd(), self.stop.as_fd()]
+    pub fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        self.pipes.iter().map(|(_, reader)| reader.as_fd())
+    }
+
+    /// How many pipes (one per signal) there are.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // read by uring-net only, which is Linux's
+    pub fn len(&self) -> usize {
+        self.pipes.len()
+    }
+
+    /// Pipe `index`: its signal and its read end.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // read by uring-net only, which is Linux's
+    pub fn pipe(&self, index: usize) -> (i32, &UnixStream) {
+        let (signal, reader) = &self.pipes[index];
+        (*signal, reader)
     }
 
     /// Empties the pipes and returns what was asked since the last call.
     pub fn take(&mut self) -> Vec<SignalAction> {
         let mut actions = Vec::new();
-        if drain(&mut self.clear) {
-            actions.push(SignalAction::ClearCache);
+        for (signal, reader) in &mut self.pipes {
+            if drain(reader) {
+                actions.extend(action_for(*signal));
+            }
         }
-        if drain(&mut self.stop) {
-            actions.push(SignalAction::Stop);
-        }
+        actions.dedup(); // SIGINT and SIGTERM both ask for one stop
         actions
+    }
+}
+
+impl Drop for SelfPipe {
+    fn drop(&mut self) {
+        for handler in self.handlers.drain(..) {
+            signal_hook::low_level::unregister(handler);
+        }
     }
 }
 

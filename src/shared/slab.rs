@@ -7,30 +7,7 @@
 //! an old generation and finds nothing, even if a new connection now
 //! occupies the same slot (`docs/design.md`, "stale events").
 
-/// A connection's id: its slot's index and the generation the slot had
-/// when the connection was stored.
-/// Two plain numbers, compared as a pair: no arithmetic that can overflow,
-/// however often a slot is reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnId {
-    index: u32,
-    generation: u32,
-}
-
-impl ConnId {
-    /// The id as one number, for an API that carries a `usize` (a mio
-    /// `Token`): the index in the low 32 bits, the generation above. Ids
-    /// of tables below 4 billion slots stay below `usize::MAX - 2^32`, so
-    /// the top few values are free for a loop's own tokens.
-    pub fn to_usize(self) -> usize {
-        (self.generation as usize) << 32 | self.index as usize
-    }
-
-    /// The id [`ConnId::to_usize`] packed.
-    pub fn from_usize(packed: usize) -> ConnId {
-        ConnId { index: packed as u32, generation: (packed >> 32) as u32 }
-    }
-}
+use crate::conn::ConnId;
 
 /// Slots of `T`, addressed by generation-checked ids.
 #[derive(Debug)]
@@ -54,8 +31,8 @@ impl<T> Default for Slab<T> {
 
 impl<T> Slab<T> {
     fn locate(&self, id: ConnId) -> Option<usize> {
-        let index = id.index as usize;
-        (self.slots.get(index)?.generation == id.generation).then_some(index)
+        let index = id.index() as usize;
+        (self.slots.get(index)?.generation == id.generation()).then_some(index)
     }
 
     /// Stores `value`; returns its id.
@@ -70,7 +47,7 @@ impl<T> Slab<T> {
         };
         let slot = &mut self.slots[index as usize];
         slot.value = Some(value);
-        ConnId { index, generation: slot.generation }
+        ConnId::new(index, slot.generation)
     }
 
     /// The value with this id, unless it has been removed.
@@ -98,9 +75,10 @@ impl<T> Slab<T> {
 
     /// Every value, with its id.
     pub fn iter(&self) -> impl Iterator<Item = (ConnId, &T)> {
-        self.slots.iter().enumerate().filter_map(|(index, slot)| {
-            Some((ConnId { index: index as u32, generation: slot.generation }, slot.value.as_ref()?))
-        })
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(index, slot)| Some((ConnId::new(index as u32, slot.generation), slot.value.as_ref()?)))
     }
 
     /// Removes every value for which `keep` says false.
@@ -114,11 +92,6 @@ impl<T> Slab<T> {
     /// Number of values stored.
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 
@@ -138,7 +111,7 @@ mod tests {
         assert_eq!(slab.remove(first), None);
         assert_eq!(slab.len(), 1);
         slab.retain(|v| *v != "second");
-        assert!(slab.is_empty() && slab.get(second).is_none());
+        assert!(slab.len() == 0 && slab.get(second).is_none());
         assert_eq!(slab.get(ConnId::from_usize(12)), None);
         assert_eq!(slab.get(ConnId::from_usize(usize::MAX)), None);
     }
@@ -148,7 +121,7 @@ mod tests {
         let mut slab = Slab::default();
         let mut id = slab.insert(0u64);
         slab.slots[0].generation = u32::MAX - 2; // as after four billion short connections
-        id = ConnId { generation: u32::MAX - 2, ..id };
+        id = ConnId::new(id.index(), u32::MAX - 2);
         for round in 1..=5u64 {
             assert_eq!(slab.remove(id), Some(round - 1));
             let next = slab.insert(round);

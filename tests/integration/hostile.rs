@@ -336,20 +336,34 @@ fn uring_net_serves_the_same_without_each_technique() {
     }
 }
 
-/// `--without` and `--zero-copy` belong to `uring-net`: with another model
-/// they are a usage error, not silently ignored.
+/// A flag only some models read is a usage error with any other (exit 2,
+/// naming the models that read it), not silently ignored; and `--threads`,
+/// once an alias of `--workers`, is no flag at all.
 #[test]
-fn uring_net_flags_with_another_model_are_a_usage_error() {
-    for flags in [["--without", "batching"], ["--zero-copy", "always"]] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
-            .args(["--model", "event", "--port", "0"])
-            .args(flags)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert!(stderr.contains(&format!("{} applies to --model uring-net only", flags[0])), "{stderr}");
-    }
+fn a_flag_the_model_does_not_use_is_a_usage_error() {
+    let refused: [(&[&str], &str); 7] = [
+        (&["--model", "event", "--without", "batching"], "--without applies to --model uring-net only"),
+        (&["--model", "event", "--zero-copy", "always"], "--zero-copy applies to --model uring-net only"),
+        (&["--model", "event", "--runtime", "current-thread-per-core"], "--runtime applies to --model tokio only"),
+        (&["--model", "select", "--workers", "4"], "--workers applies to --model prefork, pool, event"),
+        (&["--model", "iterative", "--workers", "4"], "(this run is --model iterative)"),
+        (&["--model", "event", "--readers", "4"], "--readers applies to --model event-async, event-aio, uring"),
+        (&["--model", "pool", "--threads", "4"], "unexpected argument '--threads'"),
+    ];
+    std::thread::scope(|scope| {
+        for (flags, message) in refused {
+            scope.spawn(move || {
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
+                    .args(["--port", "0"])
+                    .args(flags)
+                    .output()
+                    .unwrap();
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
+                assert!(stderr.contains(message), "{flags:?}: {stderr}");
+            });
+        }
+    });
 }
 
 /// A client that asks for large answers and never reads holds the pages

@@ -92,7 +92,7 @@ fn a_connection_flood_is_refused_with_503_and_the_server_recovers() {
             fixtures().to_str().unwrap(),
             "--max-conns",
             "20",
-            "--threads",
+            "--workers",
             workers,
         ]);
         let mut held: Vec<_> = (0..20).map(|_| server.connect()).collect();
@@ -201,8 +201,13 @@ fn random_bytes_on_many_connections_leave_the_server_serving() {
         state ^= state << 17;
         state
     };
-    for model in ["event", "select", "pool"] {
-        let server = Server::start(&["--model", model, "--root", fixtures().to_str().unwrap(), "--threads", "8"]);
+    for (model, workers) in [("event", "8"), ("select", ""), ("pool", "8")] {
+        let root = fixtures();
+        let mut args = vec!["--model", model, "--root", root.to_str().unwrap()];
+        if !workers.is_empty() {
+            args.extend(["--workers", workers]); // select has one loop and takes no --workers
+        }
+        let server = Server::start(&args);
         std::thread::scope(|scope| {
             for _ in 0..8 {
                 let garbage: Vec<Vec<u8>> = (0..25)

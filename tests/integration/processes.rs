@@ -27,7 +27,12 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 #[test]
 fn sigterm_leaves_no_child_behind() {
     for model in ["fork", "prefork"] {
-        let server = Server::start(&["--model", model, "--threads", "3", "--root", fixtures().to_str().unwrap()]);
+        let root = fixtures();
+        let mut args = vec!["--model", model, "--root", root.to_str().unwrap()];
+        if model == "prefork" {
+            args.extend(["--workers", "3"]); // fork forks per connection and takes no --workers
+        }
+        let server = Server::start(&args);
         // A connection in progress, so fork has a child too.
         let mut conn = server.connect();
         assert_eq!(conn.get(b"tiny.txt").body(), b"hi\n");
@@ -48,8 +53,13 @@ fn idle_blocking_models_stop_at_once_not_after_the_grace_period() {
     // A blocked accept() must hear SIGTERM. Waking it by connecting to
     // ourselves failed for prefork: a sibling worker took the connection,
     // and the sleeper slept on until the 5 s grace period killed it.
-    for model in ["prefork", "iterative", "threads", "pool"] {
-        let server = Server::start(&["--model", model, "--workers", "4", "--root", fixtures().to_str().unwrap()]);
+    for (model, workers) in [("prefork", "4"), ("iterative", ""), ("threads", ""), ("pool", "4")] {
+        let root = fixtures();
+        let mut args = vec!["--model", model, "--root", root.to_str().unwrap()];
+        if !workers.is_empty() {
+            args.extend(["--workers", workers]); // iterative and threads take no --workers
+        }
+        let server = Server::start(&args);
         assert_eq!(server.connect().get(b"tiny.txt").body(), b"hi\n");
         let asked = std::time::Instant::now();
         server.signal(Signal::TERM);
@@ -76,7 +86,7 @@ fn children_die_with_a_killed_parent() {
 
 #[test]
 fn prefork_replaces_a_worker_that_dies() {
-    let server = Server::start(&["--model", "prefork", "--threads", "2", "--root", fixtures().to_str().unwrap()]);
+    let server = Server::start(&["--model", "prefork", "--workers", "2", "--root", fixtures().to_str().unwrap()]);
     wait_until("two workers", || children(server.pid()).len() == 2);
     let victim = children(server.pid())[0];
     rustix::process::kill_process(rustix::process::Pid::from_raw(victim).unwrap(), Signal::KILL).unwrap();
@@ -100,7 +110,7 @@ fn several_event_loops_or_runtimes_share_one_port_and_one_cache() {
         std::fs::write(&file, b"cached").unwrap();
         let mut args: Vec<&str> = model.split(' ').collect();
         args.insert(0, "--model");
-        args.extend(["--threads", "3", "--root", root.path().to_str().unwrap()]);
+        args.extend(["--workers", "3", "--root", root.path().to_str().unwrap()]);
         let server = Server::start(&args);
         assert_eq!(server.get("page.txt").body(), b"cached", "{model}");
         std::fs::write(&file, b"changed").unwrap();

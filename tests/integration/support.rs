@@ -7,14 +7,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, LazyLock, Mutex};
 
-use fileserver::Model;
 use std::time::{Duration, Instant};
 
 /// How long any single network step may take before a test fails instead of hanging.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Every model, for tests that must hold for all of them: the server's own list.
-pub static MODELS: LazyLock<Vec<&'static str>> = LazyLock::new(|| Model::ALL.iter().map(|m| m.name()).collect());
+/// Every model, for tests that must hold for all of them (the contract's list, which the server's `--model` takes).
+pub static MODELS: LazyLock<Vec<&'static str>> = LazyLock::new(|| contract::MODELS.to_vec());
 
 /// Every model that serves clients concurrently: the contract's models but
 /// those it lists as one at a time.

@@ -283,7 +283,7 @@ pub fn write_handout(repo: &Path, lang: Lang, stage: u8, out: &Path) -> Result<V
     // helpers and Makefile.
     let support: &[&str] = match lang {
         Lang::Rust => &["Cargo.toml", "src/lib.rs"],
-        Lang::C => &["Makefile", "lab.h", "lab.c"],
+        Lang::C => &["Makefile", "lab.h", "lab.c", ".gitignore"],
     };
     for file in support {
         let from = lab.join(file);

@@ -299,7 +299,7 @@ fn run_check(plan: &Plan, check: &Check, fixture: &Fixture, session: &mut Sessio
         if let Outcome::Fail(failure) = &mut last {
             // A crash explains itself better than any symptom: a Rust
             // panic (a handout's todo!() among them), or any last words.
-            if let Some(words) = last_words(&ctx.target.log()) {
+            if let Some(words) = last_words(&ctx.target.final_log()) {
                 failure.got.push_str(&format!(" (the server said: {words})"));
             }
             let (addr, local) = (ctx.target.addr, ctx.target.is_local());

@@ -419,6 +419,21 @@ impl Target {
         self.process.as_ref().map(Process::log_text).unwrap_or_default()
     }
 
+    /// [`Target::log`], and if the server has exited, all it said before
+    /// (its pipes read to their end, for at most half a second).
+    pub fn final_log(&mut self) -> String {
+        if self.is_running() {
+            return self.log();
+        }
+        self.process
+            .as_ref()
+            .map(|p| {
+                p.drained(Duration::from_millis(500));
+                p.log_text()
+            })
+            .unwrap_or_default()
+    }
+
     /// How many `cache cleared` lines the server has written.
     pub fn cache_clears(&self) -> usize {
         self.process.as_ref().map_or(0, |p| p.output.lock().unwrap_or_else(|e| e.into_inner()).cache_clears)

@@ -3,9 +3,6 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use mio::{Registry, Token};
-
-use super::Backend;
 use crate::conn::{ConnId, Executor};
 use crate::protocol::Response;
 use crate::refusal::Refusal;
@@ -29,14 +26,14 @@ pub struct Coalescing<B> {
     leaders: HashMap<ConnId, Vec<u8>>,
 }
 
-impl<B: Backend> Coalescing<B> {
+impl<B: Executor> Coalescing<B> {
     /// Wraps `inner`.
-    fn new(inner: B) -> Coalescing<B> {
+    pub fn new(inner: B) -> Coalescing<B> {
         Coalescing { inner, waiting: HashMap::new(), leaders: HashMap::new() }
     }
 }
 
-impl<B: Backend> Executor for Coalescing<B> {
+impl<B: Executor> Executor for Coalescing<B> {
     fn execute(&mut self, conn: ConnId, work: Work) -> Option<Response> {
         if let Work::Read(read) = &work {
             if read.is_cacheable() {
@@ -57,12 +54,6 @@ impl<B: Backend> Executor for Coalescing<B> {
             }
         }
         ready
-    }
-}
-
-impl<B: Backend> Backend for Coalescing<B> {
-    fn open(readers: usize, registry: &Registry, token: Token) -> std::io::Result<Self> {
-        Ok(Coalescing::new(B::open(readers, registry, token)?))
     }
 
     fn completed(&mut self, done: &mut Vec<(ConnId, Response)>) {
@@ -108,12 +99,6 @@ mod tests {
         fn execute(&mut self, conn: ConnId, work: Work) -> Option<Response> {
             self.started.push((conn, work));
             None
-        }
-    }
-
-    impl Backend for Deferred {
-        fn open(_readers: usize, _registry: &Registry, _token: Token) -> std::io::Result<Deferred> {
-            Ok(Deferred::default())
         }
 
         fn completed(&mut self, done: &mut Vec<(ConnId, Response)>) {

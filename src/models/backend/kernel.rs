@@ -9,7 +9,6 @@ use mio::{Registry, Token};
 use super::alarm::Alarm;
 use super::completions::Completions;
 use super::delay_queue::DelayQueue;
-use super::Backend;
 use crate::conn::{ConnId, Executor};
 use crate::protocol::Response;
 use crate::service::{FileRead, Work};
@@ -97,6 +96,17 @@ pub struct KernelBackend<K> {
 }
 
 impl<K: KernelReads> KernelBackend<K> {
+    /// The backend of one loop: the kernel interface `K`, at most
+    /// `readers` threads for fib, and the sources that wake the loop
+    /// polling `registry` with `token` (an [`Open`](super::Open)).
+    pub fn open(readers: usize, registry: &Registry, token: Token) -> io::Result<Self> {
+        let kernel = K::open(registry, token)?;
+        let compute = ThreadPool::elastic("reader", readers, super::READER_KEEP_ALIVE);
+        let computed = Completions::new(registry, token)?;
+        let alarm = Alarm::new(registry, token)?;
+        Ok(KernelBackend { kernel, delayed: DelayQueue::default(), alarm, compute, computed })
+    }
+
     /// Starts reading `read` now. A file too large to cache (or any file,
     /// with caching off) needs no read: it is streamed with `sendfile`, and
     /// its response comes back at once, as does that of a read that is over
@@ -145,16 +155,6 @@ impl<K: KernelReads> Executor for KernelBackend<K> {
                 None
             }
         }
-    }
-}
-
-impl<K: KernelReads> Backend for KernelBackend<K> {
-    fn open(readers: usize, registry: &Registry, token: Token) -> io::Result<Self> {
-        let kernel = K::open(registry, token)?;
-        let compute = ThreadPool::elastic("reader", readers, super::READER_KEEP_ALIVE);
-        let computed = Completions::new(registry, token)?;
-        let alarm = Alarm::new(registry, token)?;
-        Ok(KernelBackend { kernel, delayed: DelayQueue::default(), alarm, compute, computed })
     }
 
     fn completed(&mut self, done: &mut Vec<(ConnId, Response)>) {

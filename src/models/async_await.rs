@@ -35,10 +35,9 @@
 //! limit divided: the kernel does not spread connections evenly), and
 //! `--readers` divided among their blocking pools; the first clears the
 //! cache at `SIGHUP`, all stop at `SIGTERM`. Measured side by side (the
-//! chapter has the tables), the runtime per core is ahead where nothing
-//! blocks (cached 1 KiB at 50 connections: 1.14x) and level under slow
-//! storage (10 ms, 256 connections: 0.99x), with the worse p99 in five
-//! runs of eight. The default stays `multi-thread`: it balances
+//! figures are in `docs/guide/02d-async-await.md`), the runtime per core
+//! is ahead where nothing blocks and level under slow storage, with the
+//! worse p99 more often than not. The default stays `multi-thread`: it balances
 //! connections that the kernel's hash did not, a task that blocks by
 //! mistake stalls one worker rather than a whole runtime's connections,
 //! and it is the runtime most Rust servers run.
@@ -66,7 +65,7 @@ use crate::conn::{refuse, Limits, LINGER_MAX_BYTES, LINGER_TIME, LINGER_TIMEOUT,
 use crate::error::ServerError;
 use crate::fan_out::{self, Seat};
 use crate::log::info;
-use crate::net::{is_fd_exhaustion, FD_EXHAUSTION_PAUSE};
+use crate::net::{sort_accept_error, Accepted, FD_EXHAUSTION_PAUSE};
 use crate::output::{Flushed, Output, Sink, Then};
 use crate::protocol::{Framing, Malformed, Parser, Request, Response};
 use crate::refusal::Refusal;
@@ -83,11 +82,11 @@ pub fn run(server: Server) -> Result<(), ServerError> {
     // A permit per connection, one count for every runtime: `--max-conns`
     // holds in all, and at a stop, a count to wait for.
     let slots = Arc::new(Semaphore::new(server.max_open_conns));
-    match server.runtime {
+    match server.config.runtime {
         Runtime::MultiThread => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(server.workers)
-                .max_blocking_threads(server.readers)
+                .max_blocking_threads(server.config.readers)
                 .thread_keep_alive(BLOCKING_KEEP_ALIVE)
                 .thread_name("tokio")
                 .enable_io()
@@ -99,7 +98,7 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         // `event`'s fan-out: a thread and a `SO_REUSEPORT` listener per worker.
         Runtime::CurrentThreadPerCore => fan_out::run_per_worker(&server, |server, seat| {
             let built = tokio::runtime::Builder::new_current_thread()
-                .max_blocking_threads(server.readers.div_ceil(server.workers))
+                .max_blocking_threads(server.config.readers.div_ceil(server.workers))
                 .thread_keep_alive(BLOCKING_KEEP_ALIVE)
                 .thread_name("tokio")
                 .enable_io()
@@ -169,11 +168,11 @@ async fn accept_until_stopped(
                         }
                     }
                 },
-                Err(err) if is_fd_exhaustion(&err) => {
-                    info!("accept: {err}; pausing accepts");
-                    tokio::time::sleep(FD_EXHAUSTION_PAUSE).await;
+                Err(err) => {
+                    if let Accepted::Pause = sort_accept_error(&err) {
+                        tokio::time::sleep(FD_EXHAUSTION_PAUSE).await;
+                    }
                 }
-                Err(err) => info!("accept: {err}"),
             },
             _ = hangup.recv(), if first => signals::clear_cache(&server.service),
             _ = interrupt.recv() => break,
