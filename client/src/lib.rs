@@ -1,6 +1,7 @@
 //! The kit's client side: the OSTEP-style [`fetch`] client, the [`bench`](mod@bench)
 //! load generator, the [`grade`] black-box grader, and the [`suite`] behind
-//! `./benchmark.sh` (with its [`versus`] and [`techniques`] tables).
+//! `./benchmark.sh` (with its [`versus`] and [`techniques`] tables), and
+//! [`timeline`]s of what each client saw or a server did.
 
 #![deny(missing_docs)]
 
@@ -14,5 +15,6 @@ pub mod json;
 pub mod peers;
 pub mod suite;
 pub mod techniques;
+pub mod timeline;
 pub mod verdict;
 pub mod versus;
