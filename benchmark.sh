@@ -2,13 +2,14 @@
 # The kit's main command: builds in release mode, then measures whether the
 # event-based, asynchronous design was worth it.
 #
-#   ./benchmark.sh                 the homework's two lines, a table and a verdict
-#                                  (about 1 min; the first run builds for about 1 min more)
+#   ./benchmark.sh                 the homework's two lines, a table, the cost and a verdict
+#                                  (about 1.5 min; the first run builds for about 1 min more)
 #   ./benchmark.sh --requests 10   only the two lines, with 10 concurrent clients
 #   ./benchmark.sh --full          the sweep: results/<date>/*.csv and *.svg (< 10 min)
 #   ./benchmark.sh --smoke         every mode for a moment (what CI runs)
-#   ./benchmark.sh --vs-nginx      the performance goals against nginx (about 8 min; needs nginx
-#                                  and wrk, without them only the slow-storage table)
+#   ./benchmark.sh --vs-nginx      the performance goals against nginx, our CPU per request beside
+#                                  nginx's (about 8 min; needs nginx and wrk, without them only
+#                                  the slow-storage table)
 #   ./benchmark.sh --async-await   tokio beside event and event-async, then their RSS holding
 #                                  10,000 idle connections (about 1 min; docs/guide/02d-async-await.md)
 #   ./benchmark.sh --techniques    what each io_uring technique of uring-net buys: uring-net with

@@ -44,6 +44,8 @@ pub mod defaults {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
     /// A response that makes no write progress this long is dropped.
     pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Most events `--trace` records (about 90 bytes each) before it stops.
+    pub const TRACE_EVENTS: usize = 500_000;
 }
 
 /// Which server design runs. Each variant's line is its `--help` entry;
@@ -337,6 +339,13 @@ pub struct Config {
     /// are about.
     #[arg(long)]
     pub defer_accept: bool,
+    /// Record what the server does (loop turns, waits, reads, requests, signals) as Chrome
+    /// trace-event JSON, written to FILE at a graceful stop; draw it with `client timeline`.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// With --trace: the most events recorded (about 90 bytes each); past it recording stops.
+    #[arg(long, default_value_t = defaults::TRACE_EVENTS, value_name = "N", requires = "trace")]
+    pub trace_events: usize,
 }
 
 const ABOUT: &str = "A small file server that comes in many models, from an iterative loop to an epoll event \
@@ -355,6 +364,7 @@ Examples:
   server --model event-async --read-delay-ms 100        # slow storage, asynchronous reads
   server --model prefork --workers 8 --root fixtures    # 8 worker processes
   server --model tokio --root fixtures                  # a tokio task (an async fn) per connection
+  server --read-delay-ms 10 --trace t.json              # at the stop: client timeline t.json --svg t.svg
 
 Protocols on the same port: one path per line (`OK <size>` + bytes, or
 `ERR <code> <reason>`), or HTTP/1.1 GET/HEAD (curl, browsers, wrk).
@@ -405,6 +415,9 @@ impl Config {
     /// Refuses a flag (`given` says whether the command line set it) the
     /// model does not read, naming the models that do.
     fn check_flags(&self, given: impl Fn(&str) -> bool) -> Result<(), String> {
+        if self.trace.is_some() && matches!(self.model, Model::Fork | Model::Prefork) {
+            return Err("--trace records the threads of one process; fork and prefork serve in many (try --model threads or pool)".into());
+        }
         for (id, reads) in MODEL_FLAGS {
             if given(id) && !reads(self.model) {
                 let users: Vec<&str> = Model::all().iter().filter(|m| reads(**m)).map(|m| m.name()).collect();

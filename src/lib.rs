@@ -48,6 +48,7 @@ mod log;
 mod models;
 mod shared;
 mod sys;
+mod trace;
 
 // The parts' modules by their short names, so every file says `crate::conn`
 // whichever folder it lives in.

@@ -22,6 +22,8 @@ use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
+use crate::timeline::{Recording, RequestRecord, MAX_RECORDED_REQUESTS};
+
 /// Bytes one `read` takes from a socket.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Longest response head accepted before the response counts as wrong.
@@ -35,6 +37,16 @@ pub enum Until {
     Elapsed(Duration),
     /// Run exactly this many requests in total.
     Requests(u64),
+    /// Connect and run for `warm_up` without counting (new connections
+    /// made, a thread or a process started per connection by the server,
+    /// caches warm), then count for `counted` as [`Until::Elapsed`] does: a
+    /// short measurement of the steady state, not of setting it up.
+    WarmedUp {
+        /// Uncounted time from the first connect.
+        warm_up: Duration,
+        /// Counted time after it.
+        counted: Duration,
+    },
 }
 
 /// What to run.
@@ -186,6 +198,16 @@ impl Report {
 
 /// Runs `plan` and measures it.
 pub fn run(plan: &LoadPlan) -> Result<Report> {
+    run_recording(plan, false).map(|(report, _)| report)
+}
+
+/// Runs `plan`, measures it, and records when each request connected, was
+/// sent, heard its first byte and its last (`client bench --timeline`).
+pub fn run_with_timeline(plan: &LoadPlan) -> Result<(Report, Recording)> {
+    run_recording(plan, true)
+}
+
+fn run_recording(plan: &LoadPlan, record: bool) -> Result<(Report, Recording)> {
     if plan.paths.is_empty() {
         bail!("give at least one --path");
     }
@@ -194,11 +216,17 @@ pub fn run(plan: &LoadPlan) -> Result<Report> {
     // Requests not yet started, shared by every thread (unbounded: i64::MAX).
     let budget = Arc::new(AtomicI64::new(match plan.until {
         Until::Requests(n) => i64::try_from(n).unwrap_or(i64::MAX),
-        Until::Elapsed(_) => i64::MAX,
+        Until::Elapsed(_) | Until::WarmedUp { .. } => i64::MAX,
     }));
-    let started = Instant::now();
+    let connected = Instant::now();
+    // Responses that complete before `started` are checked but not counted.
+    let started = match plan.until {
+        Until::WarmedUp { warm_up, .. } => connected + warm_up,
+        _ => connected,
+    };
     let stop_starting_at = match plan.until {
         Until::Elapsed(duration) => Some(started + duration),
+        Until::WarmedUp { counted, .. } => Some(started + counted),
         Until::Requests(_) => None,
     };
     let results: Vec<Result<Tally>> = std::thread::scope(|scope| {
@@ -206,16 +234,20 @@ pub fn run(plan: &LoadPlan) -> Result<Report> {
             .map(|t| {
                 let ids: Vec<usize> = (t..plan.conns).step_by(threads).collect();
                 let budget = Arc::clone(&budget);
-                scope.spawn(move || Worker::new(plan, ids, budget, stop_starting_at)?.run())
+                let recording = record.then(|| (started, MAX_RECORDED_REQUESTS / threads));
+                scope.spawn(move || Worker::new(plan, ids, budget, stop_starting_at, started, recording)?.run())
             })
             .collect();
         workers.into_iter().map(|w| w.join().unwrap_or_else(|_| bail!("a bench thread panicked"))).collect()
     });
-    let elapsed = started.elapsed();
+    let elapsed = Instant::now().saturating_duration_since(started);
     let mut report =
         Report { ok: 0, errors: 0, error_samples: Vec::new(), body_bytes: 0, elapsed, latency_us: new_histogram() };
+    let mut recording = Recording::default();
     for tally in results {
-        let tally = tally?;
+        let mut tally = tally?;
+        recording.requests.append(&mut tally.recorded);
+        recording.left_out += tally.left_out;
         report.ok += tally.ok;
         report.errors += tally.errors;
         report.body_bytes += tally.body_bytes;
@@ -226,7 +258,7 @@ pub fn run(plan: &LoadPlan) -> Result<Report> {
             }
         }
     }
-    Ok(report)
+    Ok((report, recording))
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -252,6 +284,10 @@ struct Tally {
     error_samples: Vec<String>,
     body_bytes: u64,
     latency_us: Histogram<u64>,
+    /// With `--timeline`: this thread's requests, up to its share of the cap.
+    recorded: Vec<RequestRecord>,
+    /// Requests past that share.
+    left_out: u64,
 }
 
 impl Tally {
@@ -289,6 +325,16 @@ struct BenchConn {
     /// Path index of the request in flight.
     path: usize,
     request_started: Instant,
+    /// With `--timeline`: the moments of the request in flight.
+    marks: Marks,
+}
+
+/// When a request reached each step (`client bench --timeline`).
+#[derive(Debug, Default, Clone, Copy)]
+struct Marks {
+    connected: Option<Instant>,
+    sent: Option<Instant>,
+    first_byte: Option<Instant>,
 }
 
 struct Worker<'a> {
@@ -297,6 +343,8 @@ struct Worker<'a> {
     conns: Vec<BenchConn>,
     budget: Arc<AtomicI64>,
     stop_starting_at: Option<Instant>,
+    /// Responses completed before this are checked, not counted (warm-up).
+    counting_from: Instant,
     tally: Tally,
     /// Body length first seen per path: later responses must match it.
     lengths: HashMap<usize, u64>,
@@ -308,6 +356,11 @@ struct Worker<'a> {
     /// would otherwise grow the stack by one call chain per response,
     /// without bound (it overflowed once, against `threads`).
     answered: Vec<usize>,
+    /// The connections' global numbers (a timeline's rows).
+    ids: Vec<usize>,
+    /// With `--timeline`: when the run began, and how many requests this
+    /// thread may record.
+    recording: Option<(Instant, usize)>,
 }
 
 impl<'a> Worker<'a> {
@@ -316,6 +369,8 @@ impl<'a> Worker<'a> {
         ids: Vec<usize>,
         budget: Arc<AtomicI64>,
         stop_starting_at: Option<Instant>,
+        counting_from: Instant,
+        recording: Option<(Instant, usize)>,
     ) -> Result<Self> {
         let requests = plan.paths.iter().map(|path| encode_request(plan, path)).collect();
         let conns = ids
@@ -326,6 +381,7 @@ impl<'a> Worker<'a> {
                 next_path: id % plan.paths.len(),
                 path: 0,
                 request_started: Instant::now(),
+                marks: Marks::default(),
             })
             .collect();
         Ok(Worker {
@@ -334,11 +390,22 @@ impl<'a> Worker<'a> {
             conns,
             budget,
             stop_starting_at,
-            tally: Tally { ok: 0, errors: 0, error_samples: Vec::new(), body_bytes: 0, latency_us: new_histogram() },
+            counting_from,
+            tally: Tally {
+                ok: 0,
+                errors: 0,
+                error_samples: Vec::new(),
+                body_bytes: 0,
+                latency_us: new_histogram(),
+                recorded: Vec::new(),
+                left_out: 0,
+            },
             lengths: HashMap::new(),
             requests,
             scratch: vec![0; READ_CHUNK_BYTES],
             answered: Vec::new(),
+            ids,
+            recording,
         })
     }
 
@@ -402,6 +469,9 @@ impl<'a> Worker<'a> {
         conn.path = conn.next_path;
         conn.next_path = (conn.next_path + 1) % self.plan.paths.len();
         conn.request_started = Instant::now();
+        // A kept-alive connection is connected already.
+        let connected = conn.stream.is_some().then_some(conn.request_started);
+        conn.marks = Marks { connected, ..Marks::default() };
         if conn.stream.is_none() {
             match TcpStream::connect(self.plan.addr) {
                 Ok(mut stream) => {
@@ -449,7 +519,10 @@ impl<'a> Worker<'a> {
         };
         while *written < request.len() {
             match stream.write(&request[*written..]) {
-                Ok(n) => *written += n,
+                Ok(n) => {
+                    *written += n;
+                    conn.marks.connected.get_or_insert_with(Instant::now);
+                }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(Progress::Blocked),
                 // Still connecting: the socket is not yet writable.
                 Err(err) if err.kind() == io::ErrorKind::NotConnected => return Ok(Progress::Blocked),
@@ -457,6 +530,7 @@ impl<'a> Worker<'a> {
                 Err(err) => return Err(format!("send: {err}")),
             }
         }
+        conn.marks.sent = Some(Instant::now());
         conn.phase = Phase::Receiving(ResponseReader::new(self.plan.http));
         Ok(Progress::Moved)
     }
@@ -473,6 +547,7 @@ impl<'a> Worker<'a> {
             Err(err) if err.kind() == io::ErrorKind::Interrupted => return Ok(Progress::Moved),
             Err(err) => return Err(format!("receive: {err}")),
         };
+        conn.marks.first_byte.get_or_insert_with(Instant::now);
         let Some(done) = reader.feed(&self.scratch[..n])? else { return Ok(Progress::Moved) };
         let path = conn.path;
         if *self.lengths.entry(path).or_insert(done.body_len) != done.body_len {
@@ -482,9 +557,12 @@ impl<'a> Worker<'a> {
             ));
         }
         let latency = conn.request_started.elapsed();
-        self.tally.ok += 1;
-        self.tally.body_bytes += done.body_len;
-        let _ = self.tally.latency_us.record((latency.as_micros() as u64).max(1));
+        if Instant::now() >= self.counting_from {
+            self.tally.ok += 1;
+            self.tally.body_bytes += done.body_len;
+            let _ = self.tally.latency_us.record((latency.as_micros() as u64).max(1));
+        }
+        self.record(index, Ok(done.body_len));
         if self.plan.no_keepalive || done.server_closes {
             self.drop_stream(index);
         }
@@ -509,9 +587,31 @@ impl<'a> Worker<'a> {
 
     /// Counts an error and drops the connection; a fresh one follows.
     fn fail(&mut self, index: usize, what: String) {
+        self.record(index, Err(what.clone()));
         self.tally.error(what);
         self.drop_stream(index);
         self.conns[index].phase = Phase::Retry;
+    }
+
+    /// With `--timeline`, keeps the request just ended (up to the cap).
+    fn record(&mut self, index: usize, outcome: std::result::Result<u64, String>) {
+        let Some((run_started, cap)) = self.recording else { return };
+        if self.tally.recorded.len() >= cap {
+            self.tally.left_out += 1;
+            return;
+        }
+        let conn = &self.conns[index];
+        let since = |at: Instant| at.saturating_duration_since(run_started);
+        self.tally.recorded.push(RequestRecord {
+            client: self.ids[index],
+            path: self.plan.paths[conn.path].clone(),
+            start: since(conn.request_started),
+            connected: conn.marks.connected.map(since),
+            sent: conn.marks.sent.map(since),
+            first_byte: conn.marks.first_byte.map(since),
+            end: since(Instant::now()),
+            outcome,
+        });
     }
 
     fn drop_stream(&mut self, index: usize) {

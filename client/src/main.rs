@@ -37,6 +37,7 @@ Examples:
 
 Subcommands (each has its own --help):
   client bench ...                         # the load generator: requests/s, MB/s, latency percentiles
+  client timeline FILE --svg OUT           # draws a trace (server --trace, client bench --timeline)
   client grade ... -- SERVER COMMAND       # the grader: scores a server against docs/assignment.md
   client class DIR --csv scores.csv        # a whole class: every folder of DIR built, graded, one CSV
 
@@ -70,6 +71,7 @@ Examples:
   client bench --conns 3 --requests 3 --no-keepalive --path a --path b --path c
   client bench --http --conns 50 --duration 3 --path /1k.bin --addr 127.0.0.1:8080
   client bench --conns 10000 --duration 5 --path data/1k.bin --csv results.csv
+  client bench --conns 3 --requests 12 --path test.txt --timeline t.json   # then: client timeline t.json --svg t.svg
 
 Exit status: 0 if every response was correct, 1 if any was wrong, 2 on a
 usage or connection error."
@@ -111,6 +113,41 @@ struct BenchCli {
     /// Seconds to wait for the server to accept a first connection (a server still starting); 0: do not wait.
     #[arg(long, value_parser = parse_seconds, default_value = "5")]
     wait: Duration,
+    /// Record each request of each connection (connect, sent, first byte, last byte) in this file,
+    /// as Chrome trace-event JSON (open it in Perfetto, or draw it with `client timeline`).
+    #[arg(long, value_name = "FILE")]
+    timeline: Option<std::path::PathBuf>,
+}
+
+/// Reads a trace-event file (`server --trace`, `client bench --timeline`),
+/// prints what it holds (slices by name: how many, total, longest) and
+/// draws it with `--svg`: a row per thread or client, time across.
+#[derive(Debug, Parser)]
+#[command(
+    name = "client timeline",
+    max_term_width = 100,
+    after_help = "\
+Examples:
+  client timeline trace.json                       # slices by name: count, total and longest
+  client timeline trace.json --svg trace.svg       # a picture: a row per thread, time across
+
+Exit status: 0 if the file was read (and drawn), 2 if it is not a trace-event file."
+)]
+struct TimelineCli {
+    /// The trace-event JSON file.
+    file: std::path::PathBuf,
+    /// Draw it into this SVG file.
+    #[arg(long, value_name = "OUT")]
+    svg: Option<std::path::PathBuf>,
+    /// The picture's title (default: the file's name).
+    #[arg(long)]
+    title: Option<String>,
+    /// Draw the whole trace, including a server's idle waits before the first request and after the last.
+    #[arg(long)]
+    whole: bool,
+    /// Make the time axis this many milliseconds long (to draw two traces on one scale).
+    #[arg(long, value_name = "MS")]
+    span_ms: Option<f64>,
 }
 
 /// Scores a server against the assignment (docs/assignment.md), stage by
@@ -204,6 +241,10 @@ struct GradeCli {
     /// List the tests (stage, points, name, what each proves) and exit.
     #[arg(long)]
     list: bool,
+    /// Record each test's exchanges (connect, sent, first byte, last byte per request) in
+    /// DIR/<test>.json, as trace-event JSON; draw one with `client timeline`.
+    #[arg(long, value_name = "DIR")]
+    timeline: Option<std::path::PathBuf>,
     /// The server command, after `--`, with {port}, {root}, {delay} placeholders.
     #[arg(last = true)]
     command: Vec<String>,
@@ -284,6 +325,10 @@ fn main() -> ExitCode {
         let args = std::iter::once("client grade".into()).chain(std::env::args_os().skip(2));
         return grade_main(GradeCli::parse_from(args));
     }
+    if subcommand.as_ref().is_some_and(|arg| arg == "timeline") {
+        let args = std::iter::once("client timeline".into()).chain(std::env::args_os().skip(2));
+        return timeline_main(TimelineCli::parse_from(args));
+    }
     if subcommand.as_ref().is_some_and(|arg| arg == "class") {
         let args = std::iter::once("client class".into()).chain(std::env::args_os().skip(2));
         return class_main(ClassCli::parse_from(args));
@@ -337,7 +382,21 @@ fn run_bench(cli: BenchCli) -> anyhow::Result<bool> {
         threads: cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         timeout: cli.timeout,
     };
-    let report = bench::run(&plan)?;
+    let report = match &cli.timeline {
+        None => bench::run(&plan)?,
+        Some(path) => {
+            let (report, recording) = bench::run_with_timeline(&plan)?;
+            recording.write(path, &format!("client bench against {}", cli.addr))?;
+            if recording.left_out > 0 {
+                eprintln!(
+                    "client bench: the timeline holds the first {} requests; {} more were not recorded",
+                    recording.requests.len(),
+                    recording.left_out
+                );
+            }
+            report
+        }
+    };
     if cli.json {
         println!("{}", report.json());
         // stdout is for the JSON; a person still sees what went wrong.
@@ -361,6 +420,26 @@ fn run_bench(cli: BenchCli) -> anyhow::Result<bool> {
         writeln!(file, "{},{}", plan.conns, report.csv_fields())?;
     }
     Ok(report.errors == 0)
+}
+
+fn timeline_main(cli: TimelineCli) -> ExitCode {
+    let run = || -> anyhow::Result<()> {
+        let trace = client::timeline::Trace::load(&cli.file)?;
+        print!("{}", trace.summary());
+        if let Some(out) = &cli.svg {
+            let title = cli.title.clone().unwrap_or_else(|| cli.file.display().to_string());
+            let picture = client::timeline::Picture { title, whole: cli.whole, span_ms: cli.span_ms };
+            client::timeline::draw_svg(&trace, out, &picture)?;
+        }
+        Ok(())
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("client timeline: {err:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// How a grading ended, for the exit status.
@@ -427,6 +506,9 @@ fn run_grade(cli: GradeCli) -> anyhow::Result<Graded> {
             dir.display()
         );
         return Ok(Graded::Passed);
+    }
+    if let Some(dir) = &cli.timeline {
+        client::timeline::grading::record_into(dir)?;
     }
     let setup = match cli.service.as_str() {
         "time" => Setup::Time,

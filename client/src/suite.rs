@@ -1,11 +1,13 @@
 //! The benchmark suite behind `./benchmark.sh`: starts servers, drives them
 //! with [`bench`](mod@crate::bench), and prints what the homework asks.
 //!
-//! Three modes: the default run (under a minute: the homework's two lines
-//! and a table of the honest cases), `--full` (models x concurrency x
-//! workloads, CSV and SVG charts, nginx side by side when installed), and
-//! `--smoke` (every mode for a moment, so CI keeps the script working).
-//! Any wrong response fails the run.
+//! Three modes: the default run (about a minute and a half: the homework's
+//! two lines and a table of the honest cases, each cell in interleaved
+//! rounds, [`measure_rounds`], every ratio a median with its range,
+//! [`Ratio`]), `--full` (models x concurrency x workloads, CSV and SVG
+//! charts, nginx side by side when installed), and `--smoke` (every mode
+//! for a moment, so CI keeps the script working). Any wrong response fails
+//! the run.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -17,6 +19,19 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::bench::{self, LoadPlan, Report, Until};
+
+/// Rounds of the default table: each cell's median and range come from them.
+pub const ROUNDS: usize = 9;
+/// Seconds of counted load per cell per round in the default table.
+pub const CELL_SECONDS: f64 = 0.1;
+/// Seconds each cell's fresh connections run before the count starts: a
+/// thread or a process per connection is started then, not in the 0.1 s
+/// counted (in a keep-alive run it is paid once per connection, not per
+/// 0.1 s).
+pub const CELL_WARM_UP_SECONDS: f64 = 0.03;
+
+/// Seconds of uncounted load each server takes before the first round.
+pub const WARM_UP_SECONDS: f64 = 0.05;
 
 /// Simulated storage latency for the uncached workloads, in milliseconds.
 pub const STORAGE_DELAY_MS: u64 = 10;
@@ -263,21 +278,25 @@ pub fn workload(root: &BenchRoot, kind: WorkloadKind) -> Workload {
     workloads(root).into_iter().find(|w| w.kind == kind).expect("every kind has a workload")
 }
 
-/// Starts `model` for `workload` and measures it.
-pub fn measure(
+/// Starts `model` for `workload`, ready for `conns` connections.
+pub fn start(
     server_bin: &Path,
     root: &BenchRoot,
     model: &str,
     workload: &Workload,
     conns: usize,
-    until: Until,
-) -> Result<Report> {
+) -> Result<ServerProcess> {
     let mut args: Vec<String> = vec!["--model".into(), model.into(), "--quiet".into()];
     args.extend(model_args(model));
     args.extend(["--root".into(), root.path().display().to_string()]);
     args.extend(["--max-conns".into(), (conns + 100).max(10_000).to_string()]);
     args.extend(workload.server_args.iter().cloned());
-    let server = ServerProcess::start(server_bin, &args)?;
+    ServerProcess::start(server_bin, &args)
+}
+
+/// Drives `server` (running `model`) with `workload` on `conns` fresh
+/// connections until `until`; any wrong response is an error.
+pub fn load(server: &ServerProcess, model: &str, workload: &Workload, conns: usize, until: Until) -> Result<Report> {
     let plan = LoadPlan::keepalive(server.addr, conns, until, workload.paths.clone(), false);
     let report = bench::run(&plan)?;
     if report.errors > 0 {
@@ -291,24 +310,98 @@ pub fn measure(
     Ok(report)
 }
 
+/// Starts `model` for `workload` and measures it.
+pub fn measure(
+    server_bin: &Path,
+    root: &BenchRoot,
+    model: &str,
+    workload: &Workload,
+    conns: usize,
+    until: Until,
+) -> Result<Report> {
+    let server = start(server_bin, root, model, workload, conns)?;
+    load(&server, model, workload, conns, until)
+}
+
+/// Measures every one of `models` on `workload` in `rounds` interleaved
+/// rounds of `seconds`: every server is started first, then each round
+/// loads each in turn (the order rotating from round to round). On a shared
+/// machine a burst of someone else's work then falls on a few cells of
+/// different models, not on one model's whole measurement, and the median
+/// round of each model is compared with the same round of the others.
+pub fn measure_rounds(
+    server_bin: &Path,
+    root: &BenchRoot,
+    workload: &Workload,
+    models: &[&str],
+    rounds: usize,
+    seconds: f64,
+) -> Result<Vec<Row>> {
+    let servers = models
+        .iter()
+        .map(|model| start(server_bin, root, model, workload, workload.conns))
+        .collect::<Result<Vec<_>>>()?;
+    let mut rows: Vec<Row> = models
+        .iter()
+        .map(|model| Row {
+            kind: workload.kind,
+            workload: workload.label.clone(),
+            model: model.to_string(),
+            rounds: Vec::new(),
+        })
+        .collect();
+    // A first, uncounted turn each: threads started, pages touched, the
+    // cached file read, so round one measures the same server as round five.
+    for (server, model) in servers.iter().zip(models) {
+        load(server, model, workload, workload.conns, Until::Elapsed(Duration::from_secs_f64(WARM_UP_SECONDS)))?;
+    }
+    for round in 0..rounds {
+        for turn in 0..models.len() {
+            let i = (turn + round) % models.len();
+            let until = Until::WarmedUp {
+                warm_up: Duration::from_secs_f64(CELL_WARM_UP_SECONDS),
+                counted: Duration::from_secs_f64(seconds),
+            };
+            let report = load(&servers[i], models[i], workload, workload.conns, until)?;
+            rows[i].rounds.push(report);
+        }
+    }
+    if let Some(row) = rows.iter().find(|row| row.rounds.iter().all(|report| report.ok == 0)) {
+        bail!("{} / {}: no response in any of {rounds} rounds of {seconds} s", row.model, workload.kind.name());
+    }
+    Ok(rows)
+}
+
+/// Rounds of the homework's two lines: the times printed are their medians.
+pub const HOMEWORK_ROUNDS: usize = 5;
+
 /// The homework's two lines: N concurrent clients, each asking for a
-/// different uncached file from storage that takes [`STORAGE_DELAY_MS`].
-pub fn homework(server_bin: &Path, root: &BenchRoot, requests: usize) -> Result<(f64, f64)> {
+/// different uncached file from storage that takes [`STORAGE_DELAY_MS`],
+/// against `event-async` and `event`, in `rounds` interleaved rounds (the
+/// storage stays uncached: `--cache-size 0`). Returns each model's time per
+/// round, in seconds: (async, sync).
+pub fn homework(server_bin: &Path, root: &BenchRoot, requests: usize, rounds: usize) -> Result<(Vec<f64>, Vec<f64>)> {
     // The uncached workload, one request per connection.
     let workload =
         Workload { paths: root.small[..requests].to_vec(), conns: requests, ..workload(root, WorkloadKind::Uncached) };
-    let mut seconds = Vec::new();
-    for model in ["event-async", "event"] {
-        let report = measure(server_bin, root, model, &workload, requests, Until::Requests(requests as u64))?;
-        if report.ok != requests as u64 {
-            bail!("{model}: {} of {requests} requests answered", report.ok);
+    let models = ["event-async", "event"];
+    let servers =
+        models.iter().map(|model| start(server_bin, root, model, &workload, requests)).collect::<Result<Vec<_>>>()?;
+    let mut seconds = [Vec::new(), Vec::new()];
+    for _ in 0..rounds {
+        for (i, model) in models.iter().enumerate() {
+            let report = load(&servers[i], model, &workload, requests, Until::Requests(requests as u64))?;
+            if report.ok != requests as u64 {
+                bail!("{model}: {} of {requests} requests answered", report.ok);
+            }
+            seconds[i].push(report.elapsed.as_secs_f64());
         }
-        seconds.push(report.elapsed.as_secs_f64());
     }
-    Ok((seconds[0], seconds[1]))
+    let [async_s, sync_s] = seconds;
+    Ok((async_s, sync_s))
 }
 
-/// One row of the table.
+/// One row of the table: a model on a workload, in one or more rounds.
 pub struct Row {
     /// Which workload.
     pub kind: WorkloadKind,
@@ -316,29 +409,131 @@ pub struct Row {
     pub workload: String,
     /// Model name.
     pub model: String,
-    /// What was measured.
-    pub report: Report,
+    /// What each round measured, in the order of the rounds.
+    pub rounds: Vec<Report>,
 }
 
-/// Formats rows as an aligned table, with each model's req/s relative to `event`.
+impl Row {
+    /// The rate of each round, in order.
+    pub fn rates(&self) -> Vec<f64> {
+        self.rounds.iter().map(Report::requests_per_sec).collect()
+    }
+
+    /// The round with the median rate: the row's rate and latencies.
+    pub fn median_round(&self) -> &Report {
+        let mut order: Vec<&Report> = self.rounds.iter().collect();
+        order.sort_by(|a, b| a.requests_per_sec().total_cmp(&b.requests_per_sec()));
+        order[order.len() / 2]
+    }
+}
+
+/// One rate against another, round by round: the median of the per-round
+/// ratios, and the lowest and highest of them. Each round's two cells were
+/// measured seconds apart, so a busy moment moves both; the range says how
+/// much the rest still moved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ratio {
+    /// The median ratio.
+    pub median: f64,
+    /// The lowest round's ratio (from [`Ratio::TRIM_FROM`] rounds on, the second lowest).
+    pub low: f64,
+    /// The highest round's ratio (from [`Ratio::TRIM_FROM`] rounds on, the second highest).
+    pub high: f64,
+    /// Rounds compared.
+    pub rounds: usize,
+}
+
+/// What a [`Ratio`] says, once its range is taken into account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// Every round above 1.0x.
+    Faster,
+    /// Every round below 1.0x.
+    Slower,
+    /// The range spans 1.0x: neither a gain nor a loss.
+    WithinNoise,
+}
+
+impl Ratio {
+    /// `a` against `b`, pairing their rounds; `None` without rounds. A
+    /// round in which either answered nothing has no ratio and is left out:
+    /// on a very busy machine the server or the load generator can get no
+    /// CPU for a whole 0.1 s cell, which says nothing of the design (a model
+    /// that answers nothing in every round fails the run instead,
+    /// [`measure_rounds`]).
+    pub fn of(a: &[f64], b: &[f64]) -> Option<Ratio> {
+        let mut ratios: Vec<f64> =
+            a.iter().zip(b).filter(|(a, b)| **a > 0.0 && **b > 0.0).map(|(a, b)| a / b).collect();
+        if ratios.is_empty() {
+            return None;
+        }
+        ratios.sort_by(f64::total_cmp);
+        let n = ratios.len();
+        // From TRIM_FROM rounds on, the one most extreme round at each end is
+        // left out of the range: on a machine shared with other work, a
+        // server the scheduler starved for a whole cell answers nothing or
+        // next to nothing, a ratio of 0.00x or 50x that says nothing of the
+        // design. The median is of all rounds.
+        let trim = usize::from(n >= Ratio::TRIM_FROM);
+        Some(Ratio { median: ratios[n / 2], low: ratios[trim], high: ratios[n - 1 - trim], rounds: n })
+    }
+
+    /// Rounds from which the range leaves out the extreme round at each end.
+    pub const TRIM_FROM: usize = 7;
+
+    /// Whether the whole range, as printed (two decimals), lies above or
+    /// below 1.0x, and the median by more than [`Ratio::MATERIAL`]: a steady
+    /// few percent is not called a gain either (two designs at the same
+    /// ideal rate differ by that much from run to run, and a busy machine
+    /// moves one design more than another by as much).
+    pub fn reading(&self) -> Reading {
+        let printed = |x: f64| (x * 100.0).round() / 100.0;
+        let material = (self.median - 1.0).abs() > Ratio::MATERIAL;
+        if self.rounds > 1 && material && printed(self.low) > 1.0 {
+            Reading::Faster
+        } else if self.rounds > 1 && material && printed(self.high) < 1.0 {
+            Reading::Slower
+        } else {
+            Reading::WithinNoise
+        }
+    }
+
+    /// The smallest difference called a gain or a loss: 10%.
+    pub const MATERIAL: f64 = 0.10;
+}
+
+impl std::fmt::Display for Ratio {
+    /// `1.09x (0.95-1.20)`; one decimal from 10x up; no range for one round.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let number = |x: f64| if x >= 9.95 { format!("{x:.1}") } else { format!("{x:.2}") };
+        if self.rounds > 1 {
+            write!(f, "{}x ({}-{})", number(self.median), number(self.low), number(self.high))
+        } else {
+            write!(f, "{}x", number(self.median))
+        }
+    }
+}
+
+/// Formats rows as an aligned table: each model's median round (its rate and
+/// latencies), and its rate against `event`'s, round by round ([`Ratio`]).
 pub fn table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<44} {:<12} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
-        "workload", "model", "req/s", "MB/s", "p50 ms", "p99 ms", "vs event"
+        "{:<44} {:<12} {:>10} {:>9} {:>9} {:>9} {:>19}\n",
+        "workload", "model", "req/s", "MB/s", "p50 ms", "p99 ms", "vs event (range)"
     );
     for row in rows {
         let event = rows.iter().find(|r| r.workload == row.workload && r.model == "event");
-        let ratio = event.map_or(String::from("-"), |e| {
-            format!("{:.2}x", row.report.requests_per_sec() / e.report.requests_per_sec().max(1e-9))
-        });
+        let ratio =
+            event.and_then(|e| Ratio::of(&row.rates(), &e.rates())).map_or(String::from("-"), |r| r.to_string());
+        let median = row.median_round();
         out.push_str(&format!(
-            "{:<44} {:<12} {:>10.0} {:>9.1} {:>9.3} {:>9.3} {:>9}\n",
+            "{:<44} {:<12} {:>10.0} {:>9.1} {:>9.3} {:>9.3} {:>19}\n",
             row.workload,
             row.model,
-            row.report.requests_per_sec(),
-            row.report.mb_per_sec(),
-            row.report.latency_ms(0.5),
-            row.report.latency_ms(0.99),
+            median.requests_per_sec(),
+            median.mb_per_sec(),
+            median.latency_ms(0.5),
+            median.latency_ms(0.99),
             ratio
         ));
     }
@@ -351,4 +546,13 @@ pub fn results_dir(base: &Path) -> Result<PathBuf> {
     let dir = base.join(&now[..10]);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
+}
+
+/// The machine's load: the 1-minute load average and the cores, from
+/// `/proc/loadavg` (`None` elsewhere). Above one runnable task per core,
+/// the servers and the load generator wait for the CPU behind others' work.
+pub fn load_average() -> Option<(f64, usize)> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let load = text.split_whitespace().next()?.parse().ok()?;
+    Some((load, std::thread::available_parallelism().map_or(1, |n| n.get())))
 }

@@ -1,7 +1,10 @@
 //! `./benchmark.sh --vs-nginx`: our `event` (readiness) and `uring-net`
 //! (completion) models against nginx and against the two minimal servers
 //! (`bare fixed` on epoll, `bare uring-fixed` on io_uring), same files,
-//! same load generator (`wrk`), same run, with server CPU per request.
+//! same load generator (`wrk`), same run, with server CPU per request
+//! (nginx's: its master and workers together), and under each row that CPU
+//! against nginx's: the servers' own cost, which the rate hides where the
+//! load generator is the limit (half the rows on two cores).
 //!
 //! These machines are noisy and the load generator shares the cores with
 //! the server, so every row is measured in [`Pace::FULL`]'s interleaved rounds
@@ -22,7 +25,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::bench::{self, LoadPlan, Until};
 use crate::peers::{self, Nginx};
-use crate::suite::{BenchRoot, ServerProcess, STORAGE_DELAY_MS};
+use crate::suite::{BenchRoot, Ratio, ServerProcess, STORAGE_DELAY_MS};
 
 /// How long each measurement runs, and how many rounds a row takes.
 #[derive(Debug, Clone, Copy)]
@@ -162,14 +165,14 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
     println!(
         "ours: the `event` model (readiness: epoll) and `{COMPLETION_MODEL}` (completion: io_uring only), HTTP;\n\
          nginx: {}\nlimits: `bare fixed` (epoll) / `bare uring-fixed` (io_uring) for 1 KiB, `bare sendfile` for \
-         files: only the necessary syscalls;\nus/req: server CPU (user+system, /proc) per request;\n\
+         files: only the necessary syscalls;\nus/req: server CPU (user+system, /proc; nginx: master and workers) per request;\n\
          wrk -tN, {} s per run, median of {} interleaved rounds; ratios are medians of per-round ratios\n",
         peers::TUNING,
         pace.seconds,
         pace.rounds
     );
     println!(
-        "{:<44} {:>4} {:>7} {:>7} {:>7} {:>7} {:>7} {:>17} {:>7} {:>7} {:>14} {:>19} {:>10} {:>5}  ",
+        "{:<44} {:>4} {:>7} {:>7} {:>7} {:>7} {:>7} {:>17} {:>7} {:>7} {:>14} {:>24} {:>10} {:>5}  ",
         "workload",
         "wrk",
         "nginx",
@@ -181,7 +184,7 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
         "ev/ng",
         "ev/lim",
         "un/lim un/ulim",
-        "us/req ev u-net lim u-lim",
+        "us/req ng ev u-net lim u-lim",
         "wrk us/req",
         "goal"
     );
@@ -206,8 +209,9 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
         for threads in SHAPES {
             let mut runs: [Vec<Measured>; 5] = Default::default();
             for _ in 0..pace.rounds {
-                let nginx_rate = wrk(nginx.addr, row, threads, pace)?;
-                runs[0].push(Measured { rate: nginx_rate, us_per_req: None, load_us_per_req: None });
+                // nginx's CPU: its master and workers, from /proc.
+                let nginx_cpu = || tree_cpu_seconds(nginx.pid());
+                runs[0].push(measure_cpu_of(nginx_cpu, pace, || wrk(nginx.addr, row, threads, pace))?);
                 runs[1].push(measure(&event, row, threads, pace)?);
                 runs[2].push(measure(&completion, row, threads, pace)?);
                 runs[3].push(measure(&limit, row, threads, pace)?);
@@ -247,7 +251,7 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
             let load_cpu: Vec<f64> = runs[2].iter().filter_map(|m| m.load_us_per_req).collect();
             let load_cpu = if load_cpu.is_empty() { "-".to_string() } else { format!("{:.1}", median(load_cpu)) };
             println!(
-                "{:<44} {:>4} {:>7} {:>7} {:>7} {:>7} {:>7} {:>17} {:>6.2}x {:>6.2}x {:>14} {:>19} {:>10} {:>4.1}x  {}",
+                "{:<44} {:>4} {:>7} {:>7} {:>7} {:>7} {:>7} {:>17} {:>6.2}x {:>6.2}x {:>14} {:>24} {:>10} {:>4.1}x  {}",
                 row.what,
                 format!("-t{threads}"),
                 rate(&runs[0]),
@@ -259,10 +263,35 @@ pub fn run(server_bin: &Path, root: &BenchRoot, pace: Pace) -> Result<()> {
                 event_ratio,
                 event_of_limit,
                 format!("{of_limit:.2}x {}", of_uring_limit.map_or("-".to_string(), |r| format!("{r:.2}x"))),
-                format!("{} {} {} {}", cpu_cell(&runs[1]), cpu_cell(&runs[2]), cpu_cell(&runs[3]), cpu_cell(&runs[4])),
+                format!(
+                    "{} {} {} {} {}",
+                    cpu_cell(&runs[0]),
+                    cpu_cell(&runs[1]),
+                    cpu_cell(&runs[2]),
+                    cpu_cell(&runs[3]),
+                    cpu_cell(&runs[4])
+                ),
                 load_cpu,
                 row.goal,
                 verdict(ratio, row.goal, of_uring_limit.unwrap_or(of_limit), threads, busy, cores)
+            );
+            // The servers' own cost, whoever held the rate back: CPU per
+            // request against nginx's, round by round.
+            let cpu_against_nginx = |column: usize| {
+                let pairs: Vec<(f64, f64)> = runs[column]
+                    .iter()
+                    .zip(&runs[0])
+                    .filter_map(|(ours, nginx)| Some((ours.us_per_req?, nginx.us_per_req?)))
+                    .collect();
+                let (ours, theirs): (Vec<f64>, Vec<f64>) = pairs.into_iter().unzip();
+                Ratio::of(&ours, &theirs).map_or("-".to_string(), |r| r.to_string())
+            };
+            println!(
+                "{:<44} {:>4} server CPU per request against nginx's: event {}, {COMPLETION_MODEL} {}",
+                "",
+                format!("-t{threads}"),
+                cpu_against_nginx(1),
+                cpu_against_nginx(2)
             );
         }
     }
@@ -465,9 +494,15 @@ fn measure(server: &ServerProcess, row: &Row, threads: usize, pace: Pace) -> Res
 /// Runs `load` (one run of `pace.seconds` against `server`, returning its
 /// requests a second) and measures the server's CPU time around it.
 pub(crate) fn measure_cpu(server: &ServerProcess, pace: Pace, load: impl FnOnce() -> Result<f64>) -> Result<Measured> {
-    let (before, load_before) = (cpu_seconds(server.pid()), load_generator_cpu_seconds());
+    measure_cpu_of(|| cpu_seconds(server.pid()), pace, load)
+}
+
+/// [`measure_cpu`] for a server whose CPU seconds `cpu` reads (nginx: its
+/// master and its workers).
+fn measure_cpu_of(cpu: impl Fn() -> Option<f64>, pace: Pace, load: impl FnOnce() -> Result<f64>) -> Result<Measured> {
+    let (before, load_before) = (cpu(), load_generator_cpu_seconds());
     let rate = load()?;
-    let (after, load_after) = (cpu_seconds(server.pid()), load_generator_cpu_seconds());
+    let (after, load_after) = (cpu(), load_generator_cpu_seconds());
     let requests = rate * pace.seconds as f64;
     let per_request = |before: Option<f64>, after: Option<f64>| {
         before.zip(after).filter(|_| requests > 0.0).map(|(b, a)| (a - b) / requests * 1e6)
@@ -521,7 +556,8 @@ fn wrk(addr: SocketAddr, row: &Row, threads: usize, pace: Pace) -> Result<f64> {
     peers::wrk_with(&url, row.conns, pace.seconds, row.close, threads)
 }
 
-pub(crate) fn median(mut values: Vec<f64>) -> f64 {
+/// The median of `values` (the upper one of an even count).
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
@@ -540,6 +576,61 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
+}
+
+/// `pid` and its descendants (nginx's master and workers; `fork`'s and
+/// `prefork`'s children): every process whose parent is in the tree, from
+/// `/proc/*/stat` (children of any thread count, not only of the main one).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // The command name (field 2) may hold spaces; the parent is the second field after it.
+        let parent = stat.rfind(')').and_then(|end| stat[end + 2..].split_whitespace().nth(1)?.parse().ok());
+        if let Some(parent) = parent {
+            parents.push((child, parent));
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(parents.iter().filter(|(_, p)| *p == parent).map(|(c, _)| *c));
+        i += 1;
+    }
+    tree
+}
+
+/// CPU time (user + system) of `pid` and its descendants so far, in seconds:
+/// nginx's master and its workers. `None` where there is no `/proc`.
+pub(crate) fn tree_cpu_seconds(pid: u32) -> Option<f64> {
+    let mut total = cpu_seconds(pid)?;
+    for member in process_tree(pid).into_iter().skip(1) {
+        // A worker that exited between the listing and the read takes its time with it.
+        total += cpu_seconds(member).unwrap_or(0.0);
+    }
+    Some(total)
+}
+
+/// Proportional memory (PSS, KiB) of `pid` and its descendants: each shared
+/// page split between the processes sharing it, so a thousand forked
+/// children are not each charged the whole binary. VmRSS where the kernel
+/// has no `smaps_rollup` (before Linux 4.14).
+pub fn pss_kib(pid: u32) -> Result<u64> {
+    let field = |member: u32, file: &str, name: &str| -> Option<u64> {
+        let text = std::fs::read_to_string(format!("/proc/{member}/{file}")).ok()?;
+        text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next()?.parse().ok())
+    };
+    let mut total = 0;
+    for (i, member) in process_tree(pid).into_iter().enumerate() {
+        match field(member, "smaps_rollup", "Pss:").or_else(|| field(member, "status", "VmRSS:")) {
+            Some(kib) => total += kib,
+            None if i == 0 => bail!("no memory figures for process {pid} in /proc"),
+            None => {} // a child that exited meanwhile
+        }
+    }
+    Ok(total)
 }
 
 /// Resident memory of `pid` and its children (nginx's master and workers).

@@ -246,6 +246,8 @@ pub struct Conn {
     client_speaks: bool,
     /// A refusal closes the connection while the client may be mid-stream.
     refused_mid_stream: bool,
+    /// `--trace`: the id of the request slice now open (0: none).
+    traced: u64,
 }
 
 impl Conn {
@@ -261,6 +263,7 @@ impl Conn {
             request_started: None,
             client_speaks: true,
             refused_mid_stream: false,
+            traced: 0,
         };
         if let Some(greeting) = service.greeting() {
             conn.output.push_bytes(greeting);
@@ -346,6 +349,8 @@ impl Conn {
         while self.may_start_request() {
             let Some(parsed) = self.parser.next_request() else { break };
             queued = true;
+            // --trace: the request's slice, until its response is queued.
+            self.traced = crate::trace::request_begin();
             // The next request's clock starts with its first byte, which
             // may already be buffered behind this one.
             self.request_started = self.parser.has_partial_request().then(Instant::now);
@@ -449,6 +454,7 @@ impl Conn {
     }
 
     fn respond(&mut self, framing: Framing, response: Response) {
+        crate::trace::request_end(std::mem::take(&mut self.traced));
         let refusal_closes = matches!(&response, Response::Refused(refusal) if refusal.closes_connection());
         if refusal_closes {
             // The stream is out of step: the client may be sending still.

@@ -153,6 +153,7 @@ impl Work {
     /// hook has printed it, and the cache, the one state the work shares,
     /// stays usable ([`FileCache`]'s lock ignores poisoning).
     pub fn run_blocking(self) -> Response {
+        let _work = crate::trace::span(if matches!(self, Work::Read(_)) { "read" } else { "compute" }); // --trace
         let run = std::panic::AssertUnwindSafe(|| match self {
             Work::Read(read) => read.run_blocking(),
             Work::Compute(n) => compute_fib(n),

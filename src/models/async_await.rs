@@ -181,6 +181,7 @@ async fn accept_until_stopped(
     }
     drop(listener); // accept no more (as the other models, the listening socket itself closes at exit)
     let _ = stop.send(true);
+    crate::trace::instant("stop signal", [None; 2]);
     if first {
         signals::log_stopping(server.max_open_conns - slots.available_permits());
     }
@@ -273,6 +274,7 @@ async fn serve_connection(stream: TcpStream, service: &Service, limits: Limits, 
 /// The response to one parsed request, and how to frame it. Blocking work
 /// (a file read, fib) leaves the runtime's threads for the blocking pool.
 async fn answer(parsed: Result<Request, Malformed>, service: &Service) -> (Framing, Response) {
+    let _traced = crate::trace::request(); // --trace: the request's slice, until answered
     let request = match parsed {
         Ok(request) => request,
         Err(malformed) => return (malformed.framing, Response::Refused(malformed.refusal)),

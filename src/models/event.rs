@@ -44,6 +44,7 @@ use crate::net::{self, Accepted};
 use crate::server::Server;
 use crate::service::Service;
 use crate::signals;
+use crate::trace;
 
 // The loop's own tokens, at the top of the range: connections are
 // `Token(id.to_usize())`, and slab ids never come near these.
@@ -89,13 +90,18 @@ fn event_loop<B: Executor>(server: &Server, seat: Seat<'_>, open: Open<B>) -> Re
     let mut done = Vec::new();
     while !lifecycle.should_exit(connections.len()) {
         // 1. Wait for events (or until a timer of the loop or the backend is due).
+        let _turn = trace::span("turn"); // --trace: the turn, its wait, then its handling
         let backend_due = backend.next_deadline().map(|at| at.saturating_duration_since(Instant::now()));
         let timeout = [lifecycle.wait_timeout(connections.len()), backend_due].into_iter().flatten().min();
+        let mut wait = trace::span("wait");
         match poll.poll(&mut events, timeout) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(ServerError::io("epoll_wait")(err)),
         }
+        wait.arg("events", || events.iter().count() as u64);
+        drop(wait);
+        let _handle = trace::span("handle");
 
         // 2. Handle each ready source.
         for event in events.iter() {

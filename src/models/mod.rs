@@ -30,6 +30,8 @@ use crate::server::Server;
 pub fn start(config: Config) -> Result<(), ServerError> {
     crate::log::set_quiet(config.quiet);
     let model = config.model;
+    // Writes the trace (if --trace) when dropped, after the loop returns.
+    let _trace = crate::trace::start(config.trace.as_deref(), config.trace_events)?;
     let server = Server::bind(config)?;
     match model {
         Model::Iterative => iterative::run(server),

@@ -29,6 +29,7 @@ use crate::net::{self, Accepted};
 use crate::server::Server;
 use crate::service::Service;
 use crate::signals::{self, SelfPipe};
+use crate::trace;
 
 /// Serves every client from one thread with `poll(2)` until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
@@ -69,11 +70,14 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         let timeout = lifecycle
             .wait_timeout(connections.len())
             .map(|t| Timespec::try_from(t).unwrap_or(Timespec { tv_sec: 1, tv_nsec: 0 }));
+        let (_turn, mut wait) = (trace::span("turn"), trace::span("wait")); // --trace
         match rustix::event::poll(&mut watched, timeout.as_ref()) {
-            Ok(_) => {}
+            Ok(ready) => wait.arg("ready", || ready as u64),
             Err(rustix::io::Errno::INTR) => continue,
             Err(errno) => return Err(ServerError::io("poll")(io::Error::from(errno))),
         }
+        drop(wait);
+        let _handle = trace::span("handle");
 
         // 3. Do it. (Error and hang-up flags count as ready: advancing the
         // connection is what discovers and cleans up the failure.)

@@ -36,6 +36,7 @@ use crate::refusal::Refusal;
 use crate::server::Server;
 use crate::service::Service;
 use crate::signals::{self, SelfPipe};
+use crate::trace;
 
 /// Serves every client from one thread with `select(2)` until stopped.
 pub fn run(server: Server) -> Result<(), ServerError> {
@@ -69,11 +70,14 @@ pub fn run(server: Server) -> Result<(), ServerError> {
         }
 
         // 2. Wait until some of it is possible.
+        let (_turn, mut wait) = (trace::span("turn"), trace::span("wait")); // --trace
         match select(&mut readable, &mut writable, lifecycle.wait_timeout(connections.len())) {
-            Ok(_) => {}
+            Ok(ready) => wait.arg("ready", || ready as u64),
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(ServerError::io("select")(err)),
         }
+        drop(wait);
+        let _handle = trace::span("handle");
 
         // 3. Do it.
         for action in signal_pipe.take() {

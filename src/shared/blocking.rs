@@ -68,6 +68,7 @@ impl<'a> StoppableAcceptor<'a> {
     /// Blocks until a client may be waiting on the listener (`true`) or a
     /// stop has begun (`false`): `poll(2)` on the listener and the stop pipe.
     pub fn wait(&self) -> bool {
+        let _wait = crate::trace::span("wait"); // --trace
         while !self.live.is_stopping() {
             let mut wait_for = [PollFd::new(self.listener, PollFlags::IN), PollFd::new(&self.stop_pipe, PollFlags::IN)];
             match rustix::event::poll(&mut wait_for, None) {
@@ -182,6 +183,7 @@ impl BlockingConnection {
     /// as the unwinding drops it: not its thread (`iterative`'s only one, a
     /// `pool` or `prefork` worker).
     pub fn serve(self, service: &Service, limits: Limits) {
+        let _serve = crate::trace::span("serve"); // --trace: one connection, start to end
         let serve = std::panic::AssertUnwindSafe(|| self.serve_to_the_end(service, limits));
         let _ = std::panic::catch_unwind(serve);
     }

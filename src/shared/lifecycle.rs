@@ -53,6 +53,7 @@ impl Lifecycle {
         self.stop_deadline = Some(Instant::now() + signals::STOP_GRACE);
         self.accept_paused_until = None; // no accept resumes: its end must not end every wait
         signals::log_stopping(open);
+        crate::trace::instant("stop signal", [Some(("in_flight", open as u64)), None]);
         true
     }
 

@@ -55,6 +55,10 @@ pub fn action_for(signal: i32) -> Option<SignalAction> {
 /// Clears the cache and logs `cache cleared: <files> files, <bytes> bytes`.
 pub fn clear_cache(service: &Service) {
     let cleared = service.cache().clear();
+    crate::trace::instant(
+        "SIGHUP: cache cleared",
+        [Some(("files", cleared.files as u64)), Some(("bytes", cleared.bytes))],
+    );
     always!("cache cleared: {} files, {} bytes", cleared.files, cleared.bytes);
 }
 
@@ -152,6 +156,7 @@ pub fn spawn_watcher(service: Arc<Service>, on_stop: impl FnOnce() -> usize + Se
                 Some(SignalAction::ClearCache) => clear_cache(&service),
                 Some(SignalAction::Stop) => {
                     if let Some(stop) = on_stop.take() {
+                        crate::trace::instant("stop signal", [None; 2]); // before the model can end and write the trace
                         log_stopping(stop());
                         std::thread::spawn(|| {
                             std::thread::sleep(STOP_GRACE);

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use crate::grader::{grade, Graded};
-use crate::support::client_bin;
+use crate::support::{client_bin, LineClient, Server};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -266,4 +266,40 @@ fn each_stage_handout_builds_fails_its_stage_with_the_todo_text_and_leaks_no_cut
         }
     }
     std::fs::remove_dir_all(&handout).unwrap();
+}
+
+/// A client that pipelines requests without end and never reads its answers
+/// holds neither the loop nor unbounded memory: the lab stops reading from it
+/// while it owes it answers, and another client is served meanwhile.
+#[test]
+fn a_client_that_pipelines_without_reading_does_not_hold_the_loop() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("test.txt"), "hello\n").unwrap();
+    let root = root.path().to_str().unwrap();
+    std::thread::scope(|scope| {
+        for name in ["stage3", "stage4-threads", "stage4-aio", "stage5"] {
+            scope.spawn(move || {
+                let server = Server::start_program(&lab_bin(name), &["--root", root], |_| {});
+                let flooder = std::net::TcpStream::connect(server.addr).unwrap();
+                flooder.set_nonblocking(true).unwrap();
+                let stop = std::sync::atomic::AtomicBool::new(false);
+                std::thread::scope(|inner| {
+                    inner.spawn(|| {
+                        let requests = b"test.txt\n".repeat(64 * 1024);
+                        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                            if std::io::Write::write(&mut &flooder, &requests).is_err() {
+                                std::thread::sleep(std::time::Duration::from_millis(5));
+                                // full (or gone)
+                            }
+                        }
+                    });
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    let reply = LineClient::connect(server.addr).get(b"test.txt");
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    assert_eq!(reply.body(), b"hello\n", "{name}: another client while one floods");
+                });
+            });
+        }
+    });
 }

@@ -27,5 +27,6 @@ mod robustness;
 mod sandbox;
 mod scaling;
 mod signals;
+mod timelines;
 mod tokio_runtimes;
 mod user_reports;

@@ -70,7 +70,13 @@ impl Server {
 
     /// Like [`Server::start`], with a hook to adjust the command (e.g. rlimits).
     pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
+        Server::start_program(Path::new(env!("CARGO_BIN_EXE_server")), args, adjust)
+    }
+
+    /// Like [`Server::start_with`], for another program that speaks the contract (a lab).
+    pub fn start_program(program: &Path, args: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
+        report_progress();
+        let mut command = Command::new(program);
         command.args(["--port", "0"]).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         adjust(&mut command);
         let mut child = die_with_parent(&mut command).spawn().expect("spawn server");
@@ -304,6 +310,7 @@ pub fn hostile_tree() -> (tempfile::TempDir, tempfile::TempDir) {
 /// asks cargo to build it (a no-op when it is up to date). This also means
 /// the tests never run a stale client left over from an older build.
 pub fn client_bin() -> PathBuf {
+    report_progress();
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
@@ -435,4 +442,68 @@ pub fn assert_a_hundred_clients_are_served(server: &Server, what: &str) {
             });
         }
     });
+}
+
+/// How often the suite says what it is running.
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
+/// Starts (once) a thread that tells a person watching `cargo test` which
+/// parts of the suite are running, every [`PROGRESS_EVERY`]: libtest prints
+/// a test's name only when it ends, and the slow ones (grading, handouts,
+/// the docs' commands) run for minutes, so without this the suite is silent
+/// for minutes at a time. Called by [`Server::start`] and [`client_bin`],
+/// which nearly every test calls first.
+///
+/// libtest names each test's thread after the test (`grader::grades_...`),
+/// and a thread a test spawns inherits that name in the kernel, so the
+/// names of this process's threads (`/proc/self/task/*/comm`, 15 bytes: the
+/// module's name, which is what this prints) are what is running. Written to
+/// stderr with `write_all`, which libtest's capture (of `eprintln!`) leaves
+/// alone. Linux only (elsewhere there is no `/proc` to read: nothing).
+fn report_progress() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    STARTED.call_once(|| {
+        let started = Instant::now();
+        let reporter = std::thread::Builder::new().name("progress".into()).spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            loop {
+                std::thread::sleep(PROGRESS_EVERY);
+                let running = running_modules();
+                let finished: Vec<&String> = seen.iter().filter(|module| !running.contains(*module)).collect();
+                let mut line = format!(
+                    "[integration tests, {}s] running: {}",
+                    started.elapsed().as_secs(),
+                    running.iter().cloned().collect::<Vec<_>>().join(", ")
+                );
+                if !finished.is_empty() {
+                    let names: Vec<&str> = finished.iter().map(|m| m.as_str()).collect();
+                    line.push_str(&format!("; done: {}", names.join(", ")));
+                }
+                line.push('\n');
+                let _ = std::io::stderr().lock().write_all(line.as_bytes());
+                seen.extend(running);
+            }
+        });
+        // No reporter is no reason to fail a test.
+        drop(reporter);
+    });
+}
+
+/// The test modules whose tests have threads running now, from the kernel's
+/// thread names (a module name longer than 15 bytes is cut there).
+fn running_modules() -> std::collections::BTreeSet<String> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Default::default() };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .filter_map(|comm| {
+            // Only test threads are named `module::test` (`tokio_runtimes:`, cut).
+            let comm = comm.trim_end();
+            let module = comm.split_once("::").map(|(module, _)| module).or_else(|| comm.strip_suffix(':'))?;
+            Some(module.to_string())
+        })
+        .collect()
 }

@@ -1,6 +1,8 @@
 //! `benchmark`: what `./benchmark.sh` runs. See [`client::suite`].
 //!
-//! * default: the homework's two lines, then a table of the honest cases;
+//! * default: the homework's two lines, then a table of the honest cases in
+//!   interleaved rounds, the cost of each model (memory per idle connection,
+//!   lines of code: [`client::cost`]) and the verdict ([`client::verdict`]);
 //! * `--full`: models x concurrency x workloads, CSV and SVG in `results/<date>/`,
 //!   and nginx side by side when `nginx` and `wrk` are installed;
 //! * `--smoke`: every mode for a moment (CI runs it so the script cannot rot);
@@ -20,8 +22,8 @@ use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use client::bench::{self, Until};
 use client::chart::{self, Series};
-use client::peers;
 use client::suite::{self, BenchRoot, Row, WorkloadKind, STORAGE_DELAY_MS, SWEEP_CONNS};
+use client::{cost, peers};
 use contract::DEFAULT_READERS as READERS;
 
 /// Measures the kit's server models against each other (and nginx).
@@ -120,32 +122,63 @@ fn run(mut args: Args) -> Result<()> {
         "The homework's two lines: Async = event-async (file reads on reader threads, up to {READERS}), \
          Sync = event (reads block its only thread)."
     );
-    let (async_s, sync_s) = suite::homework(&server, &root, requests)?;
-    println!("Async I/O {requests} requests, time (seconds): {async_s:.6}");
-    println!("Sync I/O {requests} requests, time (seconds): {sync_s:.6}");
+    let rounds = if args.smoke { 1 } else { suite::HOMEWORK_ROUNDS };
+    let (async_s, sync_s) = suite::homework(&server, &root, requests, rounds)?;
+    let median = |times: &[f64]| client::versus::median(times.to_vec());
+    println!("Async I/O {requests} requests, time (seconds): {:.6}", median(&async_s));
+    println!("Sync I/O {requests} requests, time (seconds): {:.6}", median(&sync_s));
+    // How many times faster async was, round by round: sync's time over async's.
+    let speed_up = suite::Ratio::of(&sync_s, &async_s).expect("at least one round");
+    let reading = match speed_up.reading() {
+        suite::Reading::Faster => "faster",
+        suite::Reading::Slower => "slower",
+        suite::Reading::WithinNoise => "as fast, within noise",
+    };
     println!(
         "({requests} concurrent clients, each asking for a different uncached 4 KiB file; storage delay \
-         {STORAGE_DELAY_MS} ms per read: async is {:.1}x faster)",
-        sync_s / async_s
+         {STORAGE_DELAY_MS} ms per read; median of {rounds} rounds: async is {speed_up} {reading})"
     );
     if args.requests.is_some() && !(args.full || args.smoke) {
         return Ok(());
     }
     println!();
 
-    let seconds = if args.smoke { 0.2 } else { 1.0 };
+    let (rounds, seconds) = if args.smoke { (1, 0.1) } else { (suite::ROUNDS, suite::CELL_SECONDS) };
+    let models: Vec<&str> = suite::models().collect();
     let mut rows = Vec::new();
+    // The busiest the machine was while the table ran: the verdict says so.
+    let mut busiest = suite::load_average();
     for workload in suite::workloads(&root) {
-        for model in suite::models() {
-            let until = Until::Elapsed(Duration::from_secs_f64(seconds));
-            let report = suite::measure(&server, &root, model, &workload, workload.conns, until)?;
-            rows.push(Row { kind: workload.kind, workload: workload.label.clone(), model: model.into(), report });
-        }
+        eprint!("\r{}: {rounds} rounds of {} models...          ", workload.kind.name(), models.len());
+        rows.extend(suite::measure_rounds(&server, &root, &workload, &models, rounds, seconds)?);
+        busiest = busiest.into_iter().chain(suite::load_average()).max_by(|a, b| a.0.total_cmp(&b.0));
     }
+    eprint!("\r{:60}\r", "");
     print!("{}", suite::table(&rows));
-    println!("(each cell: {seconds} s of closed-loop load from `client bench`, every response checked)");
+    println!(
+        "(each cell: {rounds} rounds of {seconds} s of closed-loop load from `client bench` on fresh connections \
+         after {} s uncounted, interleaved with the other models', every response checked; req/s and latencies \
+         of the median round)",
+        suite::CELL_WARM_UP_SECONDS
+    );
+
+    println!("\nThe cost: memory per idle connection and lines of code, per model");
+    let repo = cost::repository();
+    let mut costs = Vec::new();
+    for model in &models {
+        let memory = if args.smoke {
+            None
+        } else {
+            eprint!("\rholding idle connections: {model}          ");
+            Some(cost::idle_memory(&server, &root, model)?)
+        };
+        let lines = repo.as_deref().and_then(|repo| cost::model_lines(repo, model));
+        costs.push(cost::Cost { model: model.to_string(), memory, lines });
+    }
+    eprint!("\r{:60}\r", "");
+    print!("{}", cost::table(&costs, repo.as_deref()));
     let conns: Vec<_> = suite::workloads(&root).iter().map(|w| (w.kind, w.conns)).collect();
-    print!("{}", client::verdict::verdict(&rows, READERS, &conns));
+    print!("{}", client::verdict::verdict(&rows, READERS, &conns, &costs, busiest));
 
     if args.full || args.smoke {
         sweep(&args, &root)?;
@@ -271,7 +304,8 @@ fn async_await(server: &std::path::Path, root: &BenchRoot, smoke: bool) -> Resul
             let mut workload = workload.clone();
             workload.server_args.extend(flags.iter().map(|flag| flag.to_string()));
             let report = suite::measure(server, root, model, &workload, workload.conns, until)?;
-            rows.push(Row { kind: workload.kind, workload: workload.label.clone(), model: column.into(), report });
+            let rounds = vec![report];
+            rows.push(Row { kind: workload.kind, workload: workload.label.clone(), model: column.into(), rounds });
         }
     }
     print!("{}", suite::table(&rows));

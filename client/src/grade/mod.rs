@@ -227,6 +227,7 @@ pub fn grade(plan: &Plan) -> Result<Report> {
         let outcome = if stopped {
             Outcome::Skip(format!("not run: stopped after {failures} failed tests"))
         } else {
+            let _timeline = crate::timeline::grading::capture(check.name); // --timeline DIR
             run_check(plan, check, &fixture, &mut session)
         };
         if let Some(err) = session.cannot_run.take() {

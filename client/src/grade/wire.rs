@@ -5,6 +5,8 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use crate::timeline::grading::Watch;
+
 /// One reply, as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -47,6 +49,8 @@ pub struct Conn {
     deadline: Instant,
     /// Bytes read past the last reply (a pipelined next reply).
     buffered: Vec<u8>,
+    /// `--timeline DIR`: this connection's exchanges, as they happen.
+    watch: Watch,
 }
 
 /// Why an exchange failed.
@@ -56,9 +60,11 @@ impl Conn {
     /// Connects, with everything on this connection due within `budget`.
     pub fn open(addr: SocketAddr, budget: Duration) -> WireResult<Conn> {
         let deadline = Instant::now() + budget;
+        let mut watch = Watch::connecting();
         let stream = TcpStream::connect_timeout(&addr, budget).map_err(|err| format!("cannot connect: {err}"))?;
+        watch.connected();
         let _ = stream.set_nodelay(true);
-        Ok(Conn { stream, deadline, buffered: Vec::new() })
+        Ok(Conn { stream, deadline, buffered: Vec::new(), watch })
     }
 
     /// Makes everything on this connection due within `budget` from now
@@ -87,7 +93,9 @@ impl Conn {
     /// Sends `bytes`.
     pub fn send(&mut self, bytes: &[u8]) -> WireResult<()> {
         self.stream.set_write_timeout(Some(self.left()?)).map_err(|e| e.to_string())?;
-        self.stream.write_all(bytes).map_err(|err| format!("cannot send: {err}"))
+        self.stream.write_all(bytes).map_err(|err| format!("cannot send: {err}"))?;
+        self.watch.sent(bytes);
+        Ok(())
     }
 
     /// Whether the server has already sent something (or closed) that is
@@ -114,6 +122,7 @@ impl Conn {
         match self.stream.read(&mut chunk) {
             Ok(n) => {
                 self.buffered.extend_from_slice(&chunk[..n]);
+                self.watch.received(n);
                 Ok(n)
             }
             Err(err) if matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
@@ -138,6 +147,17 @@ impl Conn {
     /// Reads one reply; with `pause = (bytes, gap)` the body is read a few
     /// bytes at a time with a gap between reads: a slow reader.
     pub fn reply_slowly(&mut self, pause: Option<(usize, Duration)>) -> WireResult<Reply> {
+        let reply = self.read_reply(pause);
+        self.watch.done(match &reply {
+            Ok(Reply::Ok(body)) => Ok(body.len() as u64),
+            Ok(Reply::Err(_)) => Ok(0), // a refusal is an answer
+            Ok(other) => Err(other.describe()),
+            Err(why) => Err(why.clone()),
+        });
+        reply
+    }
+
+    fn read_reply(&mut self, pause: Option<(usize, Duration)>) -> WireResult<Reply> {
         let head = loop {
             if let Some(end) = self.buffered.iter().position(|&b| b == b'\n') {
                 break self.buffered.drain(..=end).collect::<Vec<u8>>();

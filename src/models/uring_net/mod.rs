@@ -126,14 +126,15 @@ impl Loop<'_> {
                 Some(ts) => args.timespec(ts),
                 None => args,
             };
+            let (_turn, mut wait) = (crate::trace::span("turn"), crate::trace::span("submit and wait")); // --trace
             match self.ring.submitter().submit_with_args(1, &args) {
-                Ok(_) => {}
+                Ok(submitted) => wait.arg("submitted", || submitted as u64),
                 Err(err) if matches!(err.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
                 Err(err) => return Err(ServerError::io("io_uring_enter")(err)),
             }
 
             // 2. Handle each completion.
-            completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+            let _handle = self.reap(&mut completions, wait);
             for (user_data, result, flags) in completions.drain(..) {
                 self.on_completion(user_data, result, flags);
             }
@@ -159,10 +160,9 @@ impl Loop<'_> {
         Ok(())
     }
 
-    /// Arms the accept: multishot (one entry, a completion per
-    /// connection) or single-shot, into a registered-file slot the kernel
-    /// picks or as an fd.
-    /// With registered files, the table must have room: multishot only with
+    /// Arms the accept: multishot (one entry, a completion per connection)
+    /// or single-shot, into a registered-file slot the kernel picks or as an
+    /// fd. With registered files, the table must have room: multishot only with
     /// [`ACCEPT_HEADROOM`] slots free, single-shot with fewer, none when full
     /// (then a freed slot arms it again).
     fn arm_accept(&mut self) {

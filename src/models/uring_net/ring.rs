@@ -19,6 +19,7 @@ use crate::server::Server;
 use crate::service::{FileRead, Service};
 use crate::signals::SelfPipe;
 use crate::slab::Slab;
+use crate::trace::{self, Span};
 
 use super::*;
 
@@ -165,6 +166,16 @@ impl Loop<'_> {
 
     pub(super) fn cancel(&mut self, which: CancelBuilder) {
         self.push(opcode::AsyncCancel2::new(which).build().user_data(Op::Cancel.tag(0)));
+    }
+
+    /// Takes every completion the ring holds into `completions` (a turn's
+    /// step 2). With `--trace`: ends the turn's `wait` slice, saying how many
+    /// it reaped, and opens the `handle` slice the caller keeps to the turn's end.
+    pub(super) fn reap(&mut self, completions: &mut Vec<(u64, i32, u32)>, mut wait: Span) -> Span {
+        completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+        wait.arg("reaped", || completions.len() as u64);
+        drop(wait);
+        trace::span("handle")
     }
 }
 

@@ -104,10 +104,10 @@ struct Body {
 }
 
 impl Client {
-    /// Takes everything the client sent.
+    /// Takes what the client sent, a line past the unanswered at most: one that never reads is read no further.
     fn receive(&mut self) {
         let mut incoming = [0u8; 16 * 1024];
-        while self.phase == Phase::Requests {
+        while self.phase == Phase::Requests && self.input.len() <= MAX_LINE_BYTES + 1 {
             match self.stream.read(&mut incoming) {
                 Ok(0) => self.phase = Phase::Closing,
                 Ok(n) => self.input.extend_from_slice(&incoming[..n]),
@@ -263,7 +263,7 @@ fn open_file(root: &OwnedFd, request: &[u8]) -> std::result::Result<(File, usize
         Ok(fd) => File::from(fd),
         Err(err) => {
             return Err(match err.raw_os_error() {
-                Some(libc::ENOENT | libc::ENOTDIR) => (404, "no such file"),
+                Some(libc::ENOENT | libc::ENOTDIR | libc::ENAMETOOLONG) => (404, "no such file"),
                 Some(libc::EXDEV | libc::ELOOP | libc::EMLINK) => (403, "the path leaves the root"),
                 Some(libc::EACCES | libc::EPERM) => (403, "permission denied"),
                 Some(libc::EISDIR) => (403, "not a regular file"),
@@ -409,6 +409,7 @@ fn serve(args: Args) -> Result<()> {
             }
             let Some(client) = clients.get_mut(&token) else { continue };
             client.receive();
+            client.watch(poll.registry(), token); // not read at its bound: the next watch re-arms it
             client.pump(&root);
             if !client.watch(poll.registry(), token) {
                 clients.remove(&token);
