@@ -417,7 +417,7 @@ pub const FD_CLIENTS: usize = 1100;
 
 /// The open-file limit the grader asks for (its own, and so the servers' it
 /// starts): [`FD_CLIENTS`] on each side, and room for everything else.
-const FD_LIMIT: u64 = 2048;
+pub const FD_LIMIT: u64 = 2048;
 
 /// Raises the grader's soft open-file limit to [`FD_LIMIT`] where the hard
 /// limit allows (servers started afterwards inherit it); returns the soft
