@@ -12,7 +12,7 @@
 //!   listings students read never hold them), lose points.
 //!
 //! Cost: one build of the labs (`target/labs-c-test/build`), gradings in
-//! threads; about 70 s for the four tests together on 2 cores.
+//! threads; about 70 to 100 s for the five tests together on 2 cores.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -554,7 +554,7 @@ fn the_planted_c_mistakes_lose_points() {
         // sanitizer build reports the use after free. A race: on a loaded
         // machine one 3 s storm may miss it, so up to three gradings, each
         // of which may lose nothing but signals.dense_storm. The plain build
-        // is left to the suite's longer storm (up to 15 s), which catches it
+        // is left to the suite's longer storms (up to three of 10 s), which catch it
         // as a freed entry served or a crash.
         Box::new(|| {
             let want = BTreeSet::from(["signals.dense_storm".to_string()]);
@@ -575,9 +575,16 @@ fn the_planted_c_mistakes_lose_points() {
             }
             Err(format!("the handler plant kept signals.dense_storm in three gradings:\n{}", texts.join("\n")))
         }),
-        Box::new(|| match dense_sighup_storm(&handler.join("stage5"), Duration::from_secs(15)) {
-            Err(err) => Ok(format!("handler plant caught: {err}")),
-            Ok(n) => Err(format!("the handler plant survived a dense SIGHUP storm ({n} replies)")),
+        // A race too: on a loaded machine one storm may miss, so up to three.
+        Box::new(|| {
+            let mut survived = Vec::new();
+            for _ in 0..3 {
+                match dense_sighup_storm(&handler.join("stage5"), Duration::from_secs(10)) {
+                    Err(err) => return Ok(format!("handler plant caught in storm {}: {err}", survived.len() + 1)),
+                    Ok(n) => survived.push(n),
+                }
+            }
+            Err(format!("the handler plant survived three dense SIGHUP storms ({survived:?} replies)"))
         }),
         // An fd past FD_SETSIZE put into an fd_set: the grader holds 1,100
         // clients at once; the lab refuses those past FD_SETSIZE (ERR 503)
