@@ -14,7 +14,8 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-const COLORS: [RGBColor; 8] = [
+/// The charts' colours (matplotlib's ten), shared with the timelines.
+pub const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -23,6 +24,8 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(140, 86, 75),
     RGBColor(227, 119, 194),
     RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
 /// Draws `series` against concurrency into an SVG file at `path`. Both
@@ -40,7 +43,7 @@ pub fn draw(path: &Path, title: &str, y_label: &str, series: &[Series]) -> Resul
         builder.build_cartesian_2d((1.0..max_x).log_scale(), (min_y..max_y).log_scale()).map_err(plot_error)?;
     chart.configure_mesh().x_desc("concurrent connections").y_desc(y_label).draw().map_err(plot_error)?;
     for (i, s) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
+        let color = PALETTE[i % PALETTE.len()];
         chart
             .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
             .map_err(plot_error)?

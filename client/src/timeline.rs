@@ -445,19 +445,6 @@ const MAX_ROWS: usize = 48;
 /// drawn one bar each; more are drawn as a count.
 const MAX_ASYNC_ROWS: usize = 8;
 
-const PALETTE: [RGBColor; 10] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-    RGBColor(188, 189, 34),
-    RGBColor(23, 190, 207),
-];
-
 /// Colors given by name, in order of first appearance, so that the same
 /// slice name has the same color in every picture of one trace.
 struct Legend {
@@ -488,7 +475,7 @@ impl Legend {
                 self.names.len() - 1
             }
         };
-        fixed.unwrap_or(PALETTE[position % PALETTE.len()])
+        fixed.unwrap_or(crate::chart::PALETTE[position % crate::chart::PALETTE.len()])
     }
 }
 
