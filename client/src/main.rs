@@ -523,6 +523,8 @@ fn run_grade(cli: GradeCli) -> anyhow::Result<Graded> {
     let scratch = tempfile::Builder::new().prefix("grade-submission-").tempdir()?;
     let mut command = cli.command.clone();
     let mut workdir = None;
+    // A build that fails is the student's: a zero in every format, with its reason.
+    let mut unbuilt = None;
     if let Some(dir) = &cli.submission {
         use client::grade::submission;
         let recipe = submission::recipe(dir, &config.submission).map_err(|e| anyhow::anyhow!(e.reason))?;
@@ -532,10 +534,13 @@ fn run_grade(cli: GradeCli) -> anyhow::Result<Graded> {
         }
         let log = cli.logs.join("build.log");
         std::fs::create_dir_all(&cli.logs)?;
-        let prepared = submission::prepare(dir, &work, &recipe, user.as_ref(), &log, Some(&cli.command))
-            .map_err(|e| anyhow::anyhow!("{} (the build's output: {})", e.reason, log.display()))?;
-        command = prepared.command;
-        workdir = Some(prepared.workdir);
+        match submission::prepare(dir, &work, &recipe, user.as_ref(), &log, Some(&cli.command)) {
+            Ok(prepared) => {
+                command = prepared.command;
+                workdir = Some(prepared.workdir);
+            }
+            Err(e) => unbuilt = Some(e.reason),
+        }
     }
     let reference = std::env::current_exe().ok().map(|exe| exe.with_file_name("server")).filter(|p| p.exists());
     let mut plan = Plan::new(command.clone(), stages);
@@ -552,7 +557,10 @@ fn run_grade(cli: GradeCli) -> anyhow::Result<Graded> {
     // A submission's copy is gone after grading: its replays say so by
     // starting from the submission's own folder.
     plan.replay_via = Some(ReplayVia { client: client_as_invoked(), command, workdir: cli.submission.clone() });
-    let report = grade::grade(&plan)?;
+    let report = match &unbuilt {
+        Some(why) => grade::unbuilt(&plan, why),
+        None => grade::grade(&plan)?,
+    };
     let format = if cli.json { "json" } else { cli.format.as_deref().unwrap_or("text") };
     match format {
         "json" => println!("{}", report.json()),

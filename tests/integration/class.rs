@@ -434,3 +434,25 @@ fn a_sandbox_that_denies_io_uring_makes_an_io_uring_server_not_gradable_not_zero
     let output = deny_io_uring_and_aio(&mut command).output().unwrap();
     assert!(output.status.success(), "{}", stdout(&output));
 }
+
+#[test]
+fn a_submission_that_does_not_build_is_a_graded_zero_in_the_platform_formats() {
+    // Not "grading could not run" (an empty result on PrairieLearn and
+    // Classroom): every test fails with the compiler's first error.
+    let scratch = tempfile::tempdir().unwrap();
+    let submission = scratch.path().join("submission");
+    std::fs::create_dir(&submission).unwrap();
+    for name in ["server.c", "Makefile", "grade.toml"] {
+        std::fs::copy(repo().join("tests/grader/c_server").join(name), submission.join(name)).unwrap();
+    }
+    std::fs::write(submission.join("server.c"), "int main(void) { return 0 }\n").unwrap();
+    let graded =
+        client(&["grade", "--stages", "1", "--format", "prairielearn", "--submission", "submission"], scratch.path());
+    assert_eq!(graded.status.code(), Some(1), "{graded:?}");
+    let result: serde_json::Value = serde_json::from_str(stdout(&graded).trim()).unwrap();
+    assert_eq!(result["gradable"], true, "{result}");
+    assert_eq!(result["score"], 0.0, "{result}");
+    let tests = result["tests"].as_array().unwrap();
+    assert_eq!(tests.len(), 2, "{result}");
+    assert!(tests.iter().all(|t| t["points"] == 0 && t["output"].as_str().unwrap().contains("error:")), "{result}");
+}

@@ -67,8 +67,9 @@ const RUN: &str = r#"#!/usr/bin/env bash
 # Gradescope runs this for every submission; written by
 # `client grade --write-gradescope`. It builds the submission as its
 # grade.toml says (in a copy, as an unprivileged user: Gradescope runs
-# this as root), grades stages @STAGES@ and writes results.json. Exit 2 of
-# the grader (the submission cannot be built or started) is a score of 0
+# this as root), grades stages @STAGES@ and writes results.json (a build
+# that fails is a score of 0, each test saying why). Exit 2 of the grader
+# (it could not run: no command to start, a bad config) is a score of 0
 # with the reason; exit 3 (this machine cannot grade) writes no results,
 # so Gradescope shows the autograder as failed and the staff can rerun it.
 set -u

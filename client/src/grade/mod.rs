@@ -250,6 +250,29 @@ pub fn grade(plan: &Plan) -> Result<Report> {
     Ok(Report { results, remote: plan.addr.is_some(), server_log, not_gradable: None })
 }
 
+/// The report of a submission that did not build: every test of the
+/// plan fails with the build's reason (the student's fault, so a score of
+/// 0 in every format, never "not gradable").
+pub fn unbuilt(plan: &Plan, why: &str) -> Report {
+    let results = checks::catalog()
+        .iter()
+        .filter(|check| plan.stages.contains(&check.stage))
+        .map(|check| {
+            let max = plan.points.get(check.name).copied().unwrap_or(check.points);
+            let failure = Failure {
+                sent: "(nothing: the submission did not build)".into(),
+                expected: "a submission whose build succeeds".into(),
+                got: why.to_string(),
+                hint: "run the build by hand in a fresh copy of the submission: what does the first error say?",
+                request: None,
+                replay: None,
+            };
+            TestResult::new(check, max, Outcome::Fail(failure))
+        })
+        .collect();
+    Report { results, remote: false, server_log: String::new(), not_gradable: None }
+}
+
 /// The server of the moment, and the set-ups that would not start (tried
 /// once: a server that never starts must not cost a timeout per test).
 #[derive(Default)]
@@ -456,7 +479,7 @@ fn ready(plan: &Plan, check: &Check, fixture: &Fixture, session: &mut Session) -
         }
         if setup != check.setup {
             return Err(Outcome::Skip(format!(
-                "needs a server started as {:?}; the one at --addr is {setup:?}",
+                "needs a server started with {}; the one at --addr runs with {setup}",
                 check.setup
             )));
         }
@@ -488,7 +511,7 @@ fn ready(plan: &Plan, check: &Check, fixture: &Fixture, session: &mut Session) -
         }
         Err(err) => {
             let failure = Failure {
-                sent: format!("(start, as {:?}) {}", check.setup, plan.command.join(" ")),
+                sent: format!("(start, with {}) {}", check.setup, plan.command.join(" ")),
                 expected: "a server that prints `listening on <ip>:<port>` or accepts connections on the port \
                            the grader gave it"
                     .into(),

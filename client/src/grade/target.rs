@@ -73,6 +73,16 @@ pub enum Setup {
     },
 }
 
+impl std::fmt::Display for Setup {
+    /// As a report says it: the flags the server was started with.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Setup::Time => write!(f, "--service time"),
+            Setup::Files { delay_ms } => write!(f, "--service file --read-delay-ms {delay_ms}"),
+        }
+    }
+}
+
 /// A running server under test.
 #[derive(Debug)]
 pub struct Target {
